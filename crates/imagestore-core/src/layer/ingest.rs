@@ -1,0 +1,462 @@
+//! The write pipeline every backend uses: one streaming pass over a layer that hashes the raw
+//! bytes, feeds the backend's staging sink, decompresses by magic and parses the tar into a
+//! checked [`Toc`].
+//!
+//! ```text
+//! body ─► chunk (256 KiB) ─┬─► sink.write            (async, the backend's staging)
+//!                          ├─► hasher thread          (digest of the raw bytes)
+//!                          └─► parser thread          (decompress ─► tar ─► checks ─► TOC)
+//! ```
+//! Channels are bounded, so memory stays a few MiB whatever the layer size. The caller commits
+//! only if [`Ingested::digest`] equals the expected sum.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::layer::tar_reader::{map_read_error, TarLimits, TarReader};
+use crate::layer::toc::{Compression, Toc};
+use crate::layer::validate::{EmptyView, EntryChecker, LowerView};
+use crate::storer::ByteStream;
+
+/// Size of the chunks the pipeline moves.
+pub const CHUNK: usize = 256 << 10;
+const DEPTH: usize = 4;
+
+/// Bounds applied while reading a layer.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// Tar header bounds.
+    pub tar: TarLimits,
+    /// Largest uncompressed tar stream accepted (default 1 TiB).
+    pub max_uncompressed: u64,
+    /// Largest ratio of uncompressed to compressed bytes (default 2000), enforced once the
+    /// uncompressed stream passes `ratio_floor` bytes.
+    pub max_ratio: u64,
+    /// Uncompressed size below which the ratio is not checked (default 256 MiB).
+    pub ratio_floor: u64,
+    /// Most entries in one layer (default 4 Mi).
+    pub max_entries: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            tar: TarLimits::default(),
+            max_uncompressed: 1 << 40,
+            max_ratio: 2000,
+            ratio_floor: 256 << 20,
+            max_entries: 4 << 20,
+        }
+    }
+}
+
+/// Where a backend puts the raw bytes of a layer while it is being written.
+#[async_trait]
+pub trait StagingSink: Send {
+    /// Appends a chunk of raw layer bytes.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+}
+
+/// A sink that drops the bytes (for checks that keep nothing).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+#[async_trait]
+impl StagingSink for NullSink {
+    async fn write(&mut self, _chunk: Bytes) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The outcome of one pass over a layer.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// Digest of the raw bytes, in the algorithm of the expected sum.
+    pub digest: Digest,
+    /// Number of raw bytes.
+    pub size: u64,
+    /// The checked table of contents.
+    pub toc: Toc,
+}
+
+/// Reads `body` to its end once, feeding `sink`, and returns the digest, size and TOC.
+///
+/// A malformed or hostile archive is `BadArchive`; when the whole stream was read and its
+/// digest is not `expected`, `DigestMismatch` wins, because the bytes were not the ones meant.
+pub async fn ingest(
+    mut body: ByteStream,
+    expected: &Digest,
+    sink: &mut dyn StagingSink,
+    lower: Arc<dyn LowerView>,
+    limits: IngestLimits,
+) -> Result<Ingested> {
+    let algorithm = expected.algorithm();
+    let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let (parse_tx, parse_rx) = mpsc::channel::<Bytes>(DEPTH);
+    let hasher = tokio::task::spawn_blocking(move || hash_chunks(algorithm, hash_rx));
+    let parser = tokio::task::spawn_blocking(move || parse_chunks(parse_rx, lower.as_ref(), limits));
+
+    let mut size = 0u64;
+    let mut parse_tx = Some(parse_tx);
+    let read_result: Result<()> = async {
+        loop {
+            let chunk = read_chunk(&mut body).await?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            size += chunk.len() as u64;
+            let to_parser = parse_tx.as_ref().map(|tx| tx.send(chunk.clone()));
+            let (w, h, p) = tokio::join!(sink.write(chunk.clone()), hash_tx.send(chunk), async {
+                match to_parser {
+                    Some(f) => f.await.is_ok(),
+                    None => true,
+                }
+            });
+            w?;
+            if h.is_err() {
+                return Err(Error::invalid("layer hasher stopped unexpectedly"));
+            }
+            if !p {
+                // The parser stopped early: it found a problem; its error is reported below.
+                parse_tx = None;
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(hash_tx);
+    drop(parse_tx);
+
+    let parsed = parser.await.map_err(|e| Error::invalid(format!("layer parser panicked: {e}")))?;
+    read_result?;
+    let (digest, hashed) = hasher.await.map_err(|e| Error::invalid(format!("layer hasher panicked: {e}")))?;
+    match parsed {
+        Ok(toc) => {
+            if &digest != expected {
+                return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
+            }
+            Ok(Ingested { digest, size, toc })
+        }
+        Err(e) => {
+            // If all of the stream was read, a wrong digest says more than the parse error.
+            if hashed == size && &digest != expected && body_at_eof(&mut body).await {
+                return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Checks a layer held in memory against an empty lower view: its digest, size and TOC.
+pub async fn ingest_bytes(bytes: Vec<u8>, expected: &Digest) -> Result<Ingested> {
+    let body: ByteStream = Box::pin(io::Cursor::new(bytes));
+    ingest(body, expected, &mut NullSink, Arc::new(EmptyView), IngestLimits::default()).await
+}
+
+async fn body_at_eof(body: &mut ByteStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(body.read(&mut b).await, Ok(0))
+}
+
+async fn read_chunk(body: &mut ByteStream) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    while buf.len() < CHUNK {
+        let n = body
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::Backend { backend: "input", message: format!("reading the layer stream: {e}"), retryable: false, source: Some(Box::new(e)) })?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn hash_chunks(algorithm: Algorithm, mut rx: mpsc::Receiver<Bytes>) -> (Digest, u64) {
+    let mut h = algorithm.hasher();
+    let mut n = 0u64;
+    while let Some(c) = rx.blocking_recv() {
+        h.update(&c);
+        n += c.len() as u64;
+    }
+    (h.finish(), n)
+}
+
+/// A blocking `Read` over chunks arriving on a channel.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+    consumed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.cur = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        self.consumed.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl ChannelReader {
+    /// The first bytes of the stream without consuming them (fewer at a short stream's end).
+    fn peek(&mut self, n: usize) -> &[u8] {
+        while self.cur.len() < n {
+            match self.rx.blocking_recv() {
+                Some(c) => {
+                    let mut joined = BytesMut::with_capacity(self.cur.len() + c.len());
+                    joined.extend_from_slice(&self.cur);
+                    joined.extend_from_slice(&c);
+                    self.cur = joined.freeze();
+                }
+                None => break,
+            }
+        }
+        &self.cur[..self.cur.len().min(n)]
+    }
+}
+
+/// Enforces the uncompressed size and ratio limits on a decompressed stream.
+struct Bounded<R> {
+    inner: R,
+    out: u64,
+    consumed: Arc<std::sync::atomic::AtomicU64>,
+    limits: IngestLimits,
+    compressed: bool,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        if self.out > self.limits.max_uncompressed {
+            return Err(io::Error::other(Error::LimitExceeded {
+                what: "uncompressed layer size in bytes",
+                value: self.out,
+                max: self.limits.max_uncompressed,
+            }));
+        }
+        if self.compressed && self.out > self.limits.ratio_floor {
+            let inb = self.consumed.load(std::sync::atomic::Ordering::Relaxed).max(1);
+            if self.out / inb > self.limits.max_ratio {
+                return Err(io::Error::other(Error::LimitExceeded {
+                    what: "decompression ratio",
+                    value: self.out / inb,
+                    max: self.limits.max_ratio,
+                }));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Detects the compression of a stream from its first bytes.
+pub fn sniff(magic: &[u8]) -> Result<Compression> {
+    match magic {
+        [0x1f, 0x8b, ..] => Ok(Compression::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Ok(Compression::Zstd),
+        [b'B', b'Z', b'h', ..] => Err(Error::bad_archive("bzip2-compressed layers are not supported (use gzip, zstd or none)")),
+        [0xfd, b'7', b'z', b'X', b'Z', ..] => {
+            Err(Error::bad_archive("xz-compressed layers are not supported (use gzip, zstd or none)"))
+        }
+        _ => Ok(Compression::None),
+    }
+}
+
+/// A decompressing reader for `compression` over `r`.
+pub fn decompressor<'a, R: Read + 'a>(compression: Compression, r: R) -> Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(r).map_err(|e| Error::bad_archive(format!("bad zstd stream: {e}")))?,
+        ),
+    })
+}
+
+fn parse_chunks(rx: mpsc::Receiver<Bytes>, lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut input = ChannelReader { rx, cur: Bytes::new(), consumed: consumed.clone() };
+    let compression = sniff(input.peek(6))?;
+    let decoded = decompressor(compression, &mut input)?;
+    let bounded = Bounded { inner: decoded, out: 0, consumed, limits, compressed: compression != Compression::None };
+    let mut toc = read_toc(bounded, lower, limits)?;
+    toc.compression = compression;
+    // Drain anything after the end of a compressed stream so the hasher sees every byte.
+    let mut sink = [0u8; 8192];
+    loop {
+        match input.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(map_read_error(e)),
+        }
+    }
+    Ok(toc)
+}
+
+/// Reads an uncompressed tar stream into a checked TOC, hashing file contents.
+pub fn read_toc(r: impl Read, lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
+    let mut reader = TarReader::new(r, limits.tar);
+    let mut checker = EntryChecker::new(lower, limits.max_entries);
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(raw) = reader.next_entry()? {
+        let Some(mut entry) = checker.check(&raw)? else { continue };
+        if entry.kind == crate::layer::toc::EntryKind::File {
+            let mut h = Algorithm::Sha256.hasher();
+            match &raw.sparse {
+                None => loop {
+                    let n = reader.read_data(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                },
+                Some(map) => {
+                    // Hash the logical file: stored segments with zeros between them.
+                    let mut at = 0u64;
+                    for &(off, len) in map {
+                        hash_zeros(&mut h, off - at);
+                        let mut left = len;
+                        while left > 0 {
+                            let want = left.min(buf.len() as u64) as usize;
+                            let n = reader.read_data(&mut buf[..want])?;
+                            if n == 0 {
+                                return Err(Error::bad_entry(&raw.name, "sparse data is shorter than its map"));
+                            }
+                            h.update(&buf[..n]);
+                            left -= n as u64;
+                        }
+                        at = off + len;
+                    }
+                    hash_zeros(&mut h, raw.size - at);
+                }
+            }
+            entry.digest = Some(h.finish());
+        }
+        entries.push(entry);
+    }
+    Ok(Toc { compression: Compression::None, uncompressed_size: reader.position(), entries })
+}
+
+fn hash_zeros(h: &mut crate::digest::Hasher, mut n: u64) {
+    let zeros = [0u8; 8192];
+    while n > 0 {
+        let k = n.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..k]);
+        n -= k as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::toc::EntryKind;
+    use std::io::Write;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).expect("append");
+        }
+        b.into_inner().expect("finish")
+    }
+
+    struct VecSink(Vec<u8>);
+    #[async_trait]
+    impl StagingSink for VecSink {
+        async fn write(&mut self, chunk: Bytes) -> Result<()> {
+            self.0.extend_from_slice(&chunk);
+            Ok(())
+        }
+    }
+
+    async fn run(bytes: Vec<u8>, sum: &Digest) -> (Result<Ingested>, Vec<u8>) {
+        let mut sink = VecSink(Vec::new());
+        let body: ByteStream = Box::pin(io::Cursor::new(bytes));
+        let r = ingest(body, sum, &mut sink, Arc::new(EmptyView), IngestLimits::default()).await;
+        (r, sink.0)
+    }
+
+    #[tokio::test]
+    async fn plain_gzip_and_zstd_give_the_same_toc() -> Result<()> {
+        let big = vec![7u8; 600_000];
+        let plain = tar_of(&[("a/b.txt", b"hello"), ("big.bin", &big)]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).map_err(|e| Error::invalid(e.to_string()))?;
+        let gz = gz.finish().map_err(|e| Error::invalid(e.to_string()))?;
+        let zs = zstd::encode_all(plain.as_slice(), 1).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut tocs = Vec::new();
+        for (bytes, comp) in [(plain.clone(), Compression::None), (gz, Compression::Gzip), (zs, Compression::Zstd)] {
+            let sum = Digest::sha256_of(&bytes);
+            let (r, staged) = run(bytes.clone(), &sum).await;
+            let ing = r?;
+            assert_eq!(staged, bytes, "sink gets the raw bytes");
+            assert_eq!(ing.digest, sum);
+            assert_eq!(ing.size, bytes.len() as u64);
+            assert_eq!(ing.toc.compression, comp);
+            tocs.push(ing.toc.entries);
+        }
+        assert_eq!(tocs[0], tocs[1]);
+        assert_eq!(tocs[0], tocs[2]);
+        let b = &tocs[0][0];
+        assert_eq!((b.path.as_str(), b.kind, b.size), ("a/b.txt", EntryKind::File, 5));
+        assert_eq!(b.digest, Some(Digest::sha256_of(b"hello")));
+        assert_eq!(&plain[b.data_offset as usize..b.data_offset as usize + 5], b"hello");
+        assert_eq!(tocs[0][1].digest, Some(Digest::sha256_of(&big)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn wrong_sum_is_a_mismatch() {
+        let plain = tar_of(&[("a", b"x")]);
+        let wrong = Digest::empty_sha256();
+        let (r, _) = run(plain.clone(), &wrong).await;
+        match r {
+            Err(Error::DigestMismatch { expected, actual }) => {
+                assert_eq!(expected, wrong);
+                assert_eq!(actual, Digest::sha256_of(&plain));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_body_is_an_empty_layer() -> Result<()> {
+        let (r, _) = run(Vec::new(), &Digest::empty_sha256()).await;
+        let ing = r?;
+        assert!(ing.toc.entries.is_empty());
+        assert_eq!(ing.size, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bomb_is_limited() -> Result<()> {
+        let zeros = tar_of(&[("z", &vec![0u8; 8 << 20])]);
+        let zs = zstd::encode_all(zeros.as_slice(), 19).map_err(|e| Error::invalid(e.to_string()))?;
+        let sum = Digest::sha256_of(&zs);
+        let limits = IngestLimits { ratio_floor: 1 << 20, max_ratio: 100, ..IngestLimits::default() };
+        let body: ByteStream = Box::pin(io::Cursor::new(zs));
+        let r = ingest(body, &sum, &mut NullSink, Arc::new(EmptyView), limits).await;
+        assert!(matches!(r, Err(Error::LimitExceeded { what: "decompression ratio", .. })), "{r:?}");
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! The layer engine: everything about the contents of layers that every backend shares.
+//!
+//! * [`ingest`] — the one-pass write pipeline (hash, stage, decompress, parse, check, TOC);
+//! * [`tar_reader`] and [`validate`] — the streaming tar reader and the ingest defences;
+//! * [`toc`] — the per-layer table of contents and its stored form;
+//! * [`path`] — normalised root-relative paths;
+//! * [`scratch`] — the root image's skeleton;
+//! * [`filter`] — VIC's include/exclude/strip/rebase filter.
+
+pub mod checkout;
+pub mod filter;
+pub mod ingest;
+pub mod path;
+pub mod scratch;
+pub mod tar_reader;
+pub mod toc;
+pub mod validate;

@@ -1,0 +1,710 @@
+//! A streaming tar reader that owns every decision a hostile archive could exploit.
+//!
+//! The `tar` crate decodes header fields; this module walks the archive itself so that it can
+//! bound extension headers (PAX, GNU long names) before reading them, reject PAX/ustar size
+//! disagreements (tar smuggling), decode GNU sparse maps, report exact stream offsets and
+//! tell a truncated archive from a finished one. Memory use is bounded by
+//! [`TarLimits::max_header_bytes`] whatever the archive.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use tar::{EntryType, Header};
+
+use crate::error::{Error, Result};
+
+const BLOCK: u64 = 512;
+
+/// Bounds the reader enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct TarLimits {
+    /// Largest PAX extended header or GNU long name/link payload, in bytes (default 1 MiB).
+    pub max_header_bytes: u64,
+}
+
+impl Default for TarLimits {
+    fn default() -> Self {
+        TarLimits { max_header_bytes: 1 << 20 }
+    }
+}
+
+/// The kind of a tar entry, as far as layers care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    /// Regular file (including GNU sparse files).
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Hard link to an earlier entry.
+    Hardlink,
+    /// Character device.
+    Char,
+    /// Block device.
+    Block,
+    /// Named pipe.
+    Fifo,
+}
+
+/// One archive entry with extension headers applied.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    /// Offset of the entry's first header block (its first extension header, if any).
+    pub header_offset: u64,
+    /// Offset of the entry's data.
+    pub data_offset: u64,
+    /// The entry name as written (after PAX / GNU long-name overrides), not yet normalised.
+    pub name: String,
+    /// Link target for symlinks and hardlinks.
+    pub link: Option<String>,
+    /// Entry kind.
+    pub kind: RawKind,
+    /// Permission bits and set-id/sticky bits (`0o7777`).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u64,
+    /// Owner gid.
+    pub gid: u64,
+    /// Owner user name, if recorded.
+    pub uname: Option<String>,
+    /// Owner group name, if recorded.
+    pub gname: Option<String>,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Sub-second part of the modification time (from PAX), nanoseconds.
+    pub mtime_nsec: u32,
+    /// Device numbers for character and block devices.
+    pub dev: Option<(u32, u32)>,
+    /// Logical size of the file (the real size for sparse files).
+    pub size: u64,
+    /// Bytes of data stored in the archive for this entry (before padding).
+    pub stored: u64,
+    /// For GNU sparse files: the `(offset, length)` segments of the logical file that are
+    /// stored, in order; the rest reads as zeros.
+    pub sparse: Option<Vec<(u64, u64)>>,
+    /// Extended attributes (from `SCHILY.xattr.*` PAX records).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads entries from an uncompressed tar stream.
+#[derive(Debug)]
+pub struct TarReader<R> {
+    inner: R,
+    pos: u64,
+    /// Data bytes of the current entry not yet consumed.
+    remaining: u64,
+    /// Padding after the current entry's data.
+    padding: u64,
+    limits: TarLimits,
+    finished: bool,
+    saw_entry_or_byte: bool,
+}
+
+fn truncated(at: u64) -> Error {
+    Error::bad_archive(format!("archive is truncated (unexpected end of stream at byte {at})"))
+}
+
+fn utf8(field: &str, bytes: &[u8], name: &str) -> Result<String> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Error::bad_entry(name, format!("{field} is not valid UTF-8")))
+}
+
+fn num<T>(r: io::Result<T>, field: &str, name: &str) -> Result<T> {
+    r.map_err(|e| Error::bad_entry(name, format!("bad {field} field: {e}")))
+}
+
+/// A numeric header field: an empty field (all NUL or spaces, as some writers leave unused
+/// fields) reads as zero, like Go's archive/tar; anything else must parse.
+fn num_field(raw: &[u8], parsed: io::Result<u64>, field: &str, name: &str) -> Result<u64> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    num(parsed, field, name)
+}
+
+impl<R: Read> TarReader<R> {
+    /// A reader over `inner`, positioned at offset 0.
+    pub fn new(inner: R, limits: TarLimits) -> Self {
+        TarReader { inner, pos: 0, remaining: 0, padding: 0, limits, finished: false, saw_entry_or_byte: false }
+    }
+
+    /// Current offset in the stream.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Gives back the underlying reader (positioned wherever reading stopped).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn read_exact_or_eof(&mut self, buf: &mut [u8]) -> Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_read_error(e)),
+            }
+        }
+        self.pos += got as u64;
+        if got > 0 {
+            self.saw_entry_or_byte = true;
+        }
+        if got == 0 {
+            return Ok(false);
+        }
+        if got < buf.len() {
+            return Err(truncated(self.pos));
+        }
+        Ok(true)
+    }
+
+    fn skip(&mut self, mut n: u64) -> Result<()> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let want = n.min(buf.len() as u64) as usize;
+            let got = match self.inner.read(&mut buf[..want]) {
+                Ok(0) => return Err(truncated(self.pos)),
+                Ok(g) => g,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(map_read_error(e)),
+            };
+            self.pos += got as u64;
+            n -= got as u64;
+        }
+        Ok(())
+    }
+
+    fn read_block(&mut self) -> Result<Option<[u8; 512]>> {
+        let mut b = [0u8; 512];
+        if self.read_exact_or_eof(&mut b)? { Ok(Some(b)) } else { Ok(None) }
+    }
+
+    fn read_payload(&mut self, size: u64, what: &str) -> Result<Vec<u8>> {
+        if size > self.limits.max_header_bytes {
+            return Err(Error::bad_archive(format!(
+                "{what} header at byte {} is {size} bytes; the maximum is {}",
+                self.pos, self.limits.max_header_bytes
+            )));
+        }
+        let mut v = vec![0u8; size as usize];
+        if size > 0 && !self.read_exact_or_eof(&mut v)? {
+            return Err(truncated(self.pos));
+        }
+        self.skip(pad(size))?;
+        Ok(v)
+    }
+
+    /// Skips whatever is left of the current entry's data.
+    fn finish_entry(&mut self) -> Result<()> {
+        let n = self.remaining + self.padding;
+        self.remaining = 0;
+        self.padding = 0;
+        self.skip(n)
+    }
+
+    /// Reads up to `buf.len()` bytes of the current entry's stored data; 0 at its end.
+    pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.remaining) as usize;
+        loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(0) => return Err(truncated(self.pos)),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    self.remaining -= n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_read_error(e)),
+            }
+        }
+    }
+
+    /// The next entry, or `None` at the end-of-archive marker. Data of the previous entry that
+    /// was not read is skipped. An empty stream is an empty archive.
+    pub fn next_entry(&mut self) -> Result<Option<RawEntry>> {
+        if self.finished {
+            return Ok(None);
+        }
+        self.finish_entry()?;
+
+        let mut pax: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut header_offset = self.pos;
+        let mut in_extension = false;
+
+        loop {
+            let block_at = self.pos;
+            let Some(block) = self.read_block()? else {
+                if in_extension {
+                    return Err(truncated(self.pos));
+                }
+                if block_at == 0 {
+                    // An empty stream is a valid empty layer.
+                    self.finished = true;
+                    return Ok(None);
+                }
+                return Err(Error::bad_archive(format!(
+                    "archive is truncated: no end-of-archive marker after byte {block_at}"
+                )));
+            };
+            if block.iter().all(|b| *b == 0) {
+                if in_extension {
+                    return Err(Error::bad_archive(format!(
+                        "extension header at byte {header_offset} is followed by the end-of-archive marker"
+                    )));
+                }
+                self.finished = true;
+                self.drain_trailer()?;
+                return Ok(None);
+            }
+            let header = Header::from_byte_slice(&block);
+            check_checksum(header, block_at)?;
+            let size = header
+                .entry_size()
+                .map_err(|e| Error::bad_archive(format!("bad size field in header at byte {block_at}: {e}")))?;
+            match header.entry_type() {
+                EntryType::XHeader => {
+                    let payload = self.read_payload(size, "PAX extended")?;
+                    parse_pax(&payload, &mut pax, block_at)?;
+                    in_extension = true;
+                    continue;
+                }
+                EntryType::XGlobalHeader => {
+                    // Global records (comments from `git archive`, for example) carry nothing
+                    // layers use; they are bounded and skipped.
+                    self.read_payload(size, "PAX global")?;
+                    if !in_extension {
+                        header_offset = self.pos;
+                    }
+                    continue;
+                }
+                EntryType::GNULongName => {
+                    long_name = Some(trim_nul(self.read_payload(size, "GNU long name")?));
+                    in_extension = true;
+                    continue;
+                }
+                EntryType::GNULongLink => {
+                    long_link = Some(trim_nul(self.read_payload(size, "GNU long link")?));
+                    in_extension = true;
+                    continue;
+                }
+                _ => {}
+            }
+            return self.finish_header(header, header_offset, size, pax, long_name, long_link).map(Some);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_header(
+        &mut self,
+        header: &Header,
+        header_offset: u64,
+        size_field: u64,
+        pax: BTreeMap<String, Vec<u8>>,
+        long_name: Option<Vec<u8>>,
+        long_link: Option<Vec<u8>>,
+    ) -> Result<RawEntry> {
+        let name_bytes = match (pax.get("path"), &long_name) {
+            (Some(p), _) => p.clone(),
+            (None, Some(l)) => l.clone(),
+            (None, None) => header.path_bytes().into_owned(),
+        };
+        let display = String::from_utf8_lossy(&name_bytes).into_owned();
+        let name = utf8("path", &name_bytes, &display)?;
+
+        if pax.keys().any(|k| k.starts_with("GNU.sparse.")) {
+            return Err(Error::bad_entry(
+                &name,
+                "PAX-format sparse files (GNU.sparse.*) are not supported; write sparse files in GNU format",
+            ));
+        }
+
+        let entry_type = header.entry_type();
+        let kind = match entry_type {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => RawKind::File,
+            EntryType::Directory => RawKind::Dir,
+            EntryType::Symlink => RawKind::Symlink,
+            EntryType::Link => RawKind::Hardlink,
+            EntryType::Char => RawKind::Char,
+            EntryType::Block => RawKind::Block,
+            EntryType::Fifo => RawKind::Fifo,
+            other => {
+                return Err(Error::bad_entry(&name, format!("unsupported entry type {:?}", other.as_byte() as char)));
+            }
+        };
+        // Old-style archives mark directories by a trailing slash on a regular entry.
+        let kind = if kind == RawKind::File && entry_type == EntryType::Regular && name.ends_with('/') {
+            RawKind::Dir
+        } else {
+            kind
+        };
+
+        // Tar smuggling: a PAX size that disagrees with a non-zero ustar size makes readers
+        // see different archives. Refuse it.
+        let mut stored = size_field;
+        if let Some(v) = pax.get("size") {
+            let pax_size = parse_pax_u64(v).ok_or_else(|| Error::bad_entry(&name, "PAX size record is not a number"))?;
+            if size_field != 0 && size_field != pax_size {
+                return Err(Error::bad_entry(
+                    &name,
+                    format!("PAX size {pax_size} disagrees with the header size {size_field} (tar smuggling)"),
+                ));
+            }
+            stored = pax_size;
+        }
+
+        let link = match kind {
+            RawKind::Symlink | RawKind::Hardlink => {
+                let bytes = match (pax.get("linkpath"), &long_link) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(l)) => l.clone(),
+                    (None, None) => header.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default(),
+                };
+                if bytes.is_empty() {
+                    return Err(Error::bad_entry(&name, "link has an empty target"));
+                }
+                Some(utf8("link target", &bytes, &name)?)
+            }
+            _ => None,
+        };
+
+        let old = header.as_old();
+        let mode = num_field(&old.mode, header.mode().map(u64::from), "mode", &name)? as u32 & 0o7777;
+        let uid = match pax.get("uid") {
+            Some(v) => parse_pax_u64(v).ok_or_else(|| Error::bad_entry(&name, "bad PAX uid"))?,
+            None => num_field(&old.uid, header.uid(), "uid", &name)?,
+        };
+        let gid = match pax.get("gid") {
+            Some(v) => parse_pax_u64(v).ok_or_else(|| Error::bad_entry(&name, "bad PAX gid"))?,
+            None => num_field(&old.gid, header.gid(), "gid", &name)?,
+        };
+        let (mtime, mtime_nsec) = match pax.get("mtime") {
+            Some(v) => parse_pax_time(v).ok_or_else(|| Error::bad_entry(&name, "bad PAX mtime"))?,
+            None => (i64::try_from(num_field(&old.mtime, header.mtime(), "mtime", &name)?).unwrap_or(i64::MAX), 0),
+        };
+        let uname = match pax.get("uname") {
+            Some(v) => Some(utf8("uname", v, &name)?),
+            None => header.username_bytes().filter(|b| !b.is_empty()).map(|b| String::from_utf8_lossy(b).into_owned()),
+        };
+        let gname = match pax.get("gname") {
+            Some(v) => Some(utf8("gname", v, &name)?),
+            None => header.groupname_bytes().filter(|b| !b.is_empty()).map(|b| String::from_utf8_lossy(b).into_owned()),
+        };
+        let dev = match kind {
+            RawKind::Char | RawKind::Block => {
+                let major = num(header.device_major(), "device major", &name)?.unwrap_or(0);
+                let minor = num(header.device_minor(), "device minor", &name)?.unwrap_or(0);
+                Some((major, minor))
+            }
+            _ => None,
+        };
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in &pax {
+            if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
+                xattrs.insert(x.to_owned(), v.clone());
+            }
+        }
+
+        let (size, sparse) = if entry_type == EntryType::GNUSparse {
+            let (real, map) = self.read_gnu_sparse(header, &name, stored)?;
+            (real, Some(map))
+        } else {
+            (stored, None)
+        };
+        let data_offset = self.pos;
+        self.remaining = stored;
+        self.padding = pad(stored);
+        Ok(RawEntry {
+            header_offset,
+            data_offset,
+            name,
+            link,
+            kind,
+            mode,
+            uid,
+            gid,
+            uname,
+            gname,
+            mtime,
+            mtime_nsec,
+            dev,
+            size: if kind == RawKind::File { size } else { 0 },
+            stored,
+            sparse,
+            xattrs,
+        })
+    }
+
+    fn read_gnu_sparse(&mut self, header: &Header, name: &str, stored: u64) -> Result<(u64, Vec<(u64, u64)>)> {
+        let gnu = header.as_gnu().ok_or_else(|| Error::bad_entry(name, "sparse entry without a GNU header"))?;
+        let real = num(gnu.real_size(), "sparse real size", name)?;
+        let mut map = Vec::new();
+        let mut push = |s: &tar::GnuSparseHeader| -> Result<()> {
+            if s.is_empty() {
+                return Ok(());
+            }
+            let off = num(s.offset(), "sparse offset", name)?;
+            let len = num(s.length(), "sparse length", name)?;
+            map.push((off, len));
+            Ok(())
+        };
+        for s in &gnu.sparse {
+            push(s)?;
+        }
+        let mut extended = gnu.is_extended();
+        let mut blocks = 0u64;
+        while extended {
+            blocks += 1;
+            if blocks * BLOCK > self.limits.max_header_bytes {
+                return Err(Error::bad_entry(name, "sparse map is larger than the header limit"));
+            }
+            let block = self.read_block()?.ok_or_else(|| truncated(self.pos))?;
+            let mut ext = tar::GnuExtSparseHeader::new();
+            ext.as_mut_bytes().copy_from_slice(&block);
+            for s in ext.sparse() {
+                push(s)?;
+            }
+            extended = ext.is_extended();
+        }
+        // The map must be ordered, inside the file, and account for exactly the stored bytes.
+        let mut end = 0u64;
+        let mut total = 0u64;
+        for &(off, len) in &map {
+            let stop = off.checked_add(len).ok_or_else(|| Error::bad_entry(name, "sparse map overflows"))?;
+            if off < end || stop > real {
+                return Err(Error::bad_entry(name, "sparse map is out of order or beyond the file size"));
+            }
+            end = stop;
+            total += len;
+        }
+        if total != stored {
+            return Err(Error::bad_entry(
+                name,
+                format!("sparse map covers {total} bytes but {stored} are stored"),
+            ));
+        }
+        Ok((real, map))
+    }
+
+    /// After the first zero block: accept a second zero block and zero padding; anything else
+    /// after the end marker is ignored but must still be read so the whole stream is hashed.
+    fn drain_trailer(&mut self) -> Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.inner.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.pos += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_read_error(e)),
+            }
+        }
+    }
+}
+
+/// Errors from the layers below a tar reader (decompressors, limits, the network) arrive as
+/// `io::Error`; ones that carry an imagestore [`Error`] are unwrapped, others become
+/// bad-archive errors (a corrupt gzip stream, say).
+pub fn map_read_error(e: io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(err) = inner.downcast::<Error>() {
+                return *err;
+            }
+        }
+        return Error::bad_archive("read failed");
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => Error::bad_archive("archive is truncated (unexpected end of compressed stream)"),
+        _ => Error::bad_archive(format!("cannot read archive: {e}")),
+    }
+}
+
+fn check_checksum(header: &Header, at: u64) -> Result<()> {
+    let bytes = header.as_bytes();
+    let sum: u32 = bytes[..148].iter().chain(&bytes[156..]).map(|b| u32::from(*b)).sum::<u32>() + 8 * 32;
+    match header.cksum() {
+        Ok(c) if c == sum => Ok(()),
+        _ if at == 0 => Err(Error::bad_archive("input is not a tar archive (bad header checksum at byte 0)")),
+        _ => Err(Error::bad_archive(format!("corrupt header at byte {at} (checksum mismatch)"))),
+    }
+}
+
+fn pad(n: u64) -> u64 {
+    (BLOCK - n % BLOCK) % BLOCK
+}
+
+fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+fn parse_pax_u64(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut nsec = 0u32;
+    if !frac.is_empty() {
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+        nsec = digits.parse().ok()?;
+    }
+    Some((secs, nsec))
+}
+
+/// Parses PAX records (`<len> <key>=<value>\n`) into `out`; later records win.
+fn parse_pax(payload: &[u8], out: &mut BTreeMap<String, Vec<u8>>, at: u64) -> Result<()> {
+    let bad = || Error::bad_archive(format!("malformed PAX header at byte {at}"));
+    let mut rest = payload;
+    while !rest.is_empty() {
+        if rest.iter().all(|b| *b == 0) {
+            break;
+        }
+        let sp = rest.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&rest[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        if len <= sp + 1 || len > rest.len() {
+            return Err(bad());
+        }
+        let record = &rest[sp + 1..len];
+        let record = record.strip_suffix(b"\n").ok_or_else(bad)?;
+        let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
+        let key = std::str::from_utf8(&record[..eq]).map_err(|_| bad())?.to_owned();
+        out.insert(key, record[eq + 1..].to_vec());
+        rest = &rest[len..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(f: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        f(&mut b).expect("build tar");
+        b.into_inner().expect("finish tar")
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut h = Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(EntryType::Regular);
+        b.append_data(&mut h, name, data)
+    }
+
+    fn all(bytes: &[u8]) -> Result<Vec<(RawEntry, Vec<u8>)>> {
+        let mut r = TarReader::new(bytes, TarLimits::default());
+        let mut out = Vec::new();
+        while let Some(e) = r.next_entry()? {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 100];
+            loop {
+                let n = r.read_data(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+            }
+            out.push((e, data));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_entries_with_offsets() -> Result<()> {
+        let long = "d/".repeat(80) + "file";
+        let bytes = build(|b| {
+            file(b, "a.txt", b"hello")?;
+            file(b, &long, b"x")
+        });
+        let entries = all(&bytes)?;
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0.name, "a.txt");
+        assert_eq!(entries[0].0.header_offset, 0);
+        assert_eq!(entries[0].0.data_offset, 512);
+        assert_eq!(&bytes[512..517], b"hello");
+        assert_eq!(entries[0].1, b"hello");
+        assert_eq!(entries[1].0.name, long);
+        assert_eq!(entries[1].0.header_offset, 1024);
+        Ok(())
+    }
+
+    #[test]
+    fn empty_stream_is_empty_archive() -> Result<()> {
+        assert!(all(&[])?.is_empty());
+        assert!(all(&[0u8; 1024])?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_errors() {
+        let bytes = build(|b| file(b, "a", &[1u8; 2000]));
+        for cut in [100usize, 512, 1000, 2560] {
+            let r = all(&bytes[..cut]);
+            assert!(matches!(r, Err(Error::BadArchive { .. })), "cut {cut}: {r:?}");
+        }
+        let r = all(b"this is not a tar file at all, just some text".repeat(20).as_slice());
+        match r {
+            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("not a tar"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pax_size_smuggling_is_refused() {
+        let mut bytes = build(|b| {
+            let mut h = Header::new_ustar();
+            h.set_size(5);
+            h.set_mode(0o644);
+            h.set_path("inner")?;
+            h.set_cksum();
+            b.append_pax_extensions([("size", b"1024".as_slice())])?;
+            b.append(&h, [0u8; 5].as_slice())
+        });
+        bytes.extend_from_slice(&[0u8; 2048]);
+        match all(&bytes) {
+            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("smuggling"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_pax_header_is_refused() {
+        let big = vec![b'a'; (1 << 20) + 10];
+        let bytes = build(|b| {
+            b.append_pax_extensions([("comment", big.as_slice())])?;
+            file(b, "x", b"")
+        });
+        match all(&bytes) {
+            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("maximum"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pax_records_parse() -> Result<()> {
+        let mut m = BTreeMap::new();
+        parse_pax(b"20 path=hello/world\n29 SCHILY.xattr.user.a=\x00\x01bin\n", &mut m, 0)?;
+        assert_eq!(m["path"], b"hello/world");
+        assert_eq!(m["SCHILY.xattr.user.a"], b"\x00\x01bin");
+        assert_eq!(parse_pax_time(b"1700000000.5"), Some((1700000000, 500_000_000)));
+        assert!(parse_pax(b"99 path=x\n", &mut m, 0).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! The core of imagestore: the [`ImageStorer`] trait and its companions, the types they
+//! speak ([`Image`], [`Digest`], validated names), the one public [`Error`], the scheme
+//! registry, and the layer engine every backend shares (tar ingest with its defences, tables
+//! of contents, whiteouts, filters, export, diff and checkout).
+//!
+//! Backends live in their own crates and only decide where bytes go and how a commit becomes
+//! visible; the facade crate `imagestore` links them and re-exports this crate.
+
+#![deny(missing_docs)]
+
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod layer;
+pub mod names;
+pub mod registry;
+pub mod storer;
+
+pub use digest::{Algorithm, Digest};
+pub use error::{is_image_in_use, Error, ObjectKind, Result};
+pub use image::{Image, ImageLink, Metadata};
+pub use layer::filter::{FilterSpec, FilterType};
+pub use names::{ImageId, OwnerName, StoreName};
+pub use storer::{
+    byte_stream, ByteStream, Capabilities, Exporter, ImageStorer, ImageStorerExt, ImportSummary, Importer,
+    Resolver, Writable,
+};
+
+/// Re-exported so backends and callers agree on the version.
+pub use url::Url;

@@ -1,0 +1,279 @@
+//! The storage traits: [`ImageStorer`] and the [`Resolver`], [`Importer`] and [`Exporter`] it
+//! builds on, in the vocabulary of VIC's Go interface.
+//!
+//! Every trait is object safe; callers hold an `Arc<dyn ImageStorer>` from
+//! [`crate::registry::open`]. Each method documents its contract; the conformance suite
+//! (`tests/conformance`) checks every backend against these contracts.
+
+use std::fmt;
+use std::path::Path;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+use url::Url;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::image::{Image, Metadata};
+use crate::layer::checkout::{CheckoutOptions, CheckoutReport};
+use crate::layer::filter::FilterSpec;
+use crate::names::{ImageId, OwnerName, StoreName};
+
+/// A stream of bytes going into or coming out of a store (a layer tar, an export).
+pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Wraps any async reader as a [`ByteStream`].
+pub fn byte_stream(r: impl AsyncRead + Send + 'static) -> ByteStream {
+    Box::pin(r)
+}
+
+/// What a backend can do, so that callers and tests ask instead of checking schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Layer bytes are kept exactly as received, so [`Exporter::export_raw`] works and its
+    /// digest equals the sum the layer was written with.
+    pub raw_layers: bool,
+    /// Longest chain (layers above scratch) the backend accepts.
+    pub max_chain_depth: u32,
+    /// Several processes or hosts may share one store safely.
+    pub shared_writers: bool,
+}
+
+impl Capabilities {
+    /// Capabilities of a backend that keeps raw layers and accepts `max_chain_depth` layers.
+    pub fn new(raw_layers: bool, max_chain_depth: u32, shared_writers: bool) -> Self {
+        Capabilities { raw_layers, max_chain_depth, shared_writers }
+    }
+}
+
+/// A writable layer: a mutable child of an image, like a container's disk.
+///
+/// Tars are applied to it with [`Importer::import`]; [`Importer::commit_writable`] turns it
+/// into a new immutable image. While it exists, its parent counts as in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writable {
+    /// The writable layer's id (shares the namespace of image ids within a store).
+    pub id: ImageId,
+    /// Its store.
+    pub store: StoreName,
+    /// The image it was created on.
+    pub parent: ImageId,
+    /// Number of tars imported so far.
+    pub imports: u32,
+}
+
+/// What an import applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    /// Entries written (files, directories, links, devices).
+    pub entries: u64,
+    /// Whiteouts and opaque markers applied.
+    pub whiteouts: u64,
+    /// Entries the filter left out.
+    pub filtered: u64,
+    /// Bytes of the tar stream read.
+    pub bytes: u64,
+}
+
+/// Locating images and tracking who uses them (the seed's `storage.Resolver`, plus portable
+/// owner bookkeeping).
+#[async_trait]
+pub trait Resolver: Send + Sync {
+    /// A backend-native URL that locates the image's storage without further context
+    /// (a directory, an object prefix, a VMDK path). Fails with `NotFound` if the image does
+    /// not exist.
+    async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url>;
+
+    /// Everything that currently uses the image at `url` (a URL from [`Resolver::url`]):
+    /// registered owners, plus whatever the backend itself knows (VMs on vSphere).
+    async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>>;
+
+    /// Registers `owner` as a user of the image; while any owner is registered the image
+    /// cannot be deleted. Acquiring twice is the same as once. `NotFound` if the image does
+    /// not exist.
+    async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()>;
+
+    /// Removes `owner` from the image's users. `NotFound` if it was not registered.
+    async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()>;
+}
+
+/// Writing tar streams into writable layers (the seed's `storage.Importer`).
+#[async_trait]
+pub trait Importer: Send + Sync {
+    /// Creates an empty writable layer `id` on `parent`. `AlreadyExists` if an image or a
+    /// writable layer with that id exists; `NotFound` if the parent does not.
+    async fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable>;
+
+    /// Reads a writable layer's description.
+    async fn get_writable(&self, store: &StoreName, id: &ImageId) -> Result<Writable>;
+
+    /// Applies `tar` to writable layer `id`: entries replace what is there, whiteouts and opaque
+    /// markers delete, the filter selects, strips and rebases paths. A hostile or malformed
+    /// tar is refused as a whole with `BadArchive` and changes nothing.
+    async fn import(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        filter: &FilterSpec,
+        tar: ByteStream,
+    ) -> Result<ImportSummary>;
+
+    /// Turns writable layer `id` into a new immutable image `new_id` whose layer is the
+    /// difference from the parent (its digest is computed). The writable layer is removed.
+    async fn commit_writable(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        new_id: &ImageId,
+        meta: Metadata,
+    ) -> Result<Image>;
+
+    /// Discards writable layer `id` and everything imported into it.
+    async fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()>;
+}
+
+/// Reading image contents as tar streams (the seed's `storage.Exporter`), and checkout.
+#[async_trait]
+pub trait Exporter: Send + Sync {
+    /// A tar of image (or writable layer) `id`: without `ancestor`, the whole merged image;
+    /// with it, only the changes since that ancestor (with `.wh.` whiteouts for deletions and
+    /// opaque markers for replaced directories). `data = false` gives headers only.
+    /// `InvalidArgument` if `ancestor` is not an ancestor of `id`.
+    async fn export(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        ancestor: Option<&ImageId>,
+        filter: &FilterSpec,
+        data: bool,
+    ) -> Result<ByteStream>;
+
+    /// The exact bytes image `id`'s layer was written with; their digest equals its sum.
+    /// `Unsupported` on backends without [`Capabilities::raw_layers`].
+    async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
+
+    /// Materialises image (or writable layer) `id` into directory `dest`, which must be empty
+    /// or absent. Nothing is ever written outside `dest`.
+    async fn checkout(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        dest: &Path,
+        options: &CheckoutOptions,
+    ) -> Result<CheckoutReport>;
+}
+
+/// An image store backend: named stores holding chains of immutable images.
+///
+/// The contract, checked by the conformance suite on every backend:
+/// * a reader never sees a partial image, whatever crashes or concurrent writers do;
+/// * the same image id written concurrently yields one write, and every caller the image;
+/// * an image with children, writable layers or owners cannot be deleted, and a child is never
+///   committed on a parent a concurrent delete removed.
+#[async_trait]
+pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug {
+    /// The URL scheme this backend serves (`file`, `s3`, `vmdk`, `vsphere`).
+    fn scheme(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates store `name` with its `scratch` root image and returns the store's URL.
+    /// `AlreadyExists` if the store exists. On failure nothing of the store remains.
+    async fn create_image_store(&self, name: &StoreName) -> Result<Url>;
+
+    /// Deletes store `name`. Refused with `ImageInUse` (naming the images) while it holds
+    /// images or writable layers other than scratch. `NotFound` if it does not exist.
+    async fn delete_image_store(&self, name: &StoreName) -> Result<()>;
+
+    /// The URL of store `name`; `NotFound` if it does not exist. The first call for a store in
+    /// a process sweeps leftovers of crashed writes.
+    async fn get_image_store(&self, name: &StoreName) -> Result<Url>;
+
+    /// The URLs of every store, sorted by name.
+    async fn list_image_stores(&self) -> Result<Vec<Url>>;
+
+    /// Writes image `id` = `parent` + the layer read from `body`, which must hash to `sum`.
+    ///
+    /// * `NotFound` if the parent does not exist (only `parent.store` and `parent.id` are read).
+    /// * If `id` exists with the same sum and parent, returns it without reading `body`;
+    ///   with another sum or parent, `Conflict`.
+    /// * `DigestMismatch` if the bytes do not hash to `sum`; `BadArchive` if they are not a
+    ///   safe tar (plain, gzip or zstd). Either way nothing is visible and a retry may succeed.
+    /// * `LimitExceeded` if the chain would be deeper than [`Capabilities::max_chain_depth`].
+    async fn write_image(
+        &self,
+        parent: &Image,
+        id: &ImageId,
+        meta: Metadata,
+        sum: &Digest,
+        body: ByteStream,
+    ) -> Result<Image>;
+
+    /// Image `id` of store `store`; `NotFound` if absent.
+    async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image>;
+
+    /// With `ids` empty, every image of the store except scratch, sorted by id; otherwise the
+    /// images of `ids` that exist, in the order given (missing ids are skipped).
+    async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>>;
+
+    /// Deletes one image and returns it. `ImageInUse` while it has children, writable layers or
+    /// owners; `InvalidArgument` for scratch; `NotFound` if absent.
+    async fn delete_image(&self, image: &Image) -> Result<Image>;
+
+    /// Exact bytes used by the store's images, scratch excluded; answered without walking the
+    /// store.
+    async fn image_storage_usage(&self, store: &StoreName) -> Result<u64>;
+
+    /// Bytes used by one image's layer.
+    async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64>;
+}
+
+/// Conveniences on top of [`ImageStorer`].
+#[async_trait]
+pub trait ImageStorerExt: ImageStorer {
+    /// The store's scratch image.
+    async fn scratch(&self, store: &StoreName) -> Result<Image> {
+        self.get_image(store, &ImageId::scratch()).await
+    }
+
+    /// Writes a layer held in memory.
+    async fn write_image_bytes(
+        &self,
+        parent: &Image,
+        id: &ImageId,
+        meta: Metadata,
+        bytes: Vec<u8>,
+    ) -> Result<Image> {
+        let sum = Digest::sha256_of(&bytes);
+        self.write_image(parent, id, meta, &sum, byte_stream(std::io::Cursor::new(bytes))).await
+    }
+
+    /// The chain from scratch to `id`, scratch first.
+    async fn chain(&self, store: &StoreName, id: &ImageId) -> Result<Vec<Image>> {
+        let mut out = Vec::new();
+        let mut next = Some(id.clone());
+        while let Some(cur) = next {
+            let img = self.get_image(store, &cur).await?;
+            next = img.parent.clone();
+            out.push(img);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+impl<T: ImageStorer + ?Sized> ImageStorerExt for T {}
+
+/// The parameters of [`Image`] writes checked the same way by every backend before any I/O.
+pub fn check_write_id(id: &ImageId) -> Result<()> {
+    if id.is_scratch() {
+        return Err(crate::error::Error::invalid(
+            "image id \"scratch\" is reserved for the root image of a store",
+        ));
+    }
+    Ok(())
+}
