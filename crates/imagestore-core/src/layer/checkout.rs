@@ -1,6 +1,28 @@
-//! Checkout: materialising an image into a directory without ever writing outside it.
+//! Checkout: materialising a merged view into a directory without ever writing outside it.
+//!
+//! Every path is resolved by the kernel inside the destination (`openat2` with
+//! `RESOLVE_IN_ROOT`), the final component is created relative to its parent's descriptor, and
+//! owners, modes, times and xattrs are set on descriptors of the created object or with
+//! no-follow calls, never through a symlink. Directories get their final mode and times last,
+//! deepest first, so read-only directories can still be filled.
+//!
+//! As root, owners, device nodes and all but overlay/`trusted.*` xattrs are restored. In
+//! rootless mode (any user) ownership, device nodes and privileged xattrs are skipped and
+//! listed in the report.
 
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layer::compose::{EntryRef, MergedView};
+use crate::layer::export::{full_changes, FileBody, First, LayerReader, LayerSource, Plan};
+use crate::layer::path;
+use crate::layer::toc::{EntryKind, TocEntry};
 
 /// How a checkout treats what needs privilege.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,4 +41,307 @@ pub struct CheckoutReport {
     pub bytes: u64,
     /// What was skipped and why (rootless mode).
     pub skipped: Vec<String>,
+}
+
+/// True for xattrs a checkout never restores: overlayfs' own (`trusted.overlay.*`,
+/// `user.overlay.*`) and every `trusted.*` one.
+pub fn is_filtered_xattr(name: &str) -> bool {
+    name.starts_with("trusted.") || name.starts_with("user.overlay.")
+}
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+struct Checkout<'a> {
+    root: OwnedFd,
+    dest: &'a Path,
+    view: &'a MergedView,
+    source: &'a dyn LayerSource,
+    readers: HashMap<usize, Box<dyn LayerReader>>,
+    rootless: bool,
+    report: CheckoutReport,
+    skipped_owners: bool,
+}
+
+impl Checkout<'_> {
+    fn fail(&self, p: &str, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Backend {
+            backend: "checkout",
+            message: format!("{what} {}: {e}", self.dest.join(p).display()),
+            retryable: false,
+            source: None,
+        }
+    }
+
+    /// A descriptor for directory `dir` (normalised), resolved inside the root.
+    fn open_dir(&self, dir: &str) -> Result<OwnedFd> {
+        let p = if dir.is_empty() { "." } else { dir };
+        rfs::openat2(
+            &self.root,
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| self.fail(dir, "opening directory", errno(e)))
+    }
+
+    fn skip(&mut self, what: String) {
+        self.report.skipped.push(what);
+    }
+
+    fn owner(&mut self, p: &str, e: &TocEntry, apply: impl FnOnce(Option<rfs::Uid>, Option<rfs::Gid>) -> rustix::io::Result<()>) -> Result<()> {
+        if self.rootless {
+            if !self.skipped_owners && (e.uid != 0 || e.gid != 0 || !rustix::process::geteuid().is_root()) {
+                self.skipped_owners = true;
+                self.skip("ownership of all entries (rootless)".to_owned());
+            }
+            return Ok(());
+        }
+        let uid = u32::try_from(e.uid).map_err(|_| self.fail(p, "owner of", "uid out of range"))?;
+        let gid = u32::try_from(e.gid).map_err(|_| self.fail(p, "owner of", "gid out of range"))?;
+        let (u, g) = (rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid));
+        apply(Some(u), Some(g)).map_err(|err| {
+            if err == rustix::io::Errno::PERM {
+                self.fail(p, "setting the owner of", "permission denied (run as root, or use rootless mode)")
+            } else {
+                self.fail(p, "setting the owner of", errno(err))
+            }
+        })
+    }
+
+    fn xattrs(&mut self, p: &str, e: &TocEntry, fd: &OwnedFd) -> Result<()> {
+        for (name, value) in &e.xattrs {
+            if is_filtered_xattr(name) {
+                continue;
+            }
+            if self.rootless && !name.starts_with("user.") {
+                self.skip(format!("xattr {name} of {p} (rootless)"));
+                continue;
+            }
+            match rfs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(err) if err == rustix::io::Errno::OPNOTSUPP => {
+                    self.skip(format!("xattr {name} of {p} (not supported by the filesystem)"));
+                }
+                Err(err) => return Err(self.fail(p, &format!("setting xattr {name} on"), errno(err))),
+            }
+        }
+        Ok(())
+    }
+
+    fn times(e: &TocEntry) -> Timestamps {
+        let t = Timespec { tv_sec: e.mtime, tv_nsec: i64::from(e.mtime_nsec) };
+        Timestamps { last_access: t, last_modification: t }
+    }
+
+    fn mkdir(&mut self, p: &str) -> Result<()> {
+        let parent = self.open_dir(path::parent(p))?;
+        match rfs::mkdirat(&parent, path::base(p), Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(err) if err == rustix::io::Errno::EXIST => {}
+            Err(err) => return Err(self.fail(p, "creating directory", errno(err))),
+        }
+        self.report.entries += 1;
+        Ok(())
+    }
+
+    fn finish_dir(&mut self, p: &str) -> Result<()> {
+        let node = self.view.get(p).copied();
+        let entry = node.and_then(|n| self.view.content_of(&n).cloned());
+        let e = entry.unwrap_or_else(|| TocEntry::new(p, EntryKind::Dir, 0o755));
+        let fd = rfs::openat2(
+            &self.root,
+            p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|err| self.fail(p, "opening directory", errno(err)))?;
+        self.owner(p, &e, |u, g| rfs::fchown(&fd, u, g))?;
+        self.xattrs(p, &e, &fd)?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777)).map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+        rfs::futimens(&fd, &Self::times(&e)).map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+        Ok(())
+    }
+
+    /// Creates a non-directory; false if it was skipped (a device node in rootless mode).
+    fn file(&mut self, p: &str, content: EntryRef) -> Result<bool> {
+        let view = self.view;
+        let e = view.entry(content);
+        let parent = self.open_dir(path::parent(p))?;
+        let name = path::base(p);
+        match e.kind {
+            EntryKind::File => {
+                let fd = rfs::openat(
+                    &parent,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|err| self.fail(p, "creating", errno(err)))?;
+                let mut file = std::fs::File::from(fd);
+                if e.size > 0 {
+                    let layer = content.layer as usize;
+                    if !self.readers.contains_key(&layer) {
+                        let r = self.source.open(layer)?;
+                        self.readers.insert(layer, r);
+                    }
+                    let reader = self.readers.get_mut(&layer).ok_or_else(|| Error::invalid("layer reader vanished"))?;
+                    reader
+                        .skip_to(e.data_offset)
+                        .map_err(|err| Error::corrupt(format!("layer data of {:?}", e.path), err.to_string()))?;
+                    let mut body = FileBody::new(reader.as_mut(), e);
+                    copy_sparse(&mut body, &mut file).map_err(|err| Error::Backend {
+                        backend: "checkout",
+                        message: format!("writing {}: {err}", self.dest.join(p).display()),
+                        retryable: false,
+                        source: None,
+                    })?;
+                    body.finish()?;
+                    self.report.bytes += e.size;
+                }
+                let fd = OwnedFd::from(file);
+                self.owner(p, e, |u, g| rfs::fchown(&fd, u, g))?;
+                self.xattrs(p, e, &fd)?;
+                rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777)).map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                rfs::futimens(&fd, &Self::times(e)).map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+            }
+            EntryKind::Symlink => {
+                let target = e.link.as_deref().unwrap_or_default();
+                rfs::symlinkat(target, &parent, name).map_err(|err| self.fail(p, "creating symlink", errno(err)))?;
+                self.owner(p, e, |u, g| rfs::chownat(&parent, name, u, g, AtFlags::SYMLINK_NOFOLLOW))?;
+                rfs::utimensat(&parent, name, &Self::times(e), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+            }
+            EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
+                let ft = match e.kind {
+                    EntryKind::Char => FileType::CharacterDevice,
+                    EntryKind::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let is_device = e.kind != EntryKind::Fifo;
+                if is_device && self.rootless {
+                    self.skip(format!("device node {p} (rootless)"));
+                    return Ok(false);
+                }
+                let (major, minor) = e.dev.unwrap_or((0, 0));
+                let dev = if is_device { rfs::makedev(major, minor) } else { 0 };
+                rfs::mknodat(&parent, name, ft, Mode::from_raw_mode(e.mode & 0o777), dev).map_err(|err| {
+                    if err == rustix::io::Errno::PERM {
+                        self.fail(p, "creating device node", "permission denied (run as root, or use rootless mode)")
+                    } else {
+                        self.fail(p, "creating", errno(err))
+                    }
+                })?;
+                // The node was just created by us and is not a symlink; fix the mode the umask
+                // trimmed through a descriptor that cannot follow anything.
+                let node = rfs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(|err| self.fail(p, "opening", errno(err)))?;
+                self.owner(p, e, |u, g| rfs::chownat(&node, "", u, g, AtFlags::EMPTY_PATH))?;
+                let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
+                rfs::chmodat(rfs::CWD, proc.as_str(), Mode::from_raw_mode(e.mode & 0o7777), AtFlags::empty())
+                    .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                rfs::utimensat(&parent, name, &Self::times(e), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+            }
+            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => return Ok(false),
+        }
+        self.report.entries += 1;
+        Ok(true)
+    }
+
+    fn hardlink(&mut self, p: &str, first: &str) -> Result<()> {
+        let from_dir = self.open_dir(path::parent(first))?;
+        let to_dir = self.open_dir(path::parent(p))?;
+        rfs::linkat(&from_dir, path::base(first), &to_dir, path::base(p), AtFlags::empty())
+            .map_err(|err| self.fail(p, "creating hardlink", errno(err)))?;
+        self.report.entries += 1;
+        Ok(())
+    }
+}
+
+/// Copies `body` into `file`, leaving holes for runs of zeros so sparse files stay sparse.
+fn copy_sparse(body: &mut impl Read, file: &mut std::fs::File) -> io::Result<()> {
+    use std::io::Seek;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    let mut hole = false;
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        if n == buf.len() && buf.iter().all(|b| *b == 0) {
+            file.seek(io::SeekFrom::Current(n as i64))?;
+            hole = true;
+        } else {
+            file.write_all(&buf[..n])?;
+            hole = false;
+        }
+    }
+    if hole {
+        file.set_len(len)?;
+    }
+    Ok(())
+}
+
+/// Materialises `view` into `dest`, which must be absent or an empty directory.
+pub fn checkout(view: &MergedView, source: &dyn LayerSource, dest: &Path, options: &CheckoutOptions) -> Result<CheckoutReport> {
+    let io_fail = |what: &str, e: io::Error| Error::Backend {
+        backend: "checkout",
+        message: format!("{what} {}: {e}", dest.display()),
+        retryable: false,
+        source: Some(Box::new(e)),
+    };
+    match std::fs::read_dir(dest) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(Error::invalid(format!("checkout destination {} is not empty", dest.display())));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir(dest).map_err(|e| io_fail("creating", e))?;
+        }
+        Err(e) => return Err(io_fail("reading", e)),
+    }
+    let root = rfs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| io_fail("opening", errno(e)))?;
+    let mut c = Checkout {
+        root,
+        dest,
+        view,
+        source,
+        readers: HashMap::new(),
+        rootless: options.rootless,
+        report: CheckoutReport::default(),
+        skipped_owners: false,
+    };
+    let changes = full_changes(view);
+    let plan = Plan::new(view, &changes);
+    let mut dirs = Vec::new();
+    for item in &plan.first {
+        if let First::Dir(p) = item {
+            c.mkdir(p)?;
+            dirs.push(p.clone());
+        }
+    }
+    let mut emitted: HashMap<EntryRef, String> = HashMap::new();
+    for (content, p) in &plan.rest {
+        if let Some(first) = emitted.get(content) {
+            let first = first.clone();
+            c.hardlink(p, &first)?;
+            continue;
+        }
+        let created = c.file(p, *content)?;
+        if created && view.entry(*content).kind != EntryKind::Symlink {
+            emitted.insert(*content, p.clone());
+        }
+    }
+    for p in dirs.iter().rev() {
+        c.finish_dir(p)?;
+    }
+    Ok(c.report)
 }

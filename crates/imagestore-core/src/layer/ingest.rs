@@ -88,16 +88,19 @@ pub struct Ingested {
 
 /// Reads `body` to its end once, feeding `sink`, and returns the digest, size and TOC.
 ///
-/// A malformed or hostile archive is `BadArchive`; when the whole stream was read and its
-/// digest is not `expected`, `DigestMismatch` wins, because the bytes were not the ones meant.
+/// With `expected`, the digest is computed in its algorithm and must match; without, it is a
+/// sha256 and is only reported. A malformed or hostile archive is `BadArchive`; when the whole
+/// stream was read and its digest is not `expected`, `DigestMismatch` wins, because the bytes
+/// were not the ones meant.
 pub async fn ingest(
     mut body: ByteStream,
-    expected: &Digest,
+    expected: Option<&Digest>,
     sink: &mut dyn StagingSink,
     lower: Arc<dyn LowerView>,
     limits: IngestLimits,
 ) -> Result<Ingested> {
-    let algorithm = expected.algorithm();
+    let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
+    let mismatch = |digest: &Digest| expected.is_some_and(|e| e != digest);
     let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (parse_tx, parse_rx) = mpsc::channel::<Bytes>(DEPTH);
     let hasher = tokio::task::spawn_blocking(move || hash_chunks(algorithm, hash_rx));
@@ -139,15 +142,17 @@ pub async fn ingest(
     let (digest, hashed) = hasher.await.map_err(|e| Error::invalid(format!("layer hasher panicked: {e}")))?;
     match parsed {
         Ok(toc) => {
-            if &digest != expected {
+            if let Some(expected) = expected.filter(|_| mismatch(&digest)) {
                 return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
             }
             Ok(Ingested { digest, size, toc })
         }
         Err(e) => {
             // If all of the stream was read, a wrong digest says more than the parse error.
-            if hashed == size && &digest != expected && body_at_eof(&mut body).await {
-                return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
+            if let Some(expected) = expected.filter(|_| mismatch(&digest)) {
+                if hashed == size && body_at_eof(&mut body).await {
+                    return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
+                }
             }
             Err(e)
         }
@@ -157,7 +162,7 @@ pub async fn ingest(
 /// Checks a layer held in memory against an empty lower view: its digest, size and TOC.
 pub async fn ingest_bytes(bytes: Vec<u8>, expected: &Digest) -> Result<Ingested> {
     let body: ByteStream = Box::pin(io::Cursor::new(bytes));
-    ingest(body, expected, &mut NullSink, Arc::new(EmptyView), IngestLimits::default()).await
+    ingest(body, Some(expected), &mut NullSink, Arc::new(EmptyView), IngestLimits::default()).await
 }
 
 async fn body_at_eof(body: &mut ByteStream) -> bool {
@@ -392,7 +397,7 @@ mod tests {
     async fn run(bytes: Vec<u8>, sum: &Digest) -> (Result<Ingested>, Vec<u8>) {
         let mut sink = VecSink(Vec::new());
         let body: ByteStream = Box::pin(io::Cursor::new(bytes));
-        let r = ingest(body, sum, &mut sink, Arc::new(EmptyView), IngestLimits::default()).await;
+        let r = ingest(body, Some(sum), &mut sink, Arc::new(EmptyView), IngestLimits::default()).await;
         (r, sink.0)
     }
 
@@ -455,7 +460,7 @@ mod tests {
         let sum = Digest::sha256_of(&zs);
         let limits = IngestLimits { ratio_floor: 1 << 20, max_ratio: 100, ..IngestLimits::default() };
         let body: ByteStream = Box::pin(io::Cursor::new(zs));
-        let r = ingest(body, &sum, &mut NullSink, Arc::new(EmptyView), limits).await;
+        let r = ingest(body, Some(&sum), &mut NullSink, Arc::new(EmptyView), limits).await;
         assert!(matches!(r, Err(Error::LimitExceeded { what: "decompression ratio", .. })), "{r:?}");
         Ok(())
     }

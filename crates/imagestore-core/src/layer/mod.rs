@@ -8,10 +8,15 @@
 //! * [`filter`] — VIC's include/exclude/strip/rebase filter.
 
 pub mod checkout;
+pub mod compose;
+pub mod export;
 pub mod filter;
 pub mod ingest;
 pub mod path;
+pub mod rewrite;
 pub mod scratch;
+pub mod stack;
+pub mod stream;
 pub mod tar_reader;
 pub mod toc;
 pub mod validate;

@@ -1,0 +1,514 @@
+//! Export: writing a merged view, or the changes between two views, as a tar stream.
+//!
+//! The plan comes from TOCs alone; file data is read lazily, only for the entries emitted, with
+//! one forward-only reader per layer. Order of the output:
+//! 1. directories, whiteouts and opaque markers, in path order (parents first);
+//! 2. everything else, grouped by the layer holding its data and in that layer's stream order,
+//!    so each layer is read once from front to back; the second and later paths of a
+//!    hardlink group follow their first path as hardlinks.
+//!
+//! Sparse files are written as regular files with their holes filled; the raw export keeps the
+//! original encoding. File data is checked against the TOC digest as it is copied.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use tar::{EntryType, Header};
+
+use crate::digest::Algorithm;
+use crate::error::{Error, Result};
+use crate::layer::compose::{Change, EntryRef, MergedView};
+use crate::layer::filter::FilterSpec;
+use crate::layer::path;
+use crate::layer::toc::{Compression, EntryKind, TocEntry};
+use crate::layer::validate::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+
+/// A forward-only reader over the uncompressed tar stream of one layer.
+pub trait LayerReader: Read + Send {
+    /// Moves forward to `offset` of the uncompressed stream. Moving backwards is an error.
+    fn skip_to(&mut self, offset: u64) -> io::Result<()>;
+}
+
+/// Opens the layers of a view for reading.
+pub trait LayerSource: Send + Sync {
+    /// A reader over layer `index` (an index into the view's layers), at offset 0.
+    fn open(&self, index: usize) -> Result<Box<dyn LayerReader>>;
+}
+
+/// A [`LayerReader`] over a seekable plain tar.
+#[derive(Debug)]
+pub struct SeekingReader<F> {
+    inner: F,
+    pos: u64,
+}
+
+impl<F: Read + Seek> SeekingReader<F> {
+    /// Wraps a reader positioned at offset 0.
+    pub fn new(inner: F) -> Self {
+        SeekingReader { inner, pos: 0 }
+    }
+}
+
+impl<F: Read + Seek + Send> Read for SeekingReader<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<F: Read + Seek + Send> LayerReader for SeekingReader<F> {
+    fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        if offset != self.pos {
+            self.inner.seek(SeekFrom::Start(offset))?;
+            self.pos = offset;
+        }
+        Ok(())
+    }
+}
+
+/// A [`LayerReader`] that skips by reading (for compressed layers).
+#[derive(Debug)]
+pub struct SkippingReader<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read + Send> SkippingReader<R> {
+    /// Wraps a reader positioned at offset 0.
+    pub fn new(inner: R) -> Self {
+        SkippingReader { inner, pos: 0 }
+    }
+}
+
+impl<R: Read + Send> Read for SkippingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Send> LayerReader for SkippingReader<R> {
+    fn skip_to(&mut self, offset: u64) -> io::Result<()> {
+        if offset < self.pos {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot move backwards in a compressed layer"));
+        }
+        let want = offset - self.pos;
+        let got = io::copy(&mut (&mut self.inner).take(want), &mut io::sink())?;
+        self.pos += got;
+        if got < want {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends early"));
+        }
+        Ok(())
+    }
+}
+
+/// A reader for a stored layer: seeks in plain tars, decompresses others.
+pub fn layer_reader<F: Read + Seek + Send + 'static>(file: F, compression: Compression) -> Result<Box<dyn LayerReader>> {
+    Ok(match compression {
+        Compression::None => Box::new(SeekingReader::new(file)),
+        Compression::Gzip => Box::new(SkippingReader::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)))),
+        Compression::Zstd => Box::new(SkippingReader::new(
+            zstd::stream::read::Decoder::new(file).map_err(|e| Error::corrupt("layer", format!("zstd: {e}")))?,
+        )),
+    })
+}
+
+/// Every node of a view as an upsert, in path order (a whole-image export).
+pub fn full_changes(view: &MergedView) -> Vec<Change> {
+    view.iter().map(|(p, _)| Change::Upsert(p.to_owned())).collect()
+}
+
+/// Counts of what an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Entries written (markers included).
+    pub entries: u64,
+    /// Bytes of file data written.
+    pub data_bytes: u64,
+}
+
+struct Writer<'a, W: Write> {
+    out: tar::Builder<W>,
+    view: &'a MergedView,
+    source: &'a dyn LayerSource,
+    readers: HashMap<usize, Box<dyn LayerReader>>,
+    stats: ExportStats,
+    data: bool,
+    filter: &'a FilterSpec,
+}
+
+fn io_err(e: io::Error) -> Error {
+    crate::layer::stream::error_from_io(e, "export")
+}
+
+/// Writes `changes` of `view` as a tar to `out`, filtered by `filter`; `data = false` writes
+/// headers only (sizes zero).
+pub fn write_tar<W: Write>(
+    out: W,
+    view: &MergedView,
+    changes: &[Change],
+    filter: &FilterSpec,
+    data: bool,
+    source: &dyn LayerSource,
+) -> Result<ExportStats> {
+    let mut w = Writer {
+        out: tar::Builder::new(out),
+        view,
+        source,
+        readers: HashMap::new(),
+        stats: ExportStats::default(),
+        data,
+        filter,
+    };
+    w.out.mode(tar::HeaderMode::Complete);
+    let plan = Plan::new(view, changes);
+    for item in &plan.first {
+        match item {
+            First::Dir(p) => {
+                let e = view.get(p).and_then(|n| view.content_of(n));
+                w.dir(p, e)?;
+            }
+            First::Delete(p) => w.marker(p, false)?,
+            First::Opaque(p) => w.marker(p, true)?,
+        }
+    }
+    let mut emitted: HashMap<EntryRef, String> = HashMap::new();
+    for (content, p) in &plan.rest {
+        let content = *content;
+        let Some(mapped) = filter.apply(p)? else { continue };
+        if let Some(first) = emitted.get(&content) {
+            let e = view.entry(content);
+            let mut h = base_header(e, EntryType::Link);
+            let first = first.clone();
+            w.append_link(&mut h, &mapped, &first, e)?;
+            continue;
+        }
+        w.node(&mapped, content)?;
+        if view.entry(content).kind != EntryKind::Symlink {
+            emitted.insert(content, mapped);
+        }
+    }
+    w.out.finish().map_err(io_err)?;
+    Ok(w.stats)
+}
+
+/// An item of the first phase of an export or checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum First {
+    /// A directory (possibly implied).
+    Dir(String),
+    /// A whiteout for a deleted path.
+    Delete(String),
+    /// An opaque marker for a directory.
+    Opaque(String),
+}
+
+/// The order in which an export or checkout handles a set of changes.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Directories and markers, in path order.
+    pub first: Vec<First>,
+    /// Everything else as `(content entry, path)`, sorted by content entry (so by layer and
+    /// stream position), the path that originally held the content first in its group.
+    pub rest: Vec<(EntryRef, String)>,
+}
+
+impl Plan {
+    /// Orders `changes` of `view`.
+    pub fn new(view: &MergedView, changes: &[Change]) -> Plan {
+        let mut first = Vec::new();
+        let mut rest: Vec<(EntryRef, bool, String)> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Upsert(p) => {
+                    let Some(node) = view.get(p) else { continue };
+                    match (view.content_of(node), node.content) {
+                        (Some(e), Some(content)) if e.kind != EntryKind::Dir => {
+                            let original = node.source == node.content;
+                            rest.push((content, !original, p.clone()));
+                        }
+                        _ => first.push(First::Dir(p.clone())),
+                    }
+                }
+                Change::Delete(p) => first.push(First::Delete(p.clone())),
+                Change::Opaque(p) => first.push(First::Opaque(p.clone())),
+            }
+        }
+        rest.sort();
+        Plan { first, rest: rest.into_iter().map(|(c, _, p)| (c, p)).collect() }
+    }
+}
+
+fn base_header(e: &TocEntry, kind: EntryType) -> Header {
+    let mut h = Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(e.mode);
+    h.set_uid(e.uid.min(0o7777777));
+    h.set_gid(e.gid.min(0o7777777));
+    h.set_mtime(e.mtime.max(0) as u64);
+    if let Some(u) = &e.uname {
+        let _ = h.set_username(u);
+    }
+    if let Some(g) = &e.gname {
+        let _ = h.set_groupname(g);
+    }
+    h.set_size(0);
+    h
+}
+
+/// PAX records for what a ustar header cannot hold.
+fn pax_records(e: Option<&TocEntry>, name: &str, link: Option<&str>) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    if name.len() > 99 || !name.is_ascii() {
+        v.push(("path".to_owned(), name.as_bytes().to_vec()));
+    }
+    if let Some(l) = link {
+        if l.len() > 99 || !l.is_ascii() {
+            v.push(("linkpath".to_owned(), l.as_bytes().to_vec()));
+        }
+    }
+    if let Some(e) = e {
+        if e.uid > 0o7777777 {
+            v.push(("uid".to_owned(), e.uid.to_string().into_bytes()));
+        }
+        if e.gid > 0o7777777 {
+            v.push(("gid".to_owned(), e.gid.to_string().into_bytes()));
+        }
+        if e.mtime_nsec != 0 || e.mtime < 0 {
+            v.push(("mtime".to_owned(), format!("{}.{:09}", e.mtime, e.mtime_nsec).into_bytes()));
+        }
+        for (k, val) in &e.xattrs {
+            v.push((format!("SCHILY.xattr.{k}"), val.clone()));
+        }
+    }
+    v
+}
+
+/// Appends one entry: PAX records for what ustar cannot hold, then the header (name, link and
+/// checksum filled in here) and `data` (exactly the header's size).
+pub(crate) fn append_entry<W: Write>(
+    out: &mut tar::Builder<W>,
+    h: &mut Header,
+    name: &str,
+    e: Option<&TocEntry>,
+    link: Option<&str>,
+    data: &mut dyn Read,
+) -> Result<()> {
+    let records = pax_records(e, name, link);
+    if !records.is_empty() {
+        out.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io_err)?;
+    }
+    set_name_field(&mut h.as_old_mut().name, name);
+    if let Some(l) = link {
+        set_name_field(&mut h.as_old_mut().linkname, l);
+    }
+    h.set_cksum();
+    out.append(h, data).map_err(io_err)
+}
+
+/// The header an entry gets (type, mode, owners, times, device numbers), size zero.
+pub(crate) fn header_for(e: &TocEntry) -> Result<Header> {
+    let kind = match e.kind {
+        EntryKind::File | EntryKind::Whiteout | EntryKind::Opaque => EntryType::Regular,
+        EntryKind::Dir => EntryType::Directory,
+        EntryKind::Symlink => EntryType::Symlink,
+        EntryKind::Hardlink => EntryType::Link,
+        EntryKind::Char => EntryType::Char,
+        EntryKind::Block => EntryType::Block,
+        EntryKind::Fifo => EntryType::Fifo,
+    };
+    let mut h = base_header(e, kind);
+    if let Some((major, minor)) = e.dev {
+        h.set_device_major(major).map_err(io_err)?;
+        h.set_device_minor(minor).map_err(io_err)?;
+    }
+    Ok(h)
+}
+
+fn set_name_field(field: &mut [u8], name: &str) {
+    field.fill(0);
+    let b = name.as_bytes();
+    let n = b.len().min(field.len());
+    field[..n].copy_from_slice(&b[..n]);
+}
+
+impl<W: Write> Writer<'_, W> {
+    fn append(&mut self, h: &mut Header, name: &str, e: Option<&TocEntry>, link: Option<&str>, data: &mut dyn Read) -> Result<()> {
+        append_entry(&mut self.out, h, name, e, link, data)?;
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn append_link(&mut self, h: &mut Header, name: &str, target: &str, e: &TocEntry) -> Result<()> {
+        self.append(h, name, Some(e), Some(target), &mut io::empty())
+    }
+
+    fn dir(&mut self, p: &str, e: Option<&TocEntry>) -> Result<()> {
+        let Some(mapped) = self.filter.apply(p)? else { return Ok(()) };
+        let mut h = match e {
+            Some(e) => base_header(e, EntryType::Directory),
+            None => {
+                let mut d = TocEntry::new(p, EntryKind::Dir, 0o755);
+                d.uname = None;
+                base_header(&d, EntryType::Directory)
+            }
+        };
+        self.append(&mut h, &format!("{mapped}/"), e, None, &mut io::empty())
+    }
+
+    fn marker(&mut self, p: &str, opaque: bool) -> Result<()> {
+        if self.filter.excludes(p) {
+            return Ok(());
+        }
+        let mapped = self.filter.map_path(p)?.unwrap_or_default();
+        let name = if opaque {
+            path::join(&mapped, OPAQUE_MARKER)
+        } else if mapped.is_empty() {
+            // The strip path itself was deleted: nothing names it in the output.
+            return Ok(());
+        } else {
+            path::join(path::parent(&mapped), &format!("{WHITEOUT_PREFIX}{}", path::base(&mapped)))
+        };
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_mtime(0);
+        self.append(&mut h, &name, None, None, &mut io::empty())
+    }
+
+    fn node(&mut self, mapped: &str, content: EntryRef) -> Result<()> {
+        let view = self.view;
+        let e = view.entry(content);
+        match e.kind {
+            EntryKind::File => {
+                let mut h = base_header(e, EntryType::Regular);
+                let size = if self.data { e.size } else { 0 };
+                h.set_size(size);
+                if !self.data || e.size == 0 {
+                    return self.append(&mut h, mapped, Some(e), None, &mut io::empty());
+                }
+                let layer = content.layer as usize;
+                if !self.readers.contains_key(&layer) {
+                    let r = self.source.open(layer)?;
+                    self.readers.insert(layer, r);
+                }
+                let reader = self
+                    .readers
+                    .get_mut(&layer)
+                    .ok_or_else(|| Error::invalid("layer reader vanished"))?;
+                reader.skip_to(e.data_offset).map_err(|err| corrupt_layer(e, err))?;
+                let mut body = FileBody::new(reader.as_mut(), e);
+                append_entry(&mut self.out, &mut h, mapped, Some(e), None, &mut body)?;
+                body.finish()?;
+                self.stats.entries += 1;
+                self.stats.data_bytes += e.size;
+                Ok(())
+            }
+            EntryKind::Symlink => {
+                let mut h = base_header(e, EntryType::Symlink);
+                let link = e.link.clone().unwrap_or_default();
+                self.append(&mut h, mapped, Some(e), Some(&link), &mut io::empty())
+            }
+            EntryKind::Char | EntryKind::Block => {
+                let kind = if e.kind == EntryKind::Char { EntryType::Char } else { EntryType::Block };
+                let mut h = base_header(e, kind);
+                let (major, minor) = e.dev.unwrap_or((0, 0));
+                h.set_device_major(major).map_err(io_err)?;
+                h.set_device_minor(minor).map_err(io_err)?;
+                self.append(&mut h, mapped, Some(e), None, &mut io::empty())
+            }
+            EntryKind::Fifo => {
+                let mut h = base_header(e, EntryType::Fifo);
+                self.append(&mut h, mapped, Some(e), None, &mut io::empty())
+            }
+            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => Ok(()),
+        }
+    }
+}
+
+fn corrupt_layer(e: &TocEntry, err: io::Error) -> Error {
+    Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
+}
+
+/// Reads a file's logical contents from its layer, filling sparse holes with zeros and
+/// hashing as it goes.
+pub(crate) struct FileBody<'a> {
+    inner: &'a mut dyn LayerReader,
+    entry: &'a TocEntry,
+    /// Segments still to produce: `(logical offset, length, stored)`.
+    segments: Vec<(u64, u64, bool)>,
+    seg: usize,
+    done_in_seg: u64,
+    hasher: crate::digest::Hasher,
+    short: bool,
+}
+
+impl<'a> FileBody<'a> {
+    pub(crate) fn new(inner: &'a mut dyn LayerReader, entry: &'a TocEntry) -> Self {
+        let mut segments = Vec::new();
+        match &entry.sparse {
+            None => segments.push((0, entry.size, true)),
+            Some(map) => {
+                let mut at = 0;
+                for &(off, len) in map {
+                    if off > at {
+                        segments.push((at, off - at, false));
+                    }
+                    segments.push((off, len, true));
+                    at = off + len;
+                }
+                if entry.size > at {
+                    segments.push((at, entry.size - at, false));
+                }
+            }
+        }
+        FileBody { inner, entry, segments, seg: 0, done_in_seg: 0, hasher: Algorithm::Sha256.hasher(), short: false }
+    }
+
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.short {
+            return Err(Error::corrupt(format!("layer data of {:?}", self.entry.path), "ends early"));
+        }
+        let got = self.hasher.finish();
+        match &self.entry.digest {
+            Some(want) if *want != got => Err(Error::corrupt(
+                format!("layer data of {:?}", self.entry.path),
+                format!("content digest is {got}, the TOC says {want}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Read for FileBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.seg < self.segments.len() {
+            let (_, len, stored) = self.segments[self.seg];
+            let left = len - self.done_in_seg;
+            if left == 0 {
+                self.seg += 1;
+                self.done_in_seg = 0;
+                continue;
+            }
+            let want = (buf.len() as u64).min(left) as usize;
+            let n = if stored {
+                let n = self.inner.read(&mut buf[..want])?;
+                if n == 0 {
+                    self.short = true;
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer data ends early"));
+                }
+                n
+            } else {
+                buf[..want].fill(0);
+                want
+            };
+            self.hasher.update(&buf[..n]);
+            self.done_in_seg += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}

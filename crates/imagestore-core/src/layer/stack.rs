@@ -1,0 +1,77 @@
+//! A [`Stack`] is what a backend hands the layer engine to answer for an image's contents:
+//! the TOCs of its chain (scratch first, then a writable layer's imports, if any) and a way to
+//! read each layer's bytes. Export, diff, checkout and import are then the same code on
+//! every backend.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::layer::checkout::{checkout, CheckoutOptions, CheckoutReport};
+use crate::layer::compose::{diff, MergedView};
+use crate::layer::export::{full_changes, write_tar, LayerSource};
+use crate::layer::filter::FilterSpec;
+use crate::layer::stream::spawn_producer;
+use crate::layer::toc::Toc;
+use crate::names::ImageId;
+use crate::storer::ByteStream;
+
+/// The layers of an image or writable layer, lowest first.
+#[derive(Clone)]
+pub struct Stack {
+    /// For each layer, the image it belongs to (a writable layer's imports carry its id).
+    pub owners: Vec<ImageId>,
+    /// For each layer, its TOC.
+    pub tocs: Vec<Arc<Toc>>,
+    /// Reads the layers' bytes; indexes match `tocs`.
+    pub source: Arc<dyn LayerSource>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("owners", &self.owners).finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    /// The merged view of all layers.
+    pub fn view(&self) -> MergedView {
+        MergedView::build(self.tocs.clone())
+    }
+
+    /// Number of layers up to and including the last one of image `ancestor`;
+    /// `InvalidArgument` if `ancestor` is not in the stack.
+    pub fn prefix_len(&self, ancestor: &ImageId, of: &ImageId) -> Result<usize> {
+        self.owners
+            .iter()
+            .rposition(|o| o == ancestor)
+            .map(|i| i + 1)
+            .ok_or_else(|| Error::invalid(format!("{ancestor} is not an ancestor of {of}")))
+    }
+
+    /// A tar of the whole merged image, or with `ancestor_len`, of the changes above the first
+    /// `ancestor_len` layers. Runs on the blocking pool; errors end the stream.
+    pub fn export(&self, ancestor_len: Option<usize>, filter: FilterSpec, data: bool) -> ByteStream {
+        let stack = self.clone();
+        spawn_producer(move |w| {
+            let view = stack.view();
+            let changes = match ancestor_len {
+                None => full_changes(&view),
+                Some(n) => diff(&view, &MergedView::build(stack.tocs[..n].to_vec())),
+            };
+            write_tar(w, &view, &changes, &filter, data, stack.source.as_ref())?;
+            Ok(())
+        })
+    }
+
+    /// Materialises the merged image into `dest`.
+    pub async fn checkout(&self, dest: PathBuf, options: CheckoutOptions) -> Result<CheckoutReport> {
+        let stack = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let view = stack.view();
+            checkout(&view, stack.source.as_ref(), &dest, &options)
+        })
+        .await
+        .map_err(|e| Error::invalid(format!("checkout task failed: {e}")))?
+    }
+}
