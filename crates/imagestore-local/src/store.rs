@@ -1,0 +1,510 @@
+//! The local backend: the [`ImageStorer`] implementation over a directory.
+//!
+//! Synchronous file-system work runs on the blocking pool through [`LocalStore::run`]; the
+//! trait methods are thin async shells around the `Inner` methods, which hold the logic.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use imagestore_core::image::{store_url, validate_metadata};
+use imagestore_core::layer::toc::Toc;
+use imagestore_core::names::SCRATCH_ID;
+use imagestore_core::storer::check_write_id;
+use imagestore_core::{
+    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, Metadata, ObjectKind, OwnerName, Resolver,
+    Result, StoreName, Url,
+};
+
+use crate::config::Config;
+use crate::error::{IoContext, BACKEND};
+use crate::fsx;
+use crate::layout::{ImageDir, Root, StoreDir};
+use crate::lock::{self, LockGuard};
+use crate::record::{ImageRecord, WritableRecord};
+
+/// Longest chain of layers above scratch this backend accepts.
+pub const MAX_CHAIN_DEPTH: u32 = 256;
+
+/// Largest number of TOCs kept in memory per backend instance.
+const TOC_CACHE_ENTRIES: usize = 4096;
+
+/// A local image-store backend rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// State shared by clones of a [`LocalStore`].
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) root: Root,
+    pub(crate) base_url: Url,
+    /// Stores swept by this instance.
+    swept: Mutex<HashSet<StoreName>>,
+    /// TOCs by `(store, id, sum)`: images are immutable, and the sum tells a rewritten id apart.
+    tocs: Mutex<HashMap<(StoreName, ImageId, String), Arc<Toc>>>,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a local backend for `config`. Leftovers of crashed store
+    /// creations are swept.
+    pub async fn open(config: Config) -> Result<LocalStore> {
+        let base_url = Url::from_directory_path(&config.root)
+            .map_err(|()| Error::invalid(format!("{} is not an absolute path", config.root.display())))?;
+        let inner = Arc::new(Inner {
+            root: Root { dir: config.root },
+            base_url,
+            swept: Mutex::new(HashSet::new()),
+            tocs: Mutex::new(HashMap::new()),
+        });
+        let store = LocalStore { inner };
+        store.run(|i| i.init_root()).await?;
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> PathBuf {
+        self.inner.root.dir.clone()
+    }
+
+    /// Runs blocking work on the blocking pool.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("blocking task failed: {e}"), false))?
+    }
+}
+
+fn image_name(store: &StoreName, id: &ImageId) -> String {
+    format!("{store}/{id}")
+}
+
+impl Inner {
+    fn init_root(&self) -> Result<()> {
+        let dir = &self.root.dir;
+        std::fs::create_dir_all(dir).at(dir)?;
+        let fmt = self.root.format_file();
+        if !fsx::exists(&fmt)? {
+            let body = br#"{"format":"imagestore-local","version":1}"#;
+            match fsx::write_new_synced(&fmt, body) {
+                Ok(()) => {}
+                Err(_) if fsx::exists(&fmt)? => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            let bytes = std::fs::read(&fmt).at(&fmt)?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::corrupt(fmt.display().to_string(), e.to_string()))?;
+            if v.get("format").and_then(|f| f.as_str()) != Some("imagestore-local") || v.get("version").and_then(|v| v.as_u64()) != Some(1) {
+                return Err(Error::corrupt(fmt.display().to_string(), "not an imagestore-local version 1 root"));
+            }
+        }
+        for d in [self.root.stores(), self.root.tmp(), self.root.trash()] {
+            fsx::mkdir(&d, true)?;
+        }
+        crate::sweep::sweep_root(self)
+    }
+
+    pub(crate) fn store_dir(&self, s: &StoreName) -> StoreDir {
+        self.root.store(s)
+    }
+
+    /// The store's directory, after checking it exists and sweeping it on first use.
+    pub(crate) fn open_store(&self, s: &StoreName) -> Result<StoreDir> {
+        let sd = self.store_dir(s);
+        if !fsx::exists(&sd.images())? {
+            return Err(Error::not_found(ObjectKind::Store, s));
+        }
+        let first = self.swept.lock().map(|mut set| set.insert(s.clone())).unwrap_or(true);
+        if first {
+            crate::sweep::sweep_store(self, s, &sd)?;
+        }
+        Ok(sd)
+    }
+
+    pub(crate) fn store_lock(&self, sd: &StoreDir) -> Result<LockGuard> {
+        lock::lock_blocking(&sd.lock_file(), lock::STORE_RANGE)
+    }
+
+    pub(crate) fn image_url(&self, s: &StoreName, id: &ImageId) -> Url {
+        let mut u = self.base_url.clone();
+        let path = self.store_dir(s).image(id).dir;
+        u.set_path(&path.to_string_lossy());
+        u
+    }
+
+    /// The committed image's record, `None` if absent.
+    pub(crate) fn find_record(&self, sd: &StoreDir, id: &ImageId) -> Result<Option<ImageRecord>> {
+        let d = sd.image(id);
+        if !fsx::exists(&d.committed())? {
+            return Ok(None);
+        }
+        match ImageRecord::read(&d.record()) {
+            Ok(r) => Ok(Some(r)),
+            // Deleted between the two reads.
+            Err(_) if !fsx::exists(&d.committed())? => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn record(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<ImageRecord> {
+        self.find_record(sd, id)?.ok_or_else(|| Error::not_found(ObjectKind::Image, image_name(s, id)))
+    }
+
+    pub(crate) fn image_of(&self, s: &StoreName, r: &ImageRecord) -> Result<Image> {
+        r.to_image(s, self.image_url(s, &r.id))
+    }
+
+    pub(crate) fn writable_exists(&self, sd: &StoreDir, id: &ImageId) -> Result<bool> {
+        fsx::exists(&sd.writable(id).committed())
+    }
+
+    pub(crate) fn writable_record(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<WritableRecord> {
+        let w = sd.writable(id);
+        if !fsx::exists(&w.committed())? {
+            return Err(Error::not_found(ObjectKind::Writable, image_name(s, id)));
+        }
+        WritableRecord::read(&w.record())
+    }
+
+    /// The TOC of a stored layer directory, cached by `(store, id, sum)`.
+    pub(crate) fn toc(&self, s: &StoreName, id: &ImageId, key: &str, dir: &ImageDir) -> Result<Arc<Toc>> {
+        let cache_key = (s.clone(), id.clone(), key.to_owned());
+        if let Some(t) = self.tocs.lock().ok().and_then(|c| c.get(&cache_key).cloned()) {
+            return Ok(t);
+        }
+        let path = dir.toc();
+        let f = std::fs::File::open(&path).at(&path)?;
+        let toc = Arc::new(Toc::decode(std::io::BufReader::new(f), &image_name(s, id))?);
+        if let Ok(mut c) = self.tocs.lock() {
+            if c.len() >= TOC_CACHE_ENTRIES {
+                c.clear();
+            }
+            c.insert(cache_key, toc.clone());
+        }
+        Ok(toc)
+    }
+
+    pub(crate) fn read_usage(&self, sd: &StoreDir) -> Result<u64> {
+        let p = sd.usage();
+        let text = std::fs::read_to_string(&p).at(&p)?;
+        text.trim().parse().map_err(|_| Error::corrupt(p.display().to_string(), "usage counter is not a number"))
+    }
+
+    /// Adds `delta` to the usage counter. Call with the store lock held, between
+    /// [`Inner::usage_begin`] and [`Inner::usage_end`].
+    pub(crate) fn usage_add(&self, sd: &StoreDir, delta: i128) -> Result<()> {
+        let cur = i128::from(self.read_usage(sd)?);
+        let next = (cur + delta).max(0);
+        fsx::replace_synced(&sd.usage(), next.to_string().as_bytes())
+    }
+
+    /// Marks the usage counter as being changed: if the process dies before
+    /// [`Inner::usage_end`], the next open recomputes it.
+    pub(crate) fn usage_begin(&self, sd: &StoreDir) -> Result<()> {
+        fsx::replace_synced(&sd.usage_pending(), b"")
+    }
+
+    /// Ends a usage change.
+    pub(crate) fn usage_end(&self, sd: &StoreDir) -> Result<()> {
+        fsx::remove_file(&sd.usage_pending())?;
+        fsx::sync_dir(&sd.dir)
+    }
+
+    fn create_store(&self, s: &StoreName) -> Result<Url> {
+        let _guard = lock::lock_blocking(&self.root.lock_file(), lock::range_for(s.as_str()))?;
+        let final_dir = self.store_dir(s);
+        if fsx::exists(&final_dir.dir)? {
+            return Err(Error::already_exists(ObjectKind::Store, s));
+        }
+        let tmp = self.root.tmp().join(format!("{s}.{}", fsx::nonce()));
+        let built = crate::scratch::build_store(&tmp);
+        if let Err(e) = built {
+            let _ = fsx::remove_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&tmp, &final_dir.dir).at(&final_dir.dir) {
+            let _ = fsx::remove_all(&tmp);
+            return Err(e);
+        }
+        fsx::sync_dir(&self.root.stores())?;
+        if let Ok(mut set) = self.swept.lock() {
+            set.insert(s.clone());
+        }
+        Ok(store_url(&self.base_url, s))
+    }
+
+    fn delete_store(&self, s: &StoreName) -> Result<()> {
+        let sd = self.open_store(s)?;
+        let _root_guard = lock::lock_blocking(&self.root.lock_file(), lock::range_for(s.as_str()))?;
+        let _guard = self.store_lock(&sd)?;
+        let mut left: Vec<String> = fsx::list_names(&sd.images())?
+            .into_iter()
+            .filter(|n| n != SCRATCH_ID)
+            .filter(|n| ImageId::new(n.as_str()).ok().is_some_and(|id| fsx::exists(&sd.image(&id).committed()).unwrap_or(true)))
+            .collect();
+        left.extend(fsx::list_names(&sd.writables())?.into_iter().map(|w| format!("writable {w}")));
+        if !left.is_empty() {
+            let shown: Vec<String> = left.iter().take(5).cloned().collect();
+            return Err(Error::Conflict {
+                kind: ObjectKind::Store,
+                name: s.to_string(),
+                reason: format!(
+                    "it still holds {} image(s) ({}{}); delete them first",
+                    left.len(),
+                    shown.join(", "),
+                    if left.len() > shown.len() { ", ..." } else { "" }
+                ),
+            });
+        }
+        let doomed = self.root.trash().join(format!("{s}.{}", fsx::nonce()));
+        std::fs::rename(&sd.dir, &doomed).at(&sd.dir)?;
+        fsx::sync_dir(&self.root.stores())?;
+        if let Ok(mut set) = self.swept.lock() {
+            set.remove(s);
+        }
+        fsx::remove_all(&doomed)
+    }
+
+    fn list_stores(&self) -> Result<Vec<Url>> {
+        let mut out = Vec::new();
+        for name in fsx::list_names(&self.root.stores())? {
+            if let Ok(s) = StoreName::new(name) {
+                out.push(store_url(&self.base_url, &s));
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+        let sd = self.open_store(s)?;
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            for name in fsx::list_names(&sd.images())? {
+                let Ok(id) = ImageId::new(name) else { continue };
+                if id.is_scratch() {
+                    continue;
+                }
+                if let Some(r) = self.find_record(&sd, &id)? {
+                    out.push(self.image_of(s, &r)?);
+                }
+            }
+        } else {
+            for id in ids {
+                if let Some(r) = self.find_record(&sd, id)? {
+                    out.push(self.image_of(s, &r)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Who uses an image: children, writable layers and owners.
+    pub(crate) fn users(&self, sd: &StoreDir, id: &ImageId) -> Result<Vec<String>> {
+        let d = sd.image(id);
+        let mut users = Vec::new();
+        for c in fsx::list_names(&d.children())? {
+            let Ok(cid) = ImageId::new(c.as_str()) else { continue };
+            if self.writable_exists(sd, &cid)? {
+                users.push(format!("writable {cid}"));
+            } else {
+                users.push(format!("child {cid}"));
+            }
+        }
+        for o in fsx::list_names(&d.owners())? {
+            users.push(format!("owner {o}"));
+        }
+        Ok(users)
+    }
+
+    fn delete(&self, image: &Image) -> Result<Image> {
+        let s = &image.store;
+        let id = &image.id;
+        if id.is_scratch() {
+            return Err(Error::invalid(format!("the scratch image of store {s} cannot be deleted")));
+        }
+        let sd = self.open_store(s)?;
+        let guard = self.store_lock(&sd)?;
+        let r = self.record(s, &sd, id)?;
+        let users = self.users(&sd, id)?;
+        if !users.is_empty() {
+            return Err(Error::ImageInUse { image: image_name(s, id), users });
+        }
+        let found = self.image_of(s, &r)?;
+        let d = sd.image(id);
+        self.usage_begin(&sd)?;
+        // Invisible first, then unlinked from the parent, then moved out of the way.
+        fsx::remove_file(&d.committed())?;
+        fsx::sync_dir(&d.dir)?;
+        if let Some(p) = &r.parent {
+            let pd = sd.image(p);
+            fsx::remove_file(&pd.child(id))?;
+            fsx::sync_dir(&pd.children())?;
+        }
+        let doomed = sd.trash().join(format!("{id}.{}", fsx::nonce()));
+        std::fs::rename(&d.dir, &doomed).at(&d.dir)?;
+        fsx::sync_dir(&sd.images())?;
+        self.usage_add(&sd, -i128::from(r.size))?;
+        self.usage_end(&sd)?;
+        drop(guard);
+        fsx::remove_all(&doomed)?;
+        Ok(found)
+    }
+
+    fn owner_change(&self, s: &StoreName, id: &ImageId, owner: &OwnerName, acquire: bool) -> Result<()> {
+        let sd = self.open_store(s)?;
+        let _guard = self.store_lock(&sd)?;
+        self.record(s, &sd, id)?;
+        let d = sd.image(id);
+        let p = d.owner(owner);
+        if acquire {
+            fsx::mkdir(&d.owners(), true)?;
+            if !fsx::exists(&p)? {
+                fsx::write_new_synced(&p, b"")?;
+                fsx::sync_dir(&d.owners())?;
+            }
+            Ok(())
+        } else if fsx::remove_file(&p)? {
+            fsx::sync_dir(&d.owners())
+        } else {
+            Err(Error::not_found(ObjectKind::Owner, format!("{owner} on {}", image_name(s, id))))
+        }
+    }
+
+    /// Parses an image locator of this backend back into `(store, id)`.
+    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
+        let bad = || Error::invalid(format!("{url} is not an image URL of the store at {}", self.base_url));
+        if url.scheme() != "file" {
+            return Err(bad());
+        }
+        let path = url.to_file_path().map_err(|()| bad())?;
+        let rel = path.strip_prefix(self.root.stores()).map_err(|_| bad())?;
+        let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+        match parts.as_slice() {
+            [store, "images", id] => Ok((StoreName::new(*store)?, ImageId::new(*id)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[async_trait]
+impl ImageStorer for LocalStore {
+    fn scheme(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, MAX_CHAIN_DEPTH, true)
+    }
+
+    async fn create_image_store(&self, name: &StoreName) -> Result<Url> {
+        let name = name.clone();
+        self.run(move |i| i.create_store(&name)).await
+    }
+
+    async fn delete_image_store(&self, name: &StoreName) -> Result<()> {
+        let name = name.clone();
+        self.run(move |i| i.delete_store(&name)).await
+    }
+
+    async fn get_image_store(&self, name: &StoreName) -> Result<Url> {
+        let name = name.clone();
+        self.run(move |i| {
+            i.open_store(&name)?;
+            Ok(store_url(&i.base_url, &name))
+        })
+        .await
+    }
+
+    async fn list_image_stores(&self) -> Result<Vec<Url>> {
+        self.run(|i| i.list_stores()).await
+    }
+
+    async fn write_image(&self, parent: &Image, id: &ImageId, meta: Metadata, sum: &Digest, body: ByteStream) -> Result<Image> {
+        check_write_id(id)?;
+        validate_metadata(&meta)?;
+        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body).await
+    }
+
+    async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sd = i.open_store(&s)?;
+            let r = i.record(&s, &sd, &id)?;
+            i.image_of(&s, &r)
+        })
+        .await
+    }
+
+    async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+        let (s, ids) = (store.clone(), ids.to_vec());
+        self.run(move |i| i.list(&s, &ids)).await
+    }
+
+    async fn delete_image(&self, image: &Image) -> Result<Image> {
+        let image = image.clone();
+        self.run(move |i| i.delete(&image)).await
+    }
+
+    async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {
+        let s = store.clone();
+        self.run(move |i| {
+            let sd = i.open_store(&s)?;
+            i.read_usage(&sd)
+        })
+        .await
+    }
+
+    async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sd = i.open_store(&s)?;
+            let r = i.record(&s, &sd, &id)?;
+            Ok(if id.is_scratch() { 0 } else { r.size })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Resolver for LocalStore {
+    async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sd = i.open_store(&s)?;
+            i.record(&s, &sd, &id)?;
+            Ok(i.image_url(&s, &id))
+        })
+        .await
+    }
+
+    async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
+        let url = url.clone();
+        self.run(move |i| {
+            let (s, id) = i.parse_locator(&url)?;
+            let sd = i.open_store(&s)?;
+            i.record(&s, &sd, &id)?;
+            let names = fsx::list_names(&sd.image(&id).owners())?;
+            Ok(names.into_iter().filter_map(|n| OwnerName::new(n).ok()).collect())
+        })
+        .await
+    }
+
+    async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
+        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
+        self.run(move |i| i.owner_change(&s, &id, &o, true)).await
+    }
+
+    async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
+        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
+        self.run(move |i| i.owner_change(&s, &id, &o, false)).await
+    }
+}

@@ -1,0 +1,256 @@
+//! Writing a layer: stage, verify, commit.
+//!
+//! ```text
+//! id lock ─► staging/<id>.<nonce>/layer ◄─ core ingest pipeline (hash, parse, TOC)
+//!         ─► digest ok? ─► toc + image.json, fsync files and staging dir
+//!         ─► store lock: parent still committed? child link, rename into images/<id>,
+//!            fsync images/, COMMITTED marker, fsync, usage counter
+//! ```
+//! The id lock makes concurrent writers of one id (threads or processes) queue: the first
+//! writes, the others find the committed image and return it without reading their body.
+//! The store lock makes a commit and a delete of its parent mutually exclusive.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use imagestore_core::layer::ingest::{ingest, IngestLimits, StagingSink};
+use imagestore_core::layer::validate::LowerView;
+use imagestore_core::{ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName};
+
+use crate::error::{IoContext, BACKEND};
+use crate::fsx;
+use crate::layout::{ImageDir, StoreDir};
+use crate::lock;
+use crate::record::ImageRecord;
+use crate::store::{Inner, LocalStore, MAX_CHAIN_DEPTH};
+
+/// A staging file fed by the ingest pipeline; writes happen on the blocking pool.
+pub(crate) struct FileSink {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl FileSink {
+    pub(crate) fn create(path: PathBuf) -> Result<FileSink> {
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
+        Ok(FileSink { file: Some(file), path })
+    }
+
+    /// fsyncs and closes the file.
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        let file = self.file.take();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || match file {
+            Some(f) => f.sync_all().at(&path),
+            None => Ok(()),
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, format!("sync task failed: {e}"), false))?
+    }
+}
+
+#[async_trait]
+impl StagingSink for FileSink {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let Some(mut f) = self.file.take() else {
+            return Err(Error::backend(BACKEND, "staging file already closed", false));
+        };
+        let path = self.path.clone();
+        let (f, r) = tokio::task::spawn_blocking(move || {
+            let r = f.write_all(&chunk);
+            (f, r)
+        })
+        .await
+        .map_err(|e| Error::backend(BACKEND, format!("write task failed: {e}"), false))?;
+        self.file = Some(f);
+        r.at(&path)
+    }
+}
+
+/// Removes a staging directory when dropped, unless disarmed.
+pub(crate) struct StagingDir {
+    pub(crate) dir: PathBuf,
+    armed: bool,
+}
+
+impl StagingDir {
+    pub(crate) fn create(sd: &StoreDir, id: &ImageId) -> Result<StagingDir> {
+        let dir = sd.staging().join(format!("{id}.{}", fsx::nonce()));
+        fsx::mkdir(&dir, false)?;
+        Ok(StagingDir { dir, armed: true })
+    }
+
+    pub(crate) fn layout(&self) -> ImageDir {
+        ImageDir { dir: self.dir.clone() }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fsx::remove_all(&self.dir);
+        }
+    }
+}
+
+/// What to do about an id that may already exist.
+fn existing_or_conflict(
+    inner: &Inner,
+    s: &StoreName,
+    sd: &StoreDir,
+    id: &ImageId,
+    parent: &ImageId,
+    sum: Option<&Digest>,
+) -> Result<Option<Image>> {
+    if inner.writable_exists(sd, id)? {
+        return Err(Error::Conflict {
+            kind: ObjectKind::Image,
+            name: format!("{s}/{id}"),
+            reason: "a writable layer has this id".to_owned(),
+        });
+    }
+    let Some(r) = inner.find_record(sd, id)? else { return Ok(None) };
+    if r.parent.as_ref() != Some(parent) {
+        return Err(Error::Conflict {
+            kind: ObjectKind::Image,
+            name: format!("{s}/{id}"),
+            reason: format!(
+                "it exists with parent {}, not {parent}",
+                r.parent.as_ref().map_or("none".to_owned(), ToString::to_string)
+            ),
+        });
+    }
+    match sum {
+        Some(sum) if r.sum.as_ref() != Some(sum) => Err(Error::Conflict {
+            kind: ObjectKind::Image,
+            name: format!("{s}/{id}"),
+            reason: format!(
+                "it exists with sum {}, not {sum}",
+                r.sum.as_ref().map_or("none".to_owned(), ToString::to_string)
+            ),
+        }),
+        // Without an expected sum (a commit of a writable layer) an existing id is a conflict.
+        None => Err(Error::already_exists(ObjectKind::Image, format!("{s}/{id}"))),
+        Some(_) => Ok(Some(inner.image_of(s, &r)?)),
+    }
+}
+
+/// Outcome of the checks made before a write.
+enum Precheck {
+    /// The image exists already: return it.
+    Found(Image),
+    /// Go ahead: the store's directory and the parent's record.
+    Write(StoreDir, ImageRecord),
+}
+
+fn precheck(inner: &Inner, s: &StoreName, p: &ImageId, id: &ImageId, sum: Option<&Digest>) -> Result<Precheck> {
+    let sd = inner.open_store(s)?;
+    let parent = inner
+        .find_record(&sd, p)?
+        .ok_or_else(|| Error::not_found(ObjectKind::Image, format!("{s}/{p} (the parent of {id})")))?;
+    if let Some(img) = existing_or_conflict(inner, s, &sd, id, p, sum)? {
+        return Ok(Precheck::Found(img));
+    }
+    if parent.depth + 1 > MAX_CHAIN_DEPTH {
+        return Err(Error::LimitExceeded { what: "chain depth (layers above scratch)", value: u64::from(parent.depth) + 1, max: u64::from(MAX_CHAIN_DEPTH) });
+    }
+    Ok(Precheck::Write(sd, parent))
+}
+
+impl LocalStore {
+    /// Writes image `id` on `parent` from `body`; with `sum`, the bytes must hash to it.
+    pub(crate) async fn write_layer(
+        &self,
+        store: &StoreName,
+        parent: &ImageId,
+        id: &ImageId,
+        meta: Metadata,
+        sum: Option<Digest>,
+        body: ByteStream,
+    ) -> Result<Image> {
+        // Cheap checks first: a hit returns at once without touching the body.
+        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
+        let sd = match self.run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref())).await? {
+            Precheck::Found(img) => return Ok(img),
+            Precheck::Write(sd, _) => sd,
+        };
+        let _id_lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
+        // Someone may have committed while we waited for the lock.
+        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
+        let parent_rec = match self.run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref())).await? {
+            Precheck::Found(img) => return Ok(img),
+            Precheck::Write(_, r) => r,
+        };
+
+        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, parent).await?.view());
+        let mut staging = StagingDir::create(&sd, id)?;
+        let staged = staging.layout();
+        let mut sink = FileSink::create(staged.layer())?;
+        let ingested = ingest(body, sum.as_ref(), &mut sink, lower, IngestLimits::default()).await?;
+        sink.finish().await?;
+
+        let record = ImageRecord::new(id.clone(), Some(parent.clone()), Some(ingested.digest.clone()), ingested.size, parent_rec.depth + 1, &meta);
+        let toc = ingested.toc.to_bytes()?;
+        let (s, p, i) = (store.clone(), parent.clone(), id.clone());
+        let staged_dir = staging.dir.clone();
+        let image = self
+            .run(move |inner| {
+                fsx::write_new_synced(&staged.toc(), &toc)?;
+                fsx::write_new_synced(&staged.record(), &record.to_bytes())?;
+                fsx::mkdir(&staged.children(), false)?;
+                fsx::mkdir(&staged.owners(), false)?;
+                fsx::sync_dir(&staged_dir)?;
+                commit(inner, &s, &sd, &p, &i, &staged_dir, &record)
+            })
+            .await?;
+        staging.disarm();
+        Ok(image)
+    }
+}
+
+/// Makes a staged image visible. Takes the store lock.
+fn commit(
+    inner: &Inner,
+    s: &StoreName,
+    sd: &StoreDir,
+    parent: &ImageId,
+    id: &ImageId,
+    staged: &std::path::Path,
+    record: &ImageRecord,
+) -> Result<Image> {
+    let _guard = inner.store_lock(sd)?;
+    if inner.find_record(sd, parent)?.is_none() {
+        // The parent was deleted while we wrote: never leave a dangling child.
+        return Err(Error::not_found(ObjectKind::Image, format!("{s}/{parent} (the parent of {id}, deleted during the write)")));
+    }
+    let pd = sd.image(parent);
+    let d = sd.image(id);
+    inner.usage_begin(sd)?;
+    fsx::mkdir(&pd.children(), true)?;
+    if !fsx::exists(&pd.child(id))? {
+        fsx::write_new_synced(&pd.child(id), b"")?;
+    }
+    fsx::sync_dir(&pd.children())?;
+    if fsx::exists(&d.dir)? {
+        // An uncommitted leftover (its writer crashed): it is ours to replace.
+        let doomed = sd.trash().join(format!("{id}.{}", fsx::nonce()));
+        std::fs::rename(&d.dir, &doomed).at(&d.dir)?;
+        fsx::remove_all(&doomed)?;
+    }
+    std::fs::rename(staged, &d.dir).at(&d.dir)?;
+    fsx::sync_dir(&sd.images())?;
+    fsx::write_new_synced(&d.committed(), b"")?;
+    fsx::sync_dir(&d.dir)?;
+    inner.usage_add(sd, i128::from(record.size))?;
+    inner.usage_end(sd)?;
+    inner.image_of(s, record)
+}

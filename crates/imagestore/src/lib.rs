@@ -1,0 +1,59 @@
+//! imagestore stores container image layers as chains: each image is a parent image plus one
+//! layer applied from a tar stream, verified against an expected sha256 sum, with metadata.
+//!
+//! This facade links the backends selected by its features and re-exports the core API.
+//! Open a backend by URL and use the [`ImageStorer`] trait:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> imagestore::Result<()> {
+//! use imagestore::{ImageId, ImageStorerExt, Metadata, StoreName};
+//!
+//! let dir = tempfile::tempdir().map_err(|e| imagestore::Error::invalid(e.to_string()))?;
+//! let url = format!("file://{}", dir.path().display());
+//! let store = imagestore::open(&url).await?;
+//!
+//! let name = StoreName::new("demo")?;
+//! store.create_image_store(&name).await?;
+//! let scratch = store.scratch(&name).await?;
+//!
+//! // An empty layer: the sha256 of no bytes.
+//! let base = store.write_image_bytes(&scratch, &ImageId::new("base")?, Metadata::new(), Vec::new()).await?;
+//! assert_eq!(base.parent, Some(ImageId::scratch()));
+//! assert_eq!(store.list_images(&name, &[]).await?.len(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! Schemes: `file://` (feature `local`, on by default); `s3://` and `vmdk://`/`vsphere://`
+//! are provided by their own features when built with them. [`schemes`] lists what this build
+//! can open.
+
+#![deny(missing_docs)]
+
+use std::sync::Arc;
+
+pub use imagestore_core::*;
+
+/// The local-disk backend (feature `local`).
+#[cfg(feature = "local")]
+pub use imagestore_local as local;
+
+/// Makes sure every backend compiled into this build is linked, so its registration is
+/// visible to the registry.
+fn link_backends() {
+    #[cfg(feature = "local")]
+    std::hint::black_box(imagestore_local::SCHEME);
+}
+
+/// Opens the backend for `url`, chosen by its scheme among those this build links.
+pub async fn open(url: &str) -> Result<Arc<dyn ImageStorer>> {
+    link_backends();
+    registry::check_unique()?;
+    registry::open(url).await
+}
+
+/// The schemes this build can open, sorted.
+pub fn schemes() -> Vec<&'static str> {
+    link_backends();
+    registry::schemes()
+}
