@@ -1,0 +1,100 @@
+//! The conformance suite against the `file://` backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use imagestore::{ImageId, StoreName};
+use imagestore_conformance::{conformance_tests, Ctx, Hooks};
+use sha2::{Digest as _, Sha256};
+
+/// Reaches into the local layout (docs/layouts.md) to fake crashes and fingerprint stores.
+struct LocalHooks {
+    root: PathBuf,
+}
+
+impl LocalHooks {
+    fn store(&self, s: &StoreName) -> PathBuf {
+        self.root.join("stores").join(s.as_str())
+    }
+}
+
+fn walk(dir: &Path, base: &Path, h: &mut Sha256) -> Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let p = e.path();
+        let rel = p.strip_prefix(base)?.to_string_lossy().into_owned();
+        let ft = e.file_type()?;
+        h.update(rel.as_bytes());
+        if ft.is_dir() {
+            h.update(b"/");
+            walk(&p, base, h)?;
+        } else {
+            h.update(b"=");
+            h.update(std::fs::read(&p)?);
+        }
+        h.update(b"\n");
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Hooks for LocalHooks {
+    async fn leave_crashed_write(&self, s: &StoreName, id: &ImageId) -> Result<()> {
+        let sd = self.store(s);
+        let staging = sd.join("staging").join(format!("{id}.deadbeef"));
+        std::fs::create_dir_all(&staging)?;
+        std::fs::write(staging.join("layer"), b"half a layer")?;
+        let img = sd.join("images").join(id.as_str());
+        std::fs::create_dir_all(&img)?;
+        std::fs::write(img.join("layer"), b"renamed but never committed")?;
+        std::fs::write(sd.join("usage.pending"), b"")?;
+        std::fs::create_dir_all(sd.join("trash").join("old.1"))?;
+        std::fs::create_dir_all(sd.join("images").join("scratch").join("children"))?;
+        std::fs::write(sd.join("images").join("scratch").join("children").join(id.as_str()), b"")?;
+        Ok(())
+    }
+
+    async fn leftovers(&self, s: &StoreName) -> Result<usize> {
+        let sd = self.store(s);
+        let mut n = std::fs::read_dir(sd.join("staging"))?.count() + std::fs::read_dir(sd.join("trash"))?.count();
+        for e in std::fs::read_dir(sd.join("images"))? {
+            let e = e?;
+            if !e.path().join("COMMITTED").exists() {
+                n += 1;
+            }
+            if let Ok(children) = std::fs::read_dir(e.path().join("children")) {
+                for c in children {
+                    let c = c?;
+                    let name = c.file_name();
+                    if !sd.join("images").join(&name).join("COMMITTED").exists() && !sd.join("writable").join(&name).join("COMMITTED").exists() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        if sd.join("usage.pending").exists() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn fingerprint(&self, s: &StoreName) -> Result<String> {
+        let mut h = Sha256::new();
+        let sd = self.store(s);
+        walk(&sd, &sd, &mut h)?;
+        Ok(format!("{:x}", h.finalize()))
+    }
+}
+
+async fn ctx() -> Option<Ctx> {
+    // One root per test binary run: every case makes its own stores inside it.
+    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_owned();
+    let url = format!("file://{}", root.display());
+    Some(Ctx::open(url, Arc::new(LocalHooks { root })).await.expect("open the local backend"))
+}
+
+conformance_tests!(ctx);
