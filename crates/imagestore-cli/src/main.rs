@@ -1,0 +1,90 @@
+//! `imagestore`: the command-line tool for image stores on any backend URL.
+//!
+//! Exit codes: 0 success, 1 an operation failed (one line on stderr says what and where),
+//! 2 the command line was wrong.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod args;
+mod content;
+mod images;
+mod output;
+mod sample;
+mod stores;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use imagestore::ImageStorer;
+
+use crate::args::{Cli, Command};
+
+/// The URL used when neither `--url` nor `IMAGESTORE_URL` is given: a directory in the user's
+/// data directory (`$XDG_DATA_HOME/imagestore`, else `~/.local/share/imagestore`).
+pub fn default_url() -> Result<String> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("neither XDG_DATA_HOME nor HOME is set; pass --url")?;
+            std::path::PathBuf::from(home).join(".local/share")
+        }
+    };
+    Ok(format!("file://{}", base.join("imagestore").display()))
+}
+
+async fn open(cli: &Cli) -> Result<Arc<dyn ImageStorer>> {
+    let url = match &cli.url {
+        Some(u) => u.clone(),
+        None => default_url()?,
+    };
+    if url.starts_with("file://") {
+        if let Ok(path) = imagestore::Url::parse(&url).map(|u| u.to_file_path()) {
+            if let Ok(p) = path {
+                std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+            }
+        }
+    }
+    Ok(imagestore::open(&url).await?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let store = open(&cli).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Store(cmd) => stores::run(store.as_ref(), cmd, json).await,
+        Command::Image(cmd) => images::run(store.as_ref(), cmd, json).await,
+        Command::Export(a) => content::export(store.as_ref(), a).await,
+        Command::Checkout(a) => content::checkout(store.as_ref(), a, json).await,
+        Command::Writable(cmd) => content::writable(store.as_ref(), cmd, json).await,
+        Command::Import(a) => content::import(store.as_ref(), a, json).await,
+        Command::Owner(cmd) => content::owner(store.as_ref(), cmd, json).await,
+        Command::Sample(a) => sample::run(store.as_ref(), a, json).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IMAGESTORE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            output::error_line(&anyhow::anyhow!("starting the runtime: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::error_line(&e);
+            ExitCode::from(1)
+        }
+    }
+}
