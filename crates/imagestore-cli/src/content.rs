@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use imagestore::layer::checkout::CheckoutOptions;
-use imagestore::{FilterSpec, FilterType, ImageId, ImageStorer, ImageStorerExt, OwnerName, StoreName};
+use imagestore::{
+    FilterSpec, FilterType, ImageId, ImageStorer, ImageStorerExt, OwnerName, StoreName,
+};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -10,7 +12,12 @@ use crate::args::{CheckoutArgs, ExportArgs, ImportArgs, OwnerCmd, WritableCmd};
 use crate::images::{input, parse_meta};
 use crate::output::{self, ImageView};
 
-fn filter(include: &[String], exclude: &[String], rebase: &Option<String>, strip: &Option<String>) -> Result<FilterSpec> {
+fn filter(
+    include: &[String],
+    exclude: &[String],
+    rebase: &Option<String>,
+    strip: &Option<String>,
+) -> Result<FilterSpec> {
     let mut items: Vec<(&str, FilterType)> = Vec::new();
     items.extend(include.iter().map(|p| (p.as_str(), FilterType::Include)));
     items.extend(exclude.iter().map(|p| (p.as_str(), FilterType::Exclude)));
@@ -32,16 +39,24 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     } else {
         let ancestor = a.ancestor.as_deref().map(ImageId::new).transpose()?;
         let f = filter(&a.include, &a.exclude, &a.rebase, &a.strip)?;
-        store.export(&s, &id, ancestor.as_ref(), &f, !a.headers_only).await?
+        store
+            .export(&s, &id, ancestor.as_ref(), &f, !a.headers_only)
+            .await?
     };
     let copy = |e: std::io::Error| imagestore::layer::stream::error_from_io(e, "export");
     match &a.output {
         Some(path) => {
             let tmp = path.with_extension("partial");
-            let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
             tokio::io::copy(&mut stream, &mut f).await.map_err(copy)?;
-            f.sync_all().await.with_context(|| format!("writing {}", tmp.display()))?;
-            tokio::fs::rename(&tmp, path).await.with_context(|| format!("renaming to {}", path.display()))?;
+            f.sync_all()
+                .await
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            tokio::fs::rename(&tmp, path)
+                .await
+                .with_context(|| format!("renaming to {}", path.display()))?;
         }
         None => {
             let mut out = tokio::io::stdout();
@@ -56,11 +71,25 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
 pub async fn checkout(store: &dyn ImageStorer, a: CheckoutArgs, json: bool) -> Result<()> {
     let s = StoreName::new(&a.store)?;
     let id = ImageId::new(&a.id)?;
-    let report = store.checkout(&s, &id, &a.dir, &CheckoutOptions { rootless: a.rootless }).await?;
+    let report = store
+        .checkout(
+            &s,
+            &id,
+            &a.dir,
+            &CheckoutOptions {
+                rootless: a.rootless,
+            },
+        )
+        .await?;
     if json {
         output::json(&report)?;
     } else {
-        println!("checked out {s}/{id} into {}: {} entries, {}", a.dir.display(), report.entries, output::human(report.bytes));
+        println!(
+            "checked out {s}/{id} into {}: {} entries, {}",
+            a.dir.display(),
+            report.entries,
+            output::human(report.bytes)
+        );
         for skipped in &report.skipped {
             println!("skipped: {skipped}");
         }
@@ -71,7 +100,11 @@ pub async fn checkout(store: &dyn ImageStorer, a: CheckoutArgs, json: bool) -> R
 /// `writable ...`.
 pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> Result<()> {
     match cmd {
-        WritableCmd::Create { store: s, parent, id } => {
+        WritableCmd::Create {
+            store: s,
+            parent,
+            id,
+        } => {
             let s = StoreName::new(s)?;
             let parent = store.get_image(&s, &ImageId::new(parent)?).await?;
             let w = store.create_writable(&parent, &ImageId::new(id)?).await?;
@@ -81,13 +114,32 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
                 println!("created writable layer {} on {}", w.id, w.parent);
             }
         }
-        WritableCmd::Commit { store: s, writable, id, meta } => {
+        WritableCmd::Commit {
+            store: s,
+            writable,
+            id,
+            meta,
+        } => {
             let s = StoreName::new(s)?;
-            let img = store.commit_writable(&s, &ImageId::new(writable)?, &ImageId::new(id)?, parse_meta(&meta)?).await?;
+            let img = store
+                .commit_writable(
+                    &s,
+                    &ImageId::new(writable)?,
+                    &ImageId::new(id)?,
+                    parse_meta(&meta)?,
+                )
+                .await?;
             if json {
                 output::json(&ImageView::from(&img))?;
             } else {
-                println!("committed {} ({})", img.self_link(), img.sum.as_ref().map(ToString::to_string).unwrap_or_default());
+                println!(
+                    "committed {} ({})",
+                    img.self_link(),
+                    img.sum
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                );
             }
         }
         WritableCmd::Rm { store: s, writable } => {
@@ -107,11 +159,18 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
 pub async fn import(store: &dyn ImageStorer, a: ImportArgs, json: bool) -> Result<()> {
     let s = StoreName::new(&a.store)?;
     let f = filter(&a.include, &a.exclude, &a.rebase, &a.strip)?;
-    let summary = store.import(&s, &ImageId::new(&a.writable)?, &f, input(&a.file).await?).await?;
+    let summary = store
+        .import(&s, &ImageId::new(&a.writable)?, &f, input(&a.file).await?)
+        .await?;
     if json {
         output::json(&summary)?;
     } else {
-        println!("imported {} entries and {} whiteouts ({})", summary.entries, summary.whiteouts, output::human(summary.bytes));
+        println!(
+            "imported {} entries and {} whiteouts ({})",
+            summary.entries,
+            summary.whiteouts,
+            output::human(summary.bytes)
+        );
     }
     Ok(())
 }
@@ -119,8 +178,16 @@ pub async fn import(store: &dyn ImageStorer, a: ImportArgs, json: bool) -> Resul
 /// `owner ...`.
 pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result<()> {
     match cmd {
-        OwnerCmd::Acquire { store: s, id, owner } => {
-            let (s, id, o) = (StoreName::new(s)?, ImageId::new(id)?, OwnerName::new(owner)?);
+        OwnerCmd::Acquire {
+            store: s,
+            id,
+            owner,
+        } => {
+            let (s, id, o) = (
+                StoreName::new(s)?,
+                ImageId::new(id)?,
+                OwnerName::new(owner)?,
+            );
             store.acquire(&s, &id, &o).await?;
             if !json {
                 println!("{o} now uses {s}/{id}");
@@ -128,8 +195,16 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
                 output::json(&json!({ "acquired": o.as_str(), "image": id.as_str() }))?;
             }
         }
-        OwnerCmd::Release { store: s, id, owner } => {
-            let (s, id, o) = (StoreName::new(s)?, ImageId::new(id)?, OwnerName::new(owner)?);
+        OwnerCmd::Release {
+            store: s,
+            id,
+            owner,
+        } => {
+            let (s, id, o) = (
+                StoreName::new(s)?,
+                ImageId::new(id)?,
+                OwnerName::new(owner)?,
+            );
             store.release(&s, &id, &o).await?;
             if !json {
                 println!("{o} released {s}/{id}");
@@ -154,7 +229,12 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
 }
 
 /// Prints a store's chain for an image and the store's usage.
-pub async fn show_chain(store: &dyn ImageStorer, s: &StoreName, top: &ImageId, json: bool) -> Result<()> {
+pub async fn show_chain(
+    store: &dyn ImageStorer,
+    s: &StoreName,
+    top: &ImageId,
+    json: bool,
+) -> Result<()> {
     let chain = store.chain(s, top).await?;
     let usage = store.image_storage_usage(s).await?;
     if json {
@@ -164,10 +244,21 @@ pub async fn show_chain(store: &dyn ImageStorer, s: &StoreName, top: &ImageId, j
             "usage_bytes": usage,
         }))?;
     } else {
-        println!("chain of {s}/{top} ({} layers above scratch):", chain.len().saturating_sub(1));
+        println!(
+            "chain of {s}/{top} ({} layers above scratch):",
+            chain.len().saturating_sub(1)
+        );
         for (depth, img) in chain.iter().enumerate() {
-            let sum = img.sum.as_ref().map(ToString::to_string).unwrap_or_else(|| "(root)".into());
-            println!("  {depth:>3}  {:<20}  {:>10}  {sum}", img.id.as_str().chars().take(20).collect::<String>(), output::human(img.size));
+            let sum = img
+                .sum
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "(root)".into());
+            println!(
+                "  {depth:>3}  {:<20}  {:>10}  {sum}",
+                img.id.as_str().chars().take(20).collect::<String>(),
+                output::human(img.size)
+            );
         }
         println!("store usage: {usage} bytes ({})", output::human(usage));
     }

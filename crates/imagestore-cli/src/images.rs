@@ -1,7 +1,7 @@
 //! `imagestore image ...`.
 
 use anyhow::{Context, Result};
-use imagestore::{byte_stream, ByteStream, Digest, ImageId, ImageStorer, Metadata, StoreName};
+use imagestore::{ByteStream, Digest, ImageId, ImageStorer, Metadata, StoreName, byte_stream};
 
 use crate::args::ImageCmd;
 use crate::output::{self, ImageView};
@@ -10,7 +10,9 @@ use crate::output::{self, ImageView};
 pub fn parse_meta(items: &[String]) -> Result<Metadata> {
     let mut m = Metadata::new();
     for item in items {
-        let (k, v) = item.split_once('=').with_context(|| format!("metadata {item:?} is not KEY=VALUE"))?;
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("metadata {item:?} is not KEY=VALUE"))?;
         m.insert(k.to_owned(), v.as_bytes().to_vec());
     }
     Ok(m)
@@ -21,7 +23,9 @@ pub async fn input(file: &str) -> Result<ByteStream> {
     if file == "-" {
         Ok(byte_stream(tokio::io::stdin()))
     } else {
-        let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {file}"))?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {file}"))?;
         Ok(byte_stream(f))
     }
 }
@@ -29,17 +33,31 @@ pub async fn input(file: &str) -> Result<ByteStream> {
 /// Runs an image command.
 pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<()> {
     match cmd {
-        ImageCmd::Write { store: s, parent, id, sum, meta, file } => {
+        ImageCmd::Write {
+            store: s,
+            parent,
+            id,
+            sum,
+            meta,
+            file,
+        } => {
             let s = StoreName::new(s)?;
             let parent = store.get_image(&s, &ImageId::new(parent)?).await?;
             let id = ImageId::new(id)?;
             let sum = Digest::parse(&sum)?;
             let meta = parse_meta(&meta)?;
-            let img = store.write_image(&parent, &id, meta, &sum, input(&file).await?).await?;
+            let img = store
+                .write_image(&parent, &id, meta, &sum, input(&file).await?)
+                .await?;
             if json {
                 output::json(&ImageView::from(&img))?;
             } else {
-                println!("wrote {} ({} on {})", img.self_link(), output::human(img.size), parent.id);
+                println!(
+                    "wrote {} ({} on {})",
+                    img.self_link(),
+                    output::human(img.size),
+                    parent.id
+                );
             }
         }
         ImageCmd::Ls { store: s } => {

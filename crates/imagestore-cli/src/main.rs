@@ -27,7 +27,9 @@ pub fn default_url() -> Result<String> {
     let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         Some(d) => std::path::PathBuf::from(d),
         None => {
-            let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("neither XDG_DATA_HOME nor HOME is set; pass --url")?;
+            let home = std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .context("neither XDG_DATA_HOME nor HOME is set; pass --url")?;
             std::path::PathBuf::from(home).join(".local/share")
         }
     };
@@ -39,13 +41,6 @@ async fn open(cli: &Cli) -> Result<Arc<dyn ImageStorer>> {
         Some(u) => u.clone(),
         None => default_url()?,
     };
-    if url.starts_with("file://") {
-        if let Ok(path) = imagestore::Url::parse(&url).map(|u| u.to_file_path()) {
-            if let Ok(p) = path {
-                std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-            }
-        }
-    }
     Ok(imagestore::open(&url).await?)
 }
 
@@ -70,10 +65,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IMAGESTORE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAGESTORE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             output::error_line(&anyhow::anyhow!("starting the runtime: {e}"));

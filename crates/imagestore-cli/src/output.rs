@@ -54,7 +54,13 @@ impl From<&Image> for ImageView {
             metadata: i
                 .metadata
                 .iter()
-                .map(|(k, v)| (k.clone(), String::from_utf8(v.clone()).unwrap_or_else(|_| format!("base64:{}", encode(v)))))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        String::from_utf8(v.clone())
+                            .unwrap_or_else(|_| format!("base64:{}", encode(v))),
+                    )
+                })
                 .collect(),
         }
     }
@@ -69,18 +75,32 @@ pub fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Prints images as a table.
 pub fn image_table(images: &[Image]) {
-    println!("{:<24} {:<24} {:>10} {:>5}  SUM", "ID", "PARENT", "SIZE", "DEPTH");
+    println!(
+        "{:<24} {:<24} {:>10} {:>5}  SUM",
+        "ID", "PARENT", "SIZE", "DEPTH"
+    );
     for i in images {
-        let sum = i.sum.as_ref().map(|s| short_digest(&s.to_string())).unwrap_or_else(|| "-".into());
+        let sum = i
+            .sum
+            .as_ref()
+            .map(|s| short_digest(&s.to_string()))
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<24} {:<24} {:>10} {:>5}  {}",
             short(i.id.as_str()),
-            i.parent.as_ref().map(|p| short(p.as_str())).unwrap_or_else(|| "-".into()),
+            i.parent
+                .as_ref()
+                .map(|p| short(p.as_str()))
+                .unwrap_or_else(|| "-".into()),
             human(i.size),
             i.depth,
             sum
@@ -89,11 +109,19 @@ pub fn image_table(images: &[Image]) {
 }
 
 fn short(s: &str) -> String {
-    if s.len() > 24 { format!("{}…", &s[..23]) } else { s.to_owned() }
+    if s.len() > 24 {
+        format!("{}…", &s[..23])
+    } else {
+        s.to_owned()
+    }
 }
 
 fn short_digest(s: &str) -> String {
-    if s.len() > 19 { s[..19].to_owned() } else { s.to_owned() }
+    if s.len() > 19 {
+        s[..19].to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Standard base64 without another dependency (metadata display only).
@@ -103,7 +131,11 @@ mod base64_lite {
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {

@@ -1,7 +1,9 @@
 //! `imagestore sample`: a small built-in chain, to see a store at work without any files.
 
 use anyhow::Result;
-use imagestore::{Digest, Error, ImageId, ImageStorer, ImageStorerExt, Metadata, ObjectKind, StoreName};
+use imagestore::{
+    Digest, Error, ImageId, ImageStorer, ImageStorerExt, Metadata, ObjectKind, StoreName,
+};
 
 use crate::args::SampleArgs;
 
@@ -9,7 +11,11 @@ fn layer(entries: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in entries {
         let mut h = tar::Header::new_ustar();
-        h.set_mode(if path.starts_with("bin/") { 0o755 } else { 0o644 });
+        h.set_mode(if path.starts_with("bin/") {
+            0o755
+        } else {
+            0o644
+        });
         h.set_mtime(1_700_000_000);
         h.set_size(data.len() as u64);
         h.set_entry_type(tar::EntryType::Regular);
@@ -28,16 +34,26 @@ pub fn chain_id(parent: &ImageId, sum: &Digest) -> Result<ImageId> {
 pub async fn run(store: &dyn ImageStorer, a: SampleArgs, json: bool) -> Result<()> {
     let s = StoreName::new(&a.store)?;
     match store.create_image_store(&s).await {
-        Ok(_) | Err(Error::AlreadyExists { kind: ObjectKind::Store, .. }) => {}
+        Ok(_)
+        | Err(Error::AlreadyExists {
+            kind: ObjectKind::Store,
+            ..
+        }) => {}
         Err(e) => return Err(e.into()),
     }
     let layers = [
         layer(&[
             ("etc/os-release", b"NAME=\"imagestore sample\"\nID=sample\n"),
             ("bin/hello", b"#!/bin/sh\necho hello from a layer chain\n"),
-            ("usr/share/doc/sample/README", b"The first layer of the sample image.\n"),
+            (
+                "usr/share/doc/sample/README",
+                b"The first layer of the sample image.\n",
+            ),
         ])?,
-        layer(&[("app/config.json", br#"{"greeting":"hello"}"#), ("app/data.bin", &[42u8; 64 << 10])])?,
+        layer(&[
+            ("app/config.json", br#"{"greeting":"hello"}"#),
+            ("app/data.bin", &[42u8; 64 << 10]),
+        ])?,
         {
             let mut b = tar::Builder::new(Vec::new());
             let mut h = tar::Header::new_ustar();

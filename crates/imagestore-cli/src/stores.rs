@@ -21,10 +21,17 @@ pub async fn run(store: &dyn ImageStorer, cmd: StoreCmd, json: bool) -> Result<(
         }
         StoreCmd::Ls => {
             let urls = store.list_image_stores().await?;
-            let names: Vec<String> =
-                urls.iter().filter_map(|u| imagestore::image::store_name_of(u).ok()).map(|n| n.to_string()).collect();
+            let names: Vec<String> = urls
+                .iter()
+                .filter_map(|u| imagestore::image::store_name_of(u).ok())
+                .map(|n| n.to_string())
+                .collect();
             if json {
-                let v: Vec<_> = names.iter().zip(&urls).map(|(n, u)| json!({ "name": n, "url": u.as_str() })).collect();
+                let v: Vec<_> = names
+                    .iter()
+                    .zip(&urls)
+                    .map(|(n, u)| json!({ "name": n, "url": u.as_str() }))
+                    .collect();
                 output::json(&v)?;
             } else {
                 for n in names {

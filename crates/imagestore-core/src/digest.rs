@@ -55,9 +55,11 @@ pub struct Digest {
 impl Digest {
     /// Parses `sha256:<64 hex>` or `sha512:<128 hex>`.
     pub fn parse(s: &str) -> Result<Self> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| Error::invalid(format!("digest {s:?} has no algorithm prefix (expected sha256:<hex>)")))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| {
+            Error::invalid(format!(
+                "digest {s:?} has no algorithm prefix (expected sha256:<hex>)"
+            ))
+        })?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
@@ -73,15 +75,26 @@ impl Digest {
                 algorithm.hex_len()
             )));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(Error::invalid(format!("digest {s:?} must be lower-case hex")));
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::invalid(format!(
+                "digest {s:?} must be lower-case hex"
+            )));
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
     }
 
     /// Builds a digest from raw hash bytes.
     pub fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Self {
-        Digest { algorithm, hex: hex::encode(bytes) }
+        Digest {
+            algorithm,
+            hex: hex::encode(bytes),
+        }
     }
 
     /// The sha256 digest of `data`.
@@ -192,10 +205,16 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let d = Digest::empty_sha256();
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(Digest::parse(&d.to_string()).ok(), Some(d));
         let s512 = format!("sha512:{}", "a".repeat(128));
-        assert_eq!(Digest::parse(&s512).map(|d| d.algorithm()).ok(), Some(Algorithm::Sha512));
+        assert_eq!(
+            Digest::parse(&s512).map(|d| d.algorithm()).ok(),
+            Some(Algorithm::Sha512)
+        );
     }
 
     #[test]
@@ -210,7 +229,10 @@ mod tests {
             &format!("sha256:{}/..", "a".repeat(60)),
             &format!("sha512:{}", "a".repeat(64)),
         ] {
-            assert!(matches!(Digest::parse(bad), Err(Error::InvalidArgument(_))), "{bad:?} accepted");
+            assert!(
+                matches!(Digest::parse(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 }

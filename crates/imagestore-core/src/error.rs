@@ -167,12 +167,18 @@ pub enum Error {
 impl Error {
     /// A not-found error.
     pub fn not_found(kind: ObjectKind, name: impl fmt::Display) -> Self {
-        Error::NotFound { kind, name: name.to_string() }
+        Error::NotFound {
+            kind,
+            name: name.to_string(),
+        }
     }
 
     /// An already-exists error.
     pub fn already_exists(kind: ObjectKind, name: impl fmt::Display) -> Self {
-        Error::AlreadyExists { kind, name: name.to_string() }
+        Error::AlreadyExists {
+            kind,
+            name: name.to_string(),
+        }
     }
 
     /// An invalid-argument error.
@@ -182,19 +188,27 @@ impl Error {
 
     /// A bad-archive error about one entry.
     pub fn bad_entry(entry: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::BadArchive { entry: Some(entry.into()), reason: reason.into() }
+        Error::BadArchive {
+            entry: Some(entry.into()),
+            reason: reason.into(),
+        }
     }
 
     /// A bad-archive error about the archive as a whole.
     pub fn bad_archive(reason: impl Into<String>) -> Self {
-        Error::BadArchive { entry: None, reason: reason.into() }
+        Error::BadArchive {
+            entry: None,
+            reason: reason.into(),
+        }
     }
 
     /// A non-retryable backend error wrapping an I/O failure on `path`.
     pub fn io(backend: &'static str, path: &Path, source: std::io::Error) -> Self {
         let retryable = matches!(
             source.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::WouldBlock
+                | std::io::ErrorKind::TimedOut
         );
         Error::Backend {
             backend,
@@ -206,12 +220,20 @@ impl Error {
 
     /// A backend error with a message and no source.
     pub fn backend(backend: &'static str, message: impl Into<String>, retryable: bool) -> Self {
-        Error::Backend { backend, message: message.into(), retryable, source: None }
+        Error::Backend {
+            backend,
+            message: message.into(),
+            retryable,
+            source: None,
+        }
     }
 
     /// A corrupt-data error.
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Corrupt { object: object.into(), reason: reason.into() }
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
     }
 
     /// True when the error says an image is in use (the seed's `IsErrImageInUse`).
@@ -226,7 +248,13 @@ impl Error {
 
     /// True when trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Backend { retryable: true, .. })
+        matches!(
+            self,
+            Error::Backend {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -243,16 +271,25 @@ mod tests {
     fn messages_name_the_object() {
         let e = Error::not_found(ObjectKind::Image, "s/abc");
         assert_eq!(e.to_string(), "image \"s/abc\" not found");
-        let e = Error::ImageInUse { image: "s/a".into(), users: vec!["child b".into(), "owner c1".into()] };
+        let e = Error::ImageInUse {
+            image: "s/a".into(),
+            users: vec!["child b".into(), "owner c1".into()],
+        };
         assert_eq!(e.to_string(), "image \"s/a\" in use by child b, owner c1");
         assert!(is_image_in_use(&e));
         let e = Error::bad_entry("../x", "path escapes the root");
-        assert_eq!(e.to_string(), "bad archive at entry \"../x\": path escapes the root");
+        assert_eq!(
+            e.to_string(),
+            "bad archive at entry \"../x\": path escapes the root"
+        );
         let e = Error::UnknownScheme {
             scheme: "s4".into(),
             available: vec!["file".into()],
             hint: None,
         };
-        assert_eq!(e.to_string(), "unknown scheme \"s4\"; available schemes: file");
+        assert_eq!(
+            e.to_string(),
+            "unknown scheme \"s4\"; available schemes: file"
+        );
     }
 }

@@ -61,13 +61,20 @@ impl FromStr for ImageLink {
 
     /// Parses `/storage/<store>/<id>`; unlike VIC's `Parse`, a short path is an error, not a panic.
     fn from_str(s: &str) -> Result<Self> {
-        let rest = s
-            .strip_prefix("/storage/")
-            .ok_or_else(|| Error::invalid(format!("{s:?} is not an image link (expected /storage/<store>/<id>)")))?;
-        let (store, id) = rest
-            .split_once('/')
-            .ok_or_else(|| Error::invalid(format!("{s:?} is not an image link (expected /storage/<store>/<id>)")))?;
-        Ok(ImageLink { store: StoreName::new(store)?, id: ImageId::new(id)? })
+        let rest = s.strip_prefix("/storage/").ok_or_else(|| {
+            Error::invalid(format!(
+                "{s:?} is not an image link (expected /storage/<store>/<id>)"
+            ))
+        })?;
+        let (store, id) = rest.split_once('/').ok_or_else(|| {
+            Error::invalid(format!(
+                "{s:?} is not an image link (expected /storage/<store>/<id>)"
+            ))
+        })?;
+        Ok(ImageLink {
+            store: StoreName::new(store)?,
+            id: ImageId::new(id)?,
+        })
     }
 }
 
@@ -99,12 +106,18 @@ pub struct Image {
 impl Image {
     /// `/storage/<store>/<id>`.
     pub fn self_link(&self) -> ImageLink {
-        ImageLink { store: self.store.clone(), id: self.id.clone() }
+        ImageLink {
+            store: self.store.clone(),
+            id: self.id.clone(),
+        }
     }
 
     /// The parent's link, `None` for scratch.
     pub fn parent_link(&self) -> Option<ImageLink> {
-        self.parent.as_ref().map(|p| ImageLink { store: self.store.clone(), id: p.clone() })
+        self.parent.as_ref().map(|p| ImageLink {
+            store: self.store.clone(),
+            id: p.clone(),
+        })
     }
 
     /// True for the store's root image.
@@ -130,7 +143,11 @@ pub fn store_name_of(url: &Url) -> Result<StoreName> {
         .path_segments()
         .and_then(|mut s| s.next_back())
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::invalid(format!("store URL {url} has no store name as its last path segment")))?;
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "store URL {url} has no store name as its last path segment"
+            ))
+        })?;
     StoreName::new(last)
 }
 
@@ -142,7 +159,13 @@ mod tests {
     fn links_round_trip() -> Result<()> {
         let link: ImageLink = "/storage/s1/abc".parse()?;
         assert_eq!(link.to_string(), "/storage/s1/abc");
-        for bad in ["/storage/s1", "/storage", "storage/s1/x", "/storage/s1/a/b", "/storage//x"] {
+        for bad in [
+            "/storage/s1",
+            "/storage",
+            "storage/s1/x",
+            "/storage/s1/a/b",
+            "/storage//x",
+        ] {
             assert!(bad.parse::<ImageLink>().is_err(), "{bad:?} accepted");
         }
         Ok(())
@@ -150,7 +173,8 @@ mod tests {
 
     #[test]
     fn store_urls() -> Result<()> {
-        let base = Url::parse("s3://bucket/prefix/?region=x").map_err(|e| Error::invalid(e.to_string()))?;
+        let base = Url::parse("s3://bucket/prefix/?region=x")
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let s = StoreName::new("s1")?;
         let u = store_url(&base, &s);
         assert_eq!(u.as_str(), "s3://bucket/prefix/s1");
@@ -167,6 +191,9 @@ mod tests {
         assert!(validate_metadata(&m).is_err());
         let mut big = Metadata::new();
         big.insert("k".into(), vec![0; MAX_METADATA_BYTES]);
-        assert!(matches!(validate_metadata(&big), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(
+            validate_metadata(&big),
+            Err(Error::LimitExceeded { .. })
+        ));
     }
 }

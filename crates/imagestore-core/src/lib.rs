@@ -17,13 +17,13 @@ pub mod registry;
 pub mod storer;
 
 pub use digest::{Algorithm, Digest};
-pub use error::{is_image_in_use, Error, ObjectKind, Result};
+pub use error::{Error, ObjectKind, Result, is_image_in_use};
 pub use image::{Image, ImageLink, Metadata};
 pub use layer::filter::{FilterSpec, FilterType};
 pub use names::{ImageId, OwnerName, StoreName};
 pub use storer::{
-    byte_stream, ByteStream, Capabilities, Exporter, ImageStorer, ImageStorerExt, ImportSummary, Importer,
-    Resolver, Writable,
+    ByteStream, Capabilities, Exporter, ImageStorer, ImageStorerExt, ImportSummary, Importer,
+    Resolver, Writable, byte_stream,
 };
 
 /// Re-exported so backends and callers agree on the version.

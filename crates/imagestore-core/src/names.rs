@@ -28,15 +28,22 @@ fn validate(kind: &str, s: &str) -> Result<()> {
     }
     let first = s.as_bytes()[0];
     if !first.is_ascii_alphanumeric() {
-        return Err(Error::invalid(format!("{kind} {s:?} must start with a letter or digit")));
+        return Err(Error::invalid(format!(
+            "{kind} {s:?} must start with a letter or digit"
+        )));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(Error::invalid(format!(
             "{kind} {s:?} contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
         )));
     }
     if s.contains("..") {
-        return Err(Error::invalid(format!("{kind} {s:?} must not contain \"..\"")));
+        return Err(Error::invalid(format!(
+            "{kind} {s:?} must not contain \"..\""
+        )));
     }
     Ok(())
 }
@@ -173,7 +180,10 @@ mod tests {
             "é",
             &"a".repeat(MAX_NAME_LEN + 1),
         ] {
-            assert!(matches!(ImageId::new(bad), Err(Error::InvalidArgument(_))), "{bad:?} accepted");
+            assert!(
+                matches!(ImageId::new(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 }

@@ -47,8 +47,12 @@ inventory::collect!(Backend);
 
 /// Schemes the project knows, with the facade feature that provides each; used to say
 /// "compiled without feature x" instead of just "unknown scheme".
-pub const KNOWN_SCHEMES: &[(&str, &str)] =
-    &[("file", "local"), ("s3", "s3"), ("vmdk", "vsphere"), ("vsphere", "vsphere")];
+pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
+    ("file", "local"),
+    ("s3", "s3"),
+    ("vmdk", "vsphere"),
+    ("vsphere", "vsphere"),
+];
 
 /// Every registered backend, sorted by scheme.
 pub fn backends() -> Vec<&'static Backend> {
@@ -70,7 +74,11 @@ pub fn check_unique() -> Result<()> {
     for b in backends() {
         *seen.entry(b.scheme).or_default() += 1;
     }
-    let dups: Vec<&str> = seen.into_iter().filter(|(_, n)| *n > 1).map(|(s, _)| s).collect();
+    let dups: Vec<&str> = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(s, _)| s)
+        .collect();
     if dups.is_empty() {
         Ok(())
     } else {
@@ -84,7 +92,10 @@ pub fn check_unique() -> Result<()> {
 /// Finds the one backend registered for `scheme`.
 pub fn lookup(scheme: &str) -> Result<&'static Backend> {
     let scheme = scheme.to_ascii_lowercase();
-    let matching: Vec<&'static Backend> = backends().into_iter().filter(|b| b.scheme == scheme).collect();
+    let matching: Vec<&'static Backend> = backends()
+        .into_iter()
+        .filter(|b| b.scheme == scheme)
+        .collect();
     match matching.as_slice() {
         [one] => Ok(one),
         [] => {
@@ -110,7 +121,8 @@ pub fn lookup(scheme: &str) -> Result<&'static Backend> {
 /// `UnknownScheme` lists the schemes this build can open; a URL that does not parse is
 /// `InvalidArgument`. The URL is never echoed with its password.
 pub async fn open(url: &str) -> Result<Arc<dyn ImageStorer>> {
-    let parsed = Url::parse(url).map_err(|e| Error::invalid(format!("store URL {:?}: {e}", redact(url))))?;
+    let parsed =
+        Url::parse(url).map_err(|e| Error::invalid(format!("store URL {:?}: {e}", redact(url))))?;
     let backend = lookup(parsed.scheme())?;
     (backend.open)(parsed).await
 }
@@ -137,7 +149,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("s3://user:secret@bucket/x"), "s3://user:***@bucket/x");
+        assert_eq!(
+            redact("s3://user:secret@bucket/x"),
+            "s3://user:***@bucket/x"
+        );
         assert_eq!(redact("file:///a"), "file:///a");
     }
 

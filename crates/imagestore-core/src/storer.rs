@@ -45,7 +45,11 @@ pub struct Capabilities {
 impl Capabilities {
     /// Capabilities of a backend that keeps raw layers and accepts `max_chain_depth` layers.
     pub fn new(raw_layers: bool, max_chain_depth: u32, shared_writers: bool) -> Self {
-        Capabilities { raw_layers, max_chain_depth, shared_writers }
+        Capabilities {
+            raw_layers,
+            max_chain_depth,
+            shared_writers,
+        }
     }
 }
 
@@ -249,7 +253,14 @@ pub trait ImageStorerExt: ImageStorer {
         bytes: Vec<u8>,
     ) -> Result<Image> {
         let sum = Digest::sha256_of(&bytes);
-        self.write_image(parent, id, meta, &sum, byte_stream(std::io::Cursor::new(bytes))).await
+        self.write_image(
+            parent,
+            id,
+            meta,
+            &sum,
+            byte_stream(std::io::Cursor::new(bytes)),
+        )
+        .await
     }
 
     /// The chain from scratch to `id`, scratch first.

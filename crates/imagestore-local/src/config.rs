@@ -18,20 +18,27 @@ impl Config {
         if url.scheme() != "file" {
             return Err(Error::invalid(format!("{url} is not a file:// URL")));
         }
-        if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+        if url
+            .host_str()
+            .is_some_and(|h| !h.is_empty() && h != "localhost")
+        {
             return Err(Error::invalid(format!(
                 "file URL {url} names host {:?}; use file:///absolute/path",
                 url.host_str().unwrap_or_default()
             )));
         }
         if let Some(q) = url.query() {
-            return Err(Error::invalid(format!("file URL {url} has unknown options {q:?}")));
+            return Err(Error::invalid(format!(
+                "file URL {url} has unknown options {q:?}"
+            )));
         }
         let root = url
             .to_file_path()
             .map_err(|()| Error::invalid(format!("file URL {url} is not an absolute path")))?;
         if !root.is_absolute() || root.parent().is_none() {
-            return Err(Error::invalid(format!("file URL {url} must name an absolute directory other than /")));
+            return Err(Error::invalid(format!(
+                "file URL {url} must name an absolute directory other than /"
+            )));
         }
         Ok(Config { root })
     }
@@ -44,7 +51,10 @@ mod tests {
     #[test]
     fn parses_absolute_paths_only() -> Result<()> {
         let u = |s: &str| Url::parse(s).map_err(|e| Error::invalid(e.to_string()));
-        assert_eq!(Config::from_url(&u("file:///var/lib/x")?)?.root, PathBuf::from("/var/lib/x"));
+        assert_eq!(
+            Config::from_url(&u("file:///var/lib/x")?)?.root,
+            PathBuf::from("/var/lib/x")
+        );
         assert!(Config::from_url(&u("file://host/x")?).is_err());
         assert!(Config::from_url(&u("file:///x?fsync=0")?).is_err());
         assert!(Config::from_url(&u("file:///")?).is_err());

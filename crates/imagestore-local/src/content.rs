@@ -7,19 +7,19 @@ use async_trait::async_trait;
 
 use imagestore_core::image::validate_metadata;
 use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
-use imagestore_core::layer::export::{layer_reader, LayerReader, LayerSource};
-use imagestore_core::layer::ingest::{ingest, IngestLimits};
+use imagestore_core::layer::export::{LayerReader, LayerSource, layer_reader};
+use imagestore_core::layer::ingest::{IngestLimits, ingest};
 use imagestore_core::layer::rewrite::filter_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::layer::toc::{Compression, EntryKind};
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
-    ByteStream, Error, Exporter, FilterSpec, Image, ImageId, ImportSummary, Importer, Metadata, ObjectKind, Result,
-    StoreName, Writable,
+    ByteStream, Error, Exporter, FilterSpec, Image, ImageId, ImportSummary, Importer, Metadata,
+    ObjectKind, Result, StoreName, Writable,
 };
 
-use crate::error::{IoContext, BACKEND};
+use crate::error::{BACKEND, IoContext};
 use crate::fsx;
 use crate::layout::StoreDir;
 use crate::lock;
@@ -35,8 +35,10 @@ struct LocalSource {
 
 impl LayerSource for LocalSource {
     fn open(&self, index: usize) -> Result<Box<dyn LayerReader>> {
-        let (path, compression) =
-            self.layers.get(index).ok_or_else(|| Error::invalid(format!("no layer {index} in this stack")))?;
+        let (path, compression) = self
+            .layers
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("no layer {index} in this stack")))?;
         let f = std::fs::File::open(path).at(path)?;
         layer_reader(f, *compression)
     }
@@ -57,7 +59,12 @@ impl Inner {
                 if name.starts_with('.') {
                     continue;
                 }
-                let n: u32 = name.parse().map_err(|_| Error::corrupt(wd.imports().display().to_string(), format!("bad import {name:?}")))?;
+                let n: u32 = name.parse().map_err(|_| {
+                    Error::corrupt(
+                        wd.imports().display().to_string(),
+                        format!("bad import {name:?}"),
+                    )
+                })?;
                 imports.push(wd.import(n));
             }
             (r, imports)
@@ -75,7 +82,10 @@ impl Inner {
         let mut layers = Vec::new();
         for r in &chain {
             let dir = sd.image(&r.id);
-            let key = r.sum.as_ref().map_or_else(|| "scratch".to_owned(), ToString::to_string);
+            let key = r
+                .sum
+                .as_ref()
+                .map_or_else(|| "scratch".to_owned(), ToString::to_string);
             let toc = self.toc(s, &r.id, &key, &dir)?;
             layers.push((dir.layer(), toc.compression));
             tocs.push(toc);
@@ -88,21 +98,37 @@ impl Inner {
             tocs.push(toc);
             owners.push(id.clone());
         }
-        Ok(Stack { owners, tocs, source: Arc::new(LocalSource { layers }) })
+        Ok(Stack {
+            owners,
+            tocs,
+            source: Arc::new(LocalSource { layers }),
+        })
     }
 
-    fn create_writable_sync(&self, s: &StoreName, parent: &ImageId, id: &ImageId) -> Result<Writable> {
+    fn create_writable_sync(
+        &self,
+        s: &StoreName,
+        parent: &ImageId,
+        id: &ImageId,
+    ) -> Result<Writable> {
         let sd = self.open_store(s)?;
         let _guard = self.store_lock(&sd)?;
         self.record(s, &sd, parent)?;
         if self.find_record(&sd, id)?.is_some() || self.writable_exists(&sd, id)? {
-            return Err(Error::already_exists(ObjectKind::Writable, format!("{s}/{id}")));
+            return Err(Error::already_exists(
+                ObjectKind::Writable,
+                format!("{s}/{id}"),
+            ));
         }
         let w = sd.writable(id);
         fsx::remove_all(&w.dir)?;
         let staged = sd.staging().join(format!("{id}.{}", fsx::nonce()));
         fsx::mkdir(&staged, false)?;
-        let rec = WritableRecord { version: 1, id: id.clone(), parent: parent.clone() };
+        let rec = WritableRecord {
+            version: 1,
+            id: id.clone(),
+            parent: parent.clone(),
+        };
         fsx::write_new_synced(&staged.join("writable.json"), &rec.to_bytes())?;
         fsx::mkdir(&staged.join("imports"), false)?;
         fsx::sync_dir(&staged)?;
@@ -114,14 +140,27 @@ impl Inner {
         fsx::sync_dir(&sd.writables())?;
         fsx::write_new_synced(&w.committed(), b"")?;
         fsx::sync_dir(&w.dir)?;
-        Ok(Writable { id: id.clone(), store: s.clone(), parent: parent.clone(), imports: 0 })
+        Ok(Writable {
+            id: id.clone(),
+            store: s.clone(),
+            parent: parent.clone(),
+            imports: 0,
+        })
     }
 
     fn get_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
         let sd = self.open_store(s)?;
         let rec = self.writable_record(s, &sd, id)?;
-        let imports = fsx::list_names(&sd.writable(id).imports())?.iter().filter(|n| !n.starts_with('.')).count() as u32;
-        Ok(Writable { id: id.clone(), store: s.clone(), parent: rec.parent, imports })
+        let imports = fsx::list_names(&sd.writable(id).imports())?
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .count() as u32;
+        Ok(Writable {
+            id: id.clone(),
+            store: s.clone(),
+            parent: rec.parent,
+            imports,
+        })
     }
 
     fn delete_writable_sync(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<()> {
@@ -166,7 +205,13 @@ impl Importer for LocalStore {
         self.run(move |i| i.get_writable_sync(&s, &id)).await
     }
 
-    async fn import(&self, store: &StoreName, id: &ImageId, filter: &FilterSpec, tar: ByteStream) -> Result<ImportSummary> {
+    async fn import(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        filter: &FilterSpec,
+        tar: ByteStream,
+    ) -> Result<ImportSummary> {
         let sd = self.store_dir_checked(store).await?;
         let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
         self.get_writable(store, id).await?;
@@ -180,8 +225,18 @@ impl Importer for LocalStore {
         sink.finish().await?;
         let toc = ingested.toc.to_bytes()?;
         let summary = ImportSummary {
-            entries: ingested.toc.entries.iter().filter(|e| !e.kind.is_marker()).count() as u64,
-            whiteouts: ingested.toc.entries.iter().filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque)).count() as u64,
+            entries: ingested
+                .toc
+                .entries
+                .iter()
+                .filter(|e| !e.kind.is_marker())
+                .count() as u64,
+            whiteouts: ingested
+                .toc
+                .entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque))
+                .count() as u64,
             filtered: 0,
             bytes: ingested.size,
         };
@@ -192,7 +247,10 @@ impl Importer for LocalStore {
             let _guard = inner.store_lock(&sd)?;
             inner.writable_record(&s, &sd, &id2)?;
             let wd = sd.writable(&id2);
-            let n = fsx::list_names(&wd.imports())?.iter().filter(|n| !n.starts_with('.')).count() as u32;
+            let n = fsx::list_names(&wd.imports())?
+                .iter()
+                .filter(|n| !n.starts_with('.'))
+                .count() as u32;
             let target = wd.import(n);
             std::fs::rename(&staged_dir, &target.dir).at(&target.dir)?;
             fsx::sync_dir(&wd.imports())
@@ -202,7 +260,13 @@ impl Importer for LocalStore {
         Ok(summary)
     }
 
-    async fn commit_writable(&self, store: &StoreName, id: &ImageId, new_id: &ImageId, meta: Metadata) -> Result<Image> {
+    async fn commit_writable(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        new_id: &ImageId,
+        meta: Metadata,
+    ) -> Result<Image> {
         check_write_id(new_id)?;
         validate_metadata(&meta)?;
         let sd = self.store_dir_checked(store).await?;
@@ -211,9 +275,12 @@ impl Importer for LocalStore {
         let stack = self.stack(store, id).await?;
         let prefix = stack.prefix_len(&w.parent, id)?;
         let diff = stack.export(Some(prefix), FilterSpec::all(), true);
-        let image = self.write_layer(store, &w.parent, new_id, meta, None, diff).await?;
+        let image = self
+            .write_layer(store, &w.parent, new_id, meta, None, diff)
+            .await?;
         let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &sd, &id)).await?;
+        self.run(move |i| i.delete_writable_sync(&s, &sd, &id))
+            .await?;
         Ok(image)
     }
 
@@ -221,7 +288,8 @@ impl Importer for LocalStore {
         let sd = self.store_dir_checked(store).await?;
         let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
         let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &sd, &id)).await
+        self.run(move |i| i.delete_writable_sync(&s, &sd, &id))
+            .await
     }
 }
 
@@ -252,11 +320,19 @@ impl Exporter for LocalStore {
                 Ok(sd.image(&id).layer())
             })
             .await?;
-        let f = tokio::fs::File::open(&path).await.map_err(|e| Error::io(BACKEND, &path, e))?;
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(BACKEND, &path, e))?;
         Ok(Box::pin(f))
     }
 
-    async fn checkout(&self, store: &StoreName, id: &ImageId, dest: &Path, options: &CheckoutOptions) -> Result<CheckoutReport> {
+    async fn checkout(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        dest: &Path,
+        options: &CheckoutOptions,
+    ) -> Result<CheckoutReport> {
         let stack = self.stack(store, id).await?;
         stack.checkout(dest.to_owned(), options.clone()).await
     }

@@ -15,7 +15,11 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Creates `path` with `bytes` and fsyncs it (fails if it exists).
 pub fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path).at(path)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path)?;
     f.write_all(bytes).at(path)?;
     f.sync_all().at(path)
 }

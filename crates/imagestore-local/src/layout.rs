@@ -37,7 +37,9 @@ impl Root {
     }
     /// One store.
     pub fn store(&self, s: &StoreName) -> StoreDir {
-        StoreDir { dir: self.stores().join(s.as_str()) }
+        StoreDir {
+            dir: self.stores().join(s.as_str()),
+        }
     }
 }
 
@@ -79,11 +81,15 @@ impl StoreDir {
     }
     /// One image.
     pub fn image(&self, id: &ImageId) -> ImageDir {
-        ImageDir { dir: self.images().join(id.as_str()) }
+        ImageDir {
+            dir: self.images().join(id.as_str()),
+        }
     }
     /// One writable layer.
     pub fn writable(&self, id: &ImageId) -> WritableDir {
-        WritableDir { dir: self.writables().join(id.as_str()) }
+        WritableDir {
+            dir: self.writables().join(id.as_str()),
+        }
     }
 }
 
@@ -147,7 +153,9 @@ impl WritableDir {
     }
     /// One import.
     pub fn import(&self, n: u32) -> ImageDir {
-        ImageDir { dir: self.imports().join(format!("{n:06}")) }
+        ImageDir {
+            dir: self.imports().join(format!("{n:06}")),
+        }
     }
     /// The commit marker.
     pub fn committed(&self) -> PathBuf {

@@ -42,7 +42,11 @@ fn ofd_lock(file: &File, range: u64, wait: bool) -> io::Result<bool> {
     fl.l_start = range as libc::off_t;
     fl.l_len = 1;
     fl.l_pid = 0;
-    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
     loop {
         // SAFETY: the descriptor is open for the duration of the call and `fl` is a valid,
         // initialised `struct flock` that lives across it.
@@ -91,7 +95,13 @@ pub fn try_lock(path: &Path, range: u64) -> Result<Option<LockGuard>> {
 pub async fn lock_async(path: PathBuf, range: u64) -> Result<LockGuard> {
     tokio::task::spawn_blocking(move || lock_blocking(&path, range))
         .await
-        .map_err(|e| Error::backend(crate::error::BACKEND, format!("lock task failed: {e}"), false))?
+        .map_err(|e| {
+            Error::backend(
+                crate::error::BACKEND,
+                format!("lock task failed: {e}"),
+                false,
+            )
+        })?
 }
 
 #[cfg(test)]
@@ -103,7 +113,10 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::invalid(e.to_string()))?;
         let p = dir.path().join("lock");
         let a = lock_blocking(&p, 5)?;
-        assert!(try_lock(&p, 5)?.is_none(), "same range, other descriptor: held");
+        assert!(
+            try_lock(&p, 5)?.is_none(),
+            "same range, other descriptor: held"
+        );
         assert!(try_lock(&p, 6)?.is_some(), "other range: free");
         drop(a);
         assert!(try_lock(&p, 5)?.is_some(), "released on drop");

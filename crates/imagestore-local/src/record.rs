@@ -37,21 +37,45 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     /// A record for an image.
-    pub fn new(id: ImageId, parent: Option<ImageId>, sum: Option<Digest>, size: u64, depth: u32, meta: &Metadata) -> Self {
+    pub fn new(
+        id: ImageId,
+        parent: Option<ImageId>,
+        sum: Option<Digest>,
+        size: u64,
+        depth: u32,
+        meta: &Metadata,
+    ) -> Self {
         let metadata = meta
             .iter()
-            .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    base64::engine::general_purpose::STANDARD.encode(v),
+                )
+            })
             .collect();
-        ImageRecord { version: RECORD_VERSION, id, parent, sum, size, depth, metadata }
+        ImageRecord {
+            version: RECORD_VERSION,
+            id,
+            parent,
+            sum,
+            size,
+            depth,
+            metadata,
+        }
     }
 
     /// Reads a record file.
     pub fn read(path: &Path) -> Result<ImageRecord> {
         let bytes = std::fs::read(path).at(path)?;
-        let r: ImageRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(path.display().to_string(), format!("bad image record: {e}")))?;
+        let r: ImageRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(path.display().to_string(), format!("bad image record: {e}"))
+        })?;
         if r.version != RECORD_VERSION {
-            return Err(Error::corrupt(path.display().to_string(), format!("record version {} is not supported", r.version)));
+            return Err(Error::corrupt(
+                path.display().to_string(),
+                format!("record version {} is not supported", r.version),
+            ));
         }
         Ok(r)
     }
@@ -67,7 +91,12 @@ impl ImageRecord {
         for (k, v) in &self.metadata {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(v)
-                .map_err(|e| Error::corrupt(format!("{store}/{}", self.id), format!("metadata {k:?}: {e}")))?;
+                .map_err(|e| {
+                    Error::corrupt(
+                        format!("{store}/{}", self.id),
+                        format!("metadata {k:?}: {e}"),
+                    )
+                })?;
             metadata.insert(k.clone(), bytes);
         }
         Ok(Image {
@@ -98,8 +127,12 @@ impl WritableRecord {
     /// Reads a record file.
     pub fn read(path: &Path) -> Result<WritableRecord> {
         let bytes = std::fs::read(path).at(path)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(path.display().to_string(), format!("bad writable record: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                path.display().to_string(),
+                format!("bad writable record: {e}"),
+            )
+        })
     }
 
     /// The record as JSON.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use imagestore_core::layer::ingest::{read_toc, IngestLimits};
+use imagestore_core::layer::ingest::{IngestLimits, read_toc};
 use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::validate::EmptyView;
 use imagestore_core::{ImageId, Metadata, Result};
@@ -15,7 +15,9 @@ use crate::record::ImageRecord;
 /// directory fsynced, ready to be renamed into place.
 pub fn build_store(dir: &Path) -> Result<()> {
     fsx::mkdir(dir, false)?;
-    let sd = StoreDir { dir: dir.to_owned() };
+    let sd = StoreDir {
+        dir: dir.to_owned(),
+    };
     for d in [sd.images(), sd.staging(), sd.trash(), sd.writables()] {
         fsx::mkdir(&d, false)?;
     }
@@ -28,7 +30,14 @@ pub fn build_store(dir: &Path) -> Result<()> {
     let toc = read_toc(tar.as_slice(), &EmptyView, IngestLimits::default())?;
     fsx::write_new_synced(&scratch.layer(), &tar)?;
     fsx::write_new_synced(&scratch.toc(), &toc.to_bytes()?)?;
-    let record = ImageRecord::new(ImageId::scratch(), None, None, tar.len() as u64, 0, &Metadata::new());
+    let record = ImageRecord::new(
+        ImageId::scratch(),
+        None,
+        None,
+        tar.len() as u64,
+        0,
+        &Metadata::new(),
+    );
     fsx::write_new_synced(&scratch.record(), &record.to_bytes())?;
     fsx::write_new_synced(&scratch.committed(), b"")?;
     fsx::sync_dir(&scratch.dir)?;

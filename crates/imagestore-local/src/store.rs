@@ -14,12 +14,12 @@ use imagestore_core::layer::toc::Toc;
 use imagestore_core::names::SCRATCH_ID;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
-    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, Metadata, ObjectKind, OwnerName, Resolver,
-    Result, StoreName, Url,
+    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, Metadata, ObjectKind,
+    OwnerName, Resolver, Result, StoreName, Url,
 };
 
 use crate::config::Config;
-use crate::error::{IoContext, BACKEND};
+use crate::error::{BACKEND, IoContext};
 use crate::fsx;
 use crate::layout::{ImageDir, Root, StoreDir};
 use crate::lock::{self, LockGuard};
@@ -52,8 +52,9 @@ impl LocalStore {
     /// Opens (creating if needed) a local backend for `config`. Leftovers of crashed store
     /// creations are swept.
     pub async fn open(config: Config) -> Result<LocalStore> {
-        let base_url = Url::from_directory_path(&config.root)
-            .map_err(|()| Error::invalid(format!("{} is not an absolute path", config.root.display())))?;
+        let base_url = Url::from_directory_path(&config.root).map_err(|()| {
+            Error::invalid(format!("{} is not an absolute path", config.root.display()))
+        })?;
         let inner = Arc::new(Inner {
             root: Root { dir: config.root },
             base_url,
@@ -103,8 +104,13 @@ impl Inner {
             let bytes = std::fs::read(&fmt).at(&fmt)?;
             let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::corrupt(fmt.display().to_string(), e.to_string()))?;
-            if v.get("format").and_then(|f| f.as_str()) != Some("imagestore-local") || v.get("version").and_then(|v| v.as_u64()) != Some(1) {
-                return Err(Error::corrupt(fmt.display().to_string(), "not an imagestore-local version 1 root"));
+            if v.get("format").and_then(|f| f.as_str()) != Some("imagestore-local")
+                || v.get("version").and_then(|v| v.as_u64()) != Some(1)
+            {
+                return Err(Error::corrupt(
+                    fmt.display().to_string(),
+                    "not an imagestore-local version 1 root",
+                ));
             }
         }
         for d in [self.root.stores(), self.root.tmp(), self.root.trash()] {
@@ -123,7 +129,11 @@ impl Inner {
         if !fsx::exists(&sd.images())? {
             return Err(Error::not_found(ObjectKind::Store, s));
         }
-        let first = self.swept.lock().map(|mut set| set.insert(s.clone())).unwrap_or(true);
+        let first = self
+            .swept
+            .lock()
+            .map(|mut set| set.insert(s.clone()))
+            .unwrap_or(true);
         if first {
             crate::sweep::sweep_store(self, s, &sd)?;
         }
@@ -156,7 +166,8 @@ impl Inner {
     }
 
     pub(crate) fn record(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<ImageRecord> {
-        self.find_record(sd, id)?.ok_or_else(|| Error::not_found(ObjectKind::Image, image_name(s, id)))
+        self.find_record(sd, id)?
+            .ok_or_else(|| Error::not_found(ObjectKind::Image, image_name(s, id)))
     }
 
     pub(crate) fn image_of(&self, s: &StoreName, r: &ImageRecord) -> Result<Image> {
@@ -167,7 +178,12 @@ impl Inner {
         fsx::exists(&sd.writable(id).committed())
     }
 
-    pub(crate) fn writable_record(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<WritableRecord> {
+    pub(crate) fn writable_record(
+        &self,
+        s: &StoreName,
+        sd: &StoreDir,
+        id: &ImageId,
+    ) -> Result<WritableRecord> {
         let w = sd.writable(id);
         if !fsx::exists(&w.committed())? {
             return Err(Error::not_found(ObjectKind::Writable, image_name(s, id)));
@@ -176,9 +192,20 @@ impl Inner {
     }
 
     /// The TOC of a stored layer directory, cached by `(store, id, sum)`.
-    pub(crate) fn toc(&self, s: &StoreName, id: &ImageId, key: &str, dir: &ImageDir) -> Result<Arc<Toc>> {
+    pub(crate) fn toc(
+        &self,
+        s: &StoreName,
+        id: &ImageId,
+        key: &str,
+        dir: &ImageDir,
+    ) -> Result<Arc<Toc>> {
         let cache_key = (s.clone(), id.clone(), key.to_owned());
-        if let Some(t) = self.tocs.lock().ok().and_then(|c| c.get(&cache_key).cloned()) {
+        if let Some(t) = self
+            .tocs
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&cache_key).cloned())
+        {
             return Ok(t);
         }
         let path = dir.toc();
@@ -196,7 +223,9 @@ impl Inner {
     pub(crate) fn read_usage(&self, sd: &StoreDir) -> Result<u64> {
         let p = sd.usage();
         let text = std::fs::read_to_string(&p).at(&p)?;
-        text.trim().parse().map_err(|_| Error::corrupt(p.display().to_string(), "usage counter is not a number"))
+        text.trim()
+            .parse()
+            .map_err(|_| Error::corrupt(p.display().to_string(), "usage counter is not a number"))
     }
 
     /// Adds `delta` to the usage counter. Call with the store lock held, between
@@ -249,9 +278,17 @@ impl Inner {
         let mut left: Vec<String> = fsx::list_names(&sd.images())?
             .into_iter()
             .filter(|n| n != SCRATCH_ID)
-            .filter(|n| ImageId::new(n.as_str()).ok().is_some_and(|id| fsx::exists(&sd.image(&id).committed()).unwrap_or(true)))
+            .filter(|n| {
+                ImageId::new(n.as_str())
+                    .ok()
+                    .is_some_and(|id| fsx::exists(&sd.image(&id).committed()).unwrap_or(true))
+            })
             .collect();
-        left.extend(fsx::list_names(&sd.writables())?.into_iter().map(|w| format!("writable {w}")));
+        left.extend(
+            fsx::list_names(&sd.writables())?
+                .into_iter()
+                .map(|w| format!("writable {w}")),
+        );
         if !left.is_empty() {
             let shown: Vec<String> = left.iter().take(5).cloned().collect();
             return Err(Error::Conflict {
@@ -261,7 +298,11 @@ impl Inner {
                     "it still holds {} image(s) ({}{}); delete them first",
                     left.len(),
                     shown.join(", "),
-                    if left.len() > shown.len() { ", ..." } else { "" }
+                    if left.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
@@ -312,7 +353,9 @@ impl Inner {
         let d = sd.image(id);
         let mut users = Vec::new();
         for c in fsx::list_names(&d.children())? {
-            let Ok(cid) = ImageId::new(c.as_str()) else { continue };
+            let Ok(cid) = ImageId::new(c.as_str()) else {
+                continue;
+            };
             if self.writable_exists(sd, &cid)? {
                 users.push(format!("writable {cid}"));
             } else {
@@ -329,14 +372,19 @@ impl Inner {
         let s = &image.store;
         let id = &image.id;
         if id.is_scratch() {
-            return Err(Error::invalid(format!("the scratch image of store {s} cannot be deleted")));
+            return Err(Error::invalid(format!(
+                "the scratch image of store {s} cannot be deleted"
+            )));
         }
         let sd = self.open_store(s)?;
         let guard = self.store_lock(&sd)?;
         let r = self.record(s, &sd, id)?;
         let users = self.users(&sd, id)?;
         if !users.is_empty() {
-            return Err(Error::ImageInUse { image: image_name(s, id), users });
+            return Err(Error::ImageInUse {
+                image: image_name(s, id),
+                users,
+            });
         }
         let found = self.image_of(s, &r)?;
         let d = sd.image(id);
@@ -359,7 +407,13 @@ impl Inner {
         Ok(found)
     }
 
-    fn owner_change(&self, s: &StoreName, id: &ImageId, owner: &OwnerName, acquire: bool) -> Result<()> {
+    fn owner_change(
+        &self,
+        s: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        acquire: bool,
+    ) -> Result<()> {
         let sd = self.open_store(s)?;
         let _guard = self.store_lock(&sd)?;
         self.record(s, &sd, id)?;
@@ -375,13 +429,21 @@ impl Inner {
         } else if fsx::remove_file(&p)? {
             fsx::sync_dir(&d.owners())
         } else {
-            Err(Error::not_found(ObjectKind::Owner, format!("{owner} on {}", image_name(s, id))))
+            Err(Error::not_found(
+                ObjectKind::Owner,
+                format!("{owner} on {}", image_name(s, id)),
+            ))
         }
     }
 
     /// Parses an image locator of this backend back into `(store, id)`.
     fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
-        let bad = || Error::invalid(format!("{url} is not an image URL of the store at {}", self.base_url));
+        let bad = || {
+            Error::invalid(format!(
+                "{url} is not an image URL of the store at {}",
+                self.base_url
+            ))
+        };
         if url.scheme() != "file" {
             return Err(bad());
         }
@@ -428,10 +490,18 @@ impl ImageStorer for LocalStore {
         self.run(|i| i.list_stores()).await
     }
 
-    async fn write_image(&self, parent: &Image, id: &ImageId, meta: Metadata, sum: &Digest, body: ByteStream) -> Result<Image> {
+    async fn write_image(
+        &self,
+        parent: &Image,
+        id: &ImageId,
+        meta: Metadata,
+        sum: &Digest,
+        body: ByteStream,
+    ) -> Result<Image> {
         check_write_id(id)?;
         validate_metadata(&meta)?;
-        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body).await
+        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body)
+            .await
     }
 
     async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image> {
@@ -493,7 +563,10 @@ impl Resolver for LocalStore {
             let sd = i.open_store(&s)?;
             i.record(&s, &sd, &id)?;
             let names = fsx::list_names(&sd.image(&id).owners())?;
-            Ok(names.into_iter().filter_map(|n| OwnerName::new(n).ok()).collect())
+            Ok(names
+                .into_iter()
+                .filter_map(|n| OwnerName::new(n).ok())
+                .collect())
         })
         .await
     }

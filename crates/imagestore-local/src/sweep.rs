@@ -19,7 +19,9 @@ use crate::store::Inner;
 pub fn sweep_root(inner: &Inner) -> Result<()> {
     for name in fsx::list_names(&inner.root.tmp())? {
         let store = name.split('.').next().unwrap_or_default();
-        let Some(_g) = lock::try_lock(&inner.root.lock_file(), lock::range_for(store))? else { continue };
+        let Some(_g) = lock::try_lock(&inner.root.lock_file(), lock::range_for(store))? else {
+            continue;
+        };
         info!(leftover = %name, "removing an abandoned store creation");
         fsx::remove_all(&inner.root.tmp().join(&name))?;
     }
@@ -35,7 +37,9 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
     let mut removed = 0usize;
     for name in fsx::list_names(&sd.staging())? {
         let id = name.split('.').next().unwrap_or_default();
-        let Some(_g) = lock::try_lock(&sd.lock_file(), lock::range_for(id))? else { continue };
+        let Some(_g) = lock::try_lock(&sd.lock_file(), lock::range_for(id))? else {
+            continue;
+        };
         fsx::remove_all(&sd.staging().join(&name))?;
         removed += 1;
     }
@@ -46,7 +50,9 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
     let mut recompute = fsx::exists(&sd.usage_pending())?;
     let images = fsx::list_names(&sd.images())?;
     for name in &images {
-        let Ok(id) = ImageId::new(name.as_str()) else { continue };
+        let Ok(id) = ImageId::new(name.as_str()) else {
+            continue;
+        };
         let d = sd.image(&id);
         if !fsx::exists(&d.committed())? && !id.is_scratch() {
             let doomed = sd.trash().join(format!("{name}.{}", fsx::nonce()));
@@ -57,7 +63,9 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
         }
     }
     for name in fsx::list_names(&sd.writables())? {
-        let Ok(id) = ImageId::new(name.as_str()) else { continue };
+        let Ok(id) = ImageId::new(name.as_str()) else {
+            continue;
+        };
         let w = sd.writable(&id);
         if !fsx::exists(&w.committed())? {
             fsx::remove_all(&w.dir)?;
@@ -75,11 +83,16 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
     }
     // Child links whose child never committed.
     for name in fsx::list_names(&sd.images())? {
-        let Ok(id) = ImageId::new(name.as_str()) else { continue };
+        let Ok(id) = ImageId::new(name.as_str()) else {
+            continue;
+        };
         let d = sd.image(&id);
         for c in fsx::list_names(&d.children())? {
-            let Ok(cid) = ImageId::new(c.as_str()) else { continue };
-            let live = fsx::exists(&sd.image(&cid).committed())? || fsx::exists(&sd.writable(&cid).committed())?;
+            let Ok(cid) = ImageId::new(c.as_str()) else {
+                continue;
+            };
+            let live = fsx::exists(&sd.image(&cid).committed())?
+                || fsx::exists(&sd.writable(&cid).committed())?;
             if !live {
                 fsx::remove_file(&d.child(&cid))?;
                 removed += 1;
@@ -89,7 +102,9 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
     if recompute {
         let mut total = 0u64;
         for name in fsx::list_names(&sd.images())? {
-            let Ok(id) = ImageId::new(name.as_str()) else { continue };
+            let Ok(id) = ImageId::new(name.as_str()) else {
+                continue;
+            };
             if id.is_scratch() {
                 continue;
             }

@@ -18,11 +18,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use imagestore_core::layer::ingest::{ingest, IngestLimits, StagingSink};
+use imagestore_core::layer::ingest::{IngestLimits, StagingSink, ingest};
 use imagestore_core::layer::validate::LowerView;
-use imagestore_core::{ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName};
+use imagestore_core::{
+    ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
+};
 
-use crate::error::{IoContext, BACKEND};
+use crate::error::{BACKEND, IoContext};
 use crate::fsx;
 use crate::layout::{ImageDir, StoreDir};
 use crate::lock;
@@ -37,8 +39,15 @@ pub(crate) struct FileSink {
 
 impl FileSink {
     pub(crate) fn create(path: PathBuf) -> Result<FileSink> {
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
-        Ok(FileSink { file: Some(file), path })
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        Ok(FileSink {
+            file: Some(file),
+            path,
+        })
     }
 
     /// fsyncs and closes the file.
@@ -58,7 +67,11 @@ impl FileSink {
 impl StagingSink for FileSink {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let Some(mut f) = self.file.take() else {
-            return Err(Error::backend(BACKEND, "staging file already closed", false));
+            return Err(Error::backend(
+                BACKEND,
+                "staging file already closed",
+                false,
+            ));
         };
         let path = self.path.clone();
         let (f, r) = tokio::task::spawn_blocking(move || {
@@ -86,7 +99,9 @@ impl StagingDir {
     }
 
     pub(crate) fn layout(&self) -> ImageDir {
-        ImageDir { dir: self.dir.clone() }
+        ImageDir {
+            dir: self.dir.clone(),
+        }
     }
 
     pub(crate) fn disarm(&mut self) {
@@ -118,14 +133,18 @@ fn existing_or_conflict(
             reason: "a writable layer has this id".to_owned(),
         });
     }
-    let Some(r) = inner.find_record(sd, id)? else { return Ok(None) };
+    let Some(r) = inner.find_record(sd, id)? else {
+        return Ok(None);
+    };
     if r.parent.as_ref() != Some(parent) {
         return Err(Error::Conflict {
             kind: ObjectKind::Image,
             name: format!("{s}/{id}"),
             reason: format!(
                 "it exists with parent {}, not {parent}",
-                r.parent.as_ref().map_or("none".to_owned(), ToString::to_string)
+                r.parent
+                    .as_ref()
+                    .map_or("none".to_owned(), ToString::to_string)
             ),
         });
     }
@@ -135,11 +154,16 @@ fn existing_or_conflict(
             name: format!("{s}/{id}"),
             reason: format!(
                 "it exists with sum {}, not {sum}",
-                r.sum.as_ref().map_or("none".to_owned(), ToString::to_string)
+                r.sum
+                    .as_ref()
+                    .map_or("none".to_owned(), ToString::to_string)
             ),
         }),
         // Without an expected sum (a commit of a writable layer) an existing id is a conflict.
-        None => Err(Error::already_exists(ObjectKind::Image, format!("{s}/{id}"))),
+        None => Err(Error::already_exists(
+            ObjectKind::Image,
+            format!("{s}/{id}"),
+        )),
         Some(_) => Ok(Some(inner.image_of(s, &r)?)),
     }
 }
@@ -152,16 +176,26 @@ enum Precheck {
     Write(StoreDir, ImageRecord),
 }
 
-fn precheck(inner: &Inner, s: &StoreName, p: &ImageId, id: &ImageId, sum: Option<&Digest>) -> Result<Precheck> {
+fn precheck(
+    inner: &Inner,
+    s: &StoreName,
+    p: &ImageId,
+    id: &ImageId,
+    sum: Option<&Digest>,
+) -> Result<Precheck> {
     let sd = inner.open_store(s)?;
-    let parent = inner
-        .find_record(&sd, p)?
-        .ok_or_else(|| Error::not_found(ObjectKind::Image, format!("{s}/{p} (the parent of {id})")))?;
+    let parent = inner.find_record(&sd, p)?.ok_or_else(|| {
+        Error::not_found(ObjectKind::Image, format!("{s}/{p} (the parent of {id})"))
+    })?;
     if let Some(img) = existing_or_conflict(inner, s, &sd, id, p, sum)? {
         return Ok(Precheck::Found(img));
     }
     if parent.depth + 1 > MAX_CHAIN_DEPTH {
-        return Err(Error::LimitExceeded { what: "chain depth (layers above scratch)", value: u64::from(parent.depth) + 1, max: u64::from(MAX_CHAIN_DEPTH) });
+        return Err(Error::LimitExceeded {
+            what: "chain depth (layers above scratch)",
+            value: u64::from(parent.depth) + 1,
+            max: u64::from(MAX_CHAIN_DEPTH),
+        });
     }
     Ok(Precheck::Write(sd, parent))
 }
@@ -179,14 +213,20 @@ impl LocalStore {
     ) -> Result<Image> {
         // Cheap checks first: a hit returns at once without touching the body.
         let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
-        let sd = match self.run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref())).await? {
+        let sd = match self
+            .run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref()))
+            .await?
+        {
             Precheck::Found(img) => return Ok(img),
             Precheck::Write(sd, _) => sd,
         };
         let _id_lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
         // Someone may have committed while we waited for the lock.
         let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
-        let parent_rec = match self.run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref())).await? {
+        let parent_rec = match self
+            .run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref()))
+            .await?
+        {
             Precheck::Found(img) => return Ok(img),
             Precheck::Write(_, r) => r,
         };
@@ -195,10 +235,24 @@ impl LocalStore {
         let mut staging = StagingDir::create(&sd, id)?;
         let staged = staging.layout();
         let mut sink = FileSink::create(staged.layer())?;
-        let ingested = ingest(body, sum.as_ref(), &mut sink, lower, IngestLimits::default()).await?;
+        let ingested = ingest(
+            body,
+            sum.as_ref(),
+            &mut sink,
+            lower,
+            IngestLimits::default(),
+        )
+        .await?;
         sink.finish().await?;
 
-        let record = ImageRecord::new(id.clone(), Some(parent.clone()), Some(ingested.digest.clone()), ingested.size, parent_rec.depth + 1, &meta);
+        let record = ImageRecord::new(
+            id.clone(),
+            Some(parent.clone()),
+            Some(ingested.digest.clone()),
+            ingested.size,
+            parent_rec.depth + 1,
+            &meta,
+        );
         let toc = ingested.toc.to_bytes()?;
         let (s, p, i) = (store.clone(), parent.clone(), id.clone());
         let staged_dir = staging.dir.clone();
@@ -230,7 +284,10 @@ fn commit(
     let _guard = inner.store_lock(sd)?;
     if inner.find_record(sd, parent)?.is_none() {
         // The parent was deleted while we wrote: never leave a dangling child.
-        return Err(Error::not_found(ObjectKind::Image, format!("{s}/{parent} (the parent of {id}, deleted during the write)")));
+        return Err(Error::not_found(
+            ObjectKind::Image,
+            format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
+        ));
     }
     let pd = sd.image(parent);
     let d = sd.image(id);

@@ -5,16 +5,22 @@
 //! This is a `harness = false` test: the same binary is the child when
 //! `IMAGESTORE_CRASH_CHILD` is set.
 
-#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use imagestore_core::{
-    byte_stream, Digest, Error, Exporter, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Importer, Metadata, StoreName,
+    Digest, Error, Exporter, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Importer, Metadata,
+    StoreName, byte_stream,
 };
 use imagestore_local::{Config, LocalStore};
 use tokio::io::AsyncReadExt;
@@ -27,10 +33,13 @@ fn layer(seed: u64, size: usize) -> Vec<u8> {
     h.set_mode(0o644);
     h.set_size(size as u64);
     h.set_entry_type(tar::EntryType::Regular);
-    let data: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(seed | 1).wrapping_add(seed) as u8).collect();
-    b.append_data(&mut h, format!("f/{seed}"), data.as_slice()).unwrap();
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i as u64).wrapping_mul(seed | 1).wrapping_add(seed) as u8)
+        .collect();
+    b.append_data(&mut h, format!("f/{seed}"), data.as_slice())
+        .unwrap();
     let bytes = b.into_inner().unwrap();
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&bytes).unwrap();
         gz.finish().unwrap()
@@ -40,7 +49,10 @@ fn layer(seed: u64, size: usize) -> Vec<u8> {
 }
 
 async fn open(root: &Path) -> Result<LocalStore> {
-    Ok(LocalStore::open(Config { root: root.to_owned() }).await?)
+    Ok(LocalStore::open(Config {
+        root: root.to_owned(),
+    })
+    .await?)
 }
 
 /// The child: mutate the store forever.
@@ -76,7 +88,14 @@ async fn child(root: PathBuf) -> Result<()> {
                 let w = ImageId::new(format!("w{}", next() % 1000))?;
                 if store.create_writable(&parent, &w).await.is_ok() {
                     let tar = layer(next(), 20_000);
-                    store.import(&s, &w, &FilterSpec::all(), byte_stream(std::io::Cursor::new(tar))).await?;
+                    store
+                        .import(
+                            &s,
+                            &w,
+                            &FilterSpec::all(),
+                            byte_stream(std::io::Cursor::new(tar)),
+                        )
+                        .await?;
                     let new = ImageId::new(format!("c{}", next() % 100_000))?;
                     match store.commit_writable(&s, &w, &new, Metadata::new()).await {
                         Ok(_) | Err(Error::AlreadyExists { .. }) => {}
@@ -89,7 +108,10 @@ async fn child(root: PathBuf) -> Result<()> {
                 let size = [0usize, 1000, 100_000, 1 << 20][(next() % 4) as usize];
                 let bytes = layer(next(), size);
                 let id = ImageId::new(format!("i{}", next() % 100_000))?;
-                match store.write_image_bytes(&parent, &id, Metadata::new(), bytes).await {
+                match store
+                    .write_image_bytes(&parent, &id, Metadata::new(), bytes)
+                    .await
+                {
                     Ok(_) | Err(Error::Conflict { .. }) | Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -108,13 +130,24 @@ fn leftovers(store_dir: &Path) -> Result<Vec<String>> {
     for e in std::fs::read_dir(store_dir.join("images"))? {
         let e = e?;
         if !e.path().join("COMMITTED").exists() {
-            found.push(format!("uncommitted images/{}", e.file_name().to_string_lossy()));
+            found.push(format!(
+                "uncommitted images/{}",
+                e.file_name().to_string_lossy()
+            ));
         }
         if let Ok(children) = std::fs::read_dir(e.path().join("children")) {
             for c in children {
                 let name = c?.file_name();
-                if !store_dir.join("images").join(&name).join("COMMITTED").exists()
-                    && !store_dir.join("writable").join(&name).join("COMMITTED").exists()
+                if !store_dir
+                    .join("images")
+                    .join(&name)
+                    .join("COMMITTED")
+                    .exists()
+                    && !store_dir
+                        .join("writable")
+                        .join(&name)
+                        .join("COMMITTED")
+                        .exists()
                 {
                     found.push(format!("dangling child link {}", name.to_string_lossy()));
                 }
@@ -124,7 +157,10 @@ fn leftovers(store_dir: &Path) -> Result<Vec<String>> {
     for e in std::fs::read_dir(store_dir.join("writable"))? {
         let e = e?;
         if !e.path().join("COMMITTED").exists() {
-            found.push(format!("uncommitted writable/{}", e.file_name().to_string_lossy()));
+            found.push(format!(
+                "uncommitted writable/{}",
+                e.file_name().to_string_lossy()
+            ));
         }
     }
     if store_dir.join("usage.pending").exists() {
@@ -141,18 +177,39 @@ async fn verify(root: &Path) -> Result<usize> {
     let mut total = 0u64;
     for img in &images {
         let mut raw = Vec::new();
-        store.export_raw(&s, &img.id).await?.read_to_end(&mut raw).await?;
-        ensure!(img.sum == Some(Digest::sha256_of(&raw)), "{}: stored bytes do not match the sum", img.id);
+        store
+            .export_raw(&s, &img.id)
+            .await?
+            .read_to_end(&mut raw)
+            .await?;
+        ensure!(
+            img.sum == Some(Digest::sha256_of(&raw)),
+            "{}: stored bytes do not match the sum",
+            img.id
+        );
         ensure!(img.size == raw.len() as u64);
-        let parent = img.parent.clone().context("non-scratch image without parent")?;
-        store.get_image(&s, &parent).await.with_context(|| format!("{} has a dangling parent {parent}", img.id))?;
+        let parent = img
+            .parent
+            .clone()
+            .context("non-scratch image without parent")?;
+        store
+            .get_image(&s, &parent)
+            .await
+            .with_context(|| format!("{} has a dangling parent {parent}", img.id))?;
         if img.depth <= 2 {
             let mut tree = Vec::new();
-            store.export(&s, &img.id, None, &FilterSpec::all(), true).await?.read_to_end(&mut tree).await?;
+            store
+                .export(&s, &img.id, None, &FilterSpec::all(), true)
+                .await?
+                .read_to_end(&mut tree)
+                .await?;
         }
         total += img.size;
     }
-    ensure!(store.image_storage_usage(&s).await? == total, "usage counter disagrees with the images");
+    ensure!(
+        store.image_storage_usage(&s).await? == total,
+        "usage counter disagrees with the images"
+    );
     let left = leftovers(&root.join("stores/crash"))?;
     if !left.is_empty() {
         bail!("leftovers after the sweep: {left:?}");
@@ -161,7 +218,9 @@ async fn verify(root: &Path) -> Result<usize> {
 }
 
 fn main() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if let Ok(root) = std::env::var("IMAGESTORE_CRASH_CHILD") {
         return rt.block_on(child(PathBuf::from(root)));
     }
@@ -195,10 +254,18 @@ fn main() -> Result<()> {
         }
         child.kill()?;
         child.wait()?;
-        let n = rt.block_on(verify(&root)).with_context(|| format!("after kill {round}"))?;
+        let n = rt
+            .block_on(verify(&root))
+            .with_context(|| format!("after kill {round}"))?;
         max_images = max_images.max(n);
     }
-    ensure!(max_images > 5, "the writer made too little progress to test anything ({max_images} images)");
-    println!("crash test: {KILLS} kills, up to {max_images} images, all verified, in {:?}", started.elapsed());
+    ensure!(
+        max_images > 5,
+        "the writer made too little progress to test anything ({max_images} images)"
+    );
+    println!(
+        "crash test: {KILLS} kills, up to {max_images} images, all verified, in {:?}",
+        started.elapsed()
+    );
     Ok(())
 }

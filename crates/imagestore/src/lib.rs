@@ -57,3 +57,8 @@ pub fn schemes() -> Vec<&'static str> {
     link_backends();
     registry::schemes()
 }
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}

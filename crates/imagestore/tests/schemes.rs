@@ -14,16 +14,28 @@ fn registered_schemes_match_features() {
 #[tokio::test]
 async fn unknown_schemes_list_the_available_ones() {
     match imagestore::open("s4://bucket").await {
-        Err(imagestore::Error::UnknownScheme { scheme, available, hint }) => {
+        Err(imagestore::Error::UnknownScheme {
+            scheme,
+            available,
+            hint,
+        }) => {
             assert_eq!(scheme, "s4");
-            assert_eq!(available, imagestore::schemes().iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                available,
+                imagestore::schemes()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+            );
             assert_eq!(hint, None);
         }
         other => panic!("unexpected {other:?}"),
     }
     if !imagestore::schemes().contains(&"s3") {
         match imagestore::open("s3://bucket").await {
-            Err(imagestore::Error::UnknownScheme { hint: Some(h), .. }) => assert!(h.contains("`s3`"), "{h}"),
+            Err(imagestore::Error::UnknownScheme { hint: Some(h), .. }) => {
+                assert!(h.contains("`s3`"), "{h}")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -28,7 +28,13 @@ pub struct Hostile {
 }
 
 /// A raw entry with the name written verbatim (the `tar` crate refuses some hostile names).
-fn raw(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: EntryType, link: Option<&str>, data: &[u8]) {
+fn raw(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
     let mut h = Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(0o644);
@@ -57,7 +63,11 @@ fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
 pub fn all() -> Vec<Hostile> {
     use Expect::*;
     let mut v = vec![
-        Hostile { name: "dotdot-escape", bytes: tar_of(|b| file(b, "../escape.txt", b"x")), expect: BadArchive("escapes the root") },
+        Hostile {
+            name: "dotdot-escape",
+            bytes: tar_of(|b| file(b, "../escape.txt", b"x")),
+            expect: BadArchive("escapes the root"),
+        },
         Hostile {
             name: "nested-dotdot-escape",
             bytes: tar_of(|b| file(b, "a/../../escape.txt", b"x")),
@@ -97,9 +107,21 @@ pub fn all() -> Vec<Hostile> {
             }),
             expect: BadArchive("does not exist earlier"),
         },
-        Hostile { name: "bare-whiteout", bytes: tar_of(|b| file(b, "etc/.wh.", b"")), expect: BadArchive("bare whiteout") },
-        Hostile { name: "whiteout-dot", bytes: tar_of(|b| file(b, "etc/.wh..", b"")), expect: BadArchive("\".\" or \"..\"") },
-        Hostile { name: "whiteout-dotdot", bytes: tar_of(|b| file(b, "etc/.wh...", b"")), expect: BadArchive("\".\" or \"..\"") },
+        Hostile {
+            name: "bare-whiteout",
+            bytes: tar_of(|b| file(b, "etc/.wh.", b"")),
+            expect: BadArchive("bare whiteout"),
+        },
+        Hostile {
+            name: "whiteout-dot",
+            bytes: tar_of(|b| file(b, "etc/.wh..", b"")),
+            expect: BadArchive("\".\" or \"..\""),
+        },
+        Hostile {
+            name: "whiteout-dotdot",
+            bytes: tar_of(|b| file(b, "etc/.wh...", b"")),
+            expect: BadArchive("\".\" or \"..\""),
+        },
         Hostile {
             name: "root-replaced-by-symlink",
             bytes: tar_of(|b| raw(b, ".", EntryType::Symlink, Some("/"), b"")),
@@ -113,24 +135,65 @@ pub fn all() -> Vec<Hostile> {
             }),
             expect: BadArchive("is not a directory"),
         },
-        Hostile { name: "pax-size-smuggling", bytes: smuggled(), expect: BadArchive("smuggling") },
-        Hostile { name: "oversized-pax-header", bytes: oversized_pax(), expect: BadArchive("maximum") },
-        Hostile { name: "oversized-gnu-long-name", bytes: oversized_longname(), expect: BadArchive("maximum") },
-        Hostile { name: "not-a-tar", bytes: b"this is plainly not a tar archive\n".repeat(40), expect: BadArchive("not a tar") },
-        Hostile { name: "corrupt-header", bytes: corrupt_second_header(), expect: BadArchive("corrupt header") },
-        Hostile { name: "xz-compressed", bytes: b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4\x46".repeat(50), expect: BadArchive("xz") },
-        Hostile { name: "corrupt-gzip", bytes: corrupt_gzip(), expect: BadArchive("") },
-        Hostile { name: "zstd-bomb", bytes: zstd_bomb(), expect: Limit("decompression ratio") },
+        Hostile {
+            name: "pax-size-smuggling",
+            bytes: smuggled(),
+            expect: BadArchive("smuggling"),
+        },
+        Hostile {
+            name: "oversized-pax-header",
+            bytes: oversized_pax(),
+            expect: BadArchive("maximum"),
+        },
+        Hostile {
+            name: "oversized-gnu-long-name",
+            bytes: oversized_longname(),
+            expect: BadArchive("maximum"),
+        },
+        Hostile {
+            name: "not-a-tar",
+            bytes: b"this is plainly not a tar archive\n".repeat(40),
+            expect: BadArchive("not a tar"),
+        },
+        Hostile {
+            name: "corrupt-header",
+            bytes: corrupt_second_header(),
+            expect: BadArchive("corrupt header"),
+        },
+        Hostile {
+            name: "xz-compressed",
+            bytes: b"\xfd7zXZ\x00\x00\x04\xe6\xd6\xb4\x46".repeat(50),
+            expect: BadArchive("xz"),
+        },
+        Hostile {
+            name: "corrupt-gzip",
+            bytes: corrupt_gzip(),
+            expect: BadArchive(""),
+        },
+        Hostile {
+            name: "zstd-bomb",
+            bytes: zstd_bomb(),
+            expect: Limit("decompression ratio"),
+        },
     ];
     let whole = tar_of(|b| file(b, "big", &[7u8; 4000]));
-    v.push(Hostile { name: "truncated-in-data", bytes: whole[..1500].to_vec(), expect: BadArchive("truncated") });
-    v.push(Hostile { name: "truncated-no-end-marker", bytes: whole[..512 + 4096].to_vec(), expect: BadArchive("truncated") });
+    v.push(Hostile {
+        name: "truncated-in-data",
+        bytes: whole[..1500].to_vec(),
+        expect: BadArchive("truncated"),
+    });
+    v.push(Hostile {
+        name: "truncated-no-end-marker",
+        bytes: whole[..512 + 4096].to_vec(),
+        expect: BadArchive("truncated"),
+    });
     v
 }
 
 fn smuggled() -> Vec<u8> {
     tar_of(|b| {
-        b.append_pax_extensions([("size", b"2048".as_slice())]).expect("pax");
+        b.append_pax_extensions([("size", b"2048".as_slice())])
+            .expect("pax");
         file(b, "inner", &[1u8; 5]);
     })
 }
@@ -138,7 +201,8 @@ fn smuggled() -> Vec<u8> {
 fn oversized_pax() -> Vec<u8> {
     let big = vec![b'a'; (1 << 20) + 100];
     tar_of(|b| {
-        b.append_pax_extensions([("comment", big.as_slice())]).expect("pax");
+        b.append_pax_extensions([("comment", big.as_slice())])
+            .expect("pax");
         file(b, "x", b"");
     })
 }

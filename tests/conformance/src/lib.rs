@@ -13,7 +13,12 @@
 //! is skipped with a message outside CI and fails under `CI=true` (see [`require_server`]).
 
 #![allow(missing_debug_implementations)]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 pub mod cases;
 pub mod corpus;
@@ -76,12 +81,20 @@ impl Ctx {
 
 /// A unique store name or id with a prefix.
 pub fn unique(prefix: &str) -> StoreName {
-    StoreName::new(format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)).expect("valid name")
+    StoreName::new(format!(
+        "{prefix}-{:012x}",
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    ))
+    .expect("valid name")
 }
 
 /// A unique image id with a prefix.
 pub fn unique_id(prefix: &str) -> ImageId {
-    ImageId::new(format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)).expect("valid id")
+    ImageId::new(format!(
+        "{prefix}-{:012x}",
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    ))
+    .expect("valid id")
 }
 
 /// Reads an environment variable naming a test server. Returns `None` (the caller skips) when
@@ -94,7 +107,9 @@ pub fn require_server(var: &str) -> Option<String> {
             panic!("{var} is not set, but CI=true requires the server this suite tests against")
         }
         _ => {
-            eprintln!("skipping: {var} is not set (start the server with `cargo xtask conformance`)");
+            eprintln!(
+                "skipping: {var} is not set (start the server with `cargo xtask conformance`)"
+            );
             None
         }
     }

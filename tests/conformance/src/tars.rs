@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use anyhow::{Context, Result};
-use imagestore::{byte_stream, ByteStream, Digest};
+use imagestore::{ByteStream, Digest, byte_stream};
 use tar::{EntryType, Header};
 use tokio::io::AsyncReadExt;
 
@@ -34,13 +34,17 @@ fn header(kind: EntryType, mode: u32, size: u64) -> Header {
 impl Layer {
     /// An empty layer.
     pub fn new() -> Self {
-        Layer { b: tar::Builder::new(Vec::new()) }
+        Layer {
+            b: tar::Builder::new(Vec::new()),
+        }
     }
 
     /// Adds a directory.
     pub fn dir(mut self, path: &str) -> Self {
         let mut h = header(EntryType::Directory, 0o755, 0);
-        self.b.append_data(&mut h, path, std::io::empty()).expect("dir");
+        self.b
+            .append_data(&mut h, path, std::io::empty())
+            .expect("dir");
         self
     }
 
@@ -84,14 +88,18 @@ impl Layer {
         let mut h = header(EntryType::Char, 0o666, 0);
         h.set_device_major(major).expect("major");
         h.set_device_minor(minor).expect("minor");
-        self.b.append_data(&mut h, path, std::io::empty()).expect("chardev");
+        self.b
+            .append_data(&mut h, path, std::io::empty())
+            .expect("chardev");
         self
     }
 
     /// Adds a fifo.
     pub fn fifo(mut self, path: &str) -> Self {
         let mut h = header(EntryType::Fifo, 0o644, 0);
-        self.b.append_data(&mut h, path, std::io::empty()).expect("fifo");
+        self.b
+            .append_data(&mut h, path, std::io::empty())
+            .expect("fifo");
         self
     }
 
@@ -111,8 +119,13 @@ impl Layer {
 
     /// Adds a file with PAX extended attributes.
     pub fn file_xattrs(mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> Self {
-        let recs: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
-        self.b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v))).expect("pax");
+        let recs: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.b
+            .append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))
+            .expect("pax");
         let mut h = header(EntryType::Regular, 0o644, data.len() as u64);
         self.b.append_data(&mut h, path, data).expect("file");
         self
@@ -201,9 +214,18 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for e in a.entries().context("entries")? {
         let mut e = e.context("entry")?;
-        let path = e.path().context("path")?.to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_owned();
+        let path = e
+            .path()
+            .context("path")?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
         let h = e.header().clone();
-        let link = e.link_name().context("link")?.map(|l| l.to_string_lossy().into_owned());
+        let link = e
+            .link_name()
+            .context("link")?
+            .map(|l| l.to_string_lossy().into_owned());
         let mut xattrs = BTreeMap::new();
         if let Some(exts) = e.pax_extensions().context("pax")? {
             for ext in exts {
@@ -267,8 +289,17 @@ pub struct Counted {
 impl Counted {
     /// Wraps `bytes`; `done` is incremented when the stream is read to its end. With `delay`,
     /// the first read waits that long (to widen race windows).
-    pub fn new(bytes: Vec<u8>, done: std::sync::Arc<std::sync::atomic::AtomicUsize>, delay: Option<std::time::Duration>) -> Self {
-        Counted { inner: std::io::Cursor::new(bytes), done, counted: false, delay }
+    pub fn new(
+        bytes: Vec<u8>,
+        done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        delay: Option<std::time::Duration>,
+    ) -> Self {
+        Counted {
+            inner: std::io::Cursor::new(bytes),
+            done,
+            counted: false,
+            delay,
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! The conformance suite against the `file://` backend.
 
+#![allow(clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
 use async_trait::async_trait;
 use imagestore::{ImageId, StoreName};
-use imagestore_conformance::{conformance_tests, Ctx, Hooks};
+use imagestore_conformance::{Ctx, Hooks, conformance_tests};
 use sha2::{Digest as _, Sha256};
 
 /// Reaches into the local layout (docs/layouts.md) to fake crashes and fingerprint stores.
@@ -53,13 +55,20 @@ impl Hooks for LocalHooks {
         std::fs::write(sd.join("usage.pending"), b"")?;
         std::fs::create_dir_all(sd.join("trash").join("old.1"))?;
         std::fs::create_dir_all(sd.join("images").join("scratch").join("children"))?;
-        std::fs::write(sd.join("images").join("scratch").join("children").join(id.as_str()), b"")?;
+        std::fs::write(
+            sd.join("images")
+                .join("scratch")
+                .join("children")
+                .join(id.as_str()),
+            b"",
+        )?;
         Ok(())
     }
 
     async fn leftovers(&self, s: &StoreName) -> Result<usize> {
         let sd = self.store(s);
-        let mut n = std::fs::read_dir(sd.join("staging"))?.count() + std::fs::read_dir(sd.join("trash"))?.count();
+        let mut n = std::fs::read_dir(sd.join("staging"))?.count()
+            + std::fs::read_dir(sd.join("trash"))?.count();
         for e in std::fs::read_dir(sd.join("images"))? {
             let e = e?;
             if !e.path().join("COMMITTED").exists() {
@@ -69,7 +78,9 @@ impl Hooks for LocalHooks {
                 for c in children {
                     let c = c?;
                     let name = c.file_name();
-                    if !sd.join("images").join(&name).join("COMMITTED").exists() && !sd.join("writable").join(&name).join("COMMITTED").exists() {
+                    if !sd.join("images").join(&name).join("COMMITTED").exists()
+                        && !sd.join("writable").join(&name).join("COMMITTED").exists()
+                    {
                         n += 1;
                     }
                 }
@@ -92,9 +103,16 @@ impl Hooks for LocalHooks {
 async fn ctx() -> Option<Ctx> {
     // One root per test binary run: every case makes its own stores inside it.
     static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let root = ROOT.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_owned();
+    let root = ROOT
+        .get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+        .to_owned();
     let url = format!("file://{}", root.display());
-    Some(Ctx::open(url, Arc::new(LocalHooks { root })).await.expect("open the local backend"))
+    Some(
+        Ctx::open(url, Arc::new(LocalHooks { root }))
+            .await
+            .expect("open the local backend"),
+    )
 }
 
 conformance_tests!(ctx);

@@ -15,12 +15,14 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layer::compose::{EntryRef, MergedView};
-use crate::layer::export::{full_changes, FileBody, First, LayerReader, LayerSource, Plan};
+use crate::layer::export::{FileBody, First, LayerReader, LayerSource, Plan, full_changes};
 use crate::layer::path;
 use crate::layer::toc::{EntryKind, TocEntry};
 
@@ -91,9 +93,16 @@ impl Checkout<'_> {
         self.report.skipped.push(what);
     }
 
-    fn owner(&mut self, p: &str, e: &TocEntry, apply: impl FnOnce(Option<rfs::Uid>, Option<rfs::Gid>) -> rustix::io::Result<()>) -> Result<()> {
+    fn owner(
+        &mut self,
+        p: &str,
+        e: &TocEntry,
+        apply: impl FnOnce(Option<rfs::Uid>, Option<rfs::Gid>) -> rustix::io::Result<()>,
+    ) -> Result<()> {
         if self.rootless {
-            if !self.skipped_owners && (e.uid != 0 || e.gid != 0 || !rustix::process::geteuid().is_root()) {
+            if !self.skipped_owners
+                && (e.uid != 0 || e.gid != 0 || !rustix::process::geteuid().is_root())
+            {
                 self.skipped_owners = true;
                 self.skip("ownership of all entries (rootless)".to_owned());
             }
@@ -104,7 +113,11 @@ impl Checkout<'_> {
         let (u, g) = (rfs::Uid::from_raw(uid), rfs::Gid::from_raw(gid));
         apply(Some(u), Some(g)).map_err(|err| {
             if err == rustix::io::Errno::PERM {
-                self.fail(p, "setting the owner of", "permission denied (run as root, or use rootless mode)")
+                self.fail(
+                    p,
+                    "setting the owner of",
+                    "permission denied (run as root, or use rootless mode)",
+                )
             } else {
                 self.fail(p, "setting the owner of", errno(err))
             }
@@ -123,17 +136,27 @@ impl Checkout<'_> {
             match rfs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty()) {
                 Ok(()) => {}
                 Err(err) if err == rustix::io::Errno::OPNOTSUPP => {
-                    self.skip(format!("xattr {name} of {p} (not supported by the filesystem)"));
+                    self.skip(format!(
+                        "xattr {name} of {p} (not supported by the filesystem)"
+                    ));
                 }
-                Err(err) => return Err(self.fail(p, &format!("setting xattr {name} on"), errno(err))),
+                Err(err) => {
+                    return Err(self.fail(p, &format!("setting xattr {name} on"), errno(err)));
+                }
             }
         }
         Ok(())
     }
 
     fn times(e: &TocEntry) -> Timestamps {
-        let t = Timespec { tv_sec: e.mtime, tv_nsec: i64::from(e.mtime_nsec) };
-        Timestamps { last_access: t, last_modification: t }
+        let t = Timespec {
+            tv_sec: e.mtime,
+            tv_nsec: i64::from(e.mtime_nsec),
+        };
+        Timestamps {
+            last_access: t,
+            last_modification: t,
+        }
     }
 
     fn mkdir(&mut self, p: &str) -> Result<()> {
@@ -161,8 +184,10 @@ impl Checkout<'_> {
         .map_err(|err| self.fail(p, "opening directory", errno(err)))?;
         self.owner(p, &e, |u, g| rfs::fchown(&fd, u, g))?;
         self.xattrs(p, &e, &fd)?;
-        rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777)).map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
-        rfs::futimens(&fd, &Self::times(&e)).map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777))
+            .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+        rfs::futimens(&fd, &Self::times(&e))
+            .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
         Ok(())
     }
 
@@ -177,7 +202,11 @@ impl Checkout<'_> {
                 let fd = rfs::openat(
                     &parent,
                     name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|err| self.fail(p, "creating", errno(err)))?;
@@ -188,10 +217,13 @@ impl Checkout<'_> {
                         let r = self.source.open(layer)?;
                         self.readers.insert(layer, r);
                     }
-                    let reader = self.readers.get_mut(&layer).ok_or_else(|| Error::invalid("layer reader vanished"))?;
-                    reader
-                        .skip_to(e.data_offset)
-                        .map_err(|err| Error::corrupt(format!("layer data of {:?}", e.path), err.to_string()))?;
+                    let reader = self
+                        .readers
+                        .get_mut(&layer)
+                        .ok_or_else(|| Error::invalid("layer reader vanished"))?;
+                    reader.skip_to(e.data_offset).map_err(|err| {
+                        Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
+                    })?;
                     let mut body = FileBody::new(reader.as_mut(), e);
                     copy_sparse(&mut body, &mut file).map_err(|err| Error::Backend {
                         backend: "checkout",
@@ -205,13 +237,18 @@ impl Checkout<'_> {
                 let fd = OwnedFd::from(file);
                 self.owner(p, e, |u, g| rfs::fchown(&fd, u, g))?;
                 self.xattrs(p, e, &fd)?;
-                rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777)).map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
-                rfs::futimens(&fd, &Self::times(e)).map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+                rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777))
+                    .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                rfs::futimens(&fd, &Self::times(e))
+                    .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
             }
             EntryKind::Symlink => {
                 let target = e.link.as_deref().unwrap_or_default();
-                rfs::symlinkat(target, &parent, name).map_err(|err| self.fail(p, "creating symlink", errno(err)))?;
-                self.owner(p, e, |u, g| rfs::chownat(&parent, name, u, g, AtFlags::SYMLINK_NOFOLLOW))?;
+                rfs::symlinkat(target, &parent, name)
+                    .map_err(|err| self.fail(p, "creating symlink", errno(err)))?;
+                self.owner(p, e, |u, g| {
+                    rfs::chownat(&parent, name, u, g, AtFlags::SYMLINK_NOFOLLOW)
+                })?;
                 rfs::utimensat(&parent, name, &Self::times(e), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
             }
@@ -227,26 +264,50 @@ impl Checkout<'_> {
                     return Ok(false);
                 }
                 let (major, minor) = e.dev.unwrap_or((0, 0));
-                let dev = if is_device { rfs::makedev(major, minor) } else { 0 };
-                rfs::mknodat(&parent, name, ft, Mode::from_raw_mode(e.mode & 0o777), dev).map_err(|err| {
-                    if err == rustix::io::Errno::PERM {
-                        self.fail(p, "creating device node", "permission denied (run as root, or use rootless mode)")
-                    } else {
-                        self.fail(p, "creating", errno(err))
-                    }
-                })?;
+                let dev = if is_device {
+                    rfs::makedev(major, minor)
+                } else {
+                    0
+                };
+                rfs::mknodat(&parent, name, ft, Mode::from_raw_mode(e.mode & 0o777), dev).map_err(
+                    |err| {
+                        if err == rustix::io::Errno::PERM {
+                            self.fail(
+                                p,
+                                "creating device node",
+                                "permission denied (run as root, or use rootless mode)",
+                            )
+                        } else {
+                            self.fail(p, "creating", errno(err))
+                        }
+                    },
+                )?;
                 // The node was just created by us and is not a symlink; fix the mode the umask
                 // trimmed through a descriptor that cannot follow anything.
-                let node = rfs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|err| self.fail(p, "opening", errno(err)))?;
-                self.owner(p, e, |u, g| rfs::chownat(&node, "", u, g, AtFlags::EMPTY_PATH))?;
+                let node = rfs::openat(
+                    &parent,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|err| self.fail(p, "opening", errno(err)))?;
+                self.owner(p, e, |u, g| {
+                    rfs::chownat(&node, "", u, g, AtFlags::EMPTY_PATH)
+                })?;
                 let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
-                rfs::chmodat(rfs::CWD, proc.as_str(), Mode::from_raw_mode(e.mode & 0o7777), AtFlags::empty())
-                    .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                rfs::chmodat(
+                    rfs::CWD,
+                    proc.as_str(),
+                    Mode::from_raw_mode(e.mode & 0o7777),
+                    AtFlags::empty(),
+                )
+                .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
                 rfs::utimensat(&parent, name, &Self::times(e), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
             }
-            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => return Ok(false),
+            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => {
+                return Ok(false);
+            }
         }
         self.report.entries += 1;
         Ok(true)
@@ -255,8 +316,14 @@ impl Checkout<'_> {
     fn hardlink(&mut self, p: &str, first: &str) -> Result<()> {
         let from_dir = self.open_dir(path::parent(first))?;
         let to_dir = self.open_dir(path::parent(p))?;
-        rfs::linkat(&from_dir, path::base(first), &to_dir, path::base(p), AtFlags::empty())
-            .map_err(|err| self.fail(p, "creating hardlink", errno(err)))?;
+        rfs::linkat(
+            &from_dir,
+            path::base(first),
+            &to_dir,
+            path::base(p),
+            AtFlags::empty(),
+        )
+        .map_err(|err| self.fail(p, "creating hardlink", errno(err)))?;
         self.report.entries += 1;
         Ok(())
     }
@@ -289,7 +356,12 @@ fn copy_sparse(body: &mut impl Read, file: &mut std::fs::File) -> io::Result<()>
 }
 
 /// Materialises `view` into `dest`, which must be absent or an empty directory.
-pub fn checkout(view: &MergedView, source: &dyn LayerSource, dest: &Path, options: &CheckoutOptions) -> Result<CheckoutReport> {
+pub fn checkout(
+    view: &MergedView,
+    source: &dyn LayerSource,
+    dest: &Path,
+    options: &CheckoutOptions,
+) -> Result<CheckoutReport> {
     let io_fail = |what: &str, e: io::Error| Error::Backend {
         backend: "checkout",
         message: format!("{what} {}: {e}", dest.display()),
@@ -299,7 +371,10 @@ pub fn checkout(view: &MergedView, source: &dyn LayerSource, dest: &Path, option
     match std::fs::read_dir(dest) {
         Ok(mut it) => {
             if it.next().is_some() {
-                return Err(Error::invalid(format!("checkout destination {} is not empty", dest.display())));
+                return Err(Error::invalid(format!(
+                    "checkout destination {} is not empty",
+                    dest.display()
+                )));
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -307,8 +382,12 @@ pub fn checkout(view: &MergedView, source: &dyn LayerSource, dest: &Path, option
         }
         Err(e) => return Err(io_fail("reading", e)),
     }
-    let root = rfs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io_fail("opening", errno(e)))?;
+    let root = rfs::open(
+        dest,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_fail("opening", errno(e)))?;
     let mut c = Checkout {
         root,
         dest,

@@ -60,7 +60,10 @@ fn descendants_range(p: &str) -> (String, String) {
 impl MergedView {
     /// Composes `layers`, lowest (scratch) first.
     pub fn build(layers: Vec<Arc<Toc>>) -> Self {
-        let mut v = MergedView { layers: Vec::new(), nodes: BTreeMap::new() };
+        let mut v = MergedView {
+            layers: Vec::new(),
+            nodes: BTreeMap::new(),
+        };
         for toc in layers {
             v.push(toc);
         }
@@ -91,7 +94,10 @@ impl MergedView {
             if e.kind.is_marker() {
                 continue;
             }
-            let r = EntryRef { layer: li, entry: ei as u32 };
+            let r = EntryRef {
+                layer: li,
+                entry: ei as u32,
+            };
             self.imply_parents(&e.path, li);
             if !self.parent_is_dir(&e.path) {
                 continue;
@@ -116,13 +122,25 @@ impl MergedView {
             if was_dir && e.kind != EntryKind::Dir {
                 self.remove_below(&e.path);
             }
-            self.nodes.insert(e.path.clone(), Node { source: Some(r), content: Some(content), fresh_at, layer: li });
+            self.nodes.insert(
+                e.path.clone(),
+                Node {
+                    source: Some(r),
+                    content: Some(content),
+                    fresh_at,
+                    layer: li,
+                },
+            );
         }
     }
 
     fn parent_is_dir(&self, p: &str) -> bool {
         let parent = path::parent(p);
-        parent.is_empty() || self.nodes.get(parent).is_some_and(|n| self.node_kind(n) == NodeKind::Dir)
+        parent.is_empty()
+            || self
+                .nodes
+                .get(parent)
+                .is_some_and(|n| self.node_kind(n) == NodeKind::Dir)
     }
 
     fn imply_parents(&mut self, p: &str, li: u32) {
@@ -134,7 +152,15 @@ impl MergedView {
             missing.push(anc.to_owned());
         }
         for m in missing.into_iter().rev() {
-            self.nodes.insert(m, Node { source: None, content: None, fresh_at: Some(li), layer: li });
+            self.nodes.insert(
+                m,
+                Node {
+                    source: None,
+                    content: None,
+                    fresh_at: Some(li),
+                    layer: li,
+                },
+            );
         }
     }
 
@@ -294,18 +320,35 @@ mod tests {
     #[test]
     fn later_layers_win_and_whiteouts_delete() {
         let v = MergedView::build(vec![
-            toc(&[("a", Dir), ("a/f", File), ("a/g", File), ("b", Dir), ("b/x", File)]),
-            toc(&[("a/g", Whiteout), ("b", Opaque), ("b/y", File), ("c/d", File)]),
+            toc(&[
+                ("a", Dir),
+                ("a/f", File),
+                ("a/g", File),
+                ("b", Dir),
+                ("b/x", File),
+            ]),
+            toc(&[
+                ("a/g", Whiteout),
+                ("b", Opaque),
+                ("b/y", File),
+                ("c/d", File),
+            ]),
         ]);
         assert_eq!(paths(&v), vec!["a", "a/f", "b", "b/y", "c", "c/d"]);
         assert_eq!(v.get("c").and_then(|n| n.source), None, "c is implied");
-        assert_eq!(v.get("a/f").and_then(|n| n.source).map(|r| r.layer), Some(0));
+        assert_eq!(
+            v.get("a/f").and_then(|n| n.source).map(|r| r.layer),
+            Some(0)
+        );
     }
 
     #[test]
     fn markers_apply_to_lower_layers_only() {
         // The whiteout stands after a same-layer entry of the same name: the entry survives.
-        let v = MergedView::build(vec![toc(&[("x", File)]), toc(&[("x", File), ("x", Whiteout), ("d/k", File), ("d", Opaque)])]);
+        let v = MergedView::build(vec![
+            toc(&[("x", File)]),
+            toc(&[("x", File), ("x", Whiteout), ("d/k", File), ("d", Opaque)]),
+        ]);
         assert_eq!(v.get("x").and_then(|n| n.source).map(|r| r.layer), Some(1));
         assert!(v.get("d/k").is_some());
     }
@@ -333,11 +376,23 @@ mod tests {
     #[test]
     fn diff_reports_adds_changes_deletes_and_opaques() {
         let base = vec![
-            toc(&[("a", Dir), ("a/f", File), ("a/g", File), ("b", Dir), ("b/x", File), ("k", File)]),
+            toc(&[
+                ("a", Dir),
+                ("a/f", File),
+                ("a/g", File),
+                ("b", Dir),
+                ("b/x", File),
+                ("k", File),
+            ]),
             toc(&[("k", File)]),
         ];
         let mut chain = base.clone();
-        chain.push(toc(&[("a/g", Whiteout), ("a/n", File), ("b", Opaque), ("b/y", File)]));
+        chain.push(toc(&[
+            ("a/g", Whiteout),
+            ("a/n", File),
+            ("b", Opaque),
+            ("b/y", File),
+        ]));
         chain.push(toc(&[("k", Whiteout), ("a/f", File)]));
         let upper = MergedView::build(chain);
         let lower = MergedView::build(base);

@@ -92,32 +92,46 @@ impl<R: Read + Send> Read for SkippingReader<R> {
 impl<R: Read + Send> LayerReader for SkippingReader<R> {
     fn skip_to(&mut self, offset: u64) -> io::Result<()> {
         if offset < self.pos {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot move backwards in a compressed layer"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot move backwards in a compressed layer",
+            ));
         }
         let want = offset - self.pos;
         let got = io::copy(&mut (&mut self.inner).take(want), &mut io::sink())?;
         self.pos += got;
         if got < want {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer ends early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "layer ends early",
+            ));
         }
         Ok(())
     }
 }
 
 /// A reader for a stored layer: seeks in plain tars, decompresses others.
-pub fn layer_reader<F: Read + Seek + Send + 'static>(file: F, compression: Compression) -> Result<Box<dyn LayerReader>> {
+pub fn layer_reader<F: Read + Seek + Send + 'static>(
+    file: F,
+    compression: Compression,
+) -> Result<Box<dyn LayerReader>> {
     Ok(match compression {
         Compression::None => Box::new(SeekingReader::new(file)),
-        Compression::Gzip => Box::new(SkippingReader::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)))),
+        Compression::Gzip => Box::new(SkippingReader::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::new(file),
+        ))),
         Compression::Zstd => Box::new(SkippingReader::new(
-            zstd::stream::read::Decoder::new(file).map_err(|e| Error::corrupt("layer", format!("zstd: {e}")))?,
+            zstd::stream::read::Decoder::new(file)
+                .map_err(|e| Error::corrupt("layer", format!("zstd: {e}")))?,
         )),
     })
 }
 
 /// Every node of a view as an upsert, in path order (a whole-image export).
 pub fn full_changes(view: &MergedView) -> Vec<Change> {
-    view.iter().map(|(p, _)| Change::Upsert(p.to_owned())).collect()
+    view.iter()
+        .map(|(p, _)| Change::Upsert(p.to_owned()))
+        .collect()
 }
 
 /// Counts of what an export wrote.
@@ -177,7 +191,9 @@ pub fn write_tar<W: Write>(
     let mut emitted: HashMap<EntryRef, String> = HashMap::new();
     for (content, p) in &plan.rest {
         let content = *content;
-        let Some(mapped) = filter.apply(p)? else { continue };
+        let Some(mapped) = filter.apply(p)? else {
+            continue;
+        };
         if let Some(first) = emitted.get(&content) {
             let e = view.entry(content);
             let mut h = base_header(e, EntryType::Link);
@@ -237,7 +253,10 @@ impl Plan {
             }
         }
         rest.sort();
-        Plan { first, rest: rest.into_iter().map(|(c, _, p)| (c, p)).collect() }
+        Plan {
+            first,
+            rest: rest.into_iter().map(|(c, _, p)| (c, p)).collect(),
+        }
     }
 }
 
@@ -264,10 +283,10 @@ fn pax_records(e: Option<&TocEntry>, name: &str, link: Option<&str>) -> Vec<(Str
     if name.len() > 99 || !name.is_ascii() {
         v.push(("path".to_owned(), name.as_bytes().to_vec()));
     }
-    if let Some(l) = link {
-        if l.len() > 99 || !l.is_ascii() {
-            v.push(("linkpath".to_owned(), l.as_bytes().to_vec()));
-        }
+    if let Some(l) = link
+        && (l.len() > 99 || !l.is_ascii())
+    {
+        v.push(("linkpath".to_owned(), l.as_bytes().to_vec()));
     }
     if let Some(e) = e {
         if e.uid > 0o7777777 {
@@ -277,7 +296,10 @@ fn pax_records(e: Option<&TocEntry>, name: &str, link: Option<&str>) -> Vec<(Str
             v.push(("gid".to_owned(), e.gid.to_string().into_bytes()));
         }
         if e.mtime_nsec != 0 || e.mtime < 0 {
-            v.push(("mtime".to_owned(), format!("{}.{:09}", e.mtime, e.mtime_nsec).into_bytes()));
+            v.push((
+                "mtime".to_owned(),
+                format!("{}.{:09}", e.mtime, e.mtime_nsec).into_bytes(),
+            ));
         }
         for (k, val) in &e.xattrs {
             v.push((format!("SCHILY.xattr.{k}"), val.clone()));
@@ -298,7 +320,8 @@ pub(crate) fn append_entry<W: Write>(
 ) -> Result<()> {
     let records = pax_records(e, name, link);
     if !records.is_empty() {
-        out.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).map_err(io_err)?;
+        out.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(io_err)?;
     }
     set_name_field(&mut h.as_old_mut().name, name);
     if let Some(l) = link {
@@ -335,18 +358,33 @@ fn set_name_field(field: &mut [u8], name: &str) {
 }
 
 impl<W: Write> Writer<'_, W> {
-    fn append(&mut self, h: &mut Header, name: &str, e: Option<&TocEntry>, link: Option<&str>, data: &mut dyn Read) -> Result<()> {
+    fn append(
+        &mut self,
+        h: &mut Header,
+        name: &str,
+        e: Option<&TocEntry>,
+        link: Option<&str>,
+        data: &mut dyn Read,
+    ) -> Result<()> {
         append_entry(&mut self.out, h, name, e, link, data)?;
         self.stats.entries += 1;
         Ok(())
     }
 
-    fn append_link(&mut self, h: &mut Header, name: &str, target: &str, e: &TocEntry) -> Result<()> {
+    fn append_link(
+        &mut self,
+        h: &mut Header,
+        name: &str,
+        target: &str,
+        e: &TocEntry,
+    ) -> Result<()> {
         self.append(h, name, Some(e), Some(target), &mut io::empty())
     }
 
     fn dir(&mut self, p: &str, e: Option<&TocEntry>) -> Result<()> {
-        let Some(mapped) = self.filter.apply(p)? else { return Ok(()) };
+        let Some(mapped) = self.filter.apply(p)? else {
+            return Ok(());
+        };
         let mut h = match e {
             Some(e) => base_header(e, EntryType::Directory),
             None => {
@@ -369,7 +407,10 @@ impl<W: Write> Writer<'_, W> {
             // The strip path itself was deleted: nothing names it in the output.
             return Ok(());
         } else {
-            path::join(path::parent(&mapped), &format!("{WHITEOUT_PREFIX}{}", path::base(&mapped)))
+            path::join(
+                path::parent(&mapped),
+                &format!("{WHITEOUT_PREFIX}{}", path::base(&mapped)),
+            )
         };
         let mut h = Header::new_ustar();
         h.set_entry_type(EntryType::Regular);
@@ -399,7 +440,9 @@ impl<W: Write> Writer<'_, W> {
                     .readers
                     .get_mut(&layer)
                     .ok_or_else(|| Error::invalid("layer reader vanished"))?;
-                reader.skip_to(e.data_offset).map_err(|err| corrupt_layer(e, err))?;
+                reader
+                    .skip_to(e.data_offset)
+                    .map_err(|err| corrupt_layer(e, err))?;
                 let mut body = FileBody::new(reader.as_mut(), e);
                 append_entry(&mut self.out, &mut h, mapped, Some(e), None, &mut body)?;
                 body.finish()?;
@@ -413,7 +456,11 @@ impl<W: Write> Writer<'_, W> {
                 self.append(&mut h, mapped, Some(e), Some(&link), &mut io::empty())
             }
             EntryKind::Char | EntryKind::Block => {
-                let kind = if e.kind == EntryKind::Char { EntryType::Char } else { EntryType::Block };
+                let kind = if e.kind == EntryKind::Char {
+                    EntryType::Char
+                } else {
+                    EntryType::Block
+                };
                 let mut h = base_header(e, kind);
                 let (major, minor) = e.dev.unwrap_or((0, 0));
                 h.set_device_major(major).map_err(io_err)?;
@@ -424,7 +471,9 @@ impl<W: Write> Writer<'_, W> {
                 let mut h = base_header(e, EntryType::Fifo);
                 self.append(&mut h, mapped, Some(e), None, &mut io::empty())
             }
-            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => Ok(()),
+            EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => {
+                Ok(())
+            }
         }
     }
 }
@@ -465,12 +514,23 @@ impl<'a> FileBody<'a> {
                 }
             }
         }
-        FileBody { inner, entry, segments, seg: 0, done_in_seg: 0, hasher: Algorithm::Sha256.hasher(), short: false }
+        FileBody {
+            inner,
+            entry,
+            segments,
+            seg: 0,
+            done_in_seg: 0,
+            hasher: Algorithm::Sha256.hasher(),
+            short: false,
+        }
     }
 
     pub(crate) fn finish(self) -> Result<()> {
         if self.short {
-            return Err(Error::corrupt(format!("layer data of {:?}", self.entry.path), "ends early"));
+            return Err(Error::corrupt(
+                format!("layer data of {:?}", self.entry.path),
+                "ends early",
+            ));
         }
         let got = self.hasher.finish();
         match &self.entry.digest {
@@ -498,7 +558,10 @@ impl Read for FileBody<'_> {
                 let n = self.inner.read(&mut buf[..want])?;
                 if n == 0 {
                     self.short = true;
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer data ends early"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "layer data ends early",
+                    ));
                 }
                 n
             } else {

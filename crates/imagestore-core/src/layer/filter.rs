@@ -36,7 +36,9 @@ impl FilterType {
             1 => Ok(FilterType::Exclude),
             2 => Ok(FilterType::Rebase),
             3 => Ok(FilterType::Strip),
-            other => Err(Error::invalid(format!("invalid filter specification: {other}"))),
+            other => Err(Error::invalid(format!(
+                "invalid filter specification: {other}"
+            ))),
         }
     }
 }
@@ -95,14 +97,18 @@ impl FilterSpec {
                 }
                 FilterType::Rebase => {
                     if rebase {
-                        return Err(Error::invalid("error creating filter spec: only one rebase path allowed"));
+                        return Err(Error::invalid(
+                            "error creating filter spec: only one rebase path allowed",
+                        ));
                     }
                     rebase = true;
                     f.rebase = clean(p);
                 }
                 FilterType::Strip => {
                     if strip {
-                        return Err(Error::invalid("error creating filter spec: only one strip path allowed"));
+                        return Err(Error::invalid(
+                            "error creating filter spec: only one strip path allowed",
+                        ));
                     }
                     strip = true;
                     f.strip = clean(p);
@@ -115,8 +121,9 @@ impl FilterSpec {
 
     fn check(&self) -> Result<()> {
         if !self.rebase.is_empty() {
-            path::normalize(&self.rebase)
-                .map_err(|_| Error::invalid(format!("rebase path {:?} escapes the root", self.rebase)))?;
+            path::normalize(&self.rebase).map_err(|_| {
+                Error::invalid(format!("rebase path {:?} escapes the root", self.rebase))
+            })?;
         }
         Ok(())
     }
@@ -125,7 +132,11 @@ impl FilterSpec {
     pub fn excludes(&self, p: &str) -> bool {
         let p = p.trim_start_matches('/');
         let longest = |set: &BTreeSet<String>| -> i64 {
-            set.iter().filter(|pre| p.starts_with(pre.as_str())).map(|pre| pre.len() as i64).max().unwrap_or(-1)
+            set.iter()
+                .filter(|pre| p.starts_with(pre.as_str()))
+                .map(|pre| pre.len() as i64)
+                .max()
+                .unwrap_or(-1)
         };
         longest(&self.inclusions) < longest(&self.exclusions)
     }
@@ -133,7 +144,11 @@ impl FilterSpec {
     /// The path `p` (normalised) becomes: strip prefix removed, placed under the rebase path,
     /// normalised. `None` when nothing of it is left (it was the strip path itself).
     pub fn map_path(&self, p: &str) -> Result<Option<String>> {
-        let stripped = if self.strip.is_empty() { p } else { p.strip_prefix(self.strip.as_str()).unwrap_or(p) };
+        let stripped = if self.strip.is_empty() {
+            p
+        } else {
+            p.strip_prefix(self.strip.as_str()).unwrap_or(p)
+        };
         let joined = if self.rebase.is_empty() {
             stripped.to_owned()
         } else {
@@ -155,7 +170,11 @@ impl FilterSpec {
     /// The wire form: base64 of VIC's JSON.
     pub fn encode(&self) -> String {
         let set = |s: &BTreeSet<String>| -> Option<BTreeMap<String, serde_json::Value>> {
-            Some(s.iter().map(|k| (k.clone(), serde_json::json!({}))).collect())
+            Some(
+                s.iter()
+                    .map(|k| (k.clone(), serde_json::json!({})))
+                    .collect(),
+            )
         };
         let wire = Wire {
             inclusions: set(&self.inclusions),
@@ -181,11 +200,21 @@ impl FilterSpec {
         if json.is_empty() {
             return Ok(FilterSpec::default());
         }
-        let wire: Wire =
-            serde_json::from_slice(&json).map_err(|e| Error::invalid(format!("filter spec is not valid JSON: {e}")))?;
+        let wire: Wire = serde_json::from_slice(&json)
+            .map_err(|e| Error::invalid(format!("filter spec is not valid JSON: {e}")))?;
         let f = FilterSpec {
-            inclusions: wire.inclusions.unwrap_or_default().into_keys().map(|k| clean(&k)).collect(),
-            exclusions: wire.exclusions.unwrap_or_default().into_keys().map(|k| clean(&k)).collect(),
+            inclusions: wire
+                .inclusions
+                .unwrap_or_default()
+                .into_keys()
+                .map(|k| clean(&k))
+                .collect(),
+            exclusions: wire
+                .exclusions
+                .unwrap_or_default()
+                .into_keys()
+                .map(|k| clean(&k))
+                .collect(),
             rebase: clean(&wire.rebase),
             strip: clean(&wire.strip),
         };
@@ -219,13 +248,20 @@ mod tests {
 
     #[test]
     fn strip_and_rebase() -> Result<()> {
-        let f = FilterSpec::from_types([("/var/lib", FilterType::Strip), ("/data", FilterType::Rebase)])?;
+        let f = FilterSpec::from_types([
+            ("/var/lib", FilterType::Strip),
+            ("/data", FilterType::Rebase),
+        ])?;
         assert_eq!(f.map_path("var/lib/x/y")?, Some("data/x/y".into()));
         assert_eq!(f.map_path("etc/hosts")?, Some("data/etc/hosts".into()));
         let s = FilterSpec::from_types([("tmp", FilterType::Strip)])?;
         assert_eq!(s.map_path("tmp")?, None);
-        assert!(FilterSpec::from_types([("a", FilterType::Rebase), ("b", FilterType::Rebase)]).is_err());
-        assert!(FilterSpec::from_types([("a", FilterType::Strip), ("b", FilterType::Strip)]).is_err());
+        assert!(
+            FilterSpec::from_types([("a", FilterType::Rebase), ("b", FilterType::Rebase)]).is_err()
+        );
+        assert!(
+            FilterSpec::from_types([("a", FilterType::Strip), ("b", FilterType::Strip)]).is_err()
+        );
         assert!(FilterType::from_code(7).is_err());
         assert!(FilterSpec::from_types([("../up", FilterType::Rebase)]).is_err());
         Ok(())
@@ -234,8 +270,9 @@ mod tests {
     #[test]
     fn wire_form_matches_vic() -> Result<()> {
         // base64 of {"Inclusions":{"etc":{}},"Exclusions":{"":{}},"RebasePath":"x","StripPath":""}
-        let go = base64::engine::general_purpose::STANDARD
-            .encode(br#"{"Inclusions":{"/etc":{}},"Exclusions":{"":{}},"RebasePath":"x","StripPath":""}"#);
+        let go = base64::engine::general_purpose::STANDARD.encode(
+            br#"{"Inclusions":{"/etc":{}},"Exclusions":{"":{}},"RebasePath":"x","StripPath":""}"#,
+        );
         let f = FilterSpec::decode(&go)?;
         assert!(f.inclusions.contains("etc"));
         assert!(f.exclusions.contains(""));

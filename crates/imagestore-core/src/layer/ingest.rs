@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::layer::tar_reader::{map_read_error, TarLimits, TarReader};
+use crate::layer::tar_reader::{TarLimits, TarReader, map_read_error};
 use crate::layer::toc::{Compression, Toc};
 use crate::layer::validate::{EmptyView, EntryChecker, LowerView};
 use crate::storer::ByteStream;
@@ -104,7 +104,8 @@ pub async fn ingest(
     let (hash_tx, hash_rx) = mpsc::channel::<Bytes>(DEPTH);
     let (parse_tx, parse_rx) = mpsc::channel::<Bytes>(DEPTH);
     let hasher = tokio::task::spawn_blocking(move || hash_chunks(algorithm, hash_rx));
-    let parser = tokio::task::spawn_blocking(move || parse_chunks(parse_rx, lower.as_ref(), limits));
+    let parser =
+        tokio::task::spawn_blocking(move || parse_chunks(parse_rx, lower.as_ref(), limits));
 
     let mut size = 0u64;
     let mut parse_tx = Some(parse_tx);
@@ -137,22 +138,33 @@ pub async fn ingest(
     drop(hash_tx);
     drop(parse_tx);
 
-    let parsed = parser.await.map_err(|e| Error::invalid(format!("layer parser panicked: {e}")))?;
+    let parsed = parser
+        .await
+        .map_err(|e| Error::invalid(format!("layer parser panicked: {e}")))?;
     read_result?;
-    let (digest, hashed) = hasher.await.map_err(|e| Error::invalid(format!("layer hasher panicked: {e}")))?;
+    let (digest, hashed) = hasher
+        .await
+        .map_err(|e| Error::invalid(format!("layer hasher panicked: {e}")))?;
     match parsed {
         Ok(toc) => {
             if let Some(expected) = expected.filter(|_| mismatch(&digest)) {
-                return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
+                return Err(Error::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: digest,
+                });
             }
             Ok(Ingested { digest, size, toc })
         }
         Err(e) => {
             // If all of the stream was read, a wrong digest says more than the parse error.
-            if let Some(expected) = expected.filter(|_| mismatch(&digest)) {
-                if hashed == size && body_at_eof(&mut body).await {
-                    return Err(Error::DigestMismatch { expected: expected.clone(), actual: digest });
-                }
+            if let Some(expected) = expected.filter(|_| mismatch(&digest))
+                && hashed == size
+                && body_at_eof(&mut body).await
+            {
+                return Err(Error::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: digest,
+                });
             }
             Err(e)
         }
@@ -162,7 +174,14 @@ pub async fn ingest(
 /// Checks a layer held in memory against an empty lower view: its digest, size and TOC.
 pub async fn ingest_bytes(bytes: Vec<u8>, expected: &Digest) -> Result<Ingested> {
     let body: ByteStream = Box::pin(io::Cursor::new(bytes));
-    ingest(body, Some(expected), &mut NullSink, Arc::new(EmptyView), IngestLimits::default()).await
+    ingest(
+        body,
+        Some(expected),
+        &mut NullSink,
+        Arc::new(EmptyView),
+        IngestLimits::default(),
+    )
+    .await
 }
 
 async fn body_at_eof(body: &mut ByteStream) -> bool {
@@ -173,10 +192,12 @@ async fn body_at_eof(body: &mut ByteStream) -> bool {
 async fn read_chunk(body: &mut ByteStream) -> Result<Bytes> {
     let mut buf = BytesMut::with_capacity(CHUNK);
     while buf.len() < CHUNK {
-        let n = body
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::Backend { backend: "input", message: format!("reading the layer stream: {e}"), retryable: false, source: Some(Box::new(e)) })?;
+        let n = body.read_buf(&mut buf).await.map_err(|e| Error::Backend {
+            backend: "input",
+            message: format!("reading the layer stream: {e}"),
+            retryable: false,
+            source: Some(Box::new(e)),
+        })?;
         if n == 0 {
             break;
         }
@@ -212,7 +233,8 @@ impl Read for ChannelReader {
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur[..n]);
         let _ = self.cur.split_to(n);
-        self.consumed.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.consumed
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -256,7 +278,10 @@ impl<R: Read> Read for Bounded<R> {
             }));
         }
         if self.compressed && self.out > self.limits.ratio_floor {
-            let inb = self.consumed.load(std::sync::atomic::Ordering::Relaxed).max(1);
+            let inb = self
+                .consumed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(1);
             if self.out / inb > self.limits.max_ratio {
                 return Err(io::Error::other(Error::LimitExceeded {
                     what: "decompression ratio",
@@ -274,31 +299,51 @@ pub fn sniff(magic: &[u8]) -> Result<Compression> {
     match magic {
         [0x1f, 0x8b, ..] => Ok(Compression::Gzip),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Ok(Compression::Zstd),
-        [b'B', b'Z', b'h', ..] => Err(Error::bad_archive("bzip2-compressed layers are not supported (use gzip, zstd or none)")),
-        [0xfd, b'7', b'z', b'X', b'Z', ..] => {
-            Err(Error::bad_archive("xz-compressed layers are not supported (use gzip, zstd or none)"))
-        }
+        [b'B', b'Z', b'h', ..] => Err(Error::bad_archive(
+            "bzip2-compressed layers are not supported (use gzip, zstd or none)",
+        )),
+        [0xfd, b'7', b'z', b'X', b'Z', ..] => Err(Error::bad_archive(
+            "xz-compressed layers are not supported (use gzip, zstd or none)",
+        )),
         _ => Ok(Compression::None),
     }
 }
 
 /// A decompressing reader for `compression` over `r`.
-pub fn decompressor<'a, R: Read + 'a>(compression: Compression, r: R) -> Result<Box<dyn Read + 'a>> {
+pub fn decompressor<'a, R: Read + 'a>(
+    compression: Compression,
+    r: R,
+) -> Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(r).map_err(|e| Error::bad_archive(format!("bad zstd stream: {e}")))?,
+            zstd::stream::read::Decoder::new(r)
+                .map_err(|e| Error::bad_archive(format!("bad zstd stream: {e}")))?,
         ),
     })
 }
 
-fn parse_chunks(rx: mpsc::Receiver<Bytes>, lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
+fn parse_chunks(
+    rx: mpsc::Receiver<Bytes>,
+    lower: &dyn LowerView,
+    limits: IngestLimits,
+) -> Result<Toc> {
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut input = ChannelReader { rx, cur: Bytes::new(), consumed: consumed.clone() };
+    let mut input = ChannelReader {
+        rx,
+        cur: Bytes::new(),
+        consumed: consumed.clone(),
+    };
     let compression = sniff(input.peek(6))?;
     let decoded = decompressor(compression, &mut input)?;
-    let bounded = Bounded { inner: decoded, out: 0, consumed, limits, compressed: compression != Compression::None };
+    let bounded = Bounded {
+        inner: decoded,
+        out: 0,
+        consumed,
+        limits,
+        compressed: compression != Compression::None,
+    };
     let mut toc = read_toc(bounded, lower, limits)?;
     toc.compression = compression;
     // Drain anything after the end of a compressed stream so the hasher sees every byte.
@@ -320,7 +365,9 @@ pub fn read_toc(r: impl Read, lower: &dyn LowerView, limits: IngestLimits) -> Re
     let mut entries = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     while let Some(raw) = reader.next_entry()? {
-        let Some(mut entry) = checker.check(&raw)? else { continue };
+        let Some(mut entry) = checker.check(&raw)? else {
+            continue;
+        };
         if entry.kind == crate::layer::toc::EntryKind::File {
             let mut h = Algorithm::Sha256.hasher();
             match &raw.sparse {
@@ -341,7 +388,10 @@ pub fn read_toc(r: impl Read, lower: &dyn LowerView, limits: IngestLimits) -> Re
                             let want = left.min(buf.len() as u64) as usize;
                             let n = reader.read_data(&mut buf[..want])?;
                             if n == 0 {
-                                return Err(Error::bad_entry(&raw.name, "sparse data is shorter than its map"));
+                                return Err(Error::bad_entry(
+                                    &raw.name,
+                                    "sparse data is shorter than its map",
+                                ));
                             }
                             h.update(&buf[..n]);
                             left -= n as u64;
@@ -355,7 +405,11 @@ pub fn read_toc(r: impl Read, lower: &dyn LowerView, limits: IngestLimits) -> Re
         }
         entries.push(entry);
     }
-    Ok(Toc { compression: Compression::None, uncompressed_size: reader.position(), entries })
+    Ok(Toc {
+        compression: Compression::None,
+        uncompressed_size: reader.position(),
+        entries,
+    })
 }
 
 fn hash_zeros(h: &mut crate::digest::Hasher, mut n: u64) {
@@ -397,7 +451,14 @@ mod tests {
     async fn run(bytes: Vec<u8>, sum: &Digest) -> (Result<Ingested>, Vec<u8>) {
         let mut sink = VecSink(Vec::new());
         let body: ByteStream = Box::pin(io::Cursor::new(bytes));
-        let r = ingest(body, Some(sum), &mut sink, Arc::new(EmptyView), IngestLimits::default()).await;
+        let r = ingest(
+            body,
+            Some(sum),
+            &mut sink,
+            Arc::new(EmptyView),
+            IngestLimits::default(),
+        )
+        .await;
         (r, sink.0)
     }
 
@@ -406,11 +467,17 @@ mod tests {
         let big = vec![7u8; 600_000];
         let plain = tar_of(&[("a/b.txt", b"hello"), ("big.bin", &big)]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&plain).map_err(|e| Error::invalid(e.to_string()))?;
+        gz.write_all(&plain)
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let gz = gz.finish().map_err(|e| Error::invalid(e.to_string()))?;
-        let zs = zstd::encode_all(plain.as_slice(), 1).map_err(|e| Error::invalid(e.to_string()))?;
+        let zs =
+            zstd::encode_all(plain.as_slice(), 1).map_err(|e| Error::invalid(e.to_string()))?;
         let mut tocs = Vec::new();
-        for (bytes, comp) in [(plain.clone(), Compression::None), (gz, Compression::Gzip), (zs, Compression::Zstd)] {
+        for (bytes, comp) in [
+            (plain.clone(), Compression::None),
+            (gz, Compression::Gzip),
+            (zs, Compression::Zstd),
+        ] {
             let sum = Digest::sha256_of(&bytes);
             let (r, staged) = run(bytes.clone(), &sum).await;
             let ing = r?;
@@ -423,9 +490,15 @@ mod tests {
         assert_eq!(tocs[0], tocs[1]);
         assert_eq!(tocs[0], tocs[2]);
         let b = &tocs[0][0];
-        assert_eq!((b.path.as_str(), b.kind, b.size), ("a/b.txt", EntryKind::File, 5));
+        assert_eq!(
+            (b.path.as_str(), b.kind, b.size),
+            ("a/b.txt", EntryKind::File, 5)
+        );
         assert_eq!(b.digest, Some(Digest::sha256_of(b"hello")));
-        assert_eq!(&plain[b.data_offset as usize..b.data_offset as usize + 5], b"hello");
+        assert_eq!(
+            &plain[b.data_offset as usize..b.data_offset as usize + 5],
+            b"hello"
+        );
         assert_eq!(tocs[0][1].digest, Some(Digest::sha256_of(&big)));
         Ok(())
     }
@@ -456,12 +529,26 @@ mod tests {
     #[tokio::test]
     async fn bomb_is_limited() -> Result<()> {
         let zeros = tar_of(&[("z", &vec![0u8; 8 << 20])]);
-        let zs = zstd::encode_all(zeros.as_slice(), 19).map_err(|e| Error::invalid(e.to_string()))?;
+        let zs =
+            zstd::encode_all(zeros.as_slice(), 19).map_err(|e| Error::invalid(e.to_string()))?;
         let sum = Digest::sha256_of(&zs);
-        let limits = IngestLimits { ratio_floor: 1 << 20, max_ratio: 100, ..IngestLimits::default() };
+        let limits = IngestLimits {
+            ratio_floor: 1 << 20,
+            max_ratio: 100,
+            ..IngestLimits::default()
+        };
         let body: ByteStream = Box::pin(io::Cursor::new(zs));
         let r = ingest(body, Some(&sum), &mut NullSink, Arc::new(EmptyView), limits).await;
-        assert!(matches!(r, Err(Error::LimitExceeded { what: "decompression ratio", .. })), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(Error::LimitExceeded {
+                    what: "decompression ratio",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
         Ok(())
     }
 }

@@ -31,7 +31,10 @@ pub fn normalize(raw: &str) -> Result<String> {
     if path.len() > MAX_PATH_LEN {
         return Err(Error::bad_entry(
             &raw[..raw.char_indices().nth(64).map_or(raw.len(), |(i, _)| i)],
-            format!("path is {} bytes long; the maximum is {MAX_PATH_LEN}", path.len()),
+            format!(
+                "path is {} bytes long; the maximum is {MAX_PATH_LEN}",
+                path.len()
+            ),
         ));
     }
     Ok(path)
@@ -49,7 +52,11 @@ pub fn base(path: &str) -> &str {
 
 /// Joins a normalised directory and a name.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// Iterates over the strict ancestors of a normalised path, nearest first, root excluded.
@@ -64,7 +71,9 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 
 /// True when `path` is `dir` or lies below it (`dir` empty means the root, containing all).
 pub fn is_within(path: &str, dir: &str) -> bool {
-    dir.is_empty() || path == dir || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    dir.is_empty()
+        || path == dir
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 /// Resolves a symlink target as the kernel would inside a root, lexically: relative targets
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn refuses_escapes() {
         for bad in ["..", "../x", "a/../../x", "/../etc/passwd", "./a/../../b"] {
-            assert!(matches!(normalize(bad), Err(Error::BadArchive { .. })), "{bad:?}");
+            assert!(
+                matches!(normalize(bad), Err(Error::BadArchive { .. })),
+                "{bad:?}"
+            );
         }
     }
 

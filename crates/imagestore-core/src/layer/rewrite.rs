@@ -9,8 +9,8 @@ use crate::layer::export::{append_entry, header_for};
 use crate::layer::filter::FilterSpec;
 use crate::layer::ingest::{decompressor, sniff};
 use crate::layer::path;
-use crate::layer::stream::{spawn_producer, BlockingReader};
-use crate::layer::tar_reader::{map_read_error, RawEntry, RawKind, TarLimits, TarReader};
+use crate::layer::stream::{BlockingReader, spawn_producer};
+use crate::layer::tar_reader::{RawEntry, RawKind, TarLimits, TarReader, map_read_error};
 use crate::layer::toc::{EntryKind, TocEntry};
 use crate::layer::validate::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::storer::ByteStream;
@@ -72,7 +72,11 @@ pub fn filter_tar(input: ByteStream, filter: FilterSpec, limits: TarLimits) -> B
                 RawKind::Symlink => raw.link.clone(),
                 _ => None,
             };
-            let name = if raw.kind == RawKind::Dir { format!("{new_name}/") } else { new_name };
+            let name = if raw.kind == RawKind::Dir {
+                format!("{new_name}/")
+            } else {
+                new_name
+            };
             let mut h = header_for(&e)?;
             if raw.kind == RawKind::File {
                 h.set_size(raw.size);
@@ -84,10 +88,18 @@ pub fn filter_tar(input: ByteStream, filter: FilterSpec, limits: TarLimits) -> B
                 }
                 appended?;
             } else {
-                append_entry(&mut out, &mut h, &name, Some(&e), link.as_deref(), &mut io::empty())?;
+                append_entry(
+                    &mut out,
+                    &mut h,
+                    &name,
+                    Some(&e),
+                    link.as_deref(),
+                    &mut io::empty(),
+                )?;
             }
         }
-        out.finish().map_err(|e| crate::layer::stream::error_from_io(e, "import"))?;
+        out.finish()
+            .map_err(|e| crate::layer::stream::error_from_io(e, "import"))?;
         Ok(())
     })
 }
@@ -143,7 +155,13 @@ impl<'a, R: Read> Expanded<'a, R> {
             }
         }
         let left = segments.first().map_or(0, |s| s.0);
-        Expanded { reader, segments, seg: 0, left, error: None }
+        Expanded {
+            reader,
+            segments,
+            seg: 0,
+            left,
+            error: None,
+        }
     }
 }
 
@@ -159,7 +177,10 @@ impl<R: Read> Read for Expanded<'_, R> {
             let n = if self.segments[self.seg].1 {
                 match self.reader.read_data(&mut buf[..want]) {
                     Ok(0) => {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "entry data ends early"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "entry data ends early",
+                        ));
                     }
                     Ok(n) => n,
                     Err(e) => {

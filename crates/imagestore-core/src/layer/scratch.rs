@@ -60,7 +60,12 @@ mod tests {
         let a = skeleton_tar()?;
         assert_eq!(a, skeleton_tar()?);
         let ing = ingest_bytes(a.clone(), &Digest::sha256_of(&a)).await?;
-        let paths: Vec<(&str, EntryKind)> = ing.toc.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let paths: Vec<(&str, EntryKind)> = ing
+            .toc
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind))
+            .collect();
         assert!(paths.contains(&("etc/mtab", EntryKind::Symlink)));
         assert!(paths.contains(&("lib/modules", EntryKind::Dir)));
         assert!(paths.contains(&(".tether", EntryKind::Dir)));

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::layer::checkout::{checkout, CheckoutOptions, CheckoutReport};
-use crate::layer::compose::{diff, MergedView};
-use crate::layer::export::{full_changes, write_tar, LayerSource};
+use crate::layer::checkout::{CheckoutOptions, CheckoutReport, checkout};
+use crate::layer::compose::{MergedView, diff};
+use crate::layer::export::{LayerSource, full_changes, write_tar};
 use crate::layer::filter::FilterSpec;
 use crate::layer::stream::spawn_producer;
 use crate::layer::toc::Toc;
@@ -29,7 +29,9 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("owners", &self.owners).finish_non_exhaustive()
+        f.debug_struct("Stack")
+            .field("owners", &self.owners)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +53,12 @@ impl Stack {
 
     /// A tar of the whole merged image, or with `ancestor_len`, of the changes above the first
     /// `ancestor_len` layers. Runs on the blocking pool; errors end the stream.
-    pub fn export(&self, ancestor_len: Option<usize>, filter: FilterSpec, data: bool) -> ByteStream {
+    pub fn export(
+        &self,
+        ancestor_len: Option<usize>,
+        filter: FilterSpec,
+        data: bool,
+    ) -> ByteStream {
         let stack = self.clone();
         spawn_producer(move |w| {
             let view = stack.view();
@@ -65,7 +72,11 @@ impl Stack {
     }
 
     /// Materialises the merged image into `dest`.
-    pub async fn checkout(&self, dest: PathBuf, options: CheckoutOptions) -> Result<CheckoutReport> {
+    pub async fn checkout(
+        &self,
+        dest: PathBuf,
+        options: CheckoutOptions,
+    ) -> Result<CheckoutReport> {
         let stack = self.clone();
         tokio::task::spawn_blocking(move || {
             let view = stack.view();

@@ -30,9 +30,12 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader of the stream went away"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the reader of the stream went away",
+            )
+        })
     }
 }
 
@@ -58,7 +61,11 @@ struct ChannelStream {
 }
 
 impl AsyncRead for ChannelStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.cur.is_empty() {
                 let n = out.remaining().min(self.cur.len());
@@ -87,27 +94,41 @@ where
     let (tx, rx) = mpsc::channel(4);
     let err_tx = tx.clone();
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) };
-        let result = produce(&mut w).and_then(|()| w.flush().map_err(|e| Error::invalid(format!("stream: {e}"))));
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = produce(&mut w).and_then(|()| {
+            w.flush()
+                .map_err(|e| Error::invalid(format!("stream: {e}")))
+        });
         if let Err(e) = result {
             let _ = err_tx.blocking_send(Err(io::Error::other(e)));
         }
     });
-    Box::pin(ChannelStream { rx, cur: Bytes::new() })
+    Box::pin(ChannelStream {
+        rx,
+        cur: Bytes::new(),
+    })
 }
 
 /// Turns an `io::Error` read from a stream made by [`spawn_producer`] back into the
 /// imagestore error it carries, or a backend error otherwise.
 pub fn error_from_io(e: io::Error, what: &'static str) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(err) = inner.downcast::<Error>() {
-                return *err;
-            }
+        if let Some(inner) = e.into_inner()
+            && let Ok(err) = inner.downcast::<Error>()
+        {
+            return *err;
         }
         return Error::backend(what, "stream failed", false);
     }
-    Error::Backend { backend: what, message: e.to_string(), retryable: false, source: Some(Box::new(e)) }
+    Error::Backend {
+        backend: what,
+        message: e.to_string(),
+        retryable: false,
+        source: Some(Box::new(e)),
+    }
 }
 
 /// A blocking `Read` over a [`ByteStream`], for use on the blocking pool only.

@@ -24,7 +24,9 @@ pub struct TarLimits {
 
 impl Default for TarLimits {
     fn default() -> Self {
-        TarLimits { max_header_bytes: 1 << 20 }
+        TarLimits {
+            max_header_bytes: 1 << 20,
+        }
     }
 }
 
@@ -102,7 +104,9 @@ pub struct TarReader<R> {
 }
 
 fn truncated(at: u64) -> Error {
-    Error::bad_archive(format!("archive is truncated (unexpected end of stream at byte {at})"))
+    Error::bad_archive(format!(
+        "archive is truncated (unexpected end of stream at byte {at})"
+    ))
 }
 
 fn utf8(field: &str, bytes: &[u8], name: &str) -> Result<String> {
@@ -126,7 +130,15 @@ fn num_field(raw: &[u8], parsed: io::Result<u64>, field: &str, name: &str) -> Re
 impl<R: Read> TarReader<R> {
     /// A reader over `inner`, positioned at offset 0.
     pub fn new(inner: R, limits: TarLimits) -> Self {
-        TarReader { inner, pos: 0, remaining: 0, padding: 0, limits, finished: false, saw_entry_or_byte: false }
+        TarReader {
+            inner,
+            pos: 0,
+            remaining: 0,
+            padding: 0,
+            limits,
+            finished: false,
+            saw_entry_or_byte: false,
+        }
     }
 
     /// Current offset in the stream.
@@ -180,7 +192,11 @@ impl<R: Read> TarReader<R> {
 
     fn read_block(&mut self) -> Result<Option<[u8; 512]>> {
         let mut b = [0u8; 512];
-        if self.read_exact_or_eof(&mut b)? { Ok(Some(b)) } else { Ok(None) }
+        if self.read_exact_or_eof(&mut b)? {
+            Ok(Some(b))
+        } else {
+            Ok(None)
+        }
     }
 
     fn read_payload(&mut self, size: u64, what: &str) -> Result<Vec<u8>> {
@@ -267,9 +283,9 @@ impl<R: Read> TarReader<R> {
             }
             let header = Header::from_byte_slice(&block);
             check_checksum(header, block_at)?;
-            let size = header
-                .entry_size()
-                .map_err(|e| Error::bad_archive(format!("bad size field in header at byte {block_at}: {e}")))?;
+            let size = header.entry_size().map_err(|e| {
+                Error::bad_archive(format!("bad size field in header at byte {block_at}: {e}"))
+            })?;
             match header.entry_type() {
                 EntryType::XHeader => {
                     let payload = self.read_payload(size, "PAX extended")?;
@@ -298,7 +314,9 @@ impl<R: Read> TarReader<R> {
                 }
                 _ => {}
             }
-            return self.finish_header(header, header_offset, size, pax, long_name, long_link).map(Some);
+            return self
+                .finish_header(header, header_offset, size, pax, long_name, long_link)
+                .map(Some);
         }
     }
 
@@ -337,25 +355,32 @@ impl<R: Read> TarReader<R> {
             EntryType::Block => RawKind::Block,
             EntryType::Fifo => RawKind::Fifo,
             other => {
-                return Err(Error::bad_entry(&name, format!("unsupported entry type {:?}", other.as_byte() as char)));
+                return Err(Error::bad_entry(
+                    &name,
+                    format!("unsupported entry type {:?}", other.as_byte() as char),
+                ));
             }
         };
         // Old-style archives mark directories by a trailing slash on a regular entry.
-        let kind = if kind == RawKind::File && entry_type == EntryType::Regular && name.ends_with('/') {
-            RawKind::Dir
-        } else {
-            kind
-        };
+        let kind =
+            if kind == RawKind::File && entry_type == EntryType::Regular && name.ends_with('/') {
+                RawKind::Dir
+            } else {
+                kind
+            };
 
         // Tar smuggling: a PAX size that disagrees with a non-zero ustar size makes readers
         // see different archives. Refuse it.
         let mut stored = size_field;
         if let Some(v) = pax.get("size") {
-            let pax_size = parse_pax_u64(v).ok_or_else(|| Error::bad_entry(&name, "PAX size record is not a number"))?;
+            let pax_size = parse_pax_u64(v)
+                .ok_or_else(|| Error::bad_entry(&name, "PAX size record is not a number"))?;
             if size_field != 0 && size_field != pax_size {
                 return Err(Error::bad_entry(
                     &name,
-                    format!("PAX size {pax_size} disagrees with the header size {size_field} (tar smuggling)"),
+                    format!(
+                        "PAX size {pax_size} disagrees with the header size {size_field} (tar smuggling)"
+                    ),
                 ));
             }
             stored = pax_size;
@@ -366,7 +391,10 @@ impl<R: Read> TarReader<R> {
                 let bytes = match (pax.get("linkpath"), &long_link) {
                     (Some(p), _) => p.clone(),
                     (None, Some(l)) => l.clone(),
-                    (None, None) => header.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default(),
+                    (None, None) => header
+                        .link_name_bytes()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_default(),
                 };
                 if bytes.is_empty() {
                     return Err(Error::bad_entry(&name, "link has an empty target"));
@@ -377,7 +405,8 @@ impl<R: Read> TarReader<R> {
         };
 
         let old = header.as_old();
-        let mode = num_field(&old.mode, header.mode().map(u64::from), "mode", &name)? as u32 & 0o7777;
+        let mode =
+            num_field(&old.mode, header.mode().map(u64::from), "mode", &name)? as u32 & 0o7777;
         let uid = match pax.get("uid") {
             Some(v) => parse_pax_u64(v).ok_or_else(|| Error::bad_entry(&name, "bad PAX uid"))?,
             None => num_field(&old.uid, header.uid(), "uid", &name)?,
@@ -388,15 +417,25 @@ impl<R: Read> TarReader<R> {
         };
         let (mtime, mtime_nsec) = match pax.get("mtime") {
             Some(v) => parse_pax_time(v).ok_or_else(|| Error::bad_entry(&name, "bad PAX mtime"))?,
-            None => (i64::try_from(num_field(&old.mtime, header.mtime(), "mtime", &name)?).unwrap_or(i64::MAX), 0),
+            None => (
+                i64::try_from(num_field(&old.mtime, header.mtime(), "mtime", &name)?)
+                    .unwrap_or(i64::MAX),
+                0,
+            ),
         };
         let uname = match pax.get("uname") {
             Some(v) => Some(utf8("uname", v, &name)?),
-            None => header.username_bytes().filter(|b| !b.is_empty()).map(|b| String::from_utf8_lossy(b).into_owned()),
+            None => header
+                .username_bytes()
+                .filter(|b| !b.is_empty())
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
         };
         let gname = match pax.get("gname") {
             Some(v) => Some(utf8("gname", v, &name)?),
-            None => header.groupname_bytes().filter(|b| !b.is_empty()).map(|b| String::from_utf8_lossy(b).into_owned()),
+            None => header
+                .groupname_bytes()
+                .filter(|b| !b.is_empty())
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
         };
         let dev = match kind {
             RawKind::Char | RawKind::Block => {
@@ -443,8 +482,15 @@ impl<R: Read> TarReader<R> {
         })
     }
 
-    fn read_gnu_sparse(&mut self, header: &Header, name: &str, stored: u64) -> Result<(u64, Vec<(u64, u64)>)> {
-        let gnu = header.as_gnu().ok_or_else(|| Error::bad_entry(name, "sparse entry without a GNU header"))?;
+    fn read_gnu_sparse(
+        &mut self,
+        header: &Header,
+        name: &str,
+        stored: u64,
+    ) -> Result<(u64, Vec<(u64, u64)>)> {
+        let gnu = header
+            .as_gnu()
+            .ok_or_else(|| Error::bad_entry(name, "sparse entry without a GNU header"))?;
         let real = num(gnu.real_size(), "sparse real size", name)?;
         let mut map = Vec::new();
         let mut push = |s: &tar::GnuSparseHeader| -> Result<()> {
@@ -464,7 +510,10 @@ impl<R: Read> TarReader<R> {
         while extended {
             blocks += 1;
             if blocks * BLOCK > self.limits.max_header_bytes {
-                return Err(Error::bad_entry(name, "sparse map is larger than the header limit"));
+                return Err(Error::bad_entry(
+                    name,
+                    "sparse map is larger than the header limit",
+                ));
             }
             let block = self.read_block()?.ok_or_else(|| truncated(self.pos))?;
             let mut ext = tar::GnuExtSparseHeader::new();
@@ -478,9 +527,14 @@ impl<R: Read> TarReader<R> {
         let mut end = 0u64;
         let mut total = 0u64;
         for &(off, len) in &map {
-            let stop = off.checked_add(len).ok_or_else(|| Error::bad_entry(name, "sparse map overflows"))?;
+            let stop = off
+                .checked_add(len)
+                .ok_or_else(|| Error::bad_entry(name, "sparse map overflows"))?;
             if off < end || stop > real {
-                return Err(Error::bad_entry(name, "sparse map is out of order or beyond the file size"));
+                return Err(Error::bad_entry(
+                    name,
+                    "sparse map is out of order or beyond the file size",
+                ));
             }
             end = stop;
             total += len;
@@ -514,26 +568,37 @@ impl<R: Read> TarReader<R> {
 /// bad-archive errors (a corrupt gzip stream, say).
 pub fn map_read_error(e: io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(err) = inner.downcast::<Error>() {
-                return *err;
-            }
+        if let Some(inner) = e.into_inner()
+            && let Ok(err) = inner.downcast::<Error>()
+        {
+            return *err;
         }
         return Error::bad_archive("read failed");
     }
     match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::bad_archive("archive is truncated (unexpected end of compressed stream)"),
+        io::ErrorKind::UnexpectedEof => {
+            Error::bad_archive("archive is truncated (unexpected end of compressed stream)")
+        }
         _ => Error::bad_archive(format!("cannot read archive: {e}")),
     }
 }
 
 fn check_checksum(header: &Header, at: u64) -> Result<()> {
     let bytes = header.as_bytes();
-    let sum: u32 = bytes[..148].iter().chain(&bytes[156..]).map(|b| u32::from(*b)).sum::<u32>() + 8 * 32;
+    let sum: u32 = bytes[..148]
+        .iter()
+        .chain(&bytes[156..])
+        .map(|b| u32::from(*b))
+        .sum::<u32>()
+        + 8 * 32;
     match header.cksum() {
         Ok(c) if c == sum => Ok(()),
-        _ if at == 0 => Err(Error::bad_archive("input is not a tar archive (bad header checksum at byte 0)")),
-        _ => Err(Error::bad_archive(format!("corrupt header at byte {at} (checksum mismatch)"))),
+        _ if at == 0 => Err(Error::bad_archive(
+            "input is not a tar archive (bad header checksum at byte 0)",
+        )),
+        _ => Err(Error::bad_archive(format!(
+            "corrupt header at byte {at} (checksum mismatch)"
+        ))),
     }
 }
 
@@ -576,14 +641,19 @@ fn parse_pax(payload: &[u8], out: &mut BTreeMap<String, Vec<u8>>, at: u64) -> Re
             break;
         }
         let sp = rest.iter().position(|b| *b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
         if len <= sp + 1 || len > rest.len() {
             return Err(bad());
         }
         let record = &rest[sp + 1..len];
         let record = record.strip_suffix(b"\n").ok_or_else(bad)?;
         let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
-        let key = std::str::from_utf8(&record[..eq]).map_err(|_| bad())?.to_owned();
+        let key = std::str::from_utf8(&record[..eq])
+            .map_err(|_| bad())?
+            .to_owned();
         out.insert(key, record[eq + 1..].to_vec());
         rest = &rest[len..];
     }
@@ -657,11 +727,18 @@ mod tests {
         let bytes = build(|b| file(b, "a", &[1u8; 2000]));
         for cut in [100usize, 512, 1000, 2560] {
             let r = all(&bytes[..cut]);
-            assert!(matches!(r, Err(Error::BadArchive { .. })), "cut {cut}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::BadArchive { .. })),
+                "cut {cut}: {r:?}"
+            );
         }
-        let r = all(b"this is not a tar file at all, just some text".repeat(20).as_slice());
+        let r = all(b"this is not a tar file at all, just some text"
+            .repeat(20)
+            .as_slice());
         match r {
-            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("not a tar"), "{reason}"),
+            Err(Error::BadArchive { reason, .. }) => {
+                assert!(reason.contains("not a tar"), "{reason}")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -679,7 +756,9 @@ mod tests {
         });
         bytes.extend_from_slice(&[0u8; 2048]);
         match all(&bytes) {
-            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("smuggling"), "{reason}"),
+            Err(Error::BadArchive { reason, .. }) => {
+                assert!(reason.contains("smuggling"), "{reason}")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -692,7 +771,9 @@ mod tests {
             file(b, "x", b"")
         });
         match all(&bytes) {
-            Err(Error::BadArchive { reason, .. }) => assert!(reason.contains("maximum"), "{reason}"),
+            Err(Error::BadArchive { reason, .. }) => {
+                assert!(reason.contains("maximum"), "{reason}")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -700,10 +781,17 @@ mod tests {
     #[test]
     fn pax_records_parse() -> Result<()> {
         let mut m = BTreeMap::new();
-        parse_pax(b"20 path=hello/world\n29 SCHILY.xattr.user.a=\x00\x01bin\n", &mut m, 0)?;
+        parse_pax(
+            b"20 path=hello/world\n29 SCHILY.xattr.user.a=\x00\x01bin\n",
+            &mut m,
+            0,
+        )?;
         assert_eq!(m["path"], b"hello/world");
         assert_eq!(m["SCHILY.xattr.user.a"], b"\x00\x01bin");
-        assert_eq!(parse_pax_time(b"1700000000.5"), Some((1700000000, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1700000000, 500_000_000))
+        );
         assert!(parse_pax(b"99 path=x\n", &mut m, 0).is_err());
         Ok(())
     }

@@ -73,13 +73,25 @@ mod b64_map {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        let enc: BTreeMap<&str, String> =
-            m.iter().map(|(k, v)| (k.as_str(), base64::engine::general_purpose::STANDARD.encode(v))).collect();
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let enc: BTreeMap<&str, String> = m
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(v),
+                )
+            })
+            .collect();
         enc.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
         let enc = BTreeMap::<String, String>::deserialize(d)?;
         enc.into_iter()
             .map(|(k, v)| {
@@ -211,10 +223,12 @@ impl Toc {
             entries: self.entries.len() as u64,
         };
         let io = |e: std::io::Error| Error::invalid(format!("writing TOC: {e}"));
-        serde_json::to_writer(&mut w, &header).map_err(|e| Error::invalid(format!("encoding TOC: {e}")))?;
+        serde_json::to_writer(&mut w, &header)
+            .map_err(|e| Error::invalid(format!("encoding TOC: {e}")))?;
         w.write_all(b"\n").map_err(io)?;
         for e in &self.entries {
-            serde_json::to_writer(&mut w, e).map_err(|e| Error::invalid(format!("encoding TOC: {e}")))?;
+            serde_json::to_writer(&mut w, e)
+                .map_err(|e| Error::invalid(format!("encoding TOC: {e}")))?;
             w.write_all(b"\n").map_err(io)?;
         }
         Ok(())
@@ -230,12 +244,21 @@ impl Toc {
     /// Decodes a TOC; `what` names it in errors (`store/id`).
     pub fn decode(r: impl BufRead, what: &str) -> Result<Toc> {
         let corrupt = |reason: String| Error::corrupt(format!("TOC of {what}"), reason);
-        let mut lines = BoundedLines { inner: r, buf: Vec::new() };
-        let first = lines.next_line().map_err(&corrupt)?.ok_or_else(|| corrupt("empty".into()))?;
+        let mut lines = BoundedLines {
+            inner: r,
+            buf: Vec::new(),
+        };
+        let first = lines
+            .next_line()
+            .map_err(&corrupt)?
+            .ok_or_else(|| corrupt("empty".into()))?;
         let header: TocHeader =
             serde_json::from_slice(first).map_err(|e| corrupt(format!("bad header line: {e}")))?;
         if header.format != TOC_FORMAT {
-            return Err(corrupt(format!("format is {:?}, expected {TOC_FORMAT:?}", header.format)));
+            return Err(corrupt(format!(
+                "format is {:?}, expected {TOC_FORMAT:?}",
+                header.format
+            )));
         }
         if header.version != TOC_VERSION {
             return Err(corrupt(format!(
@@ -250,9 +273,17 @@ impl Toc {
             entries.push(e);
         }
         if entries.len() as u64 != header.entries {
-            return Err(corrupt(format!("header announces {} entries, found {}", header.entries, entries.len())));
+            return Err(corrupt(format!(
+                "header announces {} entries, found {}",
+                header.entries,
+                entries.len()
+            )));
         }
-        Ok(Toc { compression: header.compression, uncompressed_size: header.uncompressed_size, entries })
+        Ok(Toc {
+            compression: header.compression,
+            uncompressed_size: header.uncompressed_size,
+            entries,
+        })
     }
 
     /// Decodes a TOC held in memory.
@@ -317,7 +348,13 @@ mod tests {
         Toc {
             compression: Compression::Gzip,
             uncompressed_size: 4096,
-            entries: vec![TocEntry::new("etc", EntryKind::Dir, 0o755), f, l, c, TocEntry::new("x", EntryKind::Whiteout, 0)],
+            entries: vec![
+                TocEntry::new("etc", EntryKind::Dir, 0o755),
+                f,
+                l,
+                c,
+                TocEntry::new("x", EntryKind::Whiteout, 0),
+            ],
         }
     }
 
@@ -336,14 +373,26 @@ mod tests {
     fn damaged_tocs_are_errors() -> Result<()> {
         let bytes = sample().to_bytes()?;
         for cut in [0, 10, bytes.len() - 1] {
-            assert!(matches!(Toc::from_bytes(&bytes[..cut], "t"), Err(Error::Corrupt { .. })), "cut {cut}");
+            assert!(
+                matches!(
+                    Toc::from_bytes(&bytes[..cut], "t"),
+                    Err(Error::Corrupt { .. })
+                ),
+                "cut {cut}"
+            );
         }
         let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
         lines.remove(2);
         let dropped = lines.join(&b'\n');
-        assert!(matches!(Toc::from_bytes(&dropped, "t"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Toc::from_bytes(&dropped, "t"),
+            Err(Error::Corrupt { .. })
+        ));
         let v2 = String::from_utf8_lossy(&bytes).replacen("\"version\":1", "\"version\":2", 1);
-        assert!(matches!(Toc::from_bytes(v2.as_bytes(), "t"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            Toc::from_bytes(v2.as_bytes(), "t"),
+            Err(Error::Corrupt { .. })
+        ));
         Ok(())
     }
 }

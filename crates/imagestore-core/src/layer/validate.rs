@@ -69,14 +69,22 @@ pub struct EntryChecker<'a> {
 
 impl std::fmt::Debug for EntryChecker<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EntryChecker").field("entries", &self.count).finish()
+        f.debug_struct("EntryChecker")
+            .field("entries", &self.count)
+            .finish()
     }
 }
 
 impl<'a> EntryChecker<'a> {
     /// A checker for a layer applied on `lower`, accepting at most `max_entries` entries.
     pub fn new(lower: &'a dyn LowerView, max_entries: u64) -> Self {
-        EntryChecker { lower, here: HashMap::new(), opaque: HashSet::new(), max_entries, count: 0 }
+        EntryChecker {
+            lower,
+            here: HashMap::new(),
+            opaque: HashSet::new(),
+            max_entries,
+            count: 0,
+        }
     }
 
     /// What `p` is in the layer's view so far.
@@ -91,7 +99,9 @@ impl<'a> EntryChecker<'a> {
         // opaque, the lower image no longer shows through.
         for anc in path::ancestors(p) {
             match self.here.get(anc) {
-                Some(Here::Removed) | Some(Here::Node(NodeKind::Other)) | Some(Here::Node(NodeKind::Symlink)) => {
+                Some(Here::Removed)
+                | Some(Here::Node(NodeKind::Other))
+                | Some(Here::Node(NodeKind::Symlink)) => {
                     return None;
                 }
                 _ => {}
@@ -115,7 +125,10 @@ impl<'a> EntryChecker<'a> {
             match self.lookup(anc) {
                 None | Some(NodeKind::Dir) => {}
                 Some(NodeKind::Symlink) => {
-                    return Err(Error::bad_entry(raw, format!("writes through the symlink {anc:?}")));
+                    return Err(Error::bad_entry(
+                        raw,
+                        format!("writes through the symlink {anc:?}"),
+                    ));
                 }
                 Some(NodeKind::Other) => {
                     return Err(Error::bad_entry(raw, format!("{anc:?} is not a directory")));
@@ -130,7 +143,11 @@ impl<'a> EntryChecker<'a> {
     pub fn check(&mut self, e: &RawEntry) -> Result<Option<TocEntry>> {
         self.count += 1;
         if self.count > self.max_entries {
-            return Err(Error::LimitExceeded { what: "entries in one layer", value: self.count, max: self.max_entries });
+            return Err(Error::LimitExceeded {
+                what: "entries in one layer",
+                value: self.count,
+                max: self.max_entries,
+            });
         }
         let raw = e.name.as_str();
         let p = path::normalize(raw)?;
@@ -138,7 +155,10 @@ impl<'a> EntryChecker<'a> {
             if e.kind == RawKind::Dir {
                 return Ok(None);
             }
-            return Err(Error::bad_entry(raw, "entry would replace the root directory"));
+            return Err(Error::bad_entry(
+                raw,
+                "entry would replace the root directory",
+            ));
         }
         let name = path::base(&p);
         let dir = path::parent(&p);
@@ -155,7 +175,10 @@ impl<'a> EntryChecker<'a> {
                 return Ok(None);
             }
             if rest.is_empty() {
-                return Err(Error::bad_entry(raw, "bare whiteout \".wh.\" names nothing"));
+                return Err(Error::bad_entry(
+                    raw,
+                    "bare whiteout \".wh.\" names nothing",
+                ));
             }
             if rest == "." || rest == ".." {
                 return Err(Error::bad_entry(raw, "whiteout targets \".\" or \"..\""));
@@ -182,21 +205,30 @@ impl<'a> EntryChecker<'a> {
         match kind {
             EntryKind::Hardlink => {
                 let link = e.link.as_deref().unwrap_or_default();
-                let target = path::normalize(link)
-                    .map_err(|_| Error::bad_entry(raw, format!("hardlink target {link:?} escapes the root")))?;
+                let target = path::normalize(link).map_err(|_| {
+                    Error::bad_entry(raw, format!("hardlink target {link:?} escapes the root"))
+                })?;
                 if target.is_empty() || target == p {
-                    return Err(Error::bad_entry(raw, format!("hardlink target {link:?} is not a file")));
+                    return Err(Error::bad_entry(
+                        raw,
+                        format!("hardlink target {link:?} is not a file"),
+                    ));
                 }
                 self.check_parents(&target, raw)?;
                 match self.lookup(&target) {
                     Some(NodeKind::Other) | Some(NodeKind::Symlink) => {}
                     Some(NodeKind::Dir) => {
-                        return Err(Error::bad_entry(raw, format!("hardlink target {link:?} is a directory")));
+                        return Err(Error::bad_entry(
+                            raw,
+                            format!("hardlink target {link:?} is a directory"),
+                        ));
                     }
                     None => {
                         return Err(Error::bad_entry(
                             raw,
-                            format!("hardlink target {link:?} does not exist earlier in the layer or below it"),
+                            format!(
+                                "hardlink target {link:?} does not exist earlier in the layer or below it"
+                            ),
                         ));
                     }
                 }
@@ -299,12 +331,23 @@ mod tests {
     fn hardlinks_need_an_earlier_target_inside() -> Result<()> {
         let lower = Lower(vec![("bin/sh", NodeKind::Other), ("etc", NodeKind::Dir)]);
         let mut c = EntryChecker::new(&lower, 100);
-        assert!(c.check(&raw("bin/dash", RawKind::Hardlink, Some("bin/sh")))?.is_some());
-        assert!(reason(c.check(&raw("x", RawKind::Hardlink, Some("../../etc/shadow")))).contains("escapes"));
-        assert!(reason(c.check(&raw("y", RawKind::Hardlink, Some("nope")))).contains("does not exist"));
+        assert!(
+            c.check(&raw("bin/dash", RawKind::Hardlink, Some("bin/sh")))?
+                .is_some()
+        );
+        assert!(
+            reason(c.check(&raw("x", RawKind::Hardlink, Some("../../etc/shadow"))))
+                .contains("escapes")
+        );
+        assert!(
+            reason(c.check(&raw("y", RawKind::Hardlink, Some("nope")))).contains("does not exist")
+        );
         assert!(reason(c.check(&raw("z", RawKind::Hardlink, Some("etc")))).contains("directory"));
         c.check(&raw("later", RawKind::File, None))?;
-        assert!(c.check(&raw("l2", RawKind::Hardlink, Some("./later")))?.is_some());
+        assert!(
+            c.check(&raw("l2", RawKind::Hardlink, Some("./later")))?
+                .is_some()
+        );
         Ok(())
     }
 
@@ -314,9 +357,13 @@ mod tests {
         assert!(reason(c.check(&raw("a/.wh.", RawKind::File, None))).contains("bare"));
         assert!(reason(c.check(&raw("a/.wh..", RawKind::File, None))).contains("\".\""));
         assert!(reason(c.check(&raw("a/.wh...", RawKind::File, None))).contains("\"..\""));
-        let w = c.check(&raw("a/.wh.b", RawKind::File, None))?.map(|t| (t.path, t.kind));
+        let w = c
+            .check(&raw("a/.wh.b", RawKind::File, None))?
+            .map(|t| (t.path, t.kind));
         assert_eq!(w, Some(("a/b".into(), EntryKind::Whiteout)));
-        let o = c.check(&raw("a/.wh..wh..opq", RawKind::File, None))?.map(|t| (t.path, t.kind));
+        let o = c
+            .check(&raw("a/.wh..wh..opq", RawKind::File, None))?
+            .map(|t| (t.path, t.kind));
         assert_eq!(o, Some(("a".into(), EntryKind::Opaque)));
         assert_eq!(c.check(&raw("a/.wh..wh.plnk", RawKind::Dir, None))?, None);
         Ok(())
@@ -329,7 +376,9 @@ mod tests {
         assert!(reason(c.check(&raw(".", RawKind::Symlink, Some("/")))).contains("root"));
         assert!(reason(c.check(&raw("../x", RawKind::File, None))).contains("escapes"));
         assert!(matches!(
-            EntryChecker::new(&EmptyView, 1).check(&raw("a", RawKind::File, None)).and_then(|_| Ok(())),
+            EntryChecker::new(&EmptyView, 1)
+                .check(&raw("a", RawKind::File, None))
+                .map(|_| ()),
             Ok(())
         ));
         Ok(())

@@ -1,15 +1,15 @@
 //! Concurrent writers, racing deletes, restarts and crash leftovers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
-use imagestore::{byte_stream, Digest, Error, ImageId, ImageStorerExt, Metadata};
+use anyhow::{Result, bail, ensure};
+use imagestore::{Digest, Error, ImageId, ImageStorerExt, Metadata, byte_stream};
 
 use super::{fresh, put};
-use crate::tars::{stream, sum, Counted, Layer};
-use crate::{expect_err, Ctx};
+use crate::tars::{Counted, Layer, stream, sum};
+use crate::{Ctx, expect_err};
 
 /// VIC's TestParallel: ten layers written at once on one parent all succeed.
 pub async fn parallel_layers_on_one_parent(ctx: &Ctx) -> Result<()> {
@@ -20,7 +20,15 @@ pub async fn parallel_layers_on_one_parent(ctx: &Ctx) -> Result<()> {
         let parent = scratch.clone();
         tasks.push(tokio::spawn(async move {
             let id = ImageId::new(format!("par{i}"))?;
-            store.write_image(&parent, &id, Metadata::new(), &Digest::empty_sha256(), stream(b"")).await
+            store
+                .write_image(
+                    &parent,
+                    &id,
+                    Metadata::new(),
+                    &Digest::empty_sha256(),
+                    stream(b""),
+                )
+                .await
         }));
     }
     for t in tasks {
@@ -39,20 +47,39 @@ pub async fn concurrent_same_id_single_write(ctx: &Ctx) -> Result<()> {
     let reads = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let store = if i % 2 == 0 { ctx.store.clone() } else { ctx.reopen().await? };
+        let store = if i % 2 == 0 {
+            ctx.store.clone()
+        } else {
+            ctx.reopen().await?
+        };
         let parent = scratch.clone();
         let body = Counted::new(layer.clone(), reads.clone(), None);
         let digest = digest.clone();
         tasks.push(tokio::spawn(async move {
-            store.write_image(&parent, &ImageId::new("contended")?, Metadata::new(), &digest, byte_stream(body)).await
+            store
+                .write_image(
+                    &parent,
+                    &ImageId::new("contended")?,
+                    Metadata::new(),
+                    &digest,
+                    byte_stream(body),
+                )
+                .await
         }));
     }
     let mut images = Vec::new();
     for t in tasks {
         images.push(t.await??);
     }
-    ensure!(images.windows(2).all(|w| w[0] == w[1]), "every caller gets the same image");
-    ensure!(reads.load(Ordering::SeqCst) <= 1, "{} bodies were read to the end", reads.load(Ordering::SeqCst));
+    ensure!(
+        images.windows(2).all(|w| w[0] == w[1]),
+        "every caller gets the same image"
+    );
+    ensure!(
+        reads.load(Ordering::SeqCst) <= 1,
+        "{} bodies were read to the end",
+        reads.load(Ordering::SeqCst)
+    );
     ensure!(ctx.store.list_images(&s, &[]).await?.len() == 1);
     Ok(())
 }
@@ -63,20 +90,43 @@ pub async fn delete_parent_racing_child_write(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let layer = Layer::new().file("k", &vec![1u8; 256 << 10]).build();
     for round in 0..6 {
-        let parent = put(ctx, &scratch, &format!("p{round}"), &Layer::new().file("p", b"p").build()).await?;
+        let parent = put(
+            ctx,
+            &scratch,
+            &format!("p{round}"),
+            &Layer::new().file("p", b"p").build(),
+        )
+        .await?;
         let other = ctx.reopen().await?;
         let done = Arc::new(AtomicUsize::new(0));
-        let body = Counted::new(layer.clone(), done, Some(Duration::from_millis(20 * (round % 3))));
+        let body = Counted::new(
+            layer.clone(),
+            done,
+            Some(Duration::from_millis(20 * (round % 3))),
+        );
         let (p2, digest) = (parent.clone(), sum(&layer));
         let writer = tokio::spawn(async move {
-            other.write_image(&p2, &ImageId::new(format!("k{round}"))?, Metadata::new(), &digest, byte_stream(body)).await
+            other
+                .write_image(
+                    &p2,
+                    &ImageId::new(format!("k{round}"))?,
+                    Metadata::new(),
+                    &digest,
+                    byte_stream(body),
+                )
+                .await
         });
         tokio::time::sleep(Duration::from_millis(10 * (round % 4))).await;
         let deleted = ctx.store.delete_image(&parent).await;
         let written = writer.await?;
         match (&deleted, &written) {
             (Ok(_), Err(Error::NotFound { .. })) => {
-                expect_err!(ctx.store.get_image(&s, &ImageId::new(format!("k{round}"))?).await, Error::NotFound { .. });
+                expect_err!(
+                    ctx.store
+                        .get_image(&s, &ImageId::new(format!("k{round}"))?)
+                        .await,
+                    Error::NotFound { .. }
+                );
             }
             (Err(e), Ok(child)) if e.is_image_in_use() => {
                 ensure!(ctx.store.get_image(&s, &parent.id).await.is_ok());
@@ -86,7 +136,11 @@ pub async fn delete_parent_racing_child_write(ctx: &Ctx) -> Result<()> {
         }
         for img in ctx.store.list_images(&s, &[]).await? {
             if let Some(p) = &img.parent {
-                ensure!(ctx.store.get_image(&s, p).await.is_ok(), "{} has a dangling parent {p}", img.id);
+                ensure!(
+                    ctx.store.get_image(&s, p).await.is_ok(),
+                    "{} has a dangling parent {p}",
+                    img.id
+                );
             }
         }
     }
@@ -99,10 +153,22 @@ pub async fn reopen_sees_every_image(ctx: &Ctx) -> Result<()> {
     let mut top = scratch;
     let mut written = Vec::new();
     for i in 0..5 {
-        top = put(ctx, &top, &format!("r{i}"), &Layer::new().file(&format!("f{i}"), b"x").build()).await?;
+        top = put(
+            ctx,
+            &top,
+            &format!("r{i}"),
+            &Layer::new().file(&format!("f{i}"), b"x").build(),
+        )
+        .await?;
         written.push(top.clone());
     }
-    let side = put(ctx, &written[1], "side", &Layer::new().file("s", b"s").build()).await?;
+    let side = put(
+        ctx,
+        &written[1],
+        "side",
+        &Layer::new().file("s", b"s").build(),
+    )
+    .await?;
     written.push(side);
     let other = ctx.reopen().await?;
     let mut seen = other.list_images(&s, &[]).await?;
@@ -119,15 +185,31 @@ pub async fn leftover_is_swept(ctx: &Ctx) -> Result<()> {
     let kept = put(ctx, &scratch, "kept", &Layer::new().file("a", b"1").build()).await?;
     let ghost = ImageId::new("crashed")?;
     ctx.hooks.leave_crashed_write(&s, &ghost).await?;
-    ensure!(ctx.hooks.leftovers(&s).await? > 0, "the hook left something");
+    ensure!(
+        ctx.hooks.leftovers(&s).await? > 0,
+        "the hook left something"
+    );
     let other = ctx.reopen().await?;
     other.get_image_store(&s).await?;
     expect_err!(other.get_image(&s, &ghost).await, Error::NotFound { .. });
     ensure!(other.list_images(&s, &[]).await? == vec![kept.clone()]);
-    ensure!(ctx.hooks.leftovers(&s).await? == 0, "leftovers remain after the sweep");
+    ensure!(
+        ctx.hooks.leftovers(&s).await? == 0,
+        "leftovers remain after the sweep"
+    );
     // The id is writable again.
     let layer = Layer::new().file("b", b"2").build();
-    other.write_image(&scratch, &ghost, Metadata::new(), &sum(&layer), stream(&layer)).await?;
-    ensure!(other.image_storage_usage(&s).await? == kept.size + other.get_image(&s, &ghost).await?.size);
+    other
+        .write_image(
+            &scratch,
+            &ghost,
+            Metadata::new(),
+            &sum(&layer),
+            stream(&layer),
+        )
+        .await?;
+    ensure!(
+        other.image_storage_usage(&s).await? == kept.size + other.get_image(&s, &ghost).await?.size
+    );
     Ok(())
 }

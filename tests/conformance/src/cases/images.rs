@@ -2,21 +2,29 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{ensure, Result};
-use imagestore::{byte_stream, Digest, Error, ImageId, ImageStorerExt, Metadata, ObjectKind, OwnerName};
+use anyhow::{Result, ensure};
+use imagestore::{
+    Digest, Error, ImageId, ImageStorerExt, Metadata, ObjectKind, OwnerName, byte_stream,
+};
 
 use super::{fresh, in_use_by, put};
-use crate::tars::{gzip, stream, sum, zstd, Layer, Untouchable};
-use crate::{expect_err, unique_id, Ctx};
+use crate::tars::{Layer, Untouchable, gzip, stream, sum, zstd};
+use crate::{Ctx, expect_err, unique_id};
 
 /// A written image has the parent, sum, metadata, depth and links it was written with.
 pub async fn write_and_get_image(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
-    let layer = Layer::new().dir("app").file("app/run", b"#!/bin/sh\n").build();
+    let layer = Layer::new()
+        .dir("app")
+        .file("app/run", b"#!/bin/sh\n")
+        .build();
     let mut meta = Metadata::new();
     meta.insert("metaData".into(), br#"{"id":"x"}"#.to_vec());
     let id = ImageId::new("layer1")?;
-    let img = ctx.store.write_image(&scratch, &id, meta.clone(), &sum(&layer), stream(&layer)).await?;
+    let img = ctx
+        .store
+        .write_image(&scratch, &id, meta.clone(), &sum(&layer), stream(&layer))
+        .await?;
     ensure!(img.id == id && img.store == s && img.parent == Some(ImageId::scratch()));
     ensure!(img.sum == Some(sum(&layer)) && img.metadata == meta && img.depth == 1);
     ensure!(img.self_link().to_string() == format!("/storage/{s}/layer1"));
@@ -24,7 +32,13 @@ pub async fn write_and_get_image(ctx: &Ctx) -> Result<()> {
     ensure!(ctx.store.get_image(&s, &id).await? == img);
     let child = put(ctx, &img, "layer2", &Layer::new().file("b", b"2").build()).await?;
     ensure!(child.depth == 2 && child.parent == Some(id));
-    let chain: Vec<String> = ctx.store.chain(&s, &child.id).await?.iter().map(|i| i.id.to_string()).collect();
+    let chain: Vec<String> = ctx
+        .store
+        .chain(&s, &child.id)
+        .await?
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
     ensure!(chain == ["scratch", "layer1", "layer2"], "{chain:?}");
     Ok(())
 }
@@ -35,8 +49,17 @@ pub async fn write_needs_existing_parent(ctx: &Ctx) -> Result<()> {
     let mut ghost = scratch.clone();
     ghost.id = ImageId::new("ghost")?;
     let layer = Layer::new().file("a", b"1").build();
-    expect_err!(put(ctx, &ghost, "orphan", &layer).await.map_err(into_core), Error::NotFound { kind: ObjectKind::Image, .. });
-    expect_err!(ctx.store.get_image(&s, &ImageId::new("orphan")?).await, Error::NotFound { .. });
+    expect_err!(
+        put(ctx, &ghost, "orphan", &layer).await.map_err(into_core),
+        Error::NotFound {
+            kind: ObjectKind::Image,
+            ..
+        }
+    );
+    expect_err!(
+        ctx.store.get_image(&s, &ImageId::new("orphan")?).await,
+        Error::NotFound { .. }
+    );
     ensure!(ctx.store.list_images(&s, &[]).await?.is_empty());
     Ok(())
 }
@@ -55,8 +78,14 @@ pub async fn wrong_sum_is_mismatch_and_invisible(ctx: &Ctx) -> Result<()> {
     let layer = Layer::new().file("a", b"payload").build();
     let wrong = Digest::sha256_of(b"something else");
     let id = ImageId::new("bad")?;
-    match ctx.store.write_image(&scratch, &id, Metadata::new(), &wrong, stream(&layer)).await {
-        Err(Error::DigestMismatch { expected, actual }) => ensure!(expected == wrong && actual == sum(&layer)),
+    match ctx
+        .store
+        .write_image(&scratch, &id, Metadata::new(), &wrong, stream(&layer))
+        .await
+    {
+        Err(Error::DigestMismatch { expected, actual }) => {
+            ensure!(expected == wrong && actual == sum(&layer))
+        }
         other => anyhow::bail!("expected a digest mismatch, got {other:?}"),
     }
     expect_err!(ctx.store.get_image(&s, &id).await, Error::NotFound { .. });
@@ -71,9 +100,17 @@ pub async fn broken_pull_then_retry(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let id = ImageId::new("pulled")?;
     let bogus = Digest::parse(&format!("sha256:{}", "1".repeat(64)))?;
-    expect_err!(ctx.store.write_image(&scratch, &id, Metadata::new(), &bogus, stream(b"")).await, Error::DigestMismatch { .. });
+    expect_err!(
+        ctx.store
+            .write_image(&scratch, &id, Metadata::new(), &bogus, stream(b""))
+            .await,
+        Error::DigestMismatch { .. }
+    );
     let layer = Layer::new().dir("dir0").file("dir0/f", b"x").build();
-    let img = ctx.store.write_image(&scratch, &id, Metadata::new(), &sum(&layer), stream(&layer)).await?;
+    let img = ctx
+        .store
+        .write_image(&scratch, &id, Metadata::new(), &sum(&layer), stream(&layer))
+        .await?;
     ensure!(ctx.store.get_image(&s, &id).await? == img);
     Ok(())
 }
@@ -85,7 +122,16 @@ pub async fn same_id_same_sum_returns_existing_unread(ctx: &Ctx) -> Result<()> {
     let first = put(ctx, &scratch, "same", &layer).await?;
     let mut other_meta = Metadata::new();
     other_meta.insert("ignored".into(), b"x".to_vec());
-    let again = ctx.store.write_image(&scratch, &first.id, other_meta, &sum(&layer), byte_stream(Untouchable)).await?;
+    let again = ctx
+        .store
+        .write_image(
+            &scratch,
+            &first.id,
+            other_meta,
+            &sum(&layer),
+            byte_stream(Untouchable),
+        )
+        .await?;
     ensure!(again == first, "the existing image comes back unchanged");
     Ok(())
 }
@@ -95,7 +141,18 @@ pub async fn same_id_other_sum_conflicts(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let first = put(ctx, &scratch, "dup", &Layer::new().file("a", b"1").build()).await?;
     let other = Layer::new().file("a", b"2").build();
-    expect_err!(ctx.store.write_image(&scratch, &first.id, Metadata::new(), &sum(&other), stream(&other)).await, Error::Conflict { .. });
+    expect_err!(
+        ctx.store
+            .write_image(
+                &scratch,
+                &first.id,
+                Metadata::new(),
+                &sum(&other),
+                stream(&other)
+            )
+            .await,
+        Error::Conflict { .. }
+    );
     ensure!(ctx.store.get_image(&s, &first.id).await? == first);
     Ok(())
 }
@@ -106,16 +163,47 @@ pub async fn same_id_other_parent_conflicts(ctx: &Ctx) -> Result<()> {
     let layer = Layer::new().file("a", b"1").build();
     let a = put(ctx, &scratch, "pa", &layer).await?;
     put(ctx, &scratch, "kid", &layer).await?;
-    expect_err!(ctx.store.write_image(&a, &ImageId::new("kid")?, Metadata::new(), &sum(&layer), stream(&layer)).await, Error::Conflict { .. });
+    expect_err!(
+        ctx.store
+            .write_image(
+                &a,
+                &ImageId::new("kid")?,
+                Metadata::new(),
+                &sum(&layer),
+                stream(&layer)
+            )
+            .await,
+        Error::Conflict { .. }
+    );
     Ok(())
 }
 
 /// An empty body with the sha256 of nothing is a valid, empty layer.
 pub async fn empty_layer_is_valid(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
-    let img = ctx.store.write_image(&scratch, &ImageId::new("empty")?, Metadata::new(), &Digest::empty_sha256(), stream(b"")).await?;
+    let img = ctx
+        .store
+        .write_image(
+            &scratch,
+            &ImageId::new("empty")?,
+            Metadata::new(),
+            &Digest::empty_sha256(),
+            stream(b""),
+        )
+        .await?;
     ensure!(img.sum == Some(Digest::empty_sha256()));
-    let tree = crate::tars::entries(ctx.store.export(&s, &img.id, Some(&ImageId::scratch()), &Default::default(), true).await?).await?;
+    let tree = crate::tars::entries(
+        ctx.store
+            .export(
+                &s,
+                &img.id,
+                Some(&ImageId::scratch()),
+                &Default::default(),
+                true,
+            )
+            .await?,
+    )
+    .await?;
     ensure!(tree.is_empty(), "an empty layer changes nothing: {tree:?}");
     Ok(())
 }
@@ -129,9 +217,25 @@ pub async fn compressed_layers_verify_raw_bytes(ctx: &Ctx) -> Result<()> {
     let a = put(ctx, &scratch, "gz", &gz).await?;
     let b = put(ctx, &scratch, "zs", &zs).await?;
     ensure!(a.sum == Some(sum(&gz)) && b.sum == Some(sum(&zs)));
-    expect_err!(ctx.store.write_image(&scratch, &ImageId::new("gz2")?, Metadata::new(), &sum(&plain), stream(&gz)).await, Error::DigestMismatch { .. });
+    expect_err!(
+        ctx.store
+            .write_image(
+                &scratch,
+                &ImageId::new("gz2")?,
+                Metadata::new(),
+                &sum(&plain),
+                stream(&gz)
+            )
+            .await,
+        Error::DigestMismatch { .. }
+    );
     for id in [&a.id, &b.id] {
-        let tree = crate::tars::entries(ctx.store.export(&s, id, Some(&ImageId::scratch()), &Default::default(), true).await?).await?;
+        let tree = crate::tars::entries(
+            ctx.store
+                .export(&s, id, Some(&ImageId::scratch()), &Default::default(), true)
+                .await?,
+        )
+        .await?;
         ensure!(crate::tars::find(&tree, "z").is_some_and(|e| e.data == vec![3u8; 100_000]));
     }
     Ok(())
@@ -141,7 +245,15 @@ pub async fn compressed_layers_verify_raw_bytes(ctx: &Ctx) -> Result<()> {
 pub async fn scratch_id_is_reserved(ctx: &Ctx) -> Result<()> {
     let (_, scratch) = fresh(ctx).await?;
     expect_err!(
-        ctx.store.write_image(&scratch, &ImageId::scratch(), Metadata::new(), &Digest::empty_sha256(), stream(b"")).await,
+        ctx.store
+            .write_image(
+                &scratch,
+                &ImageId::scratch(),
+                Metadata::new(),
+                &Digest::empty_sha256(),
+                stream(b"")
+            )
+            .await,
         Error::InvalidArgument(_)
     );
     Ok(())
@@ -154,7 +266,18 @@ pub async fn invalid_metadata_changes_nothing(ctx: &Ctx) -> Result<()> {
     let mut meta = Metadata::new();
     meta.insert("bad\nkey".into(), b"v".to_vec());
     let layer = Layer::new().file("a", b"1").build();
-    expect_err!(ctx.store.write_image(&scratch, &ImageId::new("m")?, meta, &sum(&layer), stream(&layer)).await, Error::InvalidArgument(_));
+    expect_err!(
+        ctx.store
+            .write_image(
+                &scratch,
+                &ImageId::new("m")?,
+                meta,
+                &sum(&layer),
+                stream(&layer)
+            )
+            .await,
+        Error::InvalidArgument(_)
+    );
     ensure!(ctx.hooks.fingerprint(&s).await? == before, "store changed");
     Ok(())
 }
@@ -163,11 +286,23 @@ pub async fn invalid_metadata_changes_nothing(ctx: &Ctx) -> Result<()> {
 pub async fn metadata_round_trips(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let mut meta = BTreeMap::new();
-    meta.insert("metaData".to_owned(), br#"{"architecture":"amd64"}"#.to_vec());
+    meta.insert(
+        "metaData".to_owned(),
+        br#"{"architecture":"amd64"}"#.to_vec(),
+    );
     meta.insert("binary".to_owned(), (0u8..=255).collect());
     meta.insert("empty".to_owned(), Vec::new());
     let layer = Layer::new().file("a", b"1").build();
-    let img = ctx.store.write_image(&scratch, &ImageId::new("meta")?, meta.clone(), &sum(&layer), stream(&layer)).await?;
+    let img = ctx
+        .store
+        .write_image(
+            &scratch,
+            &ImageId::new("meta")?,
+            meta.clone(),
+            &sum(&layer),
+            stream(&layer),
+        )
+        .await?;
     ensure!(img.metadata == meta);
     let other = ctx.reopen().await?;
     ensure!(other.get_image(&s, &img.id).await?.metadata == meta);
@@ -181,7 +316,13 @@ pub async fn list_images_excludes_scratch(ctx: &Ctx) -> Result<()> {
     for id in ["c", "a", "b"] {
         put(ctx, &scratch, id, &layer).await?;
     }
-    let ids: Vec<String> = ctx.store.list_images(&s, &[]).await?.into_iter().map(|i| i.id.to_string()).collect();
+    let ids: Vec<String> = ctx
+        .store
+        .list_images(&s, &[])
+        .await?
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
     ensure!(ids == ["a", "b", "c"], "{ids:?}");
     Ok(())
 }
@@ -194,7 +335,12 @@ pub async fn list_images_by_ids(ctx: &Ctx) -> Result<()> {
     for i in 1..=9 {
         written.push(put(ctx, &scratch, &format!("ID-{i}"), &layer).await?);
     }
-    let ask = [ImageId::new("ID-3")?, ImageId::new("nope")?, ImageId::new("ID-1")?, ImageId::new("ID-7")?];
+    let ask = [
+        ImageId::new("ID-3")?,
+        ImageId::new("nope")?,
+        ImageId::new("ID-1")?,
+        ImageId::new("ID-7")?,
+    ];
     let got = ctx.store.list_images(&s, &ask).await?;
     ensure!(got == vec![written[2].clone(), written[0].clone(), written[6].clone()]);
     Ok(())
@@ -203,7 +349,13 @@ pub async fn list_images_by_ids(ctx: &Ctx) -> Result<()> {
 /// A missing image is `NotFound`.
 pub async fn get_missing_image_not_found(ctx: &Ctx) -> Result<()> {
     let (s, _) = fresh(ctx).await?;
-    expect_err!(ctx.store.get_image(&s, &ImageId::new("garbage")?).await, Error::NotFound { kind: ObjectKind::Image, .. });
+    expect_err!(
+        ctx.store.get_image(&s, &ImageId::new("garbage")?).await,
+        Error::NotFound {
+            kind: ObjectKind::Image,
+            ..
+        }
+    );
     Ok(())
 }
 
@@ -214,7 +366,10 @@ pub async fn delete_leaf_image(ctx: &Ctx) -> Result<()> {
     let img = put(ctx, &scratch, "leaf", &layer).await?;
     let deleted = ctx.store.delete_image(&img).await?;
     ensure!(deleted == img);
-    expect_err!(ctx.store.get_image(&s, &img.id).await, Error::NotFound { .. });
+    expect_err!(
+        ctx.store.get_image(&s, &img.id).await,
+        Error::NotFound { .. }
+    );
     ensure!(ctx.store.list_images(&s, &[]).await?.is_empty());
     let other = Layer::new().file("b", b"2").build();
     let again = put(ctx, &scratch, "leaf", &other).await?;
@@ -229,7 +384,12 @@ pub async fn delete_image_with_children_in_use(ctx: &Ctx) -> Result<()> {
     let b = put(ctx, &scratch, "b", &layer).await?;
     let b10 = put(ctx, &b, "b10", &layer).await?;
     let b100 = put(ctx, &b, "b100", &layer).await?;
-    let err = ctx.store.delete_image(&b).await.err().ok_or_else(|| anyhow::anyhow!("deleted a parent"))?;
+    let err = ctx
+        .store
+        .delete_image(&b)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("deleted a parent"))?;
     ensure!(imagestore::is_image_in_use(&err), "{err:?}");
     in_use_by(&err, "b10")?;
     ensure!(ctx.store.list_images(&s, &[]).await?.len() == 3);
@@ -243,7 +403,10 @@ pub async fn delete_image_with_children_in_use(ctx: &Ctx) -> Result<()> {
 /// scratch cannot be deleted.
 pub async fn delete_scratch_refused(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
-    expect_err!(ctx.store.delete_image(&scratch).await, Error::InvalidArgument(_));
+    expect_err!(
+        ctx.store.delete_image(&scratch).await,
+        Error::InvalidArgument(_)
+    );
     ensure!(ctx.store.scratch(&s).await? == scratch);
     Ok(())
 }
@@ -260,22 +423,42 @@ pub async fn delete_missing_image_not_found(ctx: &Ctx) -> Result<()> {
 /// A registered owner keeps an image from being deleted until released.
 pub async fn owners_block_delete(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
-    let img = put(ctx, &scratch, "owned", &Layer::new().file("a", b"1").build()).await?;
+    let img = put(
+        ctx,
+        &scratch,
+        "owned",
+        &Layer::new().file("a", b"1").build(),
+    )
+    .await?;
     let c1 = OwnerName::new("container-1")?;
     ctx.store.acquire(&s, &img.id, &c1).await?;
     ctx.store.acquire(&s, &img.id, &c1).await?;
-    let err = ctx.store.delete_image(&img).await.err().ok_or_else(|| anyhow::anyhow!("deleted an owned image"))?;
+    let err = ctx
+        .store
+        .delete_image(&img)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("deleted an owned image"))?;
     in_use_by(&err, "container-1")?;
     ctx.store.release(&s, &img.id, &c1).await?;
     ctx.store.delete_image(&img).await?;
-    expect_err!(ctx.store.acquire(&s, &img.id, &c1).await, Error::NotFound { .. });
+    expect_err!(
+        ctx.store.acquire(&s, &img.id, &c1).await,
+        Error::NotFound { .. }
+    );
     Ok(())
 }
 
 /// `url` locates an image; `owners` of that URL lists its owners, on another instance too.
 pub async fn owners_listed_by_url(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
-    let img = put(ctx, &scratch, "located", &Layer::new().file("a", b"1").build()).await?;
+    let img = put(
+        ctx,
+        &scratch,
+        "located",
+        &Layer::new().file("a", b"1").build(),
+    )
+    .await?;
     let url = ctx.store.url(&s, &img.id).await?;
     ensure!(url == img.locator, "{url} != {}", img.locator);
     ensure!(ctx.store.owners(&url).await?.is_empty());
@@ -284,8 +467,14 @@ pub async fn owners_listed_by_url(ctx: &Ctx) -> Result<()> {
     ctx.store.acquire(&s, &img.id, &a).await?;
     let other = ctx.reopen().await?;
     let owners = other.owners(&url).await?;
-    ensure!(owners.contains(&a) && owners.contains(&b) && owners.len() == 2, "{owners:?}");
-    expect_err!(ctx.store.url(&s, &unique_id("nope")).await, Error::NotFound { .. });
+    ensure!(
+        owners.contains(&a) && owners.contains(&b) && owners.len() == 2,
+        "{owners:?}"
+    );
+    expect_err!(
+        ctx.store.url(&s, &unique_id("nope")).await,
+        Error::NotFound { .. }
+    );
     Ok(())
 }
 
@@ -293,6 +482,11 @@ pub async fn owners_listed_by_url(ctx: &Ctx) -> Result<()> {
 pub async fn release_unknown_owner_not_found(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let img = put(ctx, &scratch, "free", &Layer::new().file("a", b"1").build()).await?;
-    expect_err!(ctx.store.release(&s, &img.id, &OwnerName::new("nobody")?).await, Error::NotFound { .. });
+    expect_err!(
+        ctx.store
+            .release(&s, &img.id, &OwnerName::new("nobody")?)
+            .await,
+        Error::NotFound { .. }
+    );
     Ok(())
 }

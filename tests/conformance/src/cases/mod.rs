@@ -18,11 +18,11 @@ pub use stores::*;
 pub use usage::*;
 pub use writable::*;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use imagestore::{Error, Image, ImageId, ImageStorerExt, Metadata, StoreName};
 
-use crate::tars::{stream, sum};
 use crate::Ctx;
+use crate::tars::{stream, sum};
 
 /// Asserts that `r` failed with an error matching `pat`.
 #[macro_export]
@@ -39,7 +39,10 @@ macro_rules! expect_err {
 /// Writes a layer held in memory with its correct sum.
 pub(crate) async fn put(ctx: &Ctx, parent: &Image, id: &str, layer: &[u8]) -> Result<Image> {
     let id = ImageId::new(id)?;
-    Ok(ctx.store.write_image(parent, &id, Metadata::new(), &sum(layer), stream(layer)).await?)
+    Ok(ctx
+        .store
+        .write_image(parent, &id, Metadata::new(), &sum(layer), stream(layer))
+        .await?)
 }
 
 /// A new store and its scratch image.

@@ -1,0 +1,34 @@
+//! `cargo xtask ci`: formatting, lints per feature set, tests, docs.
+
+use anyhow::Result;
+
+use crate::util::{cargo, run};
+
+/// Feature sets of the facade whose lints and registry test must pass.
+const FEATURE_SETS: &[&[&str]] = &[&["--no-default-features"], &[], &["--features", "full"]];
+
+/// Runs every check CI runs.
+pub fn ci() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    for set in FEATURE_SETS {
+        run(cargo()
+            .args(["clippy", "-p", "imagestore", "--all-targets"])
+            .args(*set)
+            .args(["--", "-D", "warnings"]))?;
+        run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
+    }
+    run(cargo().args(["test", "--workspace", "--exclude", "imagestore"]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    eprintln!("ci: all checks passed");
+    Ok(())
+}

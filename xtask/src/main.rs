@@ -1,0 +1,40 @@
+//! `cargo xtask`: CI checks, conformance runs against real servers, benchmarks and release
+//! builds. Run `cargo xtask help` for the commands.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+mod bench;
+mod ci;
+mod dist;
+mod util;
+
+use anyhow::{Result, bail};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
+  dist               release build of the CLI with every backend: tarball + sha256
+  bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["ci"] => ci::ci(),
+        ["dist"] => dist::dist(),
+        ["bench", which, rest @ ..] => bench::run(which, rest),
+        [] | ["help"] | ["--help"] | ["-h"] => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command {other:?}\n\n{HELP}"),
+    }
+}
