@@ -59,6 +59,6 @@ pub fn schemes() -> Vec<&'static str> {
 }
 
 /// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "local"))]
 #[doc = include_str!("../../../README.md")]
 mod readme {}
