@@ -7,7 +7,8 @@
 //! deepest first, so read-only directories can still be filled.
 //!
 //! As root, owners, device nodes and all but overlay/`trusted.*` xattrs are restored. In
-//! rootless mode (any user) ownership, device nodes and privileged xattrs are skipped and
+//! rootless mode (any user) ownership and privileged xattrs are skipped, and device nodes become
+//! empty regular files with the node's mode (as `umoci unpack --rootless` does); all of it is
 //! listed in the report.
 
 use std::collections::HashMap;
@@ -260,8 +261,21 @@ impl Checkout<'_> {
                 };
                 let is_device = e.kind != EntryKind::Fifo;
                 if is_device && self.rootless {
-                    self.skip(format!("device node {p} (rootless)"));
-                    return Ok(false);
+                    // Like `umoci unpack --rootless`: an empty file with the node's mode holds
+                    // the place (a runtime bind-mounts the host's device there).
+                    let fd = rfs::openat(
+                        &parent,
+                        name,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(|err| self.fail(p, "creating", errno(err)))?;
+                    rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777))
+                        .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                    rfs::futimens(&fd, &Self::times(e)).map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+                    self.skip(format!("device node {p} written as an empty file (rootless)"));
+                    self.report.entries += 1;
+                    return Ok(true);
                 }
                 let (major, minor) = e.dev.unwrap_or((0, 0));
                 let dev = if is_device {
