@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: formatting, lints per feature set, tests, docs.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::fixture;
 use crate::util::{cargo, have, run};
@@ -17,9 +17,15 @@ fn fixtures() -> Result<()> {
     if tools.iter().all(|t| have(t)) {
         fixture::debian()?;
     } else if in_ci() {
-        bail!("CI needs {} to build the test fixtures (see .ci/run)", tools.join(", "));
+        bail!(
+            "CI needs {} to build the test fixtures (see .ci/run)",
+            tools.join(", ")
+        );
     } else {
-        eprintln!("ci: no {} here; the interop tests will skip", tools.join("/"));
+        eprintln!(
+            "ci: no {} here; the interop tests will skip",
+            tools.join("/")
+        );
     }
     Ok(())
 }
@@ -51,7 +57,9 @@ pub fn ci() -> Result<()> {
         run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
     }
     fixtures()?;
-    run(cargo().args(["test", "--workspace", "--exclude", "imagestore"]).env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?))?;
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "imagestore"])
+        .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -23,6 +23,8 @@ cargo xtask <command>
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+  bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
+  bench export       diff of a one-file layer vs full export; diff on a tiny base
   fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
                      under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";

@@ -200,6 +200,7 @@ macro_rules! conformance_tests {
             checkout_writable_layer,
             // Hostile archives
             hostile_archives_rejected_unchanged,
+            archive_without_end_marker_accepted,
         );
     };
     (@cases $ctor:path; $($case:ident),* $(,)?) => {
@@ -217,16 +218,25 @@ macro_rules! conformance_tests {
 /// `IMAGESTORE_FIXTURE_DEBIAN` or the default `target/xtask/fixtures/debian`. `None` (skip)
 /// when it is missing outside CI; a panic when it is missing under `CI=true`.
 pub fn debian_fixture() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("IMAGESTORE_FIXTURE_DEBIAN").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/xtask/fixtures/debian")
-    });
+    let dir = std::env::var_os("IMAGESTORE_FIXTURE_DEBIAN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/xtask/fixtures/debian")
+        });
     if dir.join("oci.done").exists() {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("the Debian fixture is missing at {} (run `cargo xtask fixture debian`), and CI=true requires it", dir.display());
+        panic!(
+            "the Debian fixture is missing at {} (run `cargo xtask fixture debian`), and CI=true requires it",
+            dir.display()
+        );
     }
-    eprintln!("skipping: no Debian fixture at {} (run `cargo xtask fixture debian`)", dir.display());
+    eprintln!(
+        "skipping: no Debian fixture at {} (run `cargo xtask fixture debian`)",
+        dir.display()
+    );
     None
 }
 

@@ -48,9 +48,14 @@ pub fn walk(root: &Path) -> Result<Tree> {
                 stack.push(p.clone());
                 ('d', None, None)
             } else if ft.is_symlink() {
-                ('l', Some(std::fs::read_link(&p)?.to_string_lossy().into_owned()), None)
+                (
+                    'l',
+                    Some(std::fs::read_link(&p)?.to_string_lossy().into_owned()),
+                    None,
+                )
             } else if ft.is_file() {
-                let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 ('f', None, Some(format!("{:x}", Sha256::digest(&bytes))))
             } else if ft.is_char_device() {
                 ('c', None, None)
@@ -61,9 +66,21 @@ pub fn walk(root: &Path) -> Result<Tree> {
             };
             let nlink = if kind == 'f' { m.nlink() } else { 1 };
             if nlink > 1 {
-                by_inode.entry((m.dev(), m.ino())).or_default().insert(rel.clone());
+                by_inode
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .insert(rel.clone());
             }
-            t.nodes.insert(rel, Node { kind, mode: m.mode() & 0o7777, link, digest, nlink });
+            t.nodes.insert(
+                rel,
+                Node {
+                    kind,
+                    mode: m.mode() & 0o7777,
+                    link,
+                    digest,
+                    nlink,
+                },
+            );
         }
     }
     t.links = by_inode.into_values().filter(|g| g.len() > 1).collect();
