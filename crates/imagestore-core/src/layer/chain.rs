@@ -196,6 +196,20 @@ impl ChainView {
             .map(|r| (r.content, r.entry)))
     }
 
+    /// True if a layer in `from..to` has a whiteout for `p` itself.
+    fn whited_out_between(&self, p: &str, from: usize, to: usize) -> Result<bool> {
+        for li in from..to.min(self.layers.len()) {
+            if self
+                .at(li, p)?
+                .iter()
+                .any(|(_, e)| e.kind == EntryKind::Whiteout)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// What `p` is in the image made of the first `upto` layers.
     pub fn resolve(&self, p: &str, upto: usize) -> Result<Option<Resolved>> {
         // The highest layer whose opaque marker on `p` hides what lies below, when that layer
@@ -336,7 +350,15 @@ pub fn diff(view: &ChainView, ancestor_len: usize) -> Result<Vec<Change>> {
                     gone_dirs.push(p);
                 }
             }
-            (None, None) => {}
+            // Absent on both sides can still hide a deletion: a directory the ancestor only
+            // implies (no entry of its own, only deeper entries) reads as absent, yet a
+            // whiteout above the ancestor removes it and everything below it.
+            (None, None) => {
+                if view.whited_out_between(&p, ancestor_len, top)? && !covered(&gone_dirs) {
+                    out.push(Change::Delete(p.clone()));
+                    gone_dirs.push(p);
+                }
+            }
         }
     }
     Ok(out)
@@ -444,6 +466,24 @@ mod tests {
             vec!["+a/f", "-a/g", "+a/n", "ob", "+b/y", "+d", "+h2", "-k"]
         );
         assert!(diff(&v, 4)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn diff_deletes_a_directory_the_ancestor_only_implies() -> Result<()> {
+        let v = view(&[
+            toc(&[("x/y/f", File, None), ("x/g", File, None)]),
+            toc(&[("x", Whiteout, None), ("x/new", File, None)]),
+        ]);
+        let d: Vec<String> = diff(&v, 1)?
+            .into_iter()
+            .map(|c| match c {
+                Change::Upsert(p, _) => format!("+{p}"),
+                Change::Delete(p) => format!("-{p}"),
+                Change::Opaque(p) => format!("o{p}"),
+            })
+            .collect();
+        assert_eq!(d, vec!["-x", "+x/new"]);
         Ok(())
     }
 }
