@@ -30,7 +30,9 @@ pub fn ci() -> Result<()> {
             .args(["--", "-D", "warnings"]))?;
         run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
     }
+    crate::fixture::prepare_for_tests()?;
     run(cargo().args(["test", "--workspace", "--exclude", "imagestore"]))?;
+    crate::sample::check_in_ci()?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -33,7 +33,7 @@ fn filter(
 /// `export`: a tar to stdout or a file.
 pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let s = StoreName::new(&a.store)?;
-    let id = ImageId::new(&a.id)?;
+    let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let mut stream = if a.raw {
         store.export_raw(&s, &id).await?
     } else {
@@ -70,7 +70,7 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
 /// `checkout`.
 pub async fn checkout(store: &dyn ImageStorer, a: CheckoutArgs, json: bool) -> Result<()> {
     let s = StoreName::new(&a.store)?;
-    let id = ImageId::new(&a.id)?;
+    let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let report = store
         .checkout(
             &s,
