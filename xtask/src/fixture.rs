@@ -112,37 +112,6 @@ pub fn debian() -> Result<Debian> {
     })
 }
 
-/// True under CI (`CI=true`), where tests that need a tool or the fixture fail instead of
-/// skipping.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-            .unwrap_or(false)
-    })
-}
-
-/// Generates the fixture the OCI interop tests read, before `cargo test`: always under CI
-/// (failing if it cannot), elsewhere when root and the tools are there (else the tests skip).
-pub fn prepare_for_tests() -> Result<()> {
-    let tools = ["debootstrap", "umoci", "skopeo"].iter().all(|t| crate::util::have(t));
-    if in_ci() || (is_root() && tools) {
-        let f = debian().context("generating the Debian fixture for the OCI interop tests")?;
-        eprintln!("ci: Debian fixture ready at {}", f.oci.display());
-    } else {
-        eprintln!(
-            "ci: no Debian fixture (needs root, debootstrap, umoci, skopeo); \
-             the OCI interop tests will skip"
-        );
-    }
-    Ok(())
-}
-
 /// Copies the layer blobs of `oci:latest` in chain order into `out/<n>.tar.gz`.
 fn extract_layers(oci: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(out);

@@ -24,6 +24,8 @@ cargo xtask <command>
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+  bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
+  bench export       diff of a one-file layer vs full export; diff on a tiny base
   bench import       import the debian fixture (docker-archive): ours vs `skopeo copy` to an
                      OCI layout vs `ctr images import` (needs the fixture's tools, containerd)
   sample-image       rebuild samples/debian-mini from pinned Debian packages (apt-get, dpkg-deb)

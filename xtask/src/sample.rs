@@ -339,7 +339,7 @@ fn tree(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 
 /// Under CI, checks that the committed sample is reproduced byte for byte.
 pub fn check_in_ci() -> Result<()> {
-    if crate::fixture::in_ci() {
+    if crate::ci::in_ci() {
         sample_image(true)?;
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! Record results in `docs/benchmarks.md` with the command that produced them.
 
 mod containerd;
+mod image;
 mod import;
 mod write;
 
@@ -29,7 +30,9 @@ pub fn report(name: &str, ours: f64, peer: &str, peer_s: f64) {
 pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
     match which {
         "write" => write::bench(),
+        "checkout" => image::checkout(),
+        "export" => image::export(),
         "import" => import::bench(),
-        other => bail!("unknown benchmark {other:?} (try: write, import)"),
+        other => bail!("unknown benchmark {other:?} (try: write, checkout, export, import)"),
     }
 }
