@@ -70,12 +70,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn fetch(deb: &Deb, dir: &Path) -> Result<PathBuf> {
     let find = || -> Option<PathBuf> {
         let prefix = format!("{}_", deb.name);
-        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-                && std::fs::read(p).is_ok_and(|b| sha256_hex(&b) == deb.sha256)
-        })
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                    && std::fs::read(p).is_ok_and(|b| sha256_hex(&b) == deb.sha256)
+            })
     };
     if let Some(p) = find() {
         return Ok(p);
@@ -121,7 +125,10 @@ fn read_deb(deb: &Path, entries: &mut BTreeMap<String, Entry>) -> Result<()> {
     for e in archive.entries()? {
         let mut e = e?;
         let raw = e.path()?.to_string_lossy().into_owned();
-        let name = raw.trim_start_matches("./").trim_end_matches('/').to_owned();
+        let name = raw
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
         if name.is_empty() {
             continue;
         }

@@ -50,6 +50,16 @@ pub enum Command {
     /// Import, pull and export OCI images (layouts, oci-archives, docker-archives, registries).
     #[command(subcommand)]
     Oci(OciCmd),
+    /// Import the committed sample image (a few MiB of Debian packages in three layers) and
+    /// show its chain and the store's usage: a first look at a store at work.
+    Sample {
+        /// Store name.
+        #[arg(long, default_value = "sample")]
+        store: String,
+        /// The sample's OCI layout (default: `samples/debian-mini` of the source tree).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -222,7 +232,7 @@ pub struct ExportArgs {
     /// Only the changes since this ancestor.
     #[arg(long)]
     pub ancestor: Option<String>,
-    /// Keep paths under this prefix (repeatable).
+    /// Keep only paths under this prefix (repeatable); a longer --exclude inside it still drops.
     #[arg(long = "include", value_name = "PATH")]
     pub include: Vec<String>,
     /// Drop paths under this prefix (repeatable).
@@ -309,7 +319,7 @@ pub struct ImportArgs {
     pub writable: String,
     /// Tar file, or - for standard input.
     pub file: String,
-    /// Keep paths under this prefix (repeatable).
+    /// Keep only paths under this prefix (repeatable); a longer --exclude inside it still drops.
     #[arg(long = "include", value_name = "PATH")]
     pub include: Vec<String>,
     /// Drop paths under this prefix (repeatable).
@@ -355,4 +365,3 @@ pub enum OwnerCmd {
         id: String,
     },
 }
-

@@ -19,6 +19,11 @@ fn filter(
     strip: &Option<String>,
 ) -> Result<FilterSpec> {
     let mut items: Vec<(&str, FilterType)> = Vec::new();
+    // The engine's inclusions only make exceptions to exclusions (the longest prefix wins);
+    // on the command line `--include` means "only these", so it also excludes everything.
+    if !include.is_empty() {
+        items.push(("", FilterType::Exclude));
+    }
     items.extend(include.iter().map(|p| (p.as_str(), FilterType::Include)));
     items.extend(exclude.iter().map(|p| (p.as_str(), FilterType::Exclude)));
     if let Some(r) = rebase {

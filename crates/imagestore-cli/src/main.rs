@@ -64,6 +64,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => content::import(store.as_ref(), a, json).await,
         Command::Owner(cmd) => content::owner(store.as_ref(), cmd, json).await,
         Command::Oci(cmd) => oci::run(store.as_ref(), cmd, json, progress).await,
+        Command::Sample { store: s, path } => {
+            oci::sample(store.as_ref(), s, path, json, progress).await
+        }
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

@@ -61,7 +61,10 @@ pub async fn resolve_id(store: &dyn ImageStorer, s: &StoreName, text: &str) -> R
             let mut all: Vec<&str> = refs.iter().chain(prefixes).map(|i| i.as_str()).collect();
             all.sort();
             all.dedup();
-            bail!("{text:?} matches several images in store {s}: {}", all.join(", "))
+            bail!(
+                "{text:?} matches several images in store {s}: {}",
+                all.join(", ")
+            )
         }
     }
 }
@@ -120,6 +123,29 @@ async fn report(store: &dyn ImageStorer, done: &Imported, what: &str, json: bool
     Ok(())
 }
 
+/// Where the sample image lives in the source tree this binary was built from.
+const SAMPLE_LAYOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/debian-mini");
+
+/// `imagestore sample`: imports the committed sample layout and shows the chain and usage.
+pub async fn sample(
+    store: &dyn ImageStorer,
+    s: String,
+    path: Option<std::path::PathBuf>,
+    json: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let path = path.unwrap_or_else(|| std::path::PathBuf::from(SAMPLE_LAYOUT));
+    if !path.join("index.json").is_file() {
+        bail!(
+            "no sample image at {} (an OCI layout with index.json); pass --path DIR",
+            path.display()
+        );
+    }
+    let s = StoreName::new(s)?;
+    let done = import_path(store, &s, &path, None, &Platform::host(), progress).await?;
+    report(store, &done, "imported the sample image", json).await
+}
+
 /// Runs an `oci` command.
 pub async fn run(
     store: &dyn ImageStorer,
@@ -135,9 +161,15 @@ pub async fn run(
             platform: p,
         } => {
             let s = StoreName::new(s)?;
-            let done =
-                import_path(store, &s, &path, tag.as_deref(), &platform(p.as_deref())?, progress)
-                    .await?;
+            let done = import_path(
+                store,
+                &s,
+                &path,
+                tag.as_deref(),
+                &platform(p.as_deref())?,
+                progress,
+            )
+            .await?;
             report(store, &done, &format!("imported {}", path.display()), json).await
         }
         OciCmd::Pull {
@@ -155,7 +187,9 @@ pub async fn run(
             let credentials = match (username, password) {
                 (Some(u), Some(p)) => Some(Credentials::new(u, p)),
                 (Some(u), None) => {
-                    bail!("a password is needed for user {u:?}: pass --password-stdin or set IMAGESTORE_REGISTRY_PASSWORD")
+                    bail!(
+                        "a password is needed for user {u:?}: pass --password-stdin or set IMAGESTORE_REGISTRY_PASSWORD"
+                    )
                 }
                 (None, Some(_)) => {
                     bail!("a password was given without a user name: pass --username")

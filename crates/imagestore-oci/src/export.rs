@@ -448,11 +448,7 @@ pub async fn export(
         });
         out.push(ExportedLayer {
             image: img.id.clone(),
-            descriptor: Descriptor::new(
-                layer_media_type(blob.compression),
-                blob.digest,
-                blob.size,
-            ),
+            descriptor: Descriptor::new(layer_media_type(blob.compression), blob.digest, blob.size),
             diff_id,
         });
     }

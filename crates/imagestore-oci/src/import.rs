@@ -42,9 +42,11 @@ pub struct FileBlobs<'a> {
 #[async_trait]
 impl Blobs for FileBlobs<'_> {
     async fn open(&self, index: usize) -> Result<ByteStream> {
-        let layer = self.plan.layers.get(index).ok_or_else(|| {
-            Error::invalid(&self.plan.source, format!("no layer {index}"))
-        })?;
+        let layer = self
+            .plan
+            .layers
+            .get(index)
+            .ok_or_else(|| Error::invalid(&self.plan.source, format!("no layer {index}")))?;
         let (stream, _) = self.files.stream(&layer.blob)?;
         Ok(stream)
     }
@@ -125,7 +127,10 @@ fn check_existing(
 fn layer_metadata(plan: &Plan, index: usize, layer: &PlannedLayer) -> Metadata {
     let mut m = Metadata::new();
     m.insert(META_DIFF_ID.into(), layer.diff_id.to_string().into_bytes());
-    m.insert(META_MEDIA_TYPE.into(), layer.media_type.clone().into_bytes());
+    m.insert(
+        META_MEDIA_TYPE.into(),
+        layer.media_type.clone().into_bytes(),
+    );
     if index + 1 == plan.layers.len() {
         m.insert(META_CONFIG.into(), plan.config.clone());
         m.insert(META_MANIFEST.into(), plan.manifest.clone());

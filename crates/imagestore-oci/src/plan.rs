@@ -126,7 +126,10 @@ impl Plan {
             if !media::is_layer(&l.media_type) {
                 return Err(Error::invalid(
                     &source,
-                    format!("layer {i} has media type {:?}, not a layer tar", l.media_type),
+                    format!(
+                        "layer {i} has media type {:?}, not a layer tar",
+                        l.media_type
+                    ),
                 ));
             }
         }

@@ -5,7 +5,7 @@ use imagestore_core::{Digest, ImageId};
 use serde::Serialize;
 
 /// What is happening to a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Downloading its blob from a registry.

@@ -325,11 +325,7 @@ mod tests {
     #[test]
     fn index_selects_platform() -> Result<()> {
         let d = |arch: &str, n: u8| {
-            let mut d = Descriptor::new(
-                media::OCI_MANIFEST,
-                Digest::sha256_of(&[n]),
-                1,
-            );
+            let mut d = Descriptor::new(media::OCI_MANIFEST, Digest::sha256_of(&[n]), 1);
             d.platform = Some(Platform {
                 os: "linux".into(),
                 architecture: arch.into(),

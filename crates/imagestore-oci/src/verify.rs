@@ -98,7 +98,7 @@ pub(crate) fn uncompressed_digest_of(rx: mpsc::Receiver<Bytes>) -> Result<Digest
         input.cur.advance(take);
     }
     let compression = sniff(&head).map_err(|e| e.to_string())?;
-    let joined = io::Cursor::new(head.freeze()).chain(&mut input);
+    let joined = Read::chain(io::Cursor::new(head.freeze()), &mut input);
     let mut decoded = decompressor(compression, joined).map_err(|e| e.to_string())?;
     let mut h = Algorithm::Sha256.hasher();
     io::copy(&mut decoded, &mut h).map_err(|e| format!("decompressing: {e}"))?;
@@ -149,7 +149,9 @@ pub fn pump(mut body: ByteStream, p: Pump) -> (ByteStream, Verdict) {
                 let (tx, rx) = mpsc::channel::<Bytes>(4);
                 (
                     Some(tx),
-                    Some(tokio::task::spawn_blocking(move || uncompressed_digest_of(rx))),
+                    Some(tokio::task::spawn_blocking(move || {
+                        uncompressed_digest_of(rx)
+                    })),
                 )
             }
             None => (None, None),

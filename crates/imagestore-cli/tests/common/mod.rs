@@ -31,9 +31,8 @@ pub fn in_ci() -> bool {
 
 /// True if `program` is on the PATH; under CI a missing program fails the test.
 pub fn need(program: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()));
     if !found {
         assert!(
             !in_ci(),
@@ -191,9 +190,10 @@ pub fn layout_layers(layout: &Path, tag: &str) -> Vec<String> {
         .expect("tagged manifest")
         .to_owned();
     let (alg, hex) = digest.split_once(':').expect("digest");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs").join(alg).join(hex)).expect("manifest"))
-            .expect("manifest json");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs").join(alg).join(hex)).expect("manifest"),
+    )
+    .expect("manifest json");
     manifest["layers"]
         .as_array()
         .into_iter()

@@ -76,7 +76,8 @@ impl Registry {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
                 let mut first = String::new();
-                if BufReader::new(s).read_line(&mut first).is_ok() && first.starts_with("HTTP/1.1") {
+                if BufReader::new(s).read_line(&mut first).is_ok() && first.starts_with("HTTP/1.1")
+                {
                     break;
                 }
             }
@@ -99,7 +100,12 @@ impl Registry {
     pub fn push(&self, layout: &Path, tag: &str, repo: &str, creds: Option<(&str, &str)>) {
         let src = format!("oci:{}:{tag}", layout.display());
         let dst = format!("docker://{}/{repo}:{tag}", self.host());
-        let mut args = vec!["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"];
+        let mut args = vec![
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ];
         let c;
         if let Some((u, p)) = creds {
             c = format!("{u}:{p}");
@@ -173,8 +179,16 @@ impl Proxy {
     }
 }
 
-fn respond(c: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+fn respond(
+    c: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -208,12 +222,19 @@ fn handle(mut c: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     if path.starts_with("/token") {
         let want = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", st.user.0, st.user.1))
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", st.user.0, st.user.1))
         );
-        if header("authorization").as_deref() == Some(want.as_str()) && path.contains("scope=repository") {
+        if header("authorization").as_deref() == Some(want.as_str())
+            && path.contains("scope=repository")
+        {
             st.tokens.fetch_add(1, Ordering::SeqCst);
-            return respond(&mut c, "200 OK", &[("Content-Type", "application/json".into())],
-                format!("{{\"token\":\"{TOKEN}\",\"expires_in\":300}}").as_bytes());
+            return respond(
+                &mut c,
+                "200 OK",
+                &[("Content-Type", "application/json".into())],
+                format!("{{\"token\":\"{TOKEN}\",\"expires_in\":300}}").as_bytes(),
+            );
         }
         return respond(&mut c, "401 Unauthorized", &[], b"{}");
     }
@@ -226,12 +247,18 @@ fn handle(mut c: TcpStream, st: &ProxyState) -> std::io::Result<()> {
         return respond(
             &mut c,
             "401 Unauthorized",
-            &[("WWW-Authenticate", challenge), ("Content-Type", "application/json".into())],
+            &[
+                ("WWW-Authenticate", challenge),
+                ("Content-Type", "application/json".into()),
+            ],
             br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
         );
     }
     let mut up = TcpStream::connect(("127.0.0.1", st.upstream))?;
-    let mut fwd = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n", st.upstream);
+    let mut fwd = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+        st.upstream
+    );
     for k in ["accept", "range"] {
         if let Some(v) = header(k) {
             fwd.push_str(&format!("{k}: {v}\r\n"));
@@ -244,10 +271,17 @@ fn handle(mut c: TcpStream, st: &ProxyState) -> std::io::Result<()> {
     up.write_all(fwd.as_bytes())?;
     let mut resp = Vec::new();
     up.read_to_end(&mut resp)?;
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(resp.len());
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(resp.len());
     let is_ok = resp.starts_with(b"HTTP/1.1 200");
     let body_len = resp.len() - split;
-    if method == "GET" && path.contains("/blobs/") && is_ok && body_len > 64 << 10
+    if method == "GET"
+        && path.contains("/blobs/")
+        && is_ok
+        && body_len > 64 << 10
         && st.cut_next_blob.swap(false, Ordering::SeqCst)
     {
         st.cuts.fetch_add(1, Ordering::SeqCst);

@@ -189,7 +189,12 @@ impl Client {
 
     /// Sends a GET to `path` (below the registry), authenticating on a 401 challenge, and
     /// returns any answer but 401.
-    async fn get(&self, path: &str, accept: Option<&str>, from: Option<u64>) -> Result<reqwest::Response> {
+    async fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        from: Option<u64>,
+    ) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         for round in 0..2 {
             let mut req = self.http.get(&url);
@@ -236,8 +241,8 @@ impl Client {
                     service,
                     scope,
                 }) => {
-                    let scope = scope
-                        .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                    let scope =
+                        scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
                     AuthState::Bearer(self.fetch_token(&realm, service.as_deref(), &scope).await?)
                 }
                 Some(Challenge::Basic) if self.credentials.is_some() => AuthState::Basic,
@@ -286,13 +291,14 @@ impl Client {
     }
 
     /// Reads a body of at most `max` bytes.
-    async fn read_limited(&self, mut resp: reqwest::Response, what: &str, max: u64) -> Result<Vec<u8>> {
+    async fn read_limited(
+        &self,
+        mut resp: reqwest::Response,
+        what: &str,
+        max: u64,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.net_err(what, &e))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.net_err(what, &e))? {
             if (out.len() + chunk.len()) as u64 > max {
                 return Err(self.err(format!("{what}: larger than {max} bytes"), None, false));
             }
@@ -324,7 +330,10 @@ impl Client {
     /// Fetches a small blob (a config) and checks its digest and size.
     pub async fn small_blob(&self, d: &Descriptor, what: &str) -> Result<Vec<u8>> {
         if d.size > MAX_JSON {
-            return Err(Error::invalid(what, format!("{} bytes is too large", d.size)));
+            return Err(Error::invalid(
+                what,
+                format!("{} bytes is too large", d.size),
+            ));
         }
         let path = format!("/v2/{}/blobs/{}", self.repository, d.digest);
         let resp = self.get(&path, None, None).await?;
@@ -399,7 +408,9 @@ impl Client {
                     false,
                 ));
             }
-            file.write_all(&chunk).await.map_err(|e| Error::io(dest, e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(dest, e))?;
             hasher.update(&chunk);
             *have += chunk.len() as u64;
             if progress.wants_bytes() {
@@ -412,7 +423,10 @@ impl Client {
         }
         if *have < d.size {
             return Err(self.err(
-                format!("{what}: the connection ended after {have} of {} bytes", d.size),
+                format!(
+                    "{what}: the connection ended after {have} of {} bytes",
+                    d.size
+                ),
                 None,
                 true,
             ));

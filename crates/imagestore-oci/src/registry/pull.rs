@@ -82,7 +82,9 @@ pub async fn resolve(client: &Client, reference: &Reference, platform: &Platform
     if !media::is_manifest(&kind) {
         return Err(Error::invalid(
             &what,
-            format!("media type {kind:?} is not an image manifest (schema 1 images are not supported)"),
+            format!(
+                "media type {kind:?} is not an image manifest (schema 1 images are not supported)"
+            ),
         ));
     }
     let manifest: Manifest = spec::parse_json(&fetched.bytes, &what)?;
@@ -170,7 +172,12 @@ fn spawn_download(
 #[async_trait]
 impl Blobs for Pulled {
     async fn open(&self, index: usize) -> Result<ByteStream> {
-        let handle = self.downloads.lock().await.get_mut(index).and_then(Option::take);
+        let handle = self
+            .downloads
+            .lock()
+            .await
+            .get_mut(index)
+            .and_then(Option::take);
         let d = self
             .descriptors
             .get(index)
@@ -187,9 +194,9 @@ impl Blobs for Pulled {
                 self.descriptors.len(),
             ),
         };
-        let path = handle
-            .await
-            .map_err(|e| Error::invalid(format!("layer {index}"), format!("download task: {e}")))??;
+        let path = handle.await.map_err(|e| {
+            Error::invalid(format!("layer {index}"), format!("download task: {e}"))
+        })??;
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         // The open file keeps the bytes; the name can go now.
         let _ = std::fs::remove_file(&path);

@@ -61,7 +61,8 @@ fn valid_registry(r: &str) -> bool {
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
-        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Reference {
@@ -105,7 +106,9 @@ impl Reference {
             ));
         }
         if !valid_registry(&registry) {
-            return Err(bad("the registry must be a host name with an optional port"));
+            return Err(bad(
+                "the registry must be a host name with an optional port",
+            ));
         }
         let tag = match (&tag, &digest) {
             (None, None) => Some("latest".to_owned()),
@@ -193,7 +196,8 @@ mod tests {
         ] {
             let e = Reference::parse(bad).err().map(|e| e.to_string());
             assert!(
-                e.as_deref().is_some_and(|m| m.starts_with(&format!("reference {bad:?}"))),
+                e.as_deref()
+                    .is_some_and(|m| m.starts_with(&format!("reference {bad:?}"))),
                 "{bad}: {e:?}"
             );
         }

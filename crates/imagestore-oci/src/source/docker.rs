@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, SourceLayer};
-use crate::spec::{self, Descriptor, MAX_JSON, Manifest, media};
 use crate::source::files::Files;
+use crate::spec::{self, Descriptor, MAX_JSON, Manifest, media};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -57,11 +57,18 @@ pub async fn plan(files: &Files, tag: Option<&str>) -> Result<Plan> {
             .iter()
             .flat_map(|e| e.repo_tags.iter().flatten().map(String::as_str))
             .collect();
-        if t.is_empty() { "none".to_owned() } else { t.join(", ") }
+        if t.is_empty() {
+            "none".to_owned()
+        } else {
+            t.join(", ")
+        }
     };
     let entry = match tag {
         Some(t) => entries.iter().find(|e| matches_tag(e, t)).ok_or_else(|| {
-            Error::NotFound(format!("no image tagged {t:?} in {what} (tags: {})", all_tags()))
+            Error::NotFound(format!(
+                "no image tagged {t:?} in {what} (tags: {})",
+                all_tags()
+            ))
         })?,
         None => match entries.as_slice() {
             [one] => one,

@@ -65,7 +65,8 @@ impl TarIndex {
     pub fn build(path: &Path) -> Result<TarIndex> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut archive = tar::Archive::new(file);
-        let bad = |e: std::io::Error| Error::invalid(path.display(), format!("not a tar archive: {e}"));
+        let bad =
+            |e: std::io::Error| Error::invalid(path.display(), format!("not a tar archive: {e}"));
         let mut members = HashMap::new();
         let mut links: Vec<(String, String, bool)> = Vec::new();
         for entry in archive.entries_with_seek().map_err(bad)? {
@@ -163,9 +164,10 @@ impl Files {
             }
             Files::Tar(t) => {
                 let n = normalize(name).unwrap_or_default();
-                let (offset, size) = t.members.get(&n).copied().ok_or_else(|| {
-                    Error::NotFound(format!("{} not found", self.describe(name)))
-                })?;
+                let (offset, size) =
+                    t.members.get(&n).copied().ok_or_else(|| {
+                        Error::NotFound(format!("{} not found", self.describe(name)))
+                    })?;
                 let mut f = File::open(&t.path).map_err(|e| Error::io(&t.path, e))?;
                 f.seek(SeekFrom::Start(offset))
                     .map_err(|e| Error::io(&t.path, e))?;
@@ -235,8 +237,14 @@ mod tests {
 
     #[test]
     fn names_are_normalised_inside() {
-        assert_eq!(normalize("./blobs/sha256/ab").as_deref(), Some("blobs/sha256/ab"));
-        assert_eq!(normalize("/manifest.json").as_deref(), Some("manifest.json"));
+        assert_eq!(
+            normalize("./blobs/sha256/ab").as_deref(),
+            Some("blobs/sha256/ab")
+        );
+        assert_eq!(
+            normalize("/manifest.json").as_deref(),
+            Some("manifest.json")
+        );
         assert_eq!(normalize("a/../b").as_deref(), Some("b"));
         assert_eq!(normalize("../x"), None);
         assert_eq!(normalize("./"), None);

@@ -5,8 +5,8 @@ use imagestore_core::Digest;
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, SourceLayer};
-use crate::spec::{self, Descriptor, Index, MAX_JSON, Manifest, Platform, REF_NAME, media};
 use crate::source::files::Files;
+use crate::spec::{self, Descriptor, Index, MAX_JSON, Manifest, Platform, REF_NAME, media};
 
 /// The member holding a blob.
 pub fn blob_name(d: &Digest) -> String {
@@ -52,7 +52,12 @@ fn tag_of(d: &Descriptor) -> Option<&str> {
 }
 
 /// Resolves the image of a layout: the manifest tagged `tag`, or the only one.
-pub async fn plan(files: &Files, kind: &str, tag: Option<&str>, platform: &Platform) -> Result<Plan> {
+pub async fn plan(
+    files: &Files,
+    kind: &str,
+    tag: Option<&str>,
+    platform: &Platform,
+) -> Result<Plan> {
     let source = format!("{kind} {}", files.root().display());
     let index_name = files.describe("index.json");
     let index: Index = spec::parse_json(&files.read("index.json", MAX_JSON).await?, &index_name)?;
@@ -86,7 +91,9 @@ pub async fn plan(files: &Files, kind: &str, tag: Option<&str>, platform: &Platf
             ));
         }
     };
-    let reference = tag.map(str::to_owned).or_else(|| tag_of(chosen).map(str::to_owned));
+    let reference = tag
+        .map(str::to_owned)
+        .or_else(|| tag_of(chosen).map(str::to_owned));
     let mut desc = chosen.clone();
     // A nested index (a multi-platform image in a layout): pick the platform.
     for _ in 0..4 {
@@ -100,7 +107,10 @@ pub async fn plan(files: &Files, kind: &str, tag: Option<&str>, platform: &Platf
     if !media::is_manifest(&desc.media_type) {
         return Err(Error::invalid(
             &index_name,
-            format!("{} has media type {:?}, not an image manifest", desc.digest, desc.media_type),
+            format!(
+                "{} has media type {:?}, not an image manifest",
+                desc.digest, desc.media_type
+            ),
         ));
     }
     let what = format!("manifest {}", desc.digest);
