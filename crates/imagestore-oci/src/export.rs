@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::plan::{META_CONFIG, META_DIFF_ID, META_REF};
+use crate::plan::{META_CONFIG, META_DIFF_ID, META_MANIFEST, META_REF};
 use crate::progress::{Event, Phase, Progress};
 use crate::spec::{self, Descriptor, Index, MAX_JSON, Manifest, Platform, REF_NAME, media};
 
@@ -462,8 +462,13 @@ pub async fn export(
         layers: out.iter().map(|l| l.descriptor.clone()).collect(),
         annotations: BTreeMap::new(),
     };
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::invalid("manifest", format!("encoding: {e}")))?;
+    // The manifest as imported when it describes exactly these blobs, so that its digest
+    // survives the round trip too.
+    let manifest_bytes = match stored_manifest(&top, &manifest) {
+        Some(bytes) => bytes,
+        None => serde_json::to_vec(&manifest)
+            .map_err(|e| Error::invalid("manifest", format!("encoding: {e}")))?,
+    };
     let manifest = put_json_blob(&dir, media::OCI_MANIFEST, &manifest_bytes)?;
     update_index(&dir, &manifest, &tag)?;
     let path = match target {
@@ -484,6 +489,28 @@ pub async fn export(
         layers: out,
         config_preserved,
     })
+}
+
+/// The manifest stored on `top` at import, if it names the same config and layers (digest,
+/// size and media type) as `built`.
+fn stored_manifest(top: &Image, built: &Manifest) -> Option<Vec<u8>> {
+    let bytes = top.metadata.get(META_MANIFEST)?;
+    let stored: Manifest = serde_json::from_slice(bytes).ok()?;
+    let same = |a: &Descriptor, b: &Descriptor| {
+        a.digest == b.digest && a.size == b.size && a.media_type == b.media_type
+    };
+    let matches = stored
+        .media_type
+        .as_deref()
+        .is_none_or(|m| m == media::OCI_MANIFEST)
+        && same(&stored.config, &built.config)
+        && stored.layers.len() == built.layers.len()
+        && stored
+            .layers
+            .iter()
+            .zip(&built.layers)
+            .all(|(a, b)| same(a, b));
+    matches.then(|| bytes.to_vec())
 }
 
 #[cfg(test)]

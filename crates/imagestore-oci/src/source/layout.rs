@@ -51,7 +51,8 @@ fn tag_of(d: &Descriptor) -> Option<&str> {
     d.annotations.get(REF_NAME).map(String::as_str)
 }
 
-/// Resolves the image of a layout: the manifest tagged `tag`, or the only one.
+/// Resolves the image of a layout: the manifest tagged `tag`, or the only one (named by its
+/// `latest` tag when it has several).
 pub async fn plan(
     files: &Files,
     kind: &str,
@@ -73,7 +74,12 @@ pub async fn plan(
     digests.sort();
     digests.dedup();
     let chosen = match (digests.len(), tag) {
-        (1, _) => candidates[0],
+        // One image under several tags: name it by `latest` when that is one of them.
+        (1, _) => candidates
+            .iter()
+            .find(|d| tag_of(d) == Some("latest"))
+            .copied()
+            .unwrap_or(candidates[0]),
         (0, Some(t)) => {
             return Err(Error::NotFound(format!(
                 "no manifest tagged {t:?} in {index_name} (tags: {})",
