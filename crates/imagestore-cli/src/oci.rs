@@ -26,10 +26,10 @@ fn platform(p: Option<&str>) -> Result<Platform> {
 /// prefix of an image id, or the reference an image was imported under. Falls back to the
 /// text itself so that the operation reports its own not-found error.
 pub async fn resolve_id(store: &dyn ImageStorer, s: &StoreName, text: &str) -> Result<ImageId> {
-    if let Ok(id) = ImageId::new(text) {
-        if store.get_image(s, &id).await.is_ok() || store.get_writable(s, &id).await.is_ok() {
-            return Ok(id);
-        }
+    if let Ok(id) = ImageId::new(text)
+        && (store.get_image(s, &id).await.is_ok() || store.get_writable(s, &id).await.is_ok())
+    {
+        return Ok(id);
     }
     let images = match store.list_images(s, &[]).await {
         Ok(i) => i,

@@ -2,6 +2,8 @@
 //! errors (one line naming the id or path), completions, man pages, and the committed sample
 //! image (import twice, export round trip, checkout).
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
 mod common;
 
 use std::io::Read;

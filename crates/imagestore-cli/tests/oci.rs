@@ -5,6 +5,8 @@
 //!
 //! Outside CI a missing tool or fixture skips a test with a message; under `CI=true` it fails.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -78,14 +78,14 @@ impl TarIndex {
             let kind = entry.header().entry_type();
             if kind.is_file() || kind == tar::EntryType::Continuous {
                 members.insert(name, (entry.raw_file_position(), entry.size()));
-            } else if kind.is_symlink() || kind.is_hard_link() {
-                if let Ok(Some(target)) = entry.link_name() {
-                    links.push((
-                        name,
-                        target.to_string_lossy().into_owned(),
-                        kind.is_symlink(),
-                    ));
-                }
+            } else if (kind.is_symlink() || kind.is_hard_link())
+                && let Ok(Some(target)) = entry.link_name()
+            {
+                links.push((
+                    name,
+                    target.to_string_lossy().into_owned(),
+                    kind.is_symlink(),
+                ));
             }
         }
         // Links to regular members (docker-archives link `<id>/layer.tar` to `<digest>.tar`).
