@@ -13,6 +13,7 @@ mod bench;
 mod ci;
 mod dist;
 mod fixture;
+mod sample;
 mod util;
 
 use anyhow::{Result, bail};
@@ -25,6 +26,10 @@ cargo xtask <command>
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base
+  bench import       import the debian fixture (docker-archive): ours vs `skopeo copy` to an
+                     OCI layout vs `ctr images import` (needs the fixture's tools, containerd)
+  sample-image       rebuild samples/debian-mini from pinned Debian packages (apt-get, dpkg-deb)
+  sample-image --check   fail if a fresh build differs from the committed sample
   fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
                      under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";
@@ -36,6 +41,8 @@ fn main() -> Result<()> {
         ["ci"] => ci::ci(),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
+        ["sample-image"] => sample::sample_image(false),
+        ["sample-image", "--check"] => sample::sample_image(true),
         ["fixture", "debian"] => {
             let f = fixture::debian()?;
             println!("{}", f.oci.display());

@@ -17,6 +17,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Progress of long work on stderr: bars on a terminal (auto), JSON lines, or none.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -43,8 +47,109 @@ pub enum Command {
     /// Register and release users of an image.
     #[command(subcommand)]
     Owner(OwnerCmd),
-    /// Write a small built-in sample chain into a store and show it.
-    Sample(SampleArgs),
+    /// Import, pull and export OCI images (layouts, oci-archives, docker-archives, registries).
+    #[command(subcommand)]
+    Oci(OciCmd),
+    /// Import the committed sample image (a few MiB of Debian packages in three layers) and
+    /// show its chain and the store's usage: a first look at a store at work.
+    Sample {
+        /// Store name.
+        #[arg(long, default_value = "sample")]
+        store: String,
+        /// The sample's OCI layout (default: `samples/debian-mini` of the source tree).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a directory.
+    Man {
+        /// Write `imagestore.1`, `imagestore-oci-import.1`, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal and --json is not given; nothing otherwise.
+    Auto,
+    /// Bars, even when stderr is not a terminal.
+    Bars,
+    /// One JSON object per event on stderr.
+    Json,
+    /// Nothing.
+    None,
+}
+
+/// `oci` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OciCmd {
+    /// Import an image from an OCI layout directory, an oci-archive or a docker-archive.
+    ///
+    /// Layers are written base first, each as the image named by its OCI chain id; what is
+    /// already stored is skipped. The store is created if it does not exist.
+    Import {
+        /// Store name.
+        store: String,
+        /// The layout directory or archive file.
+        path: PathBuf,
+        /// Which image, when the source holds several (a layout's ref name or a repo tag).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Platform to pick from a multi-platform index (OS/ARCH[/VARIANT]).
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Pull an image from an OCI distribution registry.
+    ///
+    /// The password is read from standard input with --password-stdin, or from
+    /// IMAGESTORE_REGISTRY_PASSWORD; it is never printed.
+    Pull {
+        /// Store name.
+        store: String,
+        /// Image reference: [REGISTRY[:PORT]/]REPOSITORY[:TAG][@DIGEST].
+        reference: String,
+        /// Speak plain HTTP to the registry (for a local registry without TLS).
+        #[arg(long)]
+        insecure: bool,
+        /// User name for the registry.
+        #[arg(long, env = "IMAGESTORE_REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Platform to pick from a multi-platform image (OS/ARCH[/VARIANT]).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Most layer downloads at once.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+        concurrency: u16,
+        /// Directory for downloads in progress (default: the system temp directory).
+        #[arg(long, value_name = "DIR")]
+        tmp_dir: Option<PathBuf>,
+    },
+    /// Export an image's chain as an OCI layout directory, or an oci-archive with --archive.
+    #[command(group(clap::ArgGroup::new("dest-or-archive").required(true).args(["dest", "archive"])))]
+    Export {
+        /// Store name.
+        store: String,
+        /// Image id (or a unique prefix of it, or the reference it was imported under).
+        id: String,
+        /// Layout directory (created; an existing layout gets the image added).
+        dest: Option<PathBuf>,
+        /// Write an oci-archive file instead of a directory.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+        /// Tag in the layout's index (default: the tag it was imported under, else latest).
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 /// `store` subcommands.
@@ -127,7 +232,7 @@ pub struct ExportArgs {
     /// Only the changes since this ancestor.
     #[arg(long)]
     pub ancestor: Option<String>,
-    /// Keep paths under this prefix (repeatable).
+    /// Keep only paths under this prefix (repeatable); a longer --exclude inside it still drops.
     #[arg(long = "include", value_name = "PATH")]
     pub include: Vec<String>,
     /// Drop paths under this prefix (repeatable).
@@ -214,7 +319,7 @@ pub struct ImportArgs {
     pub writable: String,
     /// Tar file, or - for standard input.
     pub file: String,
-    /// Keep paths under this prefix (repeatable).
+    /// Keep only paths under this prefix (repeatable); a longer --exclude inside it still drops.
     #[arg(long = "include", value_name = "PATH")]
     pub include: Vec<String>,
     /// Drop paths under this prefix (repeatable).
@@ -259,12 +364,4 @@ pub enum OwnerCmd {
         /// Image id.
         id: String,
     },
-}
-
-/// `sample` arguments.
-#[derive(Debug, Args)]
-pub struct SampleArgs {
-    /// Store to write into (created if missing).
-    #[arg(long, default_value = "sample")]
-    pub store: String,
 }

@@ -19,6 +19,11 @@ fn filter(
     strip: &Option<String>,
 ) -> Result<FilterSpec> {
     let mut items: Vec<(&str, FilterType)> = Vec::new();
+    // The engine's inclusions only make exceptions to exclusions (the longest prefix wins);
+    // on the command line `--include` means "only these", so it also excludes everything.
+    if !include.is_empty() {
+        items.push(("", FilterType::Exclude));
+    }
     items.extend(include.iter().map(|p| (p.as_str(), FilterType::Include)));
     items.extend(exclude.iter().map(|p| (p.as_str(), FilterType::Exclude)));
     if let Some(r) = rebase {
@@ -33,7 +38,7 @@ fn filter(
 /// `export`: a tar to stdout or a file.
 pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let s = StoreName::new(&a.store)?;
-    let id = ImageId::new(&a.id)?;
+    let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let mut stream = if a.raw {
         store.export_raw(&s, &id).await?
     } else {
@@ -70,7 +75,7 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
 /// `checkout`.
 pub async fn checkout(store: &dyn ImageStorer, a: CheckoutArgs, json: bool) -> Result<()> {
     let s = StoreName::new(&a.store)?;
-    let id = ImageId::new(&a.id)?;
+    let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let report = store
         .checkout(
             &s,

@@ -7,9 +7,11 @@
 
 mod args;
 mod content;
+mod docs;
 mod images;
+mod oci;
 mod output;
-mod sample;
+mod progress;
 mod stores;
 
 use std::process::ExitCode;
@@ -45,8 +47,14 @@ async fn open(cli: &Cli) -> Result<Arc<dyn ImageStorer>> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man { dir } => return docs::man(dir.as_deref()),
+        _ => {}
+    }
     let store = open(&cli).await?;
     let json = cli.json;
+    let progress = progress::reporter(cli.progress, json);
     match cli.command {
         Command::Store(cmd) => stores::run(store.as_ref(), cmd, json).await,
         Command::Image(cmd) => images::run(store.as_ref(), cmd, json).await,
@@ -55,7 +63,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Writable(cmd) => content::writable(store.as_ref(), cmd, json).await,
         Command::Import(a) => content::import(store.as_ref(), a, json).await,
         Command::Owner(cmd) => content::owner(store.as_ref(), cmd, json).await,
-        Command::Sample(a) => sample::run(store.as_ref(), a, json).await,
+        Command::Oci(cmd) => oci::run(store.as_ref(), cmd, json, progress).await,
+        Command::Sample { store: s, path } => {
+            oci::sample(store.as_ref(), s, path, json, progress).await
+        }
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }
 

@@ -1,0 +1,257 @@
+//! `imagestore oci import | pull | export`.
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use imagestore::{ImageId, ImageStorer, StoreName};
+use imagestore_oci::export::{Target, export};
+use imagestore_oci::import::{Imported, import_path};
+use imagestore_oci::plan::META_REF;
+use imagestore_oci::registry::{ClientOptions, Credentials, PullOptions, pull};
+use imagestore_oci::{Platform, Progress};
+use serde_json::json;
+
+use crate::args::OciCmd;
+use crate::output::{self, ImageView};
+
+fn platform(p: Option<&str>) -> Result<Platform> {
+    Ok(match p {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    })
+}
+
+/// Resolves what a user typed as an image: an id (of an image or writable layer), a unique
+/// prefix of an image id, or the reference an image was imported under. Falls back to the
+/// text itself so that the operation reports its own not-found error.
+pub async fn resolve_id(store: &dyn ImageStorer, s: &StoreName, text: &str) -> Result<ImageId> {
+    if let Ok(id) = ImageId::new(text)
+        && (store.get_image(s, &id).await.is_ok() || store.get_writable(s, &id).await.is_ok())
+    {
+        return Ok(id);
+    }
+    let images = match store.list_images(s, &[]).await {
+        Ok(i) => i,
+        Err(_) => return Ok(ImageId::new(text)?),
+    };
+    let by_ref: Vec<&ImageId> = images
+        .iter()
+        .filter(|i| {
+            i.metadata.get(META_REF).is_some_and(|r| {
+                let r = String::from_utf8_lossy(r);
+                r == text || r.ends_with(&format!("/{text}"))
+            })
+        })
+        .map(|i| &i.id)
+        .collect();
+    let by_prefix: Vec<&ImageId> = if text.len() >= 4 {
+        images
+            .iter()
+            .filter(|i| i.id.as_str().starts_with(text))
+            .map(|i| &i.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match (by_ref.as_slice(), by_prefix.as_slice()) {
+        ([one], _) | ([], [one]) => Ok((*one).clone()),
+        ([], []) => Ok(ImageId::new(text)?),
+        (refs, prefixes) => {
+            let mut all: Vec<&str> = refs.iter().chain(prefixes).map(|i| i.as_str()).collect();
+            all.sort();
+            all.dedup();
+            bail!(
+                "{text:?} matches several images in store {s}: {}",
+                all.join(", ")
+            )
+        }
+    }
+}
+
+fn read_password(stdin: bool) -> Result<Option<String>> {
+    if stdin {
+        let input = std::io::stdin();
+        if input.is_terminal() {
+            eprintln!("password for the registry (input is echoed; prefer a pipe):");
+        }
+        let mut line = String::new();
+        input
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let p = line.trim_end_matches(['\n', '\r']).to_owned();
+        if p.is_empty() {
+            bail!("--password-stdin: standard input held no password");
+        }
+        return Ok(Some(p));
+    }
+    Ok(std::env::var("IMAGESTORE_REGISTRY_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty()))
+}
+
+async fn report(store: &dyn ImageStorer, done: &Imported, what: &str, json: bool) -> Result<()> {
+    let s = &done.store;
+    if json {
+        let chain = imagestore::ImageStorerExt::chain(store, s, &done.top).await?;
+        let usage = store.image_storage_usage(s).await?;
+        output::json(&json!({
+            "result": done,
+            "chain": chain.iter().map(ImageView::from).collect::<Vec<_>>(),
+            "usage_bytes": usage,
+        }))?;
+        return Ok(());
+    }
+    println!(
+        "{what}{} into store {s}: {} layer(s) written, {} already stored",
+        done.reference
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        done.written,
+        done.skipped
+    );
+    println!("image {}", done.top);
+    crate::content::show_chain(store, s, &done.top, false).await?;
+    println!("next:");
+    println!(
+        "  imagestore checkout --store {s} {} /tmp/rootfs --rootless",
+        done.top
+    );
+    println!("  imagestore oci export {s} {} /tmp/layout", done.top);
+    Ok(())
+}
+
+/// Where the sample image lives in the source tree this binary was built from.
+const SAMPLE_LAYOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/debian-mini");
+
+/// `imagestore sample`: imports the committed sample layout and shows the chain and usage.
+pub async fn sample(
+    store: &dyn ImageStorer,
+    s: String,
+    path: Option<std::path::PathBuf>,
+    json: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let path = path.unwrap_or_else(|| std::path::PathBuf::from(SAMPLE_LAYOUT));
+    if !path.join("index.json").is_file() {
+        bail!(
+            "no sample image at {} (an OCI layout with index.json); pass --path DIR",
+            path.display()
+        );
+    }
+    let s = StoreName::new(s)?;
+    let done = import_path(store, &s, &path, None, &Platform::host(), progress).await?;
+    report(store, &done, "imported the sample image", json).await
+}
+
+/// Runs an `oci` command.
+pub async fn run(
+    store: &dyn ImageStorer,
+    cmd: OciCmd,
+    json: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    match cmd {
+        OciCmd::Import {
+            store: s,
+            path,
+            tag,
+            platform: p,
+        } => {
+            let s = StoreName::new(s)?;
+            let done = import_path(
+                store,
+                &s,
+                &path,
+                tag.as_deref(),
+                &platform(p.as_deref())?,
+                progress,
+            )
+            .await?;
+            report(store, &done, &format!("imported {}", path.display()), json).await
+        }
+        OciCmd::Pull {
+            store: s,
+            reference,
+            insecure,
+            username,
+            password_stdin,
+            platform: p,
+            concurrency,
+            tmp_dir,
+        } => {
+            let s = StoreName::new(s)?;
+            let password = read_password(password_stdin)?;
+            let credentials = match (username, password) {
+                (Some(u), Some(p)) => Some(Credentials::new(u, p)),
+                (Some(u), None) => {
+                    bail!(
+                        "a password is needed for user {u:?}: pass --password-stdin or set IMAGESTORE_REGISTRY_PASSWORD"
+                    )
+                }
+                (None, Some(_)) => {
+                    bail!("a password was given without a user name: pass --username")
+                }
+                (None, None) => None,
+            };
+            let options = PullOptions {
+                client: ClientOptions {
+                    insecure,
+                    credentials,
+                },
+                platform: platform(p.as_deref())?,
+                concurrency: usize::from(concurrency),
+                tmp_dir,
+            };
+            let done = pull(store, &s, &reference, &options, progress).await?;
+            report(store, &done, &format!("pulled {reference}"), json).await
+        }
+        OciCmd::Export {
+            store: s,
+            id,
+            dest,
+            archive,
+            tag,
+        } => {
+            let s = StoreName::new(s)?;
+            let id = resolve_id(store, &s, &id).await?;
+            let target = match (dest, archive) {
+                (_, Some(f)) => Target::Archive(f),
+                (Some(d), None) => Target::Layout(d),
+                (None, None) => bail!("give a destination directory or --archive FILE"),
+            };
+            let done = export(store, &s, &id, &target, tag.as_deref(), progress).await?;
+            if json {
+                output::json(&done)?;
+            } else {
+                let kind = match target {
+                    Target::Layout(_) => "OCI layout",
+                    Target::Archive(_) => "oci-archive",
+                };
+                println!(
+                    "exported {s}/{id} to {kind} {} as tag {}: manifest {}, {} layer(s){}",
+                    done.path.display(),
+                    done.tag,
+                    done.manifest.digest,
+                    done.layers.len(),
+                    if done.config_preserved {
+                        ", config as imported"
+                    } else {
+                        ""
+                    }
+                );
+                for (i, l) in done.layers.iter().enumerate() {
+                    println!(
+                        "  {i:>3}  {}  {:>10}  {}",
+                        l.descriptor.digest,
+                        output::human(l.descriptor.size),
+                        l.descriptor.media_type
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The CLI verbs on the local backend, run as the built binary: every listed verb, its
+//! errors (one line naming the id or path), completions, man pages, and the committed sample
+//! image (import twice, export round trip, checkout).
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::io::Read;
+
+use common::{Env, chain_ids, layout_layers, sample_layout};
+use sha2::Digest as _;
+
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, *data).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(b))
+}
+
+fn names(tar_bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(tar_bytes);
+    a.entries()
+        .expect("entries")
+        .map(|e| {
+            let e = e.expect("entry");
+            e.path()
+                .expect("path")
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect()
+}
+
+fn content_of(tar_bytes: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut a = tar::Archive::new(tar_bytes);
+    for e in a.entries().ok()? {
+        let mut e = e.ok()?;
+        if e.path().ok()?.to_string_lossy().trim_end_matches('/') == name {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).ok()?;
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[test]
+fn every_verb_works_on_the_local_backend() {
+    let env = Env::new();
+    env.ok(&["store", "create", "s"]);
+    assert_eq!(env.ok(&["store", "ls"]).trim(), "s");
+
+    let l1 = tar_of(&[("etc/app.conf", b"v=1\n"), ("usr/bin/tool", b"#!/bin/sh\n")]);
+    let l2 = tar_of(&[("etc/app.conf", b"v=2\n"), ("var/log/x", b"log\n")]);
+    let (f1, f2) = (env.path("l1.tar"), env.path("l2.tar"));
+    std::fs::write(&f1, &l1).expect("write");
+    std::fs::write(&f2, &l2).expect("write");
+    let s1 = sha(&l1);
+    env.ok(&[
+        "image",
+        "write",
+        "--store",
+        "s",
+        "--parent",
+        "scratch",
+        "--id",
+        "base",
+        "--sum",
+        &s1,
+        f1.to_str().expect("utf8"),
+    ]);
+    // From standard input.
+    let out = env.run_with(
+        &[
+            "image",
+            "write",
+            "--store",
+            "s",
+            "--parent",
+            "base",
+            "--id",
+            "top",
+            "--sum",
+            &sha(&l2),
+            "--meta",
+            "k=v",
+            "-",
+        ],
+        Some(&l2),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = env.json(&["image", "info", "--store", "s", "top"]);
+    assert_eq!(info["parent"], "base");
+    assert_eq!(info["metadata"]["k"], "v");
+
+    // export: the merged image to stdout.
+    let out = env.run_with(&["export", "--store", "s", "top"], None);
+    assert!(out.status.success());
+    assert_eq!(
+        content_of(&out.stdout, "etc/app.conf").as_deref(),
+        Some(&b"v=2\n"[..])
+    );
+    assert!(names(&out.stdout).contains(&"usr/bin/tool".to_owned()));
+    // --ancestor: only the changes.
+    let out = env.run_with(
+        &["export", "--store", "s", "top", "--ancestor", "base"],
+        None,
+    );
+    let n = names(&out.stdout);
+    assert!(
+        n.contains(&"var/log/x".to_owned()) && !n.contains(&"usr/bin/tool".to_owned()),
+        "{n:?}"
+    );
+    // --raw: the original bytes; -o FILE.
+    let raw = env.path("raw.tar");
+    env.ok(&[
+        "export",
+        "--store",
+        "s",
+        "top",
+        "--raw",
+        "-o",
+        raw.to_str().expect("utf8"),
+    ]);
+    assert_eq!(std::fs::read(&raw).expect("raw"), l2);
+    // --headers-only.
+    let out = env.run_with(&["export", "--store", "s", "top", "--headers-only"], None);
+    assert_eq!(
+        content_of(&out.stdout, "etc/app.conf").as_deref(),
+        Some(&b""[..])
+    );
+    // --include / --exclude / --rebase / --strip.
+    let out = env.run_with(
+        &[
+            "export",
+            "--store",
+            "s",
+            "top",
+            "--include",
+            "etc",
+            "--rebase",
+            "root",
+        ],
+        None,
+    );
+    let n = names(&out.stdout);
+    assert!(n.contains(&"root/etc/app.conf".to_owned()), "{n:?}");
+    assert!(!n.iter().any(|p| p.contains("usr/bin")), "{n:?}");
+    let out = env.run_with(&["export", "--store", "s", "top", "--exclude", "var"], None);
+    assert!(!names(&out.stdout).iter().any(|p| p.starts_with("var/log")));
+    let out = env.run_with(
+        &[
+            "export",
+            "--store",
+            "s",
+            "top",
+            "--include",
+            "usr/bin",
+            "--strip",
+            "usr",
+        ],
+        None,
+    );
+    assert!(
+        names(&out.stdout).contains(&"bin/tool".to_owned()),
+        "{:?}",
+        names(&out.stdout)
+    );
+
+    // checkout --rootless.
+    let dest = env.path("co");
+    env.ok(&[
+        "checkout",
+        "--store",
+        "s",
+        "top",
+        dest.to_str().expect("utf8"),
+        "--rootless",
+    ]);
+    assert_eq!(
+        std::fs::read(dest.join("etc/app.conf")).expect("file"),
+        b"v=2\n"
+    );
+
+    // writable create, import (file and stdin), commit.
+    env.ok(&[
+        "writable", "create", "--store", "s", "--parent", "top", "--id", "w1",
+    ]);
+    let l3 = tar_of(&[("etc/new", b"new\n"), ("etc/.wh.app.conf", b"")]);
+    let f3 = env.path("l3.tar");
+    std::fs::write(&f3, &l3).expect("write");
+    env.ok(&["import", "--store", "s", "w1", f3.to_str().expect("utf8")]);
+    let out = env.run_with(
+        &["import", "--store", "s", "w1", "-"],
+        Some(&tar_of(&[("etc/more", b"m\n")])),
+    );
+    assert!(out.status.success());
+    let committed = env.json(&["writable", "commit", "--store", "s", "w1", "--id", "c1"]);
+    assert_eq!(committed["parent"], "top");
+    let out = env.run_with(&["export", "--store", "s", "c1"], None);
+    let n = names(&out.stdout);
+    assert!(n.contains(&"etc/new".to_owned()) && n.contains(&"etc/more".to_owned()));
+    assert!(
+        !n.contains(&"etc/app.conf".to_owned()),
+        "whiteout applied: {n:?}"
+    );
+
+    // owners: acquire, ls, delete refused, release.
+    env.ok(&["owner", "acquire", "--store", "s", "c1", "container-1"]);
+    assert_eq!(
+        env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(),
+        "container-1"
+    );
+    let e = env.fails(&["image", "rm", "--store", "s", "c1"]);
+    assert!(e.contains("c1") && e.contains("owner container-1"), "{e}");
+    env.ok(&["owner", "release", "--store", "s", "c1", "container-1"]);
+    assert_eq!(env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(), "");
+    env.ok(&["image", "rm", "--store", "s", "c1"]);
+}
+
+#[test]
+fn errors_are_one_line_naming_what_failed() {
+    let env = Env::new();
+    env.ok(&["store", "create", "s"]);
+    let e = env.fails(&["image", "info", "--store", "s", "nope"]);
+    assert!(e.contains("\"s/nope\"") && e.contains("not found"), "{e}");
+    let e = env.fails(&[
+        "checkout",
+        "--store",
+        "s",
+        "nope",
+        "/tmp/x-imagestore-never",
+    ]);
+    assert!(e.contains("nope"), "{e}");
+    let e = env.fails(&["oci", "import", "s", "/definitely/not/here.tar"]);
+    assert!(e.contains("/definitely/not/here.tar"), "{e}");
+    let bogus = env.path("bogus.tar");
+    std::fs::write(&bogus, tar_of(&[("hello", b"x")])).expect("write");
+    let e = env.fails(&["oci", "import", "s", bogus.to_str().expect("utf8")]);
+    assert!(
+        e.contains("bogus.tar") && e.contains("not an OCI layout"),
+        "{e}"
+    );
+    let e = env.fails(&[
+        "image",
+        "write",
+        "--store",
+        "s",
+        "--parent",
+        "scratch",
+        "--id",
+        "x",
+        "--sum",
+        "sha256:00",
+        "-",
+    ]);
+    assert!(e.contains("sha256:00"), "{e}");
+    // A typo'd scheme lists the available ones.
+    let out = common::run_cmd(
+        {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imagestore"));
+            c.args(["--url", "flie:///tmp/x", "store", "ls"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let e = common::one_line(&out.stderr);
+    assert!(
+        e.contains("unknown scheme \"flie\"") && e.contains("available schemes: file"),
+        "{e}"
+    );
+    // Bad usage is exit code 2.
+    let out = env.run_with(&["store", "frobnicate"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = env.ok(&["completions", shell]);
+        assert!(out.contains("imagestore"), "{shell}");
+        assert!(out.contains("checkout"), "{shell}: subcommands listed");
+    }
+    let man = env.ok(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH imagestore"),
+        "{man}"
+    );
+    let dir = env.path("man");
+    env.ok(&["man", "--dir", dir.to_str().expect("utf8")]);
+    for page in [
+        "imagestore.1",
+        "imagestore-oci-import.1",
+        "imagestore-oci-pull.1",
+        "imagestore-checkout.1",
+    ] {
+        assert!(dir.join(page).is_file(), "{page} missing");
+    }
+}
+
+#[test]
+fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
+    let env = Env::new();
+    let sample = sample_layout();
+    let sample_s = sample.to_str().expect("utf8");
+    // The README's first command: no --url, the default store in the data directory.
+    let first = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imagestore"));
+        c.env_remove("IMAGESTORE_URL")
+            .env("XDG_DATA_HOME", env.path("data"))
+            .args(args);
+        common::run_cmd(c, None)
+    };
+    let out = first(&["sample"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3 layer(s) written, 0 already stored"),
+        "{text}"
+    );
+    assert!(
+        text.contains("chain of sample/") && text.contains("store usage:"),
+        "{text}"
+    );
+    assert!(env.path("data/imagestore/stores/sample").is_dir());
+    let out = first(&["oci", "import", "sample", sample_s]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 layer(s) written, 3 already stored"));
+
+    // Same again with --json in a store of our own.
+    let v = env.json(&["oci", "import", "s", sample_s]);
+    assert_eq!(v["result"]["written"], 3);
+    let ids = chain_ids(&v);
+    assert_eq!(ids.len(), 3);
+    let top = v["result"]["top"].as_str().expect("top").to_owned();
+    assert_eq!(ids.last(), Some(&top));
+    let again = env.json(&["oci", "import", "s", sample_s]);
+    assert_eq!(
+        (
+            again["result"]["written"].clone(),
+            again["result"]["skipped"].clone()
+        ),
+        (0.into(), 3.into())
+    );
+    assert_eq!(chain_ids(&again), ids);
+
+    // Export: the same layer digests and config as the committed layout.
+    let out = env.path("exported");
+    let ex = env.json(&["oci", "export", "s", &top, out.to_str().expect("utf8")]);
+    assert_eq!(ex["config_preserved"], true);
+    assert_eq!(
+        layout_layers(&out, "latest"),
+        layout_layers(&sample, "latest")
+    );
+    // By unique id prefix and to an archive.
+    let archive = env.path("sample.tar");
+    env.ok(&[
+        "oci",
+        "export",
+        "s",
+        &top[..12],
+        "--archive",
+        archive.to_str().expect("utf8"),
+    ]);
+    let v2 = env.json(&["oci", "import", "s2", archive.to_str().expect("utf8")]);
+    assert_eq!(chain_ids(&v2), ids);
+
+    // Checkout: busybox from layer 1, tzdata from layer 2, the whiteouts of layer 3 applied.
+    let co = env.path("rootfs");
+    env.ok(&[
+        "checkout",
+        "--store",
+        "s",
+        &top,
+        co.to_str().expect("utf8"),
+        "--rootless",
+    ]);
+    assert!(co.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_link(co.join("bin/sh"))
+            .expect("sh")
+            .to_string_lossy(),
+        "busybox"
+    );
+    assert!(co.join("usr/share/zoneinfo/Europe/Paris").exists());
+    assert!(!co.join("usr/share/zoneinfo/right").exists());
+    assert!(!co.join("usr/share/doc/tzdata/changelog.Debian.gz").exists());
+    assert!(co.join("etc/os-release").exists() || co.join("usr/lib/os-release").exists());
+}
