@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod dist;
+mod fixture;
 mod util;
 
 use anyhow::{Result, bail};
@@ -22,6 +23,10 @@ cargo xtask <command>
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+  bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
+  bench export       diff of a one-file layer vs full export; diff on a tiny base
+  fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
+                     under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";
 
 fn main() -> Result<()> {
@@ -31,6 +36,11 @@ fn main() -> Result<()> {
         ["ci"] => ci::ci(),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
+        ["fixture", "debian"] => {
+            let f = fixture::debian()?;
+            println!("{}", f.oci.display());
+            Ok(())
+        }
         [] | ["help"] | ["--help"] | ["-h"] => {
             print!("{HELP}");
             Ok(())
