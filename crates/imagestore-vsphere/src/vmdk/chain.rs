@@ -23,9 +23,7 @@ impl Chain {
     /// Builds a chain from disks ordered base first, checking that each disk names the one
     /// below it as its parent (`parentCID`) and that all have the same capacity.
     pub fn new(disks: Vec<Arc<SparseDisk>>) -> io::Result<Chain> {
-        let base = disks
-            .first()
-            .ok_or_else(|| bad("disk chain", "no disks"))?;
+        let base = disks.first().ok_or_else(|| bad("disk chain", "no disks"))?;
         let capacity = base.header.capacity;
         if base.descriptor.parent_cid != NO_PARENT_CID {
             return Err(bad(
@@ -92,7 +90,9 @@ impl Chain {
 
     /// The top disk's CID.
     pub fn top_cid(&self) -> u32 {
-        self.disks.last().map_or(NO_PARENT_CID, |d| d.descriptor.cid)
+        self.disks
+            .last()
+            .map_or(NO_PARENT_CID, |d| d.descriptor.cid)
     }
 
     fn locate(&self, g: u64) -> Option<(&SparseDisk, GrainLoc)> {

@@ -121,7 +121,10 @@ impl Header {
             return Err(bad(what, format!("unsupported version {}", h.version)));
         }
         if h.flags & FLAG_NEWLINE != 0 && &b[73..77] != b"\n \r\n" {
-            return Err(bad(what, "newline check characters damaged (text-mode transfer?)"));
+            return Err(bad(
+                what,
+                "newline check characters damaged (text-mode transfer?)",
+            ));
         }
         if h.grain_size != GRAIN_SECTORS || u64::from(h.gtes_per_gt) != GTES_PER_GT {
             return Err(bad(

@@ -76,7 +76,7 @@ impl SparseDisk {
         let num_grains = grains_of(header.capacity);
         let mut gd = vec![0u8; (num_gts * 4) as usize];
         file.read_exact_at(&mut gd, header.gd_offset * SECTOR)?;
-        let file_len = file.len()?;
+        let file_len = file.size()?;
         let zero_grain = header.version >= 2 && header.flags & FLAG_ZERO_GRAIN != 0;
         let mut grains = Vec::new();
         let mut gt = vec![0u8; (GTES_PER_GT * 4) as usize];

@@ -55,7 +55,8 @@ impl SparseWriter {
         if data.len() as u64 != GRAIN {
             return Err(bad(&self.name, "a grain must be 64 KiB"));
         }
-        if u64::from(g) >= grains_of(self.header.capacity) || self.last_grain.is_some_and(|l| l >= g)
+        if u64::from(g) >= grains_of(self.header.capacity)
+            || self.last_grain.is_some_and(|l| l >= g)
         {
             return Err(bad(&self.name, format!("grain {g} out of range or order")));
         }

@@ -1,0 +1,18 @@
+//! The `vmdk://` backend of imagestore, in VIC's representation: a datastore folder per image
+//! holding a VMDK disk. The scratch image is a thin monolithicSparse base disk with an ext4
+//! filesystem labelled `containerfs`; every layer is a delta disk whose parent is its parent
+//! image's disk and which holds only the 64 KiB grains the layer changed.
+//!
+//! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
+//! * [`ext4`] — building and changing the ext4 filesystem inside the disks;
+//! * [`disk`] — disks from raw images and raw images from chains;
+//! * [`datastore`] / [`local_ds`] — the file operations on a datastore.
+
+#![deny(missing_docs)]
+
+pub mod datastore;
+pub mod disk;
+pub mod error;
+pub mod ext4;
+pub mod local_ds;
+pub mod vmdk;
