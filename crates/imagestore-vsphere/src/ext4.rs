@@ -311,6 +311,17 @@ pub fn apply(
     let mut links: Vec<(String, String, EntryRef)> = Vec::new();
     let mut link_groups: BTreeSet<String> = BTreeSet::new();
     let mut stats = ApplyStats::default();
+    // Markers first: they remove from the lower image only. They are taken from the layer
+    // itself, because the change list leaves out paths the lower image only implies.
+    for e in &top.entries {
+        match e.kind {
+            EntryKind::Whiteout => plan.remove(&e.path)?,
+            EntryKind::Opaque if plan.state(&e.path) == Some(NodeKind::Dir) => {
+                plan.clear(&e.path)?
+            }
+            _ => {}
+        }
+    }
     for change in &changes {
         stats.changes += 1;
         match change {

@@ -5,6 +5,7 @@
 //!
 //! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
 //! * [`ext4`] — building and changing the ext4 filesystem inside the disks;
+//! * [`layer`] — building the scratch disk and the delta disk of each layer;
 //! * [`disk`] — disks from raw images and raw images from chains;
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore.
 
@@ -14,5 +15,6 @@ pub mod datastore;
 pub mod disk;
 pub mod error;
 pub mod ext4;
+pub mod layer;
 pub mod local_ds;
 pub mod vmdk;
