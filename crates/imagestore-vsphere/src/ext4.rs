@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -175,6 +175,8 @@ struct Plan<'a> {
     cleared: Vec<String>,
     script: String,
     commands: u64,
+    /// The time debugfs gives new inodes (`set_current_time`), once set.
+    time: Option<i64>,
 }
 
 impl Plan<'_> {
@@ -182,6 +184,14 @@ impl Plan<'_> {
         self.script.push_str(line);
         self.script.push('\n');
         self.commands += 1;
+    }
+
+    /// New inodes from here on get `t` as their atime, ctime and mtime.
+    fn at_time(&mut self, t: i64) {
+        if self.time != Some(t) {
+            self.cmd(&format!("set_current_time @{t}"));
+            self.time = Some(t);
+        }
     }
 
     fn state(&self, p: &str) -> Option<NodeKind> {
@@ -253,27 +263,36 @@ impl Plan<'_> {
                 Some(_) => self.remove(a)?,
                 None => {}
             }
+            // debugfs makes directories 0755 and owned by root.
+            self.at_time(0);
             self.cmd(&format!("mkdir {}", q(a)?));
-            self.cmd(&format!("sif {} mode 040755", q(a)?));
             self.now.insert(a.to_owned(), Some(NodeKind::Dir));
         }
         Ok(())
     }
 
-    fn meta(&mut self, p: &str, e: &TocEntry, with_mode: bool) -> Result<()> {
+    /// Sets every field of an existing inode at `p` to `e`'s.
+    fn meta(&mut self, p: &str, e: &TocEntry) -> Result<()> {
         let qp = q(p)?;
-        if with_mode {
-            self.cmd(&format!(
-                "sif {qp} mode 0{:o}",
-                type_bits(e.kind) | (e.mode & 0o7777)
-            ));
-        }
-        self.cmd(&format!("sif {qp} uid {}", e.uid));
-        self.cmd(&format!("sif {qp} gid {}", e.gid));
+        self.cmd(&format!(
+            "sif {qp} mode 0{:o}",
+            type_bits(e.kind) | (e.mode & 0o7777)
+        ));
+        self.owner(&qp, e, true);
         for field in ["mtime", "atime", "ctime"] {
             self.cmd(&format!("sif {qp} {field} @{}", e.mtime));
         }
         Ok(())
+    }
+
+    /// Sets the owner (debugfs creates inodes owned by root; `always` for existing ones).
+    fn owner(&mut self, qp: &str, e: &TocEntry, always: bool) {
+        if always || e.uid != 0 {
+            self.cmd(&format!("sif {qp} uid {}", e.uid));
+        }
+        if always || e.gid != 0 {
+            self.cmd(&format!("sif {qp} gid {}", e.gid));
+        }
     }
 }
 
@@ -303,6 +322,7 @@ pub fn apply(
         cleared: Vec::new(),
         script: String::new(),
         commands: 0,
+        time: None,
     };
     let stage = work.join("stage");
     fs::create_dir_all(&stage).at(&stage)?;
@@ -345,7 +365,7 @@ pub fn apply(
                 plan.parents(p)?;
                 let existing = plan.state(p);
                 if e.kind == EntryKind::Dir && existing == Some(NodeKind::Dir) {
-                    plan.meta(p, e, true)?;
+                    plan.meta(p, e)?;
                     plan.now.insert(p.clone(), Some(NodeKind::Dir));
                     xattrs(&mut plan, p, e, &stage)?;
                     continue;
@@ -426,8 +446,13 @@ fn create(
     wanted: &mut BTreeMap<EntryRef, PathBuf>,
 ) -> Result<()> {
     let qp = q(p)?;
+    // New inodes take their times from debugfs' current time, their permission bits from
+    // the staged file (files) or the defaults (0755 directories, 0777 symlinks).
+    plan.at_time(e.mtime);
+    let mut set_mode = false;
     let kind = match e.kind {
         EntryKind::Dir => {
+            set_mode = e.mode & 0o7777 != 0o755;
             plan.cmd(&format!("mkdir {qp}"));
             NodeKind::Dir
         }
@@ -461,12 +486,19 @@ fn create(
             plan.cmd(&format!("cd {}", q(dir)?));
             plan.cmd(&format!("mknod \"{}\" {spec}", base.replace('"', "\"\"")));
             plan.cmd("cd /");
+            set_mode = true;
             NodeKind::Other
         }
         EntryKind::Whiteout | EntryKind::Opaque => return Ok(()),
     };
     plan.now.insert(p.to_owned(), Some(kind));
-    plan.meta(p, e, true)?;
+    if set_mode {
+        plan.cmd(&format!(
+            "sif {qp} mode 0{:o}",
+            type_bits(e.kind) | (e.mode & 0o7777)
+        ));
+    }
+    plan.owner(&qp, e, false);
     xattrs(plan, p, e, stage)?;
     Ok(())
 }
@@ -489,6 +521,8 @@ fn stage_contents(
         let mut reader = None;
         for (e, f) in files {
             let out = File::create(f).at(f)?;
+            out.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+                .at(f)?;
             if e.stored_len() == 0 {
                 out.set_len(e.size).at(f)?;
                 continue;
