@@ -1,6 +1,8 @@
 //! Helpers for the tests that check disks with the real tools (qemu-img, e2fsprogs).
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod chain;
+
 use std::path::Path;
 use std::process::Command;
 
