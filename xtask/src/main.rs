@@ -25,6 +25,7 @@ cargo xtask <command>
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base
+  bench vmdk         rootfs layer as a delta VMDK vs mke2fs -d + qemu-img convert; 1 MiB layer size
   fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
                      under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";

@@ -48,7 +48,7 @@ async fn debian_layers_as_delta_disks() -> Result<()> {
             )
             .await?;
     }
-    let raw = c.check()?;
+    let raw = c.root.join("top.raw");
     let ours = dir.path().join("ext4");
     std::fs::create_dir(&ours)?;
     debugfs(&raw, &format!("rdump / {}", ours.display()))?;

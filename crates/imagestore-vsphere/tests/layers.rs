@@ -41,7 +41,7 @@ fn layers_apply_with_every_entry_kind() -> Result<()> {
         .file("etc/hostname", b"box\n")?
         .done()?;
     c.push("l1", l1)?;
-    let raw = c.check()?;
+    let raw = c.root.join("top.raw");
     let s = stat(&raw, "/app/secret")?;
     assert!(
         s.contains("User:  1000") && s.contains("Group:  2000"),
@@ -77,7 +77,7 @@ fn layers_apply_with_every_entry_kind() -> Result<()> {
         .link("app/hello-old", EntryType::Link, "app/hard")?
         .done()?;
     c.push("l2", l2)?;
-    let raw = c.check()?;
+    let raw = c.root.join("top.raw");
     assert!(debugfs(&raw, "ls /app")?.contains("hard2"));
     assert_eq!(
         debugfs(&raw, "cat /app/hard")?,
