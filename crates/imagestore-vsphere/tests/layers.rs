@@ -108,3 +108,46 @@ fn a_directory_of_ten_thousand_entries() -> Result<()> {
     c.push("less", t)?;
     Ok(())
 }
+
+#[test]
+fn a_multi_gib_sparse_file() -> Result<()> {
+    if !have(&["qemu-img", "e2fsck", "debugfs", "mke2fs"]) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = Chain::new(dir.path(), 6 << 20)?;
+    let size: u64 = (3 << 30) + 12345;
+    let seg = |b: u8| vec![b; 256 << 10];
+    let segments = vec![
+        (0, seg(1)),
+        (1 << 30, seg(2)),
+        ((5 << 29) + 4096, seg(3)),
+        (size - (256 << 10), seg(4)),
+    ];
+    let t = TarB::default()
+        .sparse("big/huge.img", size, &segments)?
+        .done()?;
+    let bytes = c.push_checked("huge", t, false)?;
+    assert!(
+        bytes < 8 << 20,
+        "sparse 3 GiB file made a {bytes}-byte delta"
+    );
+    let raw = c.root.join("top.raw");
+    let s = stat(&raw, "/big/huge.img")?;
+    assert!(s.contains(&format!("Size: {size}")), "{s}");
+    // Read the file back through debugfs and compare every segment and a hole.
+    let out = dir.path().join("huge.out");
+    debugfs(&raw, &format!("dump /big/huge.img {}", out.display()))?;
+    let f = std::fs::File::open(&out)?;
+    assert_eq!(f.metadata()?.len(), size);
+    use std::os::unix::fs::FileExt;
+    for (off, d) in &segments {
+        let mut buf = vec![0u8; d.len()];
+        f.read_exact_at(&mut buf, *off)?;
+        assert!(buf == *d, "segment at {off}");
+    }
+    let mut hole = vec![1u8; 4096];
+    f.read_exact_at(&mut hole, 2 << 30)?;
+    assert!(hole.iter().all(|b| *b == 0));
+    Ok(())
+}
