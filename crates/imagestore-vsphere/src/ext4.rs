@@ -62,6 +62,15 @@ pub fn skeleton() -> Toc {
         entry("etc/resolv.conf", EntryKind::File, 0o644),
         mtab,
     ];
+    let entries = entries
+        .into_iter()
+        .map(|mut e| {
+            if e.path != "lost+found" {
+                e.mtime = imagestore_core::layer::scratch::SCRATCH_MTIME as i64;
+            }
+            e
+        })
+        .collect();
     Toc {
         entries,
         ..Toc::default()

@@ -14,6 +14,7 @@ use imagestore_core::layer::toc::Toc;
 use crate::disk::{self, DiskStats};
 use crate::error::IoContext;
 use crate::ext4::{self, ApplyStats};
+use crate::vmdk::chain::Chain;
 
 /// VIC's default scratch capacity: 8,000,000 KiB.
 pub const DEFAULT_CAPACITY_KIB: u64 = 8_000_000;
@@ -58,12 +59,25 @@ impl LayerSource for Shifted<'_> {
 }
 
 /// Writes the delta disk of layer `top` at `out` (its file name goes in the descriptor), a
-/// child of the disk
-/// `parent` (named `parent_hint` relative to `out`'s folder). `lower` are the TOCs of the
-/// layers the parent holds, lowest first (scratch's skeleton not included); `source` opens
-/// the data of `lower` followed by `top` by index.
+/// child of the disk `parent` (named `parent_hint` relative to `out`'s folder). `lower` are
+/// the TOCs of the layers the parent holds, lowest first (scratch's skeleton not included);
+/// `source` opens the data of `lower` followed by `top` by index.
 pub fn build_layer(
     parent: &Path,
+    parent_hint: &str,
+    out: &Path,
+    lower: &[Arc<Toc>],
+    top: Arc<Toc>,
+    source: &dyn LayerSource,
+    work: &Path,
+) -> Result<LayerStats> {
+    let chain = disk::open_chain(parent).at(parent)?;
+    build_layer_on(&chain, parent_hint, out, lower, top, source, work)
+}
+
+/// [`build_layer`] on an opened parent chain.
+pub fn build_layer_on(
+    chain: &Chain,
     parent_hint: &str,
     out: &Path,
     lower: &[Arc<Toc>],
@@ -75,22 +89,22 @@ pub fn build_layer(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let chain = disk::open_chain(parent).at(parent)?;
     let dir = tempfile_dir(work)?;
     let raw = dir.join("layer.raw");
     let r = (|| {
-        disk::chain_to_raw(&chain, &raw).at(&raw)?;
+        disk::chain_to_raw(chain, &raw).at(&raw)?;
         let mut view = vec![Arc::new(ext4::skeleton())];
         view.extend(lower.iter().cloned());
         let apply = ext4::apply(&raw, &view, top, &Shifted(source), &dir)?;
-        let disk = disk::delta_from_raw(&chain, &raw, out, &file_name, parent_hint).at(out)?;
+        let disk = disk::delta_from_raw(chain, &raw, out, &file_name, parent_hint).at(out)?;
         Ok(LayerStats { disk, apply })
     })();
     let _ = fs::remove_dir_all(&dir);
     r
 }
 
-fn tempfile_dir(work: &Path) -> Result<std::path::PathBuf> {
+/// A fresh folder in `work`.
+pub fn tempfile_dir(work: &Path) -> Result<std::path::PathBuf> {
     fs::create_dir_all(work).at(work)?;
     let d = work.join(format!("build-{:016x}", rand::random::<u64>()));
     fs::create_dir(&d).at(&d)?;

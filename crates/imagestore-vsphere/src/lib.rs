@@ -7,6 +7,7 @@
 //! * [`ext4`] — building and changing the ext4 filesystem inside the disks;
 //! * [`layer`] — building the scratch disk and the delta disk of each layer;
 //! * [`disk`] — disks from raw images and raw images from chains;
+//! * [`images`] — writing the scratch image and layer images onto a datastore;
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore.
 
@@ -16,6 +17,7 @@ pub mod datastore;
 pub mod disk;
 pub mod error;
 pub mod ext4;
+pub mod images;
 pub mod layer;
 pub mod layout;
 pub mod local_ds;
