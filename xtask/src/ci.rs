@@ -60,6 +60,8 @@ pub fn ci() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--exclude", "imagestore"])
         .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?))?;
+    // The fuzz targets are a workspace of their own; type-check them so they never rot.
+    run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

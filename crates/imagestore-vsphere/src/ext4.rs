@@ -1,5 +1,5 @@
 //! The ext4 filesystem inside the disks, written with e2fsprogs on a raw image
-//! (`docs/decisions/0006-ext4-writer-debugfs.md`): `mke2fs` makes the scratch filesystem,
+//! (`docs/decisions/0007-ext4-writer-debugfs.md`): `mke2fs` makes the scratch filesystem,
 //! and each layer becomes one `debugfs -w -f SCRIPT` run.
 //!
 //! A layer is applied as the changes between the image below it and the image with it
