@@ -248,3 +248,23 @@ pub fn write_layer(
     let _ = std::fs::remove_dir_all(&work);
     r
 }
+
+/// Writes image `id` flattened into one stream-optimized disk named `file_name` to `w` (the
+/// form vSphere imports); returns the grains and bytes written.
+pub fn export_stream_optimized<W: io::Write>(
+    ds: &dyn Datastore,
+    store: &str,
+    id: &str,
+    file_name: &str,
+    w: W,
+) -> Result<crate::vmdk::stream::StreamStats> {
+    if !layout::is_committed(ds, store, id)? {
+        return Err(Error::invalid(format!(
+            "image {id} of store {store} does not exist"
+        )));
+    }
+    let ids = chain_ids(ds, store, id)?;
+    let chain = open_chain(ds, store, &ids)?;
+    crate::vmdk::stream::write_stream_optimized(&chain, file_name, crate::disk::new_cid(), w)
+        .map_err(|e| disk_err(id, e))
+}

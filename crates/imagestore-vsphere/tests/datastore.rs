@@ -1,6 +1,7 @@
 //! Images written onto a local datastore in VIC's layout: the scratch image and two layers
 //! (a gzip one and a plain one with a whiteout), checked with qemu-img and e2fsck on the
-//! datastore's own files; a folder without manifest is invisible.
+//! datastore's own files; the image exports as one stream-optimized disk; a folder without
+//! manifest is invisible.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::io::Write;
 use anyhow::Result;
 use common::chain::TarB;
 use common::*;
-use imagestore_vsphere::images::{chain_ids, create_scratch, write_layer};
+use imagestore_vsphere::images::{chain_ids, create_scratch, export_stream_optimized, write_layer};
 use imagestore_vsphere::layout::{list_images, read_metadata};
 use imagestore_vsphere::local_ds::LocalDatastore;
 
@@ -69,6 +70,17 @@ fn layers_on_a_local_datastore() -> Result<()> {
         Some(&b"me".to_vec())
     );
     assert_eq!(list_images(&ds, "s1")?, vec!["l1", "l2", "scratch"]);
+
+    // The image flattened into one stream-optimized disk holds the same bytes as the chain.
+    let so = dir.path().join("flat.vmdk");
+    let stats = export_stream_optimized(&ds, "s1", "l2", "flat.vmdk", std::fs::File::create(&so)?)?;
+    assert!(stats.grains > 0);
+    run(std::process::Command::new("qemu-img").arg("check").arg(&so))?;
+    run(std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "vmdk", "-F", "vmdk"])
+        .arg(&so)
+        .arg(&top))?;
+    assert!(backing_chain(&so)?.len() == 1, "no parent");
 
     // A parent that is not committed is refused; the refused id leaves nothing behind.
     std::fs::remove_file(root.join("VIC/s1/images/l2/manifest"))?;
