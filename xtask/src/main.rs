@@ -30,6 +30,7 @@ cargo xtask <command>
                      OCI layout vs `ctr images import` (needs the fixture's tools, containerd)
   sample-image       rebuild samples/debian-mini from pinned Debian packages (apt-get, dpkg-deb)
   sample-image --check   fail if a fresh build differs from the committed sample
+  bench vmdk         rootfs layer as a delta VMDK vs mke2fs -d + qemu-img convert; 1 MiB layer size
   fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
                      under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";

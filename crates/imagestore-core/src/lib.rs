@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod lock;
 pub mod names;
 pub mod registry;
 pub mod storer;

@@ -5,6 +5,7 @@
 mod containerd;
 mod image;
 mod import;
+mod vmdk;
 mod write;
 
 use anyhow::{Result, bail};
@@ -33,6 +34,7 @@ pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
         "checkout" => image::checkout(),
         "export" => image::export(),
         "import" => import::bench(),
-        other => bail!("unknown benchmark {other:?} (try: write, checkout, export, import)"),
+        "vmdk" => vmdk::bench(),
+        other => bail!("unknown benchmark {other:?} (try: write, checkout, export, import, vmdk)"),
     }
 }

@@ -1,0 +1,601 @@
+//! The ext4 filesystem inside the disks, written with e2fsprogs on a raw image
+//! (`docs/decisions/0007-ext4-writer-debugfs.md`): `mke2fs` makes the scratch filesystem,
+//! and each layer becomes one `debugfs -w -f SCRIPT` run.
+//!
+//! A layer is applied as the changes between the image below it and the image with it
+//! ([`imagestore_core::layer::chain::diff`]), so the filesystem ends up holding exactly the
+//! merged view the engine computes: deletions (whiteouts, opaque directories, replaced paths)
+//! are removals of what the lower image holds, then every new or changed path is created with
+//! its owner, mode, mtime and xattrs; hardlinks come last, when their targets exist. The
+//! lower image includes VIC's skeleton ([`skeleton`]), which the scratch disk holds.
+//!
+//! `debugfs` exits 0 even when a command fails, so every line it writes to stderr other than
+//! its version banner fails the apply.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use imagestore_core::layer::chain::{ChainView, Change, LayerToc, MemoryToc, diff};
+use imagestore_core::layer::compose::{EntryRef, MergedView};
+use imagestore_core::layer::export::LayerSource;
+use imagestore_core::layer::path;
+use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
+use imagestore_core::layer::validate::NodeKind;
+use imagestore_core::{Error, Result};
+
+use crate::error::{BACKEND, IoContext};
+
+/// The label of the scratch filesystem (VIC's `containerfs`).
+pub const LABEL: &str = "containerfs";
+
+fn fail(what: impl std::fmt::Display) -> Error {
+    Error::backend(BACKEND, format!("ext4: {what}"), false)
+}
+
+fn entry(p: &str, kind: EntryKind, mode: u32) -> TocEntry {
+    TocEntry::new(p, kind, mode)
+}
+
+/// VIC's base structure of the scratch filesystem (`lost+found` comes from `mke2fs`): dirs
+/// `/etc`, `/lib/modules`, `/proc`, `/sys`, `/run`, `/.tether`; empty `/etc/hostname`,
+/// `/etc/hosts`, `/etc/resolv.conf`; `/etc/mtab -> /proc/mounts`. It is the lowest layer of
+/// every apply, never part of an image's exported contents.
+pub fn skeleton() -> Toc {
+    let mut mtab = entry("etc/mtab", EntryKind::Symlink, 0o777);
+    mtab.link = Some("/proc/mounts".into());
+    let entries = vec![
+        entry("lost+found", EntryKind::Dir, 0o700),
+        entry("etc", EntryKind::Dir, 0o755),
+        entry("lib", EntryKind::Dir, 0o755),
+        entry("lib/modules", EntryKind::Dir, 0o755),
+        entry("proc", EntryKind::Dir, 0o555),
+        entry("sys", EntryKind::Dir, 0o555),
+        entry("run", EntryKind::Dir, 0o755),
+        entry(".tether", EntryKind::Dir, 0o777),
+        entry("etc/hostname", EntryKind::File, 0o644),
+        entry("etc/hosts", EntryKind::File, 0o644),
+        entry("etc/resolv.conf", EntryKind::File, 0o644),
+        mtab,
+    ];
+    let entries = entries
+        .into_iter()
+        .map(|mut e| {
+            if e.path != "lost+found" {
+                e.mtime = imagestore_core::layer::scratch::SCRATCH_MTIME as i64;
+            }
+            e
+        })
+        .collect();
+    Toc {
+        entries,
+        ..Toc::default()
+    }
+}
+
+/// Runs a tool, failing with its stderr when it exits non-zero.
+fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| fail(format!("cannot run {what}: {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(fail(format!("{what} failed ({}): {stderr}", out.status)));
+    }
+    Ok(stderr)
+}
+
+/// Makes a raw image of `size` bytes at `raw` holding an empty ext4 labelled `containerfs`
+/// (inode tables and journal left unwritten, so the image stays sparse).
+pub fn mkfs(raw: &Path, size: u64) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(raw)
+        .at(raw)?;
+    f.set_len(size).at(raw)?;
+    drop(f);
+    run(
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-L", LABEL])
+            .args([
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+            ])
+            .arg(raw),
+        "mke2fs",
+    )?;
+    Ok(())
+}
+
+/// Makes the scratch filesystem: [`mkfs`] plus the [`skeleton`].
+pub fn make_scratch(raw: &Path, size: u64, work: &Path) -> Result<()> {
+    mkfs(raw, size)?;
+    let skel = Arc::new(skeleton());
+    // lost+found exists already: apply the rest on a view where it is the lower image.
+    let lf = Toc {
+        entries: vec![entry("lost+found", EntryKind::Dir, 0o700)],
+        ..Toc::default()
+    };
+    apply(raw, &[Arc::new(lf)], skel, &NoData, work).map(|_| ())
+}
+
+/// A [`LayerSource`] for layers without file data (the skeleton).
+#[derive(Debug)]
+struct NoData;
+
+impl LayerSource for NoData {
+    fn open(&self, _index: usize) -> Result<Box<dyn imagestore_core::layer::export::LayerReader>> {
+        Err(fail("the skeleton has no file data"))
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Changes applied.
+    pub changes: u64,
+    /// debugfs commands run.
+    pub commands: u64,
+    /// File bytes written.
+    pub bytes: u64,
+}
+
+/// Quotes a path of the image for a debugfs command.
+fn q(p: &str) -> Result<String> {
+    if p.contains(['\n', '\r', '\0']) {
+        return Err(fail(format!(
+            "{p:?}: names with line breaks cannot be written"
+        )));
+    }
+    Ok(format!("\"/{}\"", p.replace('"', "\"\"")))
+}
+
+/// Quotes a host path.
+fn qh(p: &Path) -> Result<String> {
+    let s = p.to_string_lossy();
+    if s.contains(['\n', '\r', '\0', '"']) {
+        return Err(fail(format!("work path {s:?} cannot be used")));
+    }
+    Ok(format!("\"{s}\""))
+}
+
+fn type_bits(kind: EntryKind) -> u32 {
+    match kind {
+        EntryKind::Dir => 0o040000,
+        EntryKind::Symlink => 0o120000,
+        EntryKind::Char => 0o020000,
+        EntryKind::Block => 0o060000,
+        EntryKind::Fifo => 0o010000,
+        _ => 0o100000,
+    }
+}
+
+/// The state of the filesystem while a script is being planned.
+struct Plan<'a> {
+    lower: &'a MergedView,
+    /// Paths this script created (`Some(kind)`) or removed (`None`).
+    now: BTreeMap<String, Option<NodeKind>>,
+    /// Directories whose lower contents this script removed.
+    cleared: Vec<String>,
+    script: String,
+    commands: u64,
+    /// The time debugfs gives new inodes (`set_current_time`), once set.
+    time: Option<i64>,
+}
+
+impl Plan<'_> {
+    fn cmd(&mut self, line: &str) {
+        self.script.push_str(line);
+        self.script.push('\n');
+        self.commands += 1;
+    }
+
+    /// New inodes from here on get `t` as their atime, ctime and mtime.
+    fn at_time(&mut self, t: i64) {
+        if self.time != Some(t) {
+            self.cmd(&format!("set_current_time @{t}"));
+            self.time = Some(t);
+        }
+    }
+
+    fn state(&self, p: &str) -> Option<NodeKind> {
+        if let Some(s) = self.now.get(p) {
+            return *s;
+        }
+        if self.cleared.iter().any(|d| path::is_within(p, d) && p != d) {
+            return None;
+        }
+        self.lower.get(p).map(|n| self.lower.node_kind(n))
+    }
+
+    /// Removes `p` and everything below it.
+    fn remove(&mut self, p: &str) -> Result<()> {
+        let Some(kind) = self.state(p) else {
+            return Ok(());
+        };
+        if kind == NodeKind::Dir {
+            self.clear(p)?;
+            self.cmd(&format!("rmdir {}", q(p)?));
+        } else {
+            self.cmd(&format!("rm {}", q(p)?));
+        }
+        self.now.insert(p.to_owned(), None);
+        Ok(())
+    }
+
+    /// Removes everything below directory `p`.
+    fn clear(&mut self, p: &str) -> Result<()> {
+        let mut below: BTreeSet<String> = self
+            .lower
+            .below(p)
+            .map(|(c, _)| c.to_owned())
+            .filter(|c| c != p)
+            .collect();
+        below.extend(
+            self.now
+                .keys()
+                .filter(|c| path::is_within(c, p) && c.as_str() != p)
+                .cloned(),
+        );
+        let mut present: Vec<(String, NodeKind)> = below
+            .into_iter()
+            .filter_map(|c| self.state(&c).map(|k| (c, k)))
+            .collect();
+        // Deepest first, so directories are empty when removed.
+        present.sort_by_key(|(c, _)| std::cmp::Reverse(c.matches('/').count()));
+        for (c, k) in &present {
+            if *k == NodeKind::Dir {
+                self.cmd(&format!("rmdir {}", q(c)?));
+            } else {
+                self.cmd(&format!("rm {}", q(c)?));
+            }
+        }
+        for (c, _) in present {
+            self.now.insert(c, None);
+        }
+        self.cleared.push(p.to_owned());
+        Ok(())
+    }
+
+    /// Makes every ancestor of `p` a directory (implied ones: 0755, root).
+    fn parents(&mut self, p: &str) -> Result<()> {
+        let mut anc: Vec<&str> = path::ancestors(p).filter(|a| !a.is_empty()).collect();
+        anc.reverse();
+        for a in anc {
+            match self.state(a) {
+                Some(NodeKind::Dir) => continue,
+                Some(_) => self.remove(a)?,
+                None => {}
+            }
+            // debugfs makes directories 0755 and owned by root.
+            self.at_time(0);
+            self.cmd(&format!("mkdir {}", q(a)?));
+            self.now.insert(a.to_owned(), Some(NodeKind::Dir));
+        }
+        Ok(())
+    }
+
+    /// Sets every field of an existing inode at `p` to `e`'s.
+    fn meta(&mut self, p: &str, e: &TocEntry) -> Result<()> {
+        let qp = q(p)?;
+        self.cmd(&format!(
+            "sif {qp} mode 0{:o}",
+            type_bits(e.kind) | (e.mode & 0o7777)
+        ));
+        self.owner(&qp, e, true);
+        for field in ["mtime", "atime", "ctime"] {
+            self.cmd(&format!("sif {qp} {field} @{}", e.mtime));
+        }
+        Ok(())
+    }
+
+    /// Sets the owner (debugfs creates inodes owned by root; `always` for existing ones).
+    fn owner(&mut self, qp: &str, e: &TocEntry, always: bool) {
+        if always || e.uid != 0 {
+            self.cmd(&format!("sif {qp} uid {}", e.uid));
+        }
+        if always || e.gid != 0 {
+            self.cmd(&format!("sif {qp} gid {}", e.gid));
+        }
+    }
+}
+
+/// Applies layer `top` onto the ext4 in raw image `raw`, which holds the image of `lower`
+/// (lowest first, the skeleton included). `source` opens the layers' data by their index in
+/// `lower` followed by `top`; `work` is a scratch folder for staged file contents.
+pub fn apply(
+    raw: &Path,
+    lower: &[Arc<Toc>],
+    top: Arc<Toc>,
+    source: &dyn LayerSource,
+    work: &Path,
+) -> Result<ApplyStats> {
+    let lower_view = MergedView::build(lower.to_vec());
+    let mut all: Vec<Arc<Toc>> = lower.to_vec();
+    all.push(top.clone());
+    let top_index = lower.len();
+    let chain = ChainView::new(
+        all.iter()
+            .map(|t| Arc::new(MemoryToc::new(t.clone())) as Arc<dyn LayerToc>)
+            .collect(),
+    );
+    let changes = diff(&chain, top_index)?;
+    let mut plan = Plan {
+        lower: &lower_view,
+        now: BTreeMap::new(),
+        cleared: Vec::new(),
+        script: String::new(),
+        commands: 0,
+        time: None,
+    };
+    let stage = work.join("stage");
+    fs::create_dir_all(&stage).at(&stage)?;
+    // Content entries to stage: (layer, entry) -> staged file.
+    let mut wanted: BTreeMap<EntryRef, PathBuf> = BTreeMap::new();
+    let mut links: Vec<(String, String, EntryRef)> = Vec::new();
+    let mut link_groups: BTreeSet<String> = BTreeSet::new();
+    let mut stats = ApplyStats::default();
+    // Markers first: they remove from the lower image only. They are taken from the layer
+    // itself, because the change list leaves out paths the lower image only implies.
+    for e in &top.entries {
+        match e.kind {
+            EntryKind::Whiteout => plan.remove(&e.path)?,
+            EntryKind::Opaque if plan.state(&e.path) == Some(NodeKind::Dir) => {
+                plan.clear(&e.path)?
+            }
+            _ => {}
+        }
+    }
+    for change in &changes {
+        stats.changes += 1;
+        match change {
+            Change::Delete(p) => plan.remove(p)?,
+            Change::Opaque(p) => {
+                if plan.state(p) == Some(NodeKind::Dir) {
+                    plan.clear(p)?;
+                }
+            }
+            Change::Upsert(p, r) => {
+                let source_entry = &all[r.source.layer as usize].entries[r.source.entry as usize];
+                let e = &r.entry;
+                if source_entry.kind == EntryKind::Hardlink {
+                    links.push((
+                        p.clone(),
+                        source_entry.link.clone().unwrap_or_default(),
+                        r.content,
+                    ));
+                    continue;
+                }
+                plan.parents(p)?;
+                let existing = plan.state(p);
+                if e.kind == EntryKind::Dir && existing == Some(NodeKind::Dir) {
+                    plan.meta(p, e)?;
+                    plan.now.insert(p.clone(), Some(NodeKind::Dir));
+                    xattrs(&mut plan, p, e, &stage)?;
+                    continue;
+                }
+                if existing.is_some() {
+                    plan.remove(p)?;
+                }
+                create(&mut plan, p, e, r.content, &stage, &mut wanted)?;
+            }
+        }
+    }
+    // Hardlinks, now that every target exists.
+    let top_view = {
+        let mut v = lower_view.clone();
+        v.push(top.clone());
+        v
+    };
+    for (p, target, content) in &links {
+        plan.parents(p)?;
+        if plan.state(p).is_some() {
+            plan.remove(p)?;
+        }
+        let target_now = top_view.get(target).and_then(|n| n.content);
+        if target_now == Some(*content) && plan.state(target).is_some() {
+            plan.cmd(&format!("ln {} {}", q(target)?, q(p)?));
+            plan.now.insert(p.clone(), Some(NodeKind::Other));
+            link_groups.insert(target.clone());
+        } else {
+            // The target was replaced after the link was made: the link keeps the old data.
+            let e = all[content.layer as usize].entries[content.entry as usize].clone();
+            create(&mut plan, p, &e, *content, &stage, &mut wanted)?;
+        }
+    }
+    if !link_groups.is_empty() {
+        let mut counts: HashMap<EntryRef, u32> = HashMap::new();
+        for (_, n) in top_view.iter() {
+            if top_view.node_kind(n) != NodeKind::Dir
+                && let Some(c) = n.content
+            {
+                *counts.entry(c).or_default() += 1;
+            }
+        }
+        for t in &link_groups {
+            if let Some(c) = top_view.get(t).and_then(|n| n.content) {
+                let n = counts.get(&c).copied().unwrap_or(1);
+                plan.cmd(&format!("sif {} links_count {n}", q(t)?));
+            }
+        }
+    }
+    stats.bytes = stage_contents(&all, &wanted, source)?;
+    stats.commands = plan.commands;
+    let script_path = work.join("apply.debugfs");
+    fs::write(&script_path, plan.script.as_bytes()).at(&script_path)?;
+    debugfs_write(raw, &script_path)?;
+    let _ = fs::remove_dir_all(&stage);
+    let _ = fs::remove_file(&script_path);
+    Ok(stats)
+}
+
+fn xattrs(plan: &mut Plan<'_>, p: &str, e: &TocEntry, stage: &Path) -> Result<()> {
+    for (i, (name, value)) in e.xattrs.iter().enumerate() {
+        if name.contains(|c: char| c.is_whitespace() || c == '"') {
+            return Err(fail(format!("/{p}: xattr name {name:?} cannot be written")));
+        }
+        let f = stage.join(format!("x{}-{i}", plan.commands));
+        fs::write(&f, value).at(&f)?;
+        plan.cmd(&format!("ea_set -f {} {} {name}", qh(&f)?, q(p)?));
+    }
+    Ok(())
+}
+
+fn create(
+    plan: &mut Plan<'_>,
+    p: &str,
+    e: &TocEntry,
+    content: EntryRef,
+    stage: &Path,
+    wanted: &mut BTreeMap<EntryRef, PathBuf>,
+) -> Result<()> {
+    let qp = q(p)?;
+    // New inodes take their times from debugfs' current time, their permission bits from
+    // the staged file (files) or the defaults (0755 directories, 0777 symlinks).
+    plan.at_time(e.mtime);
+    let mut set_mode = false;
+    let kind = match e.kind {
+        EntryKind::Dir => {
+            set_mode = e.mode & 0o7777 != 0o755;
+            plan.cmd(&format!("mkdir {qp}"));
+            NodeKind::Dir
+        }
+        EntryKind::File | EntryKind::Hardlink => {
+            let n = wanted.len();
+            let f = wanted
+                .entry(content)
+                .or_insert_with(|| stage.join(format!("f{n}")))
+                .clone();
+            plan.cmd(&format!("write {} {qp}", qh(&f)?));
+            NodeKind::Other
+        }
+        EntryKind::Symlink => {
+            let target = e.link.as_deref().unwrap_or_default();
+            if target.contains(['\n', '\r', '\0']) {
+                return Err(fail(format!("/{p}: symlink target with a line break")));
+            }
+            plan.cmd(&format!("symlink {qp} \"{}\"", target.replace('"', "\"\"")));
+            NodeKind::Symlink
+        }
+        EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
+            let dir = path::parent(p);
+            let spec = match (e.kind, e.dev) {
+                (EntryKind::Fifo, _) => "p".to_owned(),
+                (EntryKind::Char, Some((ma, mi))) => format!("c {ma} {mi}"),
+                (EntryKind::Block, Some((ma, mi))) => format!("b {ma} {mi}"),
+                (_, None) => format!("{} 0 0", if e.kind == EntryKind::Char { "c" } else { "b" }),
+                _ => return Err(fail(format!("/{p}: not a device"))),
+            };
+            let base = path::base(p);
+            plan.cmd(&format!("cd {}", q(dir)?));
+            plan.cmd(&format!("mknod \"{}\" {spec}", base.replace('"', "\"\"")));
+            plan.cmd("cd /");
+            set_mode = true;
+            NodeKind::Other
+        }
+        EntryKind::Whiteout | EntryKind::Opaque => return Ok(()),
+    };
+    plan.now.insert(p.to_owned(), Some(kind));
+    if set_mode {
+        plan.cmd(&format!(
+            "sif {qp} mode 0{:o}",
+            type_bits(e.kind) | (e.mode & 0o7777)
+        ));
+    }
+    plan.owner(&qp, e, false);
+    xattrs(plan, p, e, stage)?;
+    Ok(())
+}
+
+/// Writes the staged file contents, reading each layer once, forward.
+fn stage_contents(
+    all: &[Arc<Toc>],
+    wanted: &BTreeMap<EntryRef, PathBuf>,
+    source: &dyn LayerSource,
+) -> Result<u64> {
+    let mut by_layer: BTreeMap<u32, Vec<(&TocEntry, &PathBuf)>> = BTreeMap::new();
+    for (r, f) in wanted {
+        let e = &all[r.layer as usize].entries[r.entry as usize];
+        by_layer.entry(r.layer).or_default().push((e, f));
+    }
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for (layer, mut files) in by_layer {
+        files.sort_by_key(|(e, _)| e.data_offset);
+        let mut reader = None;
+        for (e, f) in files {
+            let out = File::create(f).at(f)?;
+            out.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+                .at(f)?;
+            if e.stored_len() == 0 {
+                out.set_len(e.size).at(f)?;
+                continue;
+            }
+            if reader.is_none() {
+                reader = Some(source.open(layer as usize)?);
+            }
+            let Some(r) = reader.as_mut() else {
+                continue;
+            };
+            r.skip_to(e.data_offset).at(f)?;
+            let segments = match &e.sparse {
+                Some(map) => map.clone(),
+                None => vec![(0, e.size)],
+            };
+            for (off, len) in segments {
+                let mut left = len;
+                let mut at = off;
+                while left > 0 {
+                    let n = (buf.len() as u64).min(left) as usize;
+                    r.read_exact(&mut buf[..n]).at(f)?;
+                    out.write_all_at(&buf[..n], at).at(f)?;
+                    left -= n as u64;
+                    at += n as u64;
+                }
+                bytes += len;
+            }
+            out.set_len(e.size).at(f)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Runs `debugfs -w -f script raw`; any diagnostic on stderr fails it.
+pub fn debugfs_write(raw: &Path, script: &Path) -> Result<()> {
+    let stderr = run(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(script)
+            .arg(raw),
+        "debugfs",
+    )?;
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .take(20)
+        .collect();
+    if !errors.is_empty() {
+        return Err(fail(format!(
+            "debugfs reported errors applying the layer: {}",
+            errors.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// Reads one file of the image in raw image `raw` (for checks).
+pub fn cat(raw: &Path, p: &str) -> Result<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {}", q(p)?))
+        .arg(raw)
+        .output()
+        .map_err(|e| fail(format!("cannot run debugfs: {e}")))?;
+    Ok(out.stdout)
+}

@@ -1,0 +1,127 @@
+//! Opening one hosted sparse disk: header, descriptor and its grain map.
+
+use std::io;
+use std::sync::Arc;
+
+use super::descriptor::Descriptor;
+use super::header::{FLAG_COMPRESSED, FLAG_ZERO_GRAIN, Header};
+use super::{GRAIN, GTES_PER_GT, ReadAt, SECTOR, bad, grains_of, gts_of};
+
+/// Where a grain's data is, in one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrainLoc {
+    /// Stored at this sector of the disk's file.
+    At(u64),
+    /// Explicitly zero.
+    Zero,
+}
+
+/// One opened disk: its identity and which grains it holds.
+pub struct SparseDisk {
+    /// What the disk is called in errors (its path).
+    pub name: String,
+    /// The header.
+    pub header: Header,
+    /// The descriptor.
+    pub descriptor: Descriptor,
+    /// Grains this disk holds, sorted by grain number.
+    pub grains: Vec<(u32, GrainLoc)>,
+    /// The disk's bytes.
+    pub file: Arc<dyn ReadAt>,
+}
+
+impl std::fmt::Debug for SparseDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparseDisk")
+            .field("name", &self.name)
+            .field("cid", &format_args!("{:08x}", self.descriptor.cid))
+            .field("grains", &self.grains.len())
+            .finish()
+    }
+}
+
+fn u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+impl SparseDisk {
+    /// Opens a monolithicSparse disk held by `file`; `name` names it in errors.
+    pub fn open(file: Arc<dyn ReadAt>, name: &str) -> io::Result<SparseDisk> {
+        let mut hb = [0u8; 512];
+        file.read_exact_at(&mut hb, 0)?;
+        let header = Header::parse(&hb, name)?;
+        if header.flags & FLAG_COMPRESSED != 0 {
+            return Err(bad(
+                name,
+                "compressed (stream-optimized) disks cannot be opened as layers",
+            ));
+        }
+        let dlen = header.descriptor_size.min(2048) * SECTOR;
+        let mut db = vec![0u8; dlen as usize];
+        file.read_exact_at(&mut db, header.descriptor_offset * SECTOR)?;
+        let text = String::from_utf8_lossy(&db);
+        let descriptor = Descriptor::parse(&text, name)?;
+        if descriptor.capacity != header.capacity {
+            return Err(bad(
+                name,
+                format!(
+                    "descriptor capacity {} differs from the header's {}",
+                    descriptor.capacity, header.capacity
+                ),
+            ));
+        }
+        let num_gts = gts_of(header.capacity);
+        let num_grains = grains_of(header.capacity);
+        let mut gd = vec![0u8; (num_gts * 4) as usize];
+        file.read_exact_at(&mut gd, header.gd_offset * SECTOR)?;
+        let file_len = file.size()?;
+        let zero_grain = header.version >= 2 && header.flags & FLAG_ZERO_GRAIN != 0;
+        let mut grains = Vec::new();
+        let mut gt = vec![0u8; (GTES_PER_GT * 4) as usize];
+        for (t, gt_sector) in u32s(&gd).enumerate() {
+            if gt_sector == 0 {
+                continue;
+            }
+            file.read_exact_at(&mut gt, u64::from(gt_sector) * SECTOR)?;
+            for (i, sector) in u32s(&gt).enumerate() {
+                let g = t as u64 * GTES_PER_GT + i as u64;
+                if sector == 0 || g >= num_grains {
+                    continue;
+                }
+                let loc = if zero_grain && sector == 1 {
+                    GrainLoc::Zero
+                } else {
+                    let s = u64::from(sector);
+                    if s * SECTOR + GRAIN > file_len {
+                        return Err(bad(
+                            name,
+                            format!("grain {g} at sector {s} lies past the end of the file"),
+                        ));
+                    }
+                    GrainLoc::At(s)
+                };
+                grains.push((g as u32, loc));
+            }
+        }
+        Ok(SparseDisk {
+            name: name.to_owned(),
+            header,
+            descriptor,
+            grains,
+            file,
+        })
+    }
+
+    /// Reads a stored grain in full.
+    pub fn read_grain(&self, loc: GrainLoc, buf: &mut [u8]) -> io::Result<()> {
+        match loc {
+            GrainLoc::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+            GrainLoc::At(s) => self.file.read_exact_at(buf, s * SECTOR),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Writing a monolithicSparse disk: header, descriptor, redundant and primary grain
+//! directories with every grain table allocated (as VMware and qemu do), then the grains.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use super::descriptor::Descriptor;
+use super::header::Header;
+use super::{GRAIN, GRAIN_SECTORS, GTES_PER_GT, SECTOR, bad, grains_of, gts_of};
+
+/// Writes a disk grain by grain into a file.
+#[derive(Debug)]
+pub struct SparseWriter {
+    file: File,
+    name: String,
+    header: Header,
+    gt: Vec<u32>,
+    next_sector: u64,
+    last_grain: Option<u32>,
+}
+
+impl SparseWriter {
+    /// Starts a disk in `file` (empty, fresh) with `descriptor`; `name` names it in errors.
+    pub fn create(file: File, descriptor: &Descriptor, name: &str) -> io::Result<SparseWriter> {
+        let capacity = descriptor.capacity;
+        let num_gts = gts_of(capacity);
+        let gd_sectors = (num_gts * 4).div_ceil(SECTOR);
+        let gt_sectors = num_gts * 4;
+        let rgd = 1 + 20;
+        let gd = rgd + gd_sectors + gt_sectors;
+        let end = gd + gd_sectors + gt_sectors;
+        let overhead = end.div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
+        let header = Header::sparse(capacity, rgd, gd, overhead);
+        let text = descriptor.to_text();
+        if text.len() as u64 > header.descriptor_size * SECTOR {
+            return Err(bad(name, "descriptor does not fit in 20 sectors"));
+        }
+        file.write_all_at(&header.to_bytes(), 0)?;
+        let mut desc = vec![0u8; (header.descriptor_size * SECTOR) as usize];
+        desc[..text.len()].copy_from_slice(text.as_bytes());
+        file.write_all_at(&desc, SECTOR)?;
+        Ok(SparseWriter {
+            file,
+            name: name.to_owned(),
+            header,
+            gt: vec![0; (num_gts * GTES_PER_GT) as usize],
+            next_sector: overhead,
+            last_grain: None,
+        })
+    }
+
+    /// Appends grain `g` (exactly 64 KiB). Grains must come in increasing order.
+    pub fn push(&mut self, g: u32, data: &[u8]) -> io::Result<()> {
+        if data.len() as u64 != GRAIN {
+            return Err(bad(&self.name, "a grain must be 64 KiB"));
+        }
+        if u64::from(g) >= grains_of(self.header.capacity)
+            || self.last_grain.is_some_and(|l| l >= g)
+        {
+            return Err(bad(&self.name, format!("grain {g} out of range or order")));
+        }
+        let sector = u32::try_from(self.next_sector)
+            .map_err(|_| bad(&self.name, "disk larger than 2 TiB"))?;
+        self.file.write_all_at(data, self.next_sector * SECTOR)?;
+        self.gt[g as usize] = sector;
+        self.next_sector += GRAIN_SECTORS;
+        self.last_grain = Some(g);
+        Ok(())
+    }
+
+    /// Number of grains written.
+    pub fn grains(&self) -> usize {
+        self.gt.iter().filter(|s| **s != 0).count()
+    }
+
+    /// Writes the grain directories and tables, syncs, and returns the file and its size.
+    pub fn finish(self) -> io::Result<(File, u64)> {
+        let h = self.header;
+        let num_gts = gts_of(h.capacity);
+        let gd_sectors = (num_gts * 4).div_ceil(SECTOR);
+        let mut tables = Vec::with_capacity(self.gt.len() * 4);
+        for s in &self.gt {
+            tables.extend_from_slice(&s.to_le_bytes());
+        }
+        for gd_at in [h.rgd_offset, h.gd_offset] {
+            let gts_at = gd_at + gd_sectors;
+            let mut gd = vec![0u8; (gd_sectors * SECTOR) as usize];
+            for t in 0..num_gts {
+                let sector = (gts_at + t * 4) as u32;
+                gd[(t * 4) as usize..(t * 4 + 4) as usize].copy_from_slice(&sector.to_le_bytes());
+            }
+            self.file.write_all_at(&gd, gd_at * SECTOR)?;
+            self.file.write_all_at(&tables, gts_at * SECTOR)?;
+        }
+        let size = self.next_sector * SECTOR;
+        self.file.set_len(size)?;
+        let mut file = self.file;
+        file.flush()?;
+        file.sync_all()?;
+        Ok((file, size))
+    }
+}

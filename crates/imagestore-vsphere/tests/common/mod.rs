@@ -1,0 +1,101 @@
+//! Helpers for the tests that check disks with the real tools (qemu-img, e2fsprogs).
+#![allow(dead_code, clippy::print_stderr)]
+
+pub mod chain;
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// True if every tool is on PATH. Under `CI=true` a missing tool fails the test instead.
+pub fn have(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("tools missing under CI: {missing:?}");
+    }
+    eprintln!("skipping: tools missing: {missing:?}");
+    false
+}
+
+/// Runs a command, failing with its output unless it exits 0; returns stdout.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `qemu-img check` passes.
+pub fn qemu_check(disk: &Path) -> Result<()> {
+    let out = run(Command::new("qemu-img")
+        .args(["check", "-f", "vmdk"])
+        .arg(disk))?;
+    if !out.contains("No errors were found") {
+        bail!("qemu-img check {}: {out}", disk.display());
+    }
+    Ok(())
+}
+
+/// The file names of `qemu-img info --backing-chain`, top first.
+pub fn backing_chain(disk: &Path) -> Result<Vec<String>> {
+    let out = run(Command::new("qemu-img")
+        .args(["info", "--backing-chain", "--output=json", "-f", "vmdk"])
+        .arg(disk))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let arr = v.as_array().context("info is not an array")?;
+    let mut names = Vec::new();
+    for d in arr {
+        if d["format"] != "vmdk" {
+            bail!("not vmdk: {d}");
+        }
+        let f = d["filename"].as_str().context("no filename")?;
+        names.push(
+            Path::new(f)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    Ok(names)
+}
+
+/// `qemu-img convert -O raw` of a disk (and its chain).
+pub fn to_raw(disk: &Path, raw: &Path) -> Result<()> {
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "vmdk", "-O", "raw"])
+        .arg(disk)
+        .arg(raw))?;
+    Ok(())
+}
+
+/// `e2fsck -fn` finds the filesystem clean.
+pub fn e2fsck_clean(raw: &Path) -> Result<()> {
+    run(Command::new("e2fsck").arg("-fn").arg(raw))?;
+    Ok(())
+}
+
+/// `debugfs -R CMD raw` stdout.
+pub fn debugfs(raw: &Path, cmd: &str) -> Result<String> {
+    run(Command::new("debugfs").arg("-R").arg(cmd).arg(raw))
+}
