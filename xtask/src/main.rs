@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod dist;
+mod s3;
 mod util;
 
 use anyhow::{Result, bail};
@@ -20,8 +21,12 @@ const HELP: &str = "\
 cargo xtask <command>
 
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
+  conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
+  conformance local  run the conformance suite against the local backend
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+  bench s3           against moto: a 1 GiB layer through the backend vs a plain object_store
+                     multipart put; listing a store of 10,000 images
 ";
 
 fn main() -> Result<()> {
@@ -29,6 +34,7 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ci"] => ci::ci(),
+        ["conformance", backend] => ci::conformance(backend),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
         [] | ["help"] | ["--help"] | ["-h"] => {
