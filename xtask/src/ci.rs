@@ -3,8 +3,34 @@
 
 use anyhow::{Result, bail};
 
+use crate::fixture;
 use crate::s3::{self, S3Servers};
-use crate::util::{cargo, run};
+use crate::util::{cargo, have, run};
+
+/// True when running under CI (`CI=true`), where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Generates the Debian image fixture the interop tests use, when the tools are there. Under
+/// CI missing tools are an error; elsewhere the tests that need the fixture skip.
+fn fixtures() -> Result<()> {
+    let tools = ["debootstrap", "umoci", "skopeo"];
+    if tools.iter().all(|t| have(t)) {
+        fixture::debian()?;
+    } else if in_ci() {
+        bail!(
+            "CI needs {} to build the test fixtures (see .ci/run)",
+            tools.join(", ")
+        );
+    } else {
+        eprintln!(
+            "ci: no {} here; the interop tests will skip",
+            tools.join("/")
+        );
+    }
+    Ok(())
+}
 
 /// Feature sets of the facade whose lints and tests must pass. Without the local backend there
 /// is nothing for the doctests to open, so those sets run the unit and registry tests only.
@@ -47,9 +73,12 @@ pub fn ci() -> Result<()> {
             .args(["--", "-D", "warnings"]))?;
         run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
     }
+    fixtures()?;
     let servers = s3_servers()?;
     let mut tests = cargo();
-    tests.args(["test", "--workspace", "--exclude", "imagestore"]);
+    tests
+        .args(["test", "--workspace", "--exclude", "imagestore"])
+        .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?);
     if let Some(s) = &servers {
         s.env(&mut tests);
     }

@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod dist;
+mod fixture;
 mod s3;
 mod util;
 
@@ -27,6 +28,10 @@ cargo xtask <command>
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench s3           against moto: a 1 GiB layer through the backend vs a plain object_store
                      multipart put; listing a store of 10,000 images
+  bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
+  bench export       diff of a one-file layer vs full export; diff on a tiny base
+  fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
+                     under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";
 
 fn main() -> Result<()> {
@@ -37,6 +42,11 @@ fn main() -> Result<()> {
         ["conformance", backend] => ci::conformance(backend),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
+        ["fixture", "debian"] => {
+            let f = fixture::debian()?;
+            println!("{}", f.oci.display());
+            Ok(())
+        }
         [] | ["help"] | ["--help"] | ["-h"] => {
             print!("{HELP}");
             Ok(())

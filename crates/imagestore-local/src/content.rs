@@ -1,17 +1,20 @@
 //! Image contents: stacks for the layer engine, export, checkout, writable layers and import.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use imagestore_core::image::validate_metadata;
+use imagestore_core::layer::chain::LayerToc;
 use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
 use imagestore_core::layer::export::{LayerReader, LayerSource, layer_reader};
-use imagestore_core::layer::ingest::{IngestLimits, ingest};
+use imagestore_core::layer::index;
+use imagestore_core::layer::ingest::{IngestLimits, ingest, sniff};
 use imagestore_core::layer::rewrite::filter_tar;
 use imagestore_core::layer::stack::Stack;
-use imagestore_core::layer::toc::{Compression, EntryKind};
+use imagestore_core::layer::toc::EntryKind;
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
@@ -21,30 +24,39 @@ use imagestore_core::{
 
 use crate::error::{BACKEND, IoContext};
 use crate::fsx;
-use crate::layout::StoreDir;
+use crate::layout::{ImageDir, StoreDir};
 use crate::lock;
 use crate::record::WritableRecord;
 use crate::store::{Inner, LocalStore};
+use crate::tocs::LocalLayerToc;
 use crate::write::{FileSink, StagingDir};
 
-/// Reads layer files from disk.
+/// Reads layer files from disk; the compression is read from each file's first bytes.
 #[derive(Debug)]
 struct LocalSource {
-    layers: Vec<(PathBuf, Compression)>,
+    layers: Vec<PathBuf>,
 }
 
 impl LayerSource for LocalSource {
     fn open(&self, index: usize) -> Result<Box<dyn LayerReader>> {
-        let (path, compression) = self
+        let path = self
             .layers
             .get(index)
             .ok_or_else(|| Error::invalid(format!("no layer {index} in this stack")))?;
-        let f = std::fs::File::open(path).at(path)?;
-        layer_reader(f, *compression)
+        let mut f = std::fs::File::open(path).at(path)?;
+        let mut magic = [0u8; 6];
+        let n = f.read(&mut magic).at(path)?;
+        f.seek(SeekFrom::Start(0)).at(path)?;
+        layer_reader(f, sniff(&magic[..n])?)
     }
 }
 
 impl Inner {
+    /// A stored layer's TOC for the engine.
+    fn layer_toc(&self, key: String, what: String, dir: ImageDir) -> Arc<dyn LayerToc> {
+        Arc::new(LocalLayerToc::new(self.tocs.clone(), key, what, dir))
+    }
+
     /// The stack of an image or writable layer, scratch first.
     pub(crate) fn stack_sync(&self, s: &StoreName, id: &ImageId) -> Result<Stack> {
         let sd = self.open_store(s)?;
@@ -78,29 +90,30 @@ impl Inner {
         }
         chain.reverse();
         let mut owners = Vec::new();
-        let mut tocs = Vec::new();
+        let mut tocs: Vec<Arc<dyn LayerToc>> = Vec::new();
         let mut layers = Vec::new();
         for r in &chain {
             let dir = sd.image(&r.id);
-            let key = r
-                .sum
-                .as_ref()
-                .map_or_else(|| "scratch".to_owned(), ToString::to_string);
-            let toc = self.toc(s, &r.id, &key, &dir)?;
-            layers.push((dir.layer(), toc.compression));
-            tocs.push(toc);
+            let key = format!(
+                "{s}/{}@{}",
+                r.id,
+                r.sum
+                    .as_ref()
+                    .map_or_else(|| "scratch".to_owned(), ToString::to_string)
+            );
+            tocs.push(self.layer_toc(key, format!("{s}/{}", r.id), dir.clone()));
+            layers.push(dir.layer());
             owners.push(r.id.clone());
         }
         for imp in imports {
             let key = format!("import:{}", imp.dir.display());
-            let toc = self.toc(s, id, &key, &imp)?;
-            layers.push((imp.layer(), toc.compression));
-            tocs.push(toc);
+            tocs.push(self.layer_toc(key, format!("{s}/{id} import"), imp.clone()));
+            layers.push(imp.layer());
             owners.push(id.clone());
         }
         Ok(Stack {
             owners,
-            tocs,
+            layers: tocs,
             source: Arc::new(LocalSource { layers }),
         })
     }
@@ -215,7 +228,7 @@ impl Importer for LocalStore {
         let sd = self.store_dir_checked(store).await?;
         let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
         self.get_writable(store, id).await?;
-        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, id).await?.view());
+        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, id).await?.chain());
         let limits = IngestLimits::default();
         let filtered = filter_tar(tar, filter.clone(), limits.tar);
         let mut staging = StagingDir::create(&sd, id)?;
@@ -224,6 +237,7 @@ impl Importer for LocalStore {
         let ingested = ingest(filtered, None, &mut sink, lower, limits).await?;
         sink.finish().await?;
         let toc = ingested.toc.to_bytes()?;
+        let toc_index = index::build(&ingested.toc)?;
         let summary = ImportSummary {
             entries: ingested
                 .toc
@@ -243,6 +257,7 @@ impl Importer for LocalStore {
         let (s, id2, staged_dir) = (store.clone(), id.clone(), staging.dir.clone());
         self.run(move |inner| {
             fsx::write_new_synced(&staged.toc(), &toc)?;
+            fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
             fsx::sync_dir(&staged_dir)?;
             let _guard = inner.store_lock(&sd)?;
             inner.writable_record(&s, &sd, &id2)?;

@@ -109,6 +109,10 @@ impl ImageDir {
     pub fn toc(&self) -> PathBuf {
         self.dir.join("toc")
     }
+    /// The layer's TOC index (sorted by path; see `imagestore_core::layer::index`).
+    pub fn toc_index(&self) -> PathBuf {
+        self.dir.join("toc.idx")
+    }
     /// The image record.
     pub fn record(&self) -> PathBuf {
         self.dir.join("image.json")

@@ -25,6 +25,7 @@ mod record;
 mod scratch;
 mod store;
 mod sweep;
+mod tocs;
 mod write;
 
 use std::sync::Arc;

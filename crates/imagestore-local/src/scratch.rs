@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use imagestore_core::layer::index;
 use imagestore_core::layer::ingest::{IngestLimits, read_toc};
 use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::validate::EmptyView;
@@ -30,6 +31,7 @@ pub fn build_store(dir: &Path) -> Result<()> {
     let toc = read_toc(tar.as_slice(), &EmptyView, IngestLimits::default())?;
     fsx::write_new_synced(&scratch.layer(), &tar)?;
     fsx::write_new_synced(&scratch.toc(), &toc.to_bytes()?)?;
+    fsx::write_new_synced(&scratch.toc_index(), &index::build(&toc)?)?;
     let record = ImageRecord::new(
         ImageId::scratch(),
         None,

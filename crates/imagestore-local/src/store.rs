@@ -3,14 +3,13 @@
 //! Synchronous file-system work runs on the blocking pool through [`LocalStore::run`]; the
 //! trait methods are thin async shells around the `Inner` methods, which hold the logic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use imagestore_core::image::{store_url, validate_metadata};
-use imagestore_core::layer::toc::Toc;
 use imagestore_core::names::SCRATCH_ID;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
@@ -21,15 +20,13 @@ use imagestore_core::{
 use crate::config::Config;
 use crate::error::{BACKEND, IoContext};
 use crate::fsx;
-use crate::layout::{ImageDir, Root, StoreDir};
+use crate::layout::{Root, StoreDir};
 use crate::lock::{self, LockGuard};
 use crate::record::{ImageRecord, WritableRecord};
+use crate::tocs::TocCache;
 
 /// Longest chain of layers above scratch this backend accepts.
 pub const MAX_CHAIN_DEPTH: u32 = 256;
-
-/// Largest number of TOCs kept in memory per backend instance.
-const TOC_CACHE_ENTRIES: usize = 4096;
 
 /// A local image-store backend rooted at a directory.
 #[derive(Debug, Clone)]
@@ -44,8 +41,9 @@ pub(crate) struct Inner {
     pub(crate) base_url: Url,
     /// Stores swept by this instance.
     swept: Mutex<HashSet<StoreName>>,
-    /// TOCs by `(store, id, sum)`: images are immutable, and the sum tells a rewritten id apart.
-    tocs: Mutex<HashMap<(StoreName, ImageId, String), Arc<Toc>>>,
+    /// Decoded TOCs by `store/id@sum`: images are immutable, and the sum tells a rewritten id
+    /// apart.
+    pub(crate) tocs: Arc<TocCache>,
 }
 
 impl LocalStore {
@@ -59,7 +57,7 @@ impl LocalStore {
             root: Root { dir: config.root },
             base_url,
             swept: Mutex::new(HashSet::new()),
-            tocs: Mutex::new(HashMap::new()),
+            tocs: Arc::new(TocCache::default()),
         });
         let store = LocalStore { inner };
         store.run(|i| i.init_root()).await?;
@@ -189,35 +187,6 @@ impl Inner {
             return Err(Error::not_found(ObjectKind::Writable, image_name(s, id)));
         }
         WritableRecord::read(&w.record())
-    }
-
-    /// The TOC of a stored layer directory, cached by `(store, id, sum)`.
-    pub(crate) fn toc(
-        &self,
-        s: &StoreName,
-        id: &ImageId,
-        key: &str,
-        dir: &ImageDir,
-    ) -> Result<Arc<Toc>> {
-        let cache_key = (s.clone(), id.clone(), key.to_owned());
-        if let Some(t) = self
-            .tocs
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&cache_key).cloned())
-        {
-            return Ok(t);
-        }
-        let path = dir.toc();
-        let f = std::fs::File::open(&path).at(&path)?;
-        let toc = Arc::new(Toc::decode(std::io::BufReader::new(f), &image_name(s, id))?);
-        if let Ok(mut c) = self.tocs.lock() {
-            if c.len() >= TOC_CACHE_ENTRIES {
-                c.clear();
-            }
-            c.insert(cache_key, toc.clone());
-        }
-        Ok(toc)
     }
 
     pub(crate) fn read_usage(&self, sd: &StoreDir) -> Result<u64> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use imagestore_core::layer::index;
 use imagestore_core::layer::ingest::{IngestLimits, StagingSink, ingest};
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::{
@@ -231,7 +232,7 @@ impl LocalStore {
             Precheck::Write(_, r) => r,
         };
 
-        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, parent).await?.view());
+        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, parent).await?.chain());
         let mut staging = StagingDir::create(&sd, id)?;
         let staged = staging.layout();
         let mut sink = FileSink::create(staged.layer())?;
@@ -254,11 +255,13 @@ impl LocalStore {
             &meta,
         );
         let toc = ingested.toc.to_bytes()?;
+        let toc_index = index::build(&ingested.toc)?;
         let (s, p, i) = (store.clone(), parent.clone(), id.clone());
         let staged_dir = staging.dir.clone();
         let image = self
             .run(move |inner| {
                 fsx::write_new_synced(&staged.toc(), &toc)?;
+                fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
                 fsx::write_new_synced(&staged.record(), &record.to_bytes())?;
                 fsx::mkdir(&staged.children(), false)?;
                 fsx::mkdir(&staged.owners(), false)?;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use imagestore_core::image::validate_metadata;
+use imagestore_core::layer::chain::{LayerToc, MemoryToc};
 use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
 use imagestore_core::layer::export::{LayerReader, LayerSource, layer_reader};
 use imagestore_core::layer::ingest::{IngestLimits, ingest};
@@ -93,8 +94,9 @@ impl S3Store {
             toc: toc.clone(),
             layer: layer.clone(),
         }));
-        let tocs: Vec<Result<Arc<Toc>>> = futures::stream::iter(parts.iter())
-            .map(|p| self.toc(&p.toc))
+        let keys: Vec<String> = parts.iter().map(|p| p.toc.clone()).collect();
+        let tocs: Vec<Result<Arc<Toc>>> = futures::stream::iter(keys)
+            .map(|k| async move { self.toc(&k).await })
             .buffered(TOC_READS)
             .collect()
             .await;
@@ -104,9 +106,15 @@ impl S3Store {
             .zip(&tocs)
             .map(|(p, t)| (p.layer.clone(), t.compression))
             .collect();
+        // TOCs are fetched up front (concurrently, and cached): the engine's lookups are
+        // synchronous and must not wait on the network one path at a time.
+        let tocs = tocs
+            .into_iter()
+            .map(|t| Arc::new(MemoryToc::new(t)) as Arc<dyn LayerToc>)
+            .collect();
         Ok(Stack {
             owners: parts.into_iter().map(|p| p.owner).collect(),
-            tocs,
+            layers: tocs,
             source: Arc::new(S3Source {
                 objects: self.objects().clone(),
                 handle: tokio::runtime::Handle::current(),
@@ -318,7 +326,7 @@ impl Importer for S3Store {
             guard.set_target(&w.nonce).await?;
             let imports = self.imports(&st, &w).await?;
             let stack = self.stack_of_chain(&st, &w.chain, &imports, id).await?;
-            let lower: Arc<dyn LowerView> = Arc::new(stack.view());
+            let lower: Arc<dyn LowerView> = Arc::new(stack.chain());
             let limits = IngestLimits::default();
             let filtered = filter_tar(tar, filter.clone(), limits.tar);
             let dir = st.keys.import_dir(id, &w.nonce, imports.len() as u32);

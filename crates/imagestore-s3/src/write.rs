@@ -312,7 +312,7 @@ impl S3Store {
         check_depth(parent_rec.depth)?;
 
         let lower: Arc<dyn LowerView> =
-            Arc::new(self.stack_of_chain(st, &parent_rec.child_chain(), &[], id).await?.view());
+            Arc::new(self.stack_of_chain(st, &parent_rec.child_chain(), &[], id).await?.chain());
         let cfg = &self.inner.config;
         let mut sink = UploadSink::new(
             o.clone(),

@@ -182,9 +182,13 @@ pub fn all() -> Vec<Hostile> {
         bytes: whole[..1500].to_vec(),
         expect: BadArchive("truncated"),
     });
+    let two = tar_of(|b| {
+        file(b, "first", &[1u8; 10]);
+        file(b, "second", &[2u8; 10]);
+    });
     v.push(Hostile {
-        name: "truncated-no-end-marker",
-        bytes: whole[..512 + 4096].to_vec(),
+        name: "truncated-in-header",
+        bytes: two[..512 + 512 + 200].to_vec(),
         expect: BadArchive("truncated"),
     });
     v

@@ -23,6 +23,7 @@
 pub mod cases;
 pub mod corpus;
 pub mod tars;
+pub mod tree;
 
 use std::sync::Arc;
 
@@ -199,6 +200,7 @@ macro_rules! conformance_tests {
             checkout_writable_layer,
             // Hostile archives
             hostile_archives_rejected_unchanged,
+            archive_without_end_marker_accepted,
         );
     };
     (@cases $ctor:path; $($case:ident),* $(,)?) => {
@@ -210,4 +212,46 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// The generated Debian image fixture (`cargo xtask fixture debian`): its directory, from
+/// `IMAGESTORE_FIXTURE_DEBIAN` or the default `target/xtask/fixtures/debian`. `None` (skip)
+/// when it is missing outside CI; a panic when it is missing under `CI=true`.
+pub fn debian_fixture() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("IMAGESTORE_FIXTURE_DEBIAN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/xtask/fixtures/debian")
+        });
+    if dir.join("oci.done").exists() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "the Debian fixture is missing at {} (run `cargo xtask fixture debian`), and CI=true requires it",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: no Debian fixture at {} (run `cargo xtask fixture debian`)",
+        dir.display()
+    );
+    None
+}
+
+/// Fails under `CI=true` if a program is missing; otherwise says whether it is there.
+pub fn require_tool(program: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("{program} is not installed, and CI=true requires it");
+        }
+        eprintln!("skipping: {program} is not installed");
+    }
+    found
 }

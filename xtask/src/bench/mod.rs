@@ -3,6 +3,7 @@
 //! Record results in `docs/benchmarks.md` with the command that produced them.
 
 mod containerd;
+mod image;
 mod write;
 
 use anyhow::{Result, bail};
@@ -28,6 +29,8 @@ pub fn report(name: &str, ours: f64, peer: &str, peer_s: f64) {
 pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
     match which {
         "write" => write::bench(),
-        other => bail!("unknown benchmark {other:?} (try: write)"),
+        "checkout" => image::checkout(),
+        "export" => image::export(),
+        other => bail!("unknown benchmark {other:?} (try: write, checkout, export)"),
     }
 }

@@ -7,7 +7,8 @@
 //! deepest first, so read-only directories can still be filled.
 //!
 //! As root, owners, device nodes and all but overlay/`trusted.*` xattrs are restored. In
-//! rootless mode (any user) ownership, device nodes and privileged xattrs are skipped and
+//! rootless mode (any user) ownership and privileged xattrs are skipped, and device nodes become
+//! empty regular files with the node's mode (as `umoci unpack --rootless` does); all of it is
 //! listed in the report.
 
 use std::collections::HashMap;
@@ -21,8 +22,8 @@ use rustix::fs::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::layer::compose::{EntryRef, MergedView};
-use crate::layer::export::{FileBody, First, LayerReader, LayerSource, Plan, full_changes};
+use crate::layer::compose::EntryRef;
+use crate::layer::export::{FileBody, First, LayerReader, LayerSource, Plan};
 use crate::layer::path;
 use crate::layer::toc::{EntryKind, TocEntry};
 
@@ -58,7 +59,6 @@ fn errno(e: rustix::io::Errno) -> io::Error {
 struct Checkout<'a> {
     root: OwnedFd,
     dest: &'a Path,
-    view: &'a MergedView,
     source: &'a dyn LayerSource,
     readers: HashMap<usize, Box<dyn LayerReader>>,
     rootless: bool,
@@ -170,10 +170,10 @@ impl Checkout<'_> {
         Ok(())
     }
 
-    fn finish_dir(&mut self, p: &str) -> Result<()> {
-        let node = self.view.get(p).copied();
-        let entry = node.and_then(|n| self.view.content_of(&n).cloned());
-        let e = entry.unwrap_or_else(|| TocEntry::new(p, EntryKind::Dir, 0o755));
+    fn finish_dir(&mut self, p: &str, entry: Option<&TocEntry>) -> Result<()> {
+        let e = entry
+            .cloned()
+            .unwrap_or_else(|| TocEntry::new(p, EntryKind::Dir, 0o755));
         let fd = rfs::openat2(
             &self.root,
             p,
@@ -192,9 +192,7 @@ impl Checkout<'_> {
     }
 
     /// Creates a non-directory; false if it was skipped (a device node in rootless mode).
-    fn file(&mut self, p: &str, content: EntryRef) -> Result<bool> {
-        let view = self.view;
-        let e = view.entry(content);
+    fn file(&mut self, p: &str, content: EntryRef, e: &TocEntry) -> Result<bool> {
         let parent = self.open_dir(path::parent(p))?;
         let name = path::base(p);
         match e.kind {
@@ -260,8 +258,28 @@ impl Checkout<'_> {
                 };
                 let is_device = e.kind != EntryKind::Fifo;
                 if is_device && self.rootless {
-                    self.skip(format!("device node {p} (rootless)"));
-                    return Ok(false);
+                    // Like `umoci unpack --rootless`: an empty file with the node's mode holds
+                    // the place (a runtime bind-mounts the host's device there).
+                    let fd = rfs::openat(
+                        &parent,
+                        name,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(|err| self.fail(p, "creating", errno(err)))?;
+                    rfs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777))
+                        .map_err(|err| self.fail(p, "setting the mode of", errno(err)))?;
+                    rfs::futimens(&fd, &Self::times(e))
+                        .map_err(|err| self.fail(p, "setting the times of", errno(err)))?;
+                    self.skip(format!(
+                        "device node {p} written as an empty file (rootless)"
+                    ));
+                    self.report.entries += 1;
+                    return Ok(true);
                 }
                 let (major, minor) = e.dev.unwrap_or((0, 0));
                 let dev = if is_device {
@@ -355,9 +373,10 @@ fn copy_sparse(body: &mut impl Read, file: &mut std::fs::File) -> io::Result<()>
     Ok(())
 }
 
-/// Materialises `view` into `dest`, which must be absent or an empty directory.
+/// Materialises a whole-image [`Plan`] into `dest`, which must be absent or an empty
+/// directory.
 pub fn checkout(
-    view: &MergedView,
+    plan: &Plan,
     source: &dyn LayerSource,
     dest: &Path,
     options: &CheckoutOptions,
@@ -391,36 +410,33 @@ pub fn checkout(
     let mut c = Checkout {
         root,
         dest,
-        view,
         source,
         readers: HashMap::new(),
         rootless: options.rootless,
         report: CheckoutReport::default(),
         skipped_owners: false,
     };
-    let changes = full_changes(view);
-    let plan = Plan::new(view, &changes);
     let mut dirs = Vec::new();
     for item in &plan.first {
-        if let First::Dir(p) = item {
+        if let First::Dir(p, e) = item {
             c.mkdir(p)?;
-            dirs.push(p.clone());
+            dirs.push((p.as_str(), e.as_deref()));
         }
     }
     let mut emitted: HashMap<EntryRef, String> = HashMap::new();
-    for (content, p) in &plan.rest {
-        if let Some(first) = emitted.get(content) {
+    for node in &plan.rest {
+        if let Some(first) = emitted.get(&node.content) {
             let first = first.clone();
-            c.hardlink(p, &first)?;
+            c.hardlink(&node.path, &first)?;
             continue;
         }
-        let created = c.file(p, *content)?;
-        if created && view.entry(*content).kind != EntryKind::Symlink {
-            emitted.insert(*content, p.clone());
+        let created = c.file(&node.path, node.content, &node.entry)?;
+        if created && node.entry.kind != EntryKind::Symlink {
+            emitted.insert(node.content, node.path.clone());
         }
     }
-    for p in dirs.iter().rev() {
-        c.finish_dir(p)?;
+    for (p, e) in dirs.iter().rev() {
+        c.finish_dir(p, *e)?;
     }
     Ok(c.report)
 }

@@ -1,4 +1,5 @@
-//! Composing layers: the merged view of a chain of TOCs, and the difference between two views.
+//! Composing layers: the merged view of a chain of TOCs (whole exports and checkouts; diffs
+//! use [`crate::layer::chain`], which resolves one path at a time).
 //!
 //! Rules (OCI image-spec "Applying changesets", which VIC's unpack follows):
 //! * layers apply in order; a later entry for a path replaces the earlier one, except that a
@@ -229,68 +230,6 @@ impl LowerView for MergedView {
     }
 }
 
-/// One change between two views.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// The path is new or different: emit its node from the upper view.
-    Upsert(String),
-    /// The path is gone: emit a whiteout.
-    Delete(String),
-    /// The directory's lower contents are hidden: emit an opaque marker.
-    Opaque(String),
-}
-
-/// The changes that turn `lower` (the first `lower_layers` layers of `upper`'s chain) into
-/// `upper`, considering only paths touched by the layers above (so the cost does not depend on
-/// the size of the base). Sorted by path, a directory's marker before its contents.
-pub fn diff(upper: &MergedView, lower: &MergedView) -> Vec<Change> {
-    let lower_layers = lower.layers().len();
-    let mut touched: BTreeMap<String, ()> = BTreeMap::new();
-    for toc in &upper.layers()[lower_layers..] {
-        for e in &toc.entries {
-            touched.insert(e.path.clone(), ());
-            for anc in path::ancestors(&e.path) {
-                touched.insert(anc.to_owned(), ());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut deleted_dirs: Vec<String> = Vec::new();
-    let mut opaque_dirs: Vec<String> = Vec::new();
-    for p in touched.keys() {
-        if p.is_empty() {
-            continue;
-        }
-        let covered = |dirs: &Vec<String>| dirs.iter().any(|d| path::is_within(p, d) && p != d);
-        match (upper.get(p), lower.get(p)) {
-            (Some(u), Some(l)) => {
-                let same = u.source == l.source && u.content == l.content && u.source.is_some();
-                let implied_both = u.source.is_none() && l.source.is_none();
-                if !same && !implied_both {
-                    out.push(Change::Upsert(p.clone()));
-                }
-                let u_dir = upper.node_kind(u) == NodeKind::Dir;
-                let l_dir = lower.node_kind(l) == NodeKind::Dir;
-                if u_dir && l_dir && u.fresh_at.is_some_and(|f| f as usize >= lower_layers) {
-                    out.push(Change::Opaque(p.clone()));
-                    opaque_dirs.push(p.clone());
-                }
-            }
-            (Some(_), None) => out.push(Change::Upsert(p.clone())),
-            (None, Some(l)) => {
-                if !covered(&deleted_dirs) && !covered(&opaque_dirs) {
-                    out.push(Change::Delete(p.clone()));
-                }
-                if lower.node_kind(l) == NodeKind::Dir {
-                    deleted_dirs.push(p.clone());
-                }
-            }
-            (None, None) => {}
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,43 +310,5 @@ mod tests {
         let f = v.get("a/f").and_then(|n| n.content);
         assert_eq!(h, Some(EntryRef { layer: 0, entry: 1 }));
         assert_eq!(f, Some(EntryRef { layer: 1, entry: 0 }));
-    }
-
-    #[test]
-    fn diff_reports_adds_changes_deletes_and_opaques() {
-        let base = vec![
-            toc(&[
-                ("a", Dir),
-                ("a/f", File),
-                ("a/g", File),
-                ("b", Dir),
-                ("b/x", File),
-                ("k", File),
-            ]),
-            toc(&[("k", File)]),
-        ];
-        let mut chain = base.clone();
-        chain.push(toc(&[
-            ("a/g", Whiteout),
-            ("a/n", File),
-            ("b", Opaque),
-            ("b/y", File),
-        ]));
-        chain.push(toc(&[("k", Whiteout), ("a/f", File)]));
-        let upper = MergedView::build(chain);
-        let lower = MergedView::build(base);
-        let d = diff(&upper, &lower);
-        assert_eq!(
-            d,
-            vec![
-                Change::Upsert("a/f".into()),
-                Change::Delete("a/g".into()),
-                Change::Upsert("a/n".into()),
-                Change::Opaque("b".into()),
-                Change::Upsert("b/y".into()),
-                Change::Delete("k".into()),
-            ]
-        );
-        assert!(diff(&lower, &lower).is_empty());
     }
 }

@@ -17,7 +17,8 @@ use tar::{EntryType, Header};
 
 use crate::digest::Algorithm;
 use crate::error::{Error, Result};
-use crate::layer::compose::{Change, EntryRef, MergedView};
+use crate::layer::chain::Change;
+use crate::layer::compose::{EntryRef, MergedView};
 use crate::layer::filter::FilterSpec;
 use crate::layer::path;
 use crate::layer::toc::{Compression, EntryKind, TocEntry};
@@ -127,13 +128,6 @@ pub fn layer_reader<F: Read + Seek + Send + 'static>(
     })
 }
 
-/// Every node of a view as an upsert, in path order (a whole-image export).
-pub fn full_changes(view: &MergedView) -> Vec<Change> {
-    view.iter()
-        .map(|(p, _)| Change::Upsert(p.to_owned()))
-        .collect()
-}
-
 /// Counts of what an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportStats {
@@ -145,7 +139,6 @@ pub struct ExportStats {
 
 struct Writer<'a, W: Write> {
     out: tar::Builder<W>,
-    view: &'a MergedView,
     source: &'a dyn LayerSource,
     readers: HashMap<usize, Box<dyn LayerReader>>,
     stats: ExportStats,
@@ -157,19 +150,17 @@ fn io_err(e: io::Error) -> Error {
     crate::layer::stream::error_from_io(e, "export")
 }
 
-/// Writes `changes` of `view` as a tar to `out`, filtered by `filter`; `data = false` writes
-/// headers only (sizes zero).
+/// Writes a [`Plan`] as a tar to `out`, filtered by `filter`; `data = false` writes headers
+/// only (sizes zero). File data is read through `source`.
 pub fn write_tar<W: Write>(
     out: W,
-    view: &MergedView,
-    changes: &[Change],
+    plan: &Plan,
     filter: &FilterSpec,
     data: bool,
     source: &dyn LayerSource,
 ) -> Result<ExportStats> {
     let mut w = Writer {
         out: tar::Builder::new(out),
-        view,
         source,
         readers: HashMap::new(),
         stats: ExportStats::default(),
@@ -177,33 +168,27 @@ pub fn write_tar<W: Write>(
         filter,
     };
     w.out.mode(tar::HeaderMode::Complete);
-    let plan = Plan::new(view, changes);
     for item in &plan.first {
         match item {
-            First::Dir(p) => {
-                let e = view.get(p).and_then(|n| view.content_of(n));
-                w.dir(p, e)?;
-            }
+            First::Dir(p, e) => w.dir(p, e.as_deref())?,
             First::Delete(p) => w.marker(p, false)?,
             First::Opaque(p) => w.marker(p, true)?,
         }
     }
     let mut emitted: HashMap<EntryRef, String> = HashMap::new();
-    for (content, p) in &plan.rest {
-        let content = *content;
-        let Some(mapped) = filter.apply(p)? else {
+    for node in &plan.rest {
+        let Some(mapped) = filter.apply(&node.path)? else {
             continue;
         };
-        if let Some(first) = emitted.get(&content) {
-            let e = view.entry(content);
-            let mut h = base_header(e, EntryType::Link);
+        if let Some(first) = emitted.get(&node.content) {
+            let mut h = base_header(&node.entry, EntryType::Link);
             let first = first.clone();
-            w.append_link(&mut h, &mapped, &first, e)?;
+            w.append_link(&mut h, &mapped, &first, &node.entry)?;
             continue;
         }
-        w.node(&mapped, content)?;
-        if view.entry(content).kind != EntryKind::Symlink {
-            emitted.insert(content, mapped);
+        w.node(&mapped, node.content, &node.entry)?;
+        if node.entry.kind != EntryKind::Symlink {
+            emitted.insert(node.content, mapped);
         }
     }
     w.out.finish().map_err(io_err)?;
@@ -213,50 +198,82 @@ pub fn write_tar<W: Write>(
 /// An item of the first phase of an export or checkout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum First {
-    /// A directory (possibly implied).
-    Dir(String),
+    /// A directory, with its entry (`None` when implied by deeper entries).
+    Dir(String, Option<Box<TocEntry>>),
     /// A whiteout for a deleted path.
     Delete(String),
     /// An opaque marker for a directory.
     Opaque(String),
 }
 
-/// The order in which an export or checkout handles a set of changes.
+/// A non-directory of an export or checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeItem {
+    /// Its path.
+    pub path: String,
+    /// The entry holding its content (shared by every path of a hardlink group).
+    pub content: EntryRef,
+    /// That entry.
+    pub entry: TocEntry,
+    /// True when the path is where the content was originally written (not a hardlink).
+    pub original: bool,
+}
+
+/// The order in which an export or checkout handles its items.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// Directories and markers, in path order.
     pub first: Vec<First>,
-    /// Everything else as `(content entry, path)`, sorted by content entry (so by layer and
-    /// stream position), the path that originally held the content first in its group.
-    pub rest: Vec<(EntryRef, String)>,
+    /// Everything else, sorted by content entry (so by layer and stream position), with the
+    /// path that originally held the content first in its hardlink group.
+    pub rest: Vec<NodeItem>,
 }
 
 impl Plan {
-    /// Orders `changes` of `view`.
-    pub fn new(view: &MergedView, changes: &[Change]) -> Plan {
-        let mut first = Vec::new();
-        let mut rest: Vec<(EntryRef, bool, String)> = Vec::new();
-        for c in changes {
-            match c {
-                Change::Upsert(p) => {
-                    let Some(node) = view.get(p) else { continue };
-                    match (view.content_of(node), node.content) {
-                        (Some(e), Some(content)) if e.kind != EntryKind::Dir => {
-                            let original = node.source == node.content;
-                            rest.push((content, !original, p.clone()));
-                        }
-                        _ => first.push(First::Dir(p.clone())),
-                    }
-                }
-                Change::Delete(p) => first.push(First::Delete(p.clone())),
-                Change::Opaque(p) => first.push(First::Opaque(p.clone())),
+    /// Orders items given in path order.
+    pub fn new(first: Vec<First>, mut rest: Vec<NodeItem>) -> Plan {
+        rest.sort_by(|a, b| {
+            (a.content, !a.original, &a.path).cmp(&(b.content, !b.original, &b.path))
+        });
+        Plan { first, rest }
+    }
+
+    /// Every node of a merged view (a whole image).
+    pub fn of_view(view: &MergedView) -> Plan {
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        for (p, node) in view.iter() {
+            match (view.content_of(node), node.content) {
+                (Some(e), Some(content)) if e.kind != EntryKind::Dir => rest.push(NodeItem {
+                    path: p.to_owned(),
+                    content,
+                    entry: e.clone(),
+                    original: node.source == node.content,
+                }),
+                (e, _) => first.push(First::Dir(p.to_owned(), e.cloned().map(Box::new))),
             }
         }
-        rest.sort();
-        Plan {
-            first,
-            rest: rest.into_iter().map(|(c, _, p)| (c, p)).collect(),
+        Plan::new(first, rest)
+    }
+
+    /// The changes of a diff.
+    pub fn of_changes(changes: Vec<Change>) -> Plan {
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        for c in changes {
+            match c {
+                Change::Upsert(p, r) if r.entry.kind == EntryKind::Dir => {
+                    first.push(First::Dir(p, Some(Box::new(r.entry))))
+                }
+                Change::Upsert(p, r) => rest.push(NodeItem {
+                    path: p,
+                    content: r.content,
+                    original: r.source == r.content,
+                    entry: r.entry,
+                }),
+                Change::Delete(p) => first.push(First::Delete(p)),
+                Change::Opaque(p) => first.push(First::Opaque(p)),
+            }
         }
+        Plan::new(first, rest)
     }
 }
 
@@ -420,9 +437,7 @@ impl<W: Write> Writer<'_, W> {
         self.append(&mut h, &name, None, None, &mut io::empty())
     }
 
-    fn node(&mut self, mapped: &str, content: EntryRef) -> Result<()> {
-        let view = self.view;
-        let e = view.entry(content);
+    fn node(&mut self, mapped: &str, content: EntryRef, e: &TocEntry) -> Result<()> {
         match e.kind {
             EntryKind::File => {
                 let mut h = base_header(e, EntryType::Regular);

@@ -336,16 +336,7 @@ fn parse_chunks(
         consumed: consumed.clone(),
     };
     let compression = sniff(input.peek(6))?;
-    let decoded = decompressor(compression, &mut input)?;
-    let bounded = Bounded {
-        inner: decoded,
-        out: 0,
-        consumed,
-        limits,
-        compressed: compression != Compression::None,
-    };
-    let mut toc = read_toc(bounded, lower, limits)?;
-    toc.compression = compression;
+    let toc = decode_and_read(compression, &mut input, consumed, lower, limits)?;
     // Drain anything after the end of a compressed stream so the hasher sees every byte.
     let mut sink = [0u8; 8192];
     loop {
@@ -355,6 +346,35 @@ fn parse_chunks(
             Err(e) => return Err(map_read_error(e)),
         }
     }
+    Ok(toc)
+}
+
+/// Checks a whole layer held in memory (any supported compression) and returns its TOC: the
+/// parser half of [`ingest`] without hashing or staging. Used by fuzzing and tools.
+pub fn toc_of_slice(bytes: &[u8], lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
+    let compression = sniff(bytes)?;
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64));
+    decode_and_read(compression, bytes, consumed, lower, limits)
+}
+
+/// Decompresses `input`, bounds the output against `consumed` input bytes, and reads the TOC.
+fn decode_and_read<'a, R: Read + 'a>(
+    compression: Compression,
+    input: R,
+    consumed: Arc<std::sync::atomic::AtomicU64>,
+    lower: &dyn LowerView,
+    limits: IngestLimits,
+) -> Result<Toc> {
+    let decoded = decompressor(compression, input)?;
+    let bounded = Bounded {
+        inner: decoded,
+        out: 0,
+        consumed,
+        limits,
+        compressed: compression != Compression::None,
+    };
+    let mut toc = read_toc(bounded, lower, limits)?;
+    toc.compression = compression;
     Ok(toc)
 }
 

@@ -7,10 +7,12 @@
 //! * [`scratch`] — the root image's skeleton;
 //! * [`filter`] — VIC's include/exclude/strip/rebase filter.
 
+pub mod chain;
 pub mod checkout;
 pub mod compose;
 pub mod export;
 pub mod filter;
+pub mod index;
 pub mod ingest;
 pub mod path;
 pub mod rewrite;

@@ -1,18 +1,18 @@
 //! A [`Stack`] is what a backend hands the layer engine to answer for an image's contents:
-//! the TOCs of its chain (scratch first, then a writable layer's imports, if any) and a way to
-//! read each layer's bytes. Export, diff, checkout and import are then the same code on
-//! every backend.
+//! its layers' TOCs (scratch first, then a writable layer's imports, if any) and a way to read
+//! each layer's bytes. Export, diff, checkout and import are then the same code on every
+//! backend.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::layer::chain::{ChainView, LayerToc, diff};
 use crate::layer::checkout::{CheckoutOptions, CheckoutReport, checkout};
-use crate::layer::compose::{MergedView, diff};
-use crate::layer::export::{LayerSource, full_changes, write_tar};
+use crate::layer::compose::MergedView;
+use crate::layer::export::{LayerSource, Plan, write_tar};
 use crate::layer::filter::FilterSpec;
 use crate::layer::stream::spawn_producer;
-use crate::layer::toc::Toc;
 use crate::names::ImageId;
 use crate::storer::ByteStream;
 
@@ -22,8 +22,8 @@ pub struct Stack {
     /// For each layer, the image it belongs to (a writable layer's imports carry its id).
     pub owners: Vec<ImageId>,
     /// For each layer, its TOC.
-    pub tocs: Vec<Arc<Toc>>,
-    /// Reads the layers' bytes; indexes match `tocs`.
+    pub layers: Vec<Arc<dyn LayerToc>>,
+    /// Reads the layers' bytes; indexes match `layers`.
     pub source: Arc<dyn LayerSource>,
 }
 
@@ -36,9 +36,19 @@ impl std::fmt::Debug for Stack {
 }
 
 impl Stack {
-    /// The merged view of all layers.
-    pub fn view(&self) -> MergedView {
-        MergedView::build(self.tocs.clone())
+    /// The merged view of all layers (loads every TOC).
+    pub fn view(&self) -> Result<MergedView> {
+        let tocs = self
+            .layers
+            .iter()
+            .map(|l| l.toc())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MergedView::build(tocs))
+    }
+
+    /// A path-at-a-time view of all layers (loads only what it is asked about).
+    pub fn chain(&self) -> ChainView {
+        ChainView::new(self.layers.clone())
     }
 
     /// Number of layers up to and including the last one of image `ancestor`;
@@ -61,12 +71,11 @@ impl Stack {
     ) -> ByteStream {
         let stack = self.clone();
         spawn_producer(move |w| {
-            let view = stack.view();
-            let changes = match ancestor_len {
-                None => full_changes(&view),
-                Some(n) => diff(&view, &MergedView::build(stack.tocs[..n].to_vec())),
+            let plan = match ancestor_len {
+                None => Plan::of_view(&stack.view()?),
+                Some(n) => Plan::of_changes(diff(&stack.chain(), n)?),
             };
-            write_tar(w, &view, &changes, &filter, data, stack.source.as_ref())?;
+            write_tar(w, &plan, &filter, data, stack.source.as_ref())?;
             Ok(())
         })
     }
@@ -79,8 +88,8 @@ impl Stack {
     ) -> Result<CheckoutReport> {
         let stack = self.clone();
         tokio::task::spawn_blocking(move || {
-            let view = stack.view();
-            checkout(&view, stack.source.as_ref(), &dest, &options)
+            let plan = Plan::of_view(&stack.view()?);
+            checkout(&plan, stack.source.as_ref(), &dest, &options)
         })
         .await
         .map_err(|e| Error::invalid(format!("checkout task failed: {e}")))?

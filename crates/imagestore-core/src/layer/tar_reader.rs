@@ -214,12 +214,36 @@ impl<R: Read> TarReader<R> {
         Ok(v)
     }
 
-    /// Skips whatever is left of the current entry's data.
-    fn finish_entry(&mut self) -> Result<()> {
-        let n = self.remaining + self.padding;
+    /// Skips whatever is left of the current entry's data, then its padding. The stream may
+    /// end right after the data: Go's writer (umoci, for one) leaves out the padding and the
+    /// end-of-archive blocks of a layer's last entry. Returns false at such an end.
+    fn finish_entry(&mut self) -> Result<bool> {
+        let data = self.remaining;
         self.remaining = 0;
+        self.skip(data)?;
+        let mut pad = [0u8; 512];
+        let want = self.padding as usize;
         self.padding = 0;
-        self.skip(n)
+        if want == 0 {
+            return Ok(true);
+        }
+        let mut got = 0;
+        while got < want {
+            match self.inner.read(&mut pad[got..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_read_error(e)),
+            }
+        }
+        self.pos += got as u64;
+        if got == 0 {
+            return Ok(false);
+        }
+        if got < want {
+            return Err(truncated(self.pos));
+        }
+        Ok(true)
     }
 
     /// Reads up to `buf.len()` bytes of the current entry's stored data; 0 at its end.
@@ -248,7 +272,10 @@ impl<R: Read> TarReader<R> {
         if self.finished {
             return Ok(None);
         }
-        self.finish_entry()?;
+        if !self.finish_entry()? {
+            self.finished = true;
+            return Ok(None);
+        }
 
         let mut pax: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut long_name: Option<Vec<u8>> = None;
@@ -262,14 +289,11 @@ impl<R: Read> TarReader<R> {
                 if in_extension {
                     return Err(truncated(self.pos));
                 }
-                if block_at == 0 {
-                    // An empty stream is a valid empty layer.
-                    self.finished = true;
-                    return Ok(None);
-                }
-                return Err(Error::bad_archive(format!(
-                    "archive is truncated: no end-of-archive marker after byte {block_at}"
-                )));
+                // The stream ends at an entry boundary: an empty stream is an empty layer, and
+                // writers that leave out the end-of-archive blocks are common. (A download cut
+                // at a boundary is caught by the digest, which covers every byte.)
+                self.finished = true;
+                return Ok(None);
             };
             if block.iter().all(|b| *b == 0) {
                 if in_extension {
@@ -716,6 +740,17 @@ mod tests {
     }
 
     #[test]
+    fn missing_padding_and_end_marker_are_accepted() -> Result<()> {
+        let bytes = build(|b| file(b, "a", &[1u8; 2000]));
+        for cut in [2512usize, 2560] {
+            let entries = all(&bytes[..cut])?;
+            assert_eq!(entries.len(), 1, "cut {cut}");
+            assert_eq!(entries[0].1.len(), 2000);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn empty_stream_is_empty_archive() -> Result<()> {
         assert!(all(&[])?.is_empty());
         assert!(all(&[0u8; 1024])?.is_empty());
@@ -725,7 +760,7 @@ mod tests {
     #[test]
     fn truncation_and_garbage_are_errors() {
         let bytes = build(|b| file(b, "a", &[1u8; 2000]));
-        for cut in [100usize, 512, 1000, 2560] {
+        for cut in [100usize, 512, 1000, 2300, 2600] {
             let r = all(&bytes[..cut]);
             assert!(
                 matches!(r, Err(Error::BadArchive { .. })),

@@ -1,12 +1,12 @@
 //! The hostile-archive corpus against `write_image`.
 
 use anyhow::{Result, bail, ensure};
-use imagestore::{Error, ImageId, Metadata};
+use imagestore::{Error, FilterSpec, ImageId, Metadata};
 
 use super::fresh;
 use crate::Ctx;
 use crate::corpus::{Expect, all};
-use crate::tars::{stream, sum};
+use crate::tars::{Layer, entries, find, paths, stream, sum};
 
 /// Every hostile archive gives its error, and the store is byte-for-byte unchanged after each.
 pub async fn hostile_archives_rejected_unchanged(ctx: &Ctx) -> Result<()> {
@@ -42,5 +42,33 @@ pub async fn hostile_archives_rejected_unchanged(ctx: &Ctx) -> Result<()> {
             h.name
         );
     }
+    Ok(())
+}
+
+/// Writers that stop at an entry boundary without the two end-of-archive blocks are common;
+/// such a layer is accepted whole, while a cut inside a header or data stays an error.
+pub async fn archive_without_end_marker_accepted(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let whole = Layer::new()
+        .file("a", b"alpha")
+        .file("b", &[7u8; 600])
+        .build();
+    // Two entries: 512 + 512 (a) and 512 + 1024 (b); the rest is the end marker.
+    let cut = whole[..512 * 5].to_vec();
+    let id = ImageId::new("no-end-marker")?;
+    let img = ctx
+        .store
+        .write_image(&scratch, &id, Metadata::new(), &sum(&cut), stream(&cut))
+        .await?;
+    let out = entries(
+        ctx.store
+            .export(&s, &img.id, Some(&scratch.id), &FilterSpec::all(), true)
+            .await?,
+    )
+    .await?;
+    let ps = paths(&out);
+    ensure!(ps == ["a", "b"], "{ps:?}");
+    let b = find(&out, "b").ok_or_else(|| anyhow::anyhow!("b missing"))?;
+    ensure!(b.data == [7u8; 600], "content of b");
     Ok(())
 }
