@@ -159,7 +159,10 @@ impl S3Servers {
         };
         // An unsigned request is refused (403) once the S3 gateway and its bucket are up.
         wait_until("SeaweedFS", Duration::from_secs(60), || {
-            matches!(http_status(s3, "HEAD", &format!("/{BUCKET}")), Some(403 | 200))
+            matches!(
+                http_status(s3, "HEAD", &format!("/{BUCKET}")),
+                Some(403 | 200)
+            )
         })?;
         std::thread::sleep(Duration::from_secs(1));
         let weed_url = format!("s3://{BUCKET}?endpoint=http://127.0.0.1:{s3}&allow_http=true");

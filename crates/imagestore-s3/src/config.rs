@@ -112,9 +112,8 @@ impl Config {
             return Err(Error::invalid(format!("s3 URL {shown} has a fragment")));
         }
         let bucket = url.host_str().unwrap_or_default().to_owned();
-        check_bucket(&bucket).map_err(|why| {
-            Error::invalid(format!("s3 URL {shown}: bucket {bucket:?} {why}"))
-        })?;
+        check_bucket(&bucket)
+            .map_err(|why| Error::invalid(format!("s3 URL {shown}: bucket {bucket:?} {why}")))?;
         let mut cfg = Config::new(bucket);
         let mut segments = Vec::new();
         for seg in url.path().split('/').filter(|s| !s.is_empty()) {
@@ -128,9 +127,8 @@ impl Config {
         }
         cfg.prefix = segments.join("/");
         for (k, v) in url.query_pairs() {
-            let bad = |what: &str| {
-                Error::invalid(format!("s3 URL {shown}: option {k}={v:?}: {what}"))
-            };
+            let bad =
+                |what: &str| Error::invalid(format!("s3 URL {shown}: option {k}={v:?}: {what}"));
             match k.as_ref() {
                 "endpoint" => {
                     let e = Url::parse(&v).map_err(|e| bad(&e.to_string()))?;
@@ -143,7 +141,9 @@ impl Config {
                     cfg.endpoint = Some(v.trim_end_matches('/').to_owned());
                 }
                 "region" => cfg.region = Some(v.into_owned()),
-                "allow_http" => cfg.allow_http = parse_bool(&v).ok_or_else(|| bad("not a boolean"))?,
+                "allow_http" => {
+                    cfg.allow_http = parse_bool(&v).ok_or_else(|| bad("not a boolean"))?
+                }
                 "virtual_hosted_style" => {
                     cfg.virtual_hosted_style = parse_bool(&v).ok_or_else(|| bad("not a boolean"))?
                 }

@@ -14,7 +14,7 @@ use imagestore_core::layer::ingest::{IngestLimits, ingest};
 use imagestore_core::layer::rewrite::filter_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::layer::stream::spawn_producer;
-use imagestore_core::layer::toc::{Compression, EntryKind, Toc};
+use imagestore_core::layer::toc::{Compression, Toc};
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
@@ -207,21 +207,17 @@ impl S3Store {
             .lease_record(LeaseOp::CreateWritable)
             .with_parent(parent.clone());
         let nonce = record.nonce.clone();
-        let (guard, taken_over) = match lease::acquire(
-            self.objects(),
-            &st.keys.lease(id),
-            record,
-            || async {
+        let (guard, taken_over) =
+            match lease::acquire(self.objects(), &st.keys.lease(id), record, || async {
                 let taken = self.find_record(st, id).await?.is_some()
                     || self.find_writable(st, id).await?.is_some();
                 Ok(taken.then_some(()))
-            },
-        )
-        .await?
-        {
-            Acquired::Held { guard, taken_over } => (guard, taken_over),
-            Acquired::Answered(()) => return Err(exists()),
-        };
+            })
+            .await?
+            {
+                Acquired::Held { guard, taken_over } => (guard, taken_over),
+                Acquired::Answered(()) => return Err(exists()),
+            };
         if taken_over.is_some() {
             crate::sweep::resolve_pending(self, st, id, &guard.record().await).await?;
         }
@@ -347,22 +343,7 @@ impl Importer for S3Store {
             guard.ensure_fresh().await?;
             sink.finish().await?;
             let toc = ingested.toc.to_bytes()?;
-            let summary = ImportSummary {
-                entries: ingested
-                    .toc
-                    .entries
-                    .iter()
-                    .filter(|e| !e.kind.is_marker())
-                    .count() as u64,
-                whiteouts: ingested
-                    .toc
-                    .entries
-                    .iter()
-                    .filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque))
-                    .count() as u64,
-                filtered: 0,
-                bytes: ingested.size,
-            };
+            let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
             guard.ensure_fresh().await?;
             // The TOC commits the import.
             self.objects().put(&format!("{dir}/toc"), toc).await?;
@@ -476,9 +457,9 @@ impl Exporter for S3Store {
             key,
         );
         Ok(spawn_producer(move |w| {
-            std::io::copy(&mut reader, w)
-                .map(|_| ())
-                .map_err(|e| imagestore_core::layer::stream::error_from_io(e, crate::error::BACKEND))
+            std::io::copy(&mut reader, w).map(|_| ()).map_err(|e| {
+                imagestore_core::layer::stream::error_from_io(e, crate::error::BACKEND)
+            })
         }))
     }
 

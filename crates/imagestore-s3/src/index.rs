@@ -301,7 +301,11 @@ mod tests {
         let bytes = idx.encode();
         assert_eq!(Index::decode("k", &bytes)?, idx);
         let text = String::from_utf8_lossy(&bytes);
-        assert!(text.starts_with(r#"{"format":"imagestore-s3-index","version":1,"count":2,"total":21}"#));
+        assert!(
+            text.starts_with(
+                r#"{"format":"imagestore-s3-index","version":1,"count":2,"total":21}"#
+            )
+        );
         let cut: Vec<u8> = bytes[..bytes.len() - 2].to_vec();
         assert!(Index::decode("k", &cut).is_err());
         let first_line = text.lines().next().unwrap_or_default().to_owned();

@@ -90,10 +90,6 @@ impl StoreKeys {
     pub fn toc(&self, id: &ImageId, nonce: &str) -> String {
         format!("{}/toc", self.layer_dir(id, nonce))
     }
-    /// Directory of all layers.
-    pub fn layers_dir(&self) -> String {
-        format!("{}/layers", self.base)
-    }
     /// The lease of an id (writes, deletes, writable-layer changes).
     pub fn lease(&self, id: &ImageId) -> String {
         format!("{}/leases/{id}", self.base)
@@ -146,10 +142,6 @@ impl StoreKeys {
     pub fn index(&self) -> String {
         format!("{}/index", self.base)
     }
-    /// A short-lived object the sweep writes to read the server's clock.
-    pub fn clock(&self, nonce: &str) -> String {
-        format!("{}/clock/{nonce}", self.base)
-    }
 
     /// `(id, nonce)` of a layer or import key under this store, for uploads found by listing.
     pub fn owner_of_upload(&self, key: &str) -> Option<(ImageId, String)> {
@@ -195,7 +187,10 @@ mod tests {
         assert_eq!(k.image(&id), "stores/s1/00ff/images/a.b-c");
         let log = k.log(&id, "1234", LogOp::Delete);
         assert_eq!(log, "stores/s1/00ff/log/a.b-c.1234.d");
-        assert_eq!(k.parse_log(&log), Some((id.clone(), "1234".into(), LogOp::Delete)));
+        assert_eq!(
+            k.parse_log(&log),
+            Some((id.clone(), "1234".into(), LogOp::Delete))
+        );
         assert_eq!(
             k.owner_of_upload(&k.layer(&id, "77")),
             Some((id.clone(), "77".into()))

@@ -317,7 +317,11 @@ impl GuardInner {
         }
         let mut next = st.record.clone();
         next.seq += 1;
-        match self.objects.update(&self.key, encode(&next), &st.etag).await? {
+        match self
+            .objects
+            .update(&self.key, encode(&next), &st.etag)
+            .await?
+        {
             Updated::Updated(etag) => {
                 st.record = next;
                 st.etag = etag.unwrap_or_default();

@@ -21,7 +21,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::signer::{Signer, SignedUrlOptions};
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
     BackoffConfig, ClientOptions, GetOptions, GetRange, MultipartId, ObjectMeta, ObjectStore,
     ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
@@ -137,7 +137,12 @@ impl Objects {
             })
             .with_client_options(options.clone())
             .build()
-            .map_err(|e| map(format!("configuring the S3 client for bucket {}", config.bucket), e))?;
+            .map_err(|e| {
+                map(
+                    format!("configuring the S3 client for bucket {}", config.bucket),
+                    e,
+                )
+            })?;
         let http = ReqwestConnector::default()
             .connect(&options)
             .map_err(|e| map("configuring the HTTP client", e))?;
@@ -311,9 +316,9 @@ impl Objects {
             .await;
         match r {
             Ok(r) => Ok(Updated::Updated(r.e_tag)),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(Updated::Changed)
-            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(Updated::Changed),
             Err(e) => Err(map(format!("updating {}", self.show(rel)), e)),
         }
     }
@@ -351,7 +356,11 @@ impl Objects {
             .await;
         r.map_err(|e| {
             map(
-                format!("deleting {} objects under {}", rels.len(), self.show(&rels[0])),
+                format!(
+                    "deleting {} objects under {}",
+                    rels.len(),
+                    self.show(&rels[0])
+                ),
                 e,
             )
         })
@@ -392,7 +401,12 @@ impl Objects {
                 self.s3.get_opts(&path, opts).await
             })
             .await
-            .map_err(|e| map(format!("reading {} from offset {offset}", self.show(rel)), e))?;
+            .map_err(|e| {
+                map(
+                    format!("reading {} from offset {offset}", self.show(rel)),
+                    e,
+                )
+            })?;
         Ok(r.into_stream())
     }
 
@@ -449,7 +463,12 @@ impl Objects {
             let page = self
                 .retry(|| self.list_uploads_page(&prefix, &key_marker, &id_marker))
                 .await
-                .map_err(|e| map(format!("listing the uploads under {}/", self.show(rel_dir)), e))?;
+                .map_err(|e| {
+                    map(
+                        format!("listing the uploads under {}/", self.show(rel_dir)),
+                        e,
+                    )
+                })?;
             for u in page.uploads {
                 out.push(Upload {
                     key: self.rel(&Path::from(u.key.as_str())),
@@ -457,7 +476,9 @@ impl Objects {
                 });
             }
             match (page.truncated, page.next_key, page.next_id) {
-                (true, Some(k), Some(i)) if (k.as_str(), i.as_str()) != (key_marker.as_str(), id_marker.as_str()) => {
+                (true, Some(k), Some(i))
+                    if (k.as_str(), i.as_str()) != (key_marker.as_str(), id_marker.as_str()) =>
+                {
                     key_marker = k;
                     id_marker = i;
                 }
@@ -495,10 +516,14 @@ impl Objects {
             .uri(url.as_str())
             .body(HttpRequestBody::empty())
             .map_err(|e| generic(format!("building the ListMultipartUploads request: {e}")))?;
-        let resp = self.http.execute(req).await.map_err(|e| object_store::Error::Generic {
-            store: "S3",
-            source: Box::new(e),
-        })?;
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
         let status = resp.status();
         let body = resp
             .into_body()

@@ -71,7 +71,10 @@ impl ObjectReader {
             if self.stream.is_none() {
                 let objects = self.objects.clone();
                 let (key, pos) = (self.key.clone(), self.pos);
-                match self.handle.block_on(async move { objects.read_from(&key, pos).await }) {
+                match self
+                    .handle
+                    .block_on(async move { objects.read_from(&key, pos).await })
+                {
                     Ok(s) => self.stream = Some(s),
                     Err(e) if is_past_end(&e) => {
                         self.eof = true;
@@ -144,7 +147,9 @@ impl Seek for ObjectReader {
                 if !self.fill()? {
                     break;
                 }
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(self.buf.len());
+                let n = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(self.buf.len());
                 self.buf.advance(n);
                 self.pos += n as u64;
                 left -= n as u64;

@@ -179,7 +179,11 @@ async fn delete_locked(store: &S3Store, st: &StoreCtx, s: &StoreName) -> Result<
                 "it still holds {} image(s) ({}{}); delete them first",
                 left.len(),
                 shown.join(", "),
-                if left.len() > shown.len() { ", ..." } else { "" }
+                if left.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ),
         });
     }

@@ -126,7 +126,10 @@ impl S3Store {
 
     async fn init_root(&self) -> Result<()> {
         let o = self.objects();
-        match o.create(layout::FORMAT_KEY, FORMAT.as_bytes().to_vec()).await? {
+        match o
+            .create(layout::FORMAT_KEY, FORMAT.as_bytes().to_vec())
+            .await?
+        {
             Created::Created(_) => Ok(()),
             Created::Exists => {
                 let got = o
@@ -227,7 +230,10 @@ impl S3Store {
             Fetch::Found(got) => {
                 let r = ImageRecord::parse(&self.objects().show(&key), &got.bytes)?;
                 if r.id != *id {
-                    return Err(corrupt(self.objects().show(&key), "record names another id"));
+                    return Err(corrupt(
+                        self.objects().show(&key),
+                        "record names another id",
+                    ));
                 }
                 if let Some(etag) = got.etag {
                     cache_put(&self.inner.records, key, (etag, r.clone()));
@@ -279,7 +285,11 @@ impl S3Store {
 
     /// A cached TOC.
     pub(crate) fn cached_toc(&self, key: &str) -> Option<Arc<Toc>> {
-        self.inner.tocs.lock().ok().and_then(|c| c.get(key).cloned())
+        self.inner
+            .tocs
+            .lock()
+            .ok()
+            .and_then(|c| c.get(key).cloned())
     }
 
     /// Remembers a TOC.
@@ -335,9 +345,11 @@ impl S3Store {
         }
         let parts: Vec<&str> = path.split('/').collect();
         let (store, generation, id) = match parts.as_slice() {
-            [layout::STORES_DIR, store, generation, "images", id] => {
-                (StoreName::new(*store)?, Some(*generation), ImageId::new(*id)?)
-            }
+            [layout::STORES_DIR, store, generation, "images", id] => (
+                StoreName::new(*store)?,
+                Some(*generation),
+                ImageId::new(*id)?,
+            ),
             [layout::STORES_DIR, file] => {
                 let store = file.strip_suffix(".json").ok_or_else(bad)?;
                 (StoreName::new(store)?, None, ImageId::scratch())
@@ -571,7 +583,10 @@ impl S3Store {
             }
         }
         Err(crate::error::backend(
-            format!("image {} kept changing while registering {owner}", st.name_of(id)),
+            format!(
+                "image {} kept changing while registering {owner}",
+                st.name_of(id)
+            ),
             true,
         ))
     }

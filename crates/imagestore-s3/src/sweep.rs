@@ -53,8 +53,7 @@ async fn remove_stale_clocks(store: &S3Store, dir: &str, now: DateTime<Utc>) -> 
 /// True when a lease has not been renewed for longer than its TTL, by the server's clock.
 pub(crate) fn is_dead(l: &Observed, now: DateTime<Utc>) -> bool {
     let age = now.signed_duration_since(l.last_modified);
-    age.to_std()
-        .is_ok_and(|age| age > l.record.ttl() + SLACK)
+    age.to_std().is_ok_and(|age| age > l.record.ttl() + SLACK)
 }
 
 /// Deletes every object under `dir` and aborts the uploads there.
@@ -254,9 +253,7 @@ pub(crate) async fn resolve_pending(
 /// Finishes or undoes one dead holder's operation on `id`.
 async fn resolve(store: &S3Store, st: &StoreCtx, id: &ImageId, dead: &LeaseRecord) -> Result<()> {
     match dead.op {
-        LeaseOp::Write => {
-            undo_write(store, st, id, dead.parent.as_ref(), &dead.nonce, true).await
-        }
+        LeaseOp::Write => undo_write(store, st, id, dead.parent.as_ref(), &dead.nonce, true).await,
         LeaseOp::Delete => {
             let Some(victim) = &dead.target else {
                 // It died before choosing what to delete.
@@ -409,7 +406,10 @@ pub(crate) async fn resolve_store_op(
         return Ok(());
     };
     let current = store.read_store(s).await?;
-    if current.as_ref().is_some_and(|r| &r.generation == generation) {
+    if current
+        .as_ref()
+        .is_some_and(|r| &r.generation == generation)
+    {
         // The creation committed, or the deletion never removed the record: all is well
         // (a half-deleted store keeps working; its images were checked to be gone).
         return Ok(());

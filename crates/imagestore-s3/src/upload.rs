@@ -87,13 +87,8 @@ impl UploadSink {
     }
 
     /// Bytes received so far.
-    pub fn len(&self) -> u64 {
+    fn received(&self) -> u64 {
         self.sent + self.pending_len as u64
-    }
-
-    /// True before any byte arrived.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn show(&self) -> String {
@@ -149,8 +144,15 @@ impl UploadSink {
         let index = self.parts.len();
         let part = task
             .await
-            .map_err(|e| crate::error::backend(format!("{}: part task failed: {e}", self.show()), false))?
-            .map_err(|e| upload_error(format!("uploading part {} of {}", index + 1, self.show()), e))?;
+            .map_err(|e| {
+                crate::error::backend(format!("{}: part task failed: {e}", self.show()), false)
+            })?
+            .map_err(|e| {
+                upload_error(
+                    format!("uploading part {} of {}", index + 1, self.show()),
+                    e,
+                )
+            })?;
         self.parts.push(part);
         Ok(())
     }
@@ -159,7 +161,7 @@ impl UploadSink {
     /// otherwise the last part and the completion of the upload. Call only after the digest
     /// matched. Returns the number of bytes.
     pub async fn finish(mut self) -> Result<u64> {
-        let total = self.len();
+        let total = self.received();
         if self.upload.is_none() {
             let payload: PutPayload = std::mem::take(&mut self.pending).into_iter().collect();
             self.objects.put_payload(&self.rel, payload).await?;
@@ -274,6 +276,9 @@ mod tests {
         assert!(parts.iter().all(|p| *p == 8 << 20));
         assert_eq!(part_size(8 << 20, 8 << 30), 8 << 20);
         assert_eq!(part_size(8 << 20, 100 << 30), 103 << 20);
-        assert_eq!(part_size(8 << 20, 1 << 50), (MAX_PART_SIZE - (1 << 20)) as usize);
+        assert_eq!(
+            part_size(8 << 20, 1 << 50),
+            (MAX_PART_SIZE - (1 << 20)) as usize
+        );
     }
 }

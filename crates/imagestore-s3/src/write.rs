@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use imagestore_core::layer::ingest::{IngestLimits, ingest};
 use imagestore_core::layer::validate::LowerView;
+use imagestore_core::storer::check_existing_write;
 use imagestore_core::{
     ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
 };
@@ -48,33 +49,14 @@ pub(crate) async fn existing_or_conflict(
     let Some(r) = store.find_record(st, id).await? else {
         return Ok(None);
     };
-    if r.parent.as_ref() != Some(parent) {
-        return Err(Error::Conflict {
-            kind: ObjectKind::Image,
-            name: st.name_of(id),
-            reason: format!(
-                "it exists with parent {}, not {parent}",
-                r.parent
-                    .as_ref()
-                    .map_or("none".to_owned(), ToString::to_string)
-            ),
-        });
-    }
-    match sum {
-        Some(sum) if r.sum.as_ref() != Some(sum) => Err(Error::Conflict {
-            kind: ObjectKind::Image,
-            name: st.name_of(id),
-            reason: format!(
-                "it exists with sum {}, not {sum}",
-                r.sum
-                    .as_ref()
-                    .map_or("none".to_owned(), ToString::to_string)
-            ),
-        }),
-        // Without an expected sum (a commit of a writable layer) an existing id is a conflict.
-        None => Err(Error::already_exists(ObjectKind::Image, st.name_of(id))),
-        Some(_) => Ok(Some(store.image_of(st, &r)?)),
-    }
+    check_existing_write(
+        st.name_of(id),
+        r.parent.as_ref(),
+        r.sum.as_ref(),
+        parent,
+        sum,
+    )?;
+    Ok(Some(store.image_of(st, &r)?))
 }
 
 /// Checks that `parent` exists and is not being deleted, waiting while a delete of it is in
@@ -186,14 +168,15 @@ impl S3Store {
             .lease_record(LeaseOp::Write)
             .with_parent(parent.clone());
         let nonce = record.nonce.clone();
-        let (guard, taken_over) = match lease::acquire(self.objects(), &st.keys.lease(id), record, || {
-            existing_or_conflict(self, &st, id, parent, sum.as_ref(), false)
-        })
-        .await?
-        {
-            Acquired::Held { guard, taken_over } => (guard, taken_over),
-            Acquired::Answered(img) => return Ok(img),
-        };
+        let (guard, taken_over) =
+            match lease::acquire(self.objects(), &st.keys.lease(id), record, || {
+                existing_or_conflict(self, &st, id, parent, sum.as_ref(), false)
+            })
+            .await?
+            {
+                Acquired::Held { guard, taken_over } => (guard, taken_over),
+                Acquired::Answered(img) => return Ok(img),
+            };
         if taken_over.is_some()
             && let Err(e) =
                 crate::sweep::resolve_pending(self, &st, id, &guard.record().await).await
@@ -304,15 +287,21 @@ impl S3Store {
             Ok(_) | Err(Error::NotFound { .. }) => {
                 return Err(Error::not_found(
                     ObjectKind::Image,
-                    format!("{} (the parent of {id}, deleted during the write)", st.name_of(parent)),
+                    format!(
+                        "{} (the parent of {id}, deleted during the write)",
+                        st.name_of(parent)
+                    ),
                 ));
             }
             Err(e) => return Err(e),
         };
         check_depth(parent_rec.depth)?;
 
-        let lower: Arc<dyn LowerView> =
-            Arc::new(self.stack_of_chain(st, &parent_rec.child_chain(), &[], id).await?.chain());
+        let lower: Arc<dyn LowerView> = Arc::new(
+            self.stack_of_chain(st, &parent_rec.child_chain(), &[], id)
+                .await?
+                .chain(),
+        );
         let cfg = &self.inner.config;
         let mut sink = UploadSink::new(
             o.clone(),
@@ -320,8 +309,14 @@ impl S3Store {
             cfg.part_size,
             cfg.upload_concurrency,
         );
-        let ingested = match ingest(body, sum.as_ref(), &mut sink, lower, IngestLimits::default())
-            .await
+        let ingested = match ingest(
+            body,
+            sum.as_ref(),
+            &mut sink,
+            lower,
+            IngestLimits::default(),
+        )
+        .await
         {
             Ok(i) => i,
             Err(e) => {

@@ -19,8 +19,7 @@ mod seaweed {
     use imagestore_conformance::{Ctx, conformance_tests};
 
     async fn ctx() -> Option<Ctx> {
-        let url =
-            super::common::test_url("IMAGESTORE_TEST_S3_SEAWEED", &[("lease_ttl", "10s")])?;
+        let url = super::common::test_url("IMAGESTORE_TEST_S3_SEAWEED", &[("lease_ttl", "10s")])?;
         Some(super::common::ctx(url).await)
     }
 

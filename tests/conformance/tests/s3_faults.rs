@@ -76,7 +76,8 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
     } else {
         0
     };
-    let no_body = response_to_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let no_body =
+        response_to_head || status == 204 || status == 304 || (100..200).contains(&status);
     let mut body = Vec::new();
     if !no_body {
         if header(&text, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -114,7 +115,7 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
 
 /// Drops a connection with a TCP reset.
 fn reset(s: TcpStream) {
-    let _ = s.set_linger(Some(Duration::ZERO));
+    let _ = s.set_zero_linger();
     drop(s);
 }
 
@@ -259,7 +260,12 @@ async fn faults_against(var: &str) -> Result<()> {
     clean.create_image_store(&name).await?;
     let scratch = clean.scratch(&name).await?;
     let base = clean
-        .write_image_bytes(&scratch, &ImageId::new("base")?, Metadata::new(), layer(1, 4096))
+        .write_image_bytes(
+            &scratch,
+            &ImageId::new("base")?,
+            Metadata::new(),
+            layer(1, 4096),
+        )
         .await?;
 
     let store: Arc<dyn ImageStorer> = {
@@ -277,24 +283,37 @@ async fn faults_against(var: &str) -> Result<()> {
     };
     let mut tasks = Vec::new();
     for t in 0..4u64 {
-        let (store, base, scratch, name) = (store.clone(), base.clone(), scratch.clone(), name.clone());
+        let (store, base, scratch, name) =
+            (store.clone(), base.clone(), scratch.clone(), name.clone());
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..6u64 {
                 let seed = 10 + t * 100 + i;
                 // Mostly small layers; every third one needs a multipart upload.
-                let size = if i % 3 == 2 { 11 << 20 } else { 20_000 + (seed as usize % 7) * 3000 };
+                let size = if i % 3 == 2 {
+                    11 << 20
+                } else {
+                    20_000 + (seed as usize % 7) * 3000
+                };
                 let bytes = layer(seed, size);
                 let parent = if i % 2 == 0 { &scratch } else { &base };
                 let id = ImageId::new(format!("w{t}-{i}")).unwrap();
                 let r = store
-                    .write_image(parent, &id, Metadata::new(), &Digest::sha256_of(&bytes), imagestore::byte_stream(std::io::Cursor::new(bytes.clone())))
+                    .write_image(
+                        parent,
+                        &id,
+                        Metadata::new(),
+                        &Digest::sha256_of(&bytes),
+                        imagestore::byte_stream(std::io::Cursor::new(bytes.clone())),
+                    )
                     .await;
                 outcomes.push((id.clone(), Digest::sha256_of(&bytes), r.is_ok()));
                 if let Err(e) = &r {
                     eprintln!("write {id}: {e}");
                 }
-                if i % 3 == 1 && let Ok(img) = &r {
+                if i % 3 == 1
+                    && let Ok(img) = &r
+                {
                     // Delete some of them again.
                     if let Err(e) = store.delete_image(img).await {
                         eprintln!("delete {id}: {e}");
@@ -306,10 +325,23 @@ async fn faults_against(var: &str) -> Result<()> {
                     let r: imagestore::Result<()> = async {
                         store.create_writable(&base, &wid).await?;
                         store
-                            .import(&name, &wid, &FilterSpec::all(), imagestore::byte_stream(std::io::Cursor::new(layer(seed + 50, 30_000))))
+                            .import(
+                                &name,
+                                &wid,
+                                &FilterSpec::all(),
+                                imagestore::byte_stream(std::io::Cursor::new(layer(
+                                    seed + 50,
+                                    30_000,
+                                ))),
+                            )
                             .await?;
                         store
-                            .commit_writable(&name, &wid, &ImageId::new(format!("c{t}")).unwrap(), Metadata::new())
+                            .commit_writable(
+                                &name,
+                                &wid,
+                                &ImageId::new(format!("c{t}")).unwrap(),
+                                Metadata::new(),
+                            )
                             .await?;
                         Ok(())
                     }
@@ -337,7 +369,8 @@ async fn faults_against(var: &str) -> Result<()> {
         outcomes.len(),
     );
     ensure!(
-        counts.resets_before.load(Ordering::Relaxed) + counts.errors_after.load(Ordering::Relaxed) > 0,
+        counts.resets_before.load(Ordering::Relaxed) + counts.errors_after.load(Ordering::Relaxed)
+            > 0,
         "the proxy injected no faults"
     );
 
@@ -353,19 +386,34 @@ async fn faults_against(var: &str) -> Result<()> {
         } else {
             // A successful write may have been deleted again on purpose; a failed one must
             // be absent from every view.
-            ensure!(fresh.get_image(&name, id).await.is_err(), "{id} is listed nowhere but readable");
+            ensure!(
+                fresh.get_image(&name, id).await.is_err(),
+                "{id} is listed nowhere but readable"
+            );
         }
         let _ = ok;
     }
     let mut total = 0;
     for img in &images {
         let mut raw = Vec::new();
-        fresh.export_raw(&name, &img.id).await?.read_to_end(&mut raw).await?;
-        ensure!(img.sum == Some(Digest::sha256_of(&raw)), "{} does not verify", img.id);
+        fresh
+            .export_raw(&name, &img.id)
+            .await?
+            .read_to_end(&mut raw)
+            .await?;
+        ensure!(
+            img.sum == Some(Digest::sha256_of(&raw)),
+            "{} does not verify",
+            img.id
+        );
         ensure!(img.size == raw.len() as u64);
         total += img.size;
         if let Some(p) = &img.parent {
-            ensure!(fresh.get_image(&name, p).await.is_ok(), "{} has a dangling parent", img.id);
+            ensure!(
+                fresh.get_image(&name, p).await.is_ok(),
+                "{} has a dangling parent",
+                img.id
+            );
         }
         // Exports of the merged image read back.
         let mut tar = Vec::new();
@@ -375,7 +423,10 @@ async fn faults_against(var: &str) -> Result<()> {
             .read_to_end(&mut tar)
             .await?;
     }
-    ensure!(fresh.image_storage_usage(&name).await? == total, "usage disagrees with the images");
+    ensure!(
+        fresh.image_storage_usage(&name).await? == total,
+        "usage disagrees with the images"
+    );
     let hooks = common::S3Hooks::new(&direct)?;
     let left = hooks.leftover_list(&name).await?;
     ensure!(left.is_empty(), "leftovers after the sweep: {left:?}");

@@ -11,7 +11,12 @@
 //! This is a `harness = false` test: the same binary is the child process when
 //! `IMAGESTORE_RACE_CHILD` is set (its arguments come in `IMAGESTORE_RACE_ARGS` as JSON).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -220,11 +225,23 @@ async fn check_clean(url: &str, hooks: &common::S3Hooks, name: &StoreName) -> Re
     ensure!(left.is_empty(), "leftovers after the sweep: {left:?}");
     for img in other.list_images(name, &[]).await? {
         if let Some(p) = &img.parent {
-            ensure!(other.get_image(name, p).await.is_ok(), "{} has a dangling parent {p}", img.id);
+            ensure!(
+                other.get_image(name, p).await.is_ok(),
+                "{} has a dangling parent {p}",
+                img.id
+            );
         }
         let mut raw = Vec::new();
-        other.export_raw(name, &img.id).await?.read_to_end(&mut raw).await?;
-        ensure!(img.sum == Some(Digest::sha256_of(&raw)), "{} does not verify", img.id);
+        other
+            .export_raw(name, &img.id)
+            .await?
+            .read_to_end(&mut raw)
+            .await?;
+        ensure!(
+            img.sum == Some(Digest::sha256_of(&raw)),
+            "{} does not verify",
+            img.id
+        );
     }
     Ok(())
 }
@@ -250,8 +267,14 @@ async fn same_id(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result<()> 
         }
         images.push(r["value"].clone());
     }
-    ensure!(images.windows(2).all(|w| w[0] == w[1]), "writers got different images: {images:?}");
-    ensure!(read_to_end == 1, "{read_to_end} bodies were read to their end");
+    ensure!(
+        images.windows(2).all(|w| w[0] == w[1]),
+        "writers got different images: {images:?}"
+    );
+    ensure!(
+        read_to_end == 1,
+        "{read_to_end} bodies were read to their end"
+    );
     check_clean(url, hooks, &name).await?;
     eprintln!("  same id: {} processes, one write", plan.writers);
     Ok(())
@@ -263,7 +286,12 @@ async fn delete_vs_child(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Res
     for round in 0..plan.rounds {
         let bytes = layer(round as u64, 1 << 10);
         let parent = store
-            .write_image_bytes(&scratch, &ImageId::new(format!("p{round}"))?, Metadata::new(), bytes)
+            .write_image_bytes(
+                &scratch,
+                &ImageId::new(format!("p{round}"))?,
+                Metadata::new(),
+                bytes,
+            )
             .await?;
         let start_at = now_ms() + 2500;
         let writer = spawn(
@@ -279,9 +307,19 @@ async fn delete_vs_child(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Res
         )?;
         let w = result_of(writer).await?;
         let d = result_of(deleter).await?;
-        match (d["ok"].as_bool(), w["ok"].as_bool(), d["kind"].as_str(), w["kind"].as_str()) {
+        match (
+            d["ok"].as_bool(),
+            w["ok"].as_bool(),
+            d["kind"].as_str(),
+            w["kind"].as_str(),
+        ) {
             (Some(true), Some(false), _, Some("NotFound")) => {
-                ensure!(store.get_image(&name, &ImageId::new(format!("k{round}"))?).await.is_err());
+                ensure!(
+                    store
+                        .get_image(&name, &ImageId::new(format!("k{round}"))?)
+                        .await
+                        .is_err()
+                );
                 seen.insert("delete won");
             }
             (Some(false), Some(true), Some("ImageInUse"), _) => {
@@ -292,7 +330,10 @@ async fn delete_vs_child(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Res
         }
     }
     check_clean(url, hooks, &name).await?;
-    eprintln!("  delete vs child write: {} rounds, outcomes {seen:?}", plan.rounds);
+    eprintln!(
+        "  delete vs child write: {} rounds, outcomes {seen:?}",
+        plan.rounds
+    );
     Ok(())
 }
 
@@ -311,7 +352,10 @@ async fn killed_writer(url: &str, hooks: &common::S3Hooks) -> Result<()> {
         if lease.is_some() && !uploads.is_empty() {
             break;
         }
-        ensure!(t.elapsed() < Duration::from_secs(60), "the writer never started uploading");
+        ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the writer never started uploading"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -324,14 +368,22 @@ async fn killed_writer(url: &str, hooks: &common::S3Hooks) -> Result<()> {
     let img = store.get_image(&name, &ImageId::new("victim")?).await?;
     ensure!(img.sum == Some(Digest::sha256_of(&layer(7, 12 << 20))));
     check_clean(url, hooks, &name).await?;
-    eprintln!("  killed writer: taken over after {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "  killed writer: taken over after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 async fn owners_across_processes(url: &str, hooks: &common::S3Hooks) -> Result<()> {
     let (store, name, scratch) = fresh(url).await?;
     let img = store
-        .write_image_bytes(&scratch, &ImageId::new("owned")?, Metadata::new(), layer(9, 100))
+        .write_image_bytes(
+            &scratch,
+            &ImageId::new("owned")?,
+            Metadata::new(),
+            layer(9, 100),
+        )
         .await?;
     let args = json!({"url": url, "store": name.to_string(), "id": "owned", "owner": "vm-1", "start_at": 0});
     let r = result_of(spawn("acquire", args.clone())?).await?;
@@ -382,8 +434,22 @@ fn main() -> ExitCode {
         };
     }
     let servers = [
-        ("moto", "IMAGESTORE_TEST_S3_MOTO", Plan { writers: 6, rounds: 6 }),
-        ("SeaweedFS", "IMAGESTORE_TEST_S3_SEAWEED", Plan { writers: 3, rounds: 3 }),
+        (
+            "moto",
+            "IMAGESTORE_TEST_S3_MOTO",
+            Plan {
+                writers: 6,
+                rounds: 6,
+            },
+        ),
+        (
+            "SeaweedFS",
+            "IMAGESTORE_TEST_S3_SEAWEED",
+            Plan {
+                writers: 3,
+                rounds: 3,
+            },
+        ),
     ];
     for (server, var, plan) in servers {
         let Some(url) = common::test_url(var, &[("lease_ttl", "4s"), ("part_size", "5MiB")]) else {

@@ -4,6 +4,7 @@
 
 mod containerd;
 mod image;
+mod s3;
 mod write;
 
 use anyhow::{Result, bail};
@@ -31,6 +32,7 @@ pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
         "write" => write::bench(),
         "checkout" => image::checkout(),
         "export" => image::export(),
-        other => bail!("unknown benchmark {other:?} (try: write, checkout, export)"),
+        "s3" => s3::bench(),
+        other => bail!("unknown benchmark {other:?} (try: write, checkout, export, s3)"),
     }
 }

@@ -69,7 +69,8 @@ impl S3Hooks {
             b = b.with_region(r);
         }
         let s3 = Arc::new(b.build()?);
-        let http = ReqwestConnector::default().connect(&ClientOptions::new().with_allow_http(true))?;
+        let http =
+            ReqwestConnector::default().connect(&ClientOptions::new().with_allow_http(true))?;
         Ok(S3Hooks {
             s3,
             http,
@@ -129,14 +130,19 @@ impl S3Hooks {
                 http::Method::GET,
                 &Path::from(""),
                 Duration::from_secs(60),
-                &SignedUrlOptions::default().with_query([("uploads", ""), ("prefix", prefix.as_str())]),
+                &SignedUrlOptions::default()
+                    .with_query([("uploads", ""), ("prefix", prefix.as_str())]),
             )
             .await?;
         let req = http::Request::builder()
             .uri(url.as_str())
             .body(HttpRequestBody::empty())?;
         let resp = self.http.execute(req).await?;
-        anyhow::ensure!(resp.status().is_success(), "ListMultipartUploads: {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "ListMultipartUploads: {}",
+            resp.status()
+        );
         let body = String::from_utf8(resp.into_body().bytes().await?.to_vec())?;
         let mut out = Vec::new();
         for block in body.split("<Upload>").skip(1) {
@@ -179,7 +185,10 @@ impl S3Hooks {
     pub async fn leftover_list(&self, s: &StoreName) -> Result<Vec<String>> {
         let base = self.base(s).await?;
         let rec = self.store_record(s).await?;
-        let scratch_nonce = rec["scratch"]["nonce"].as_str().unwrap_or_default().to_owned();
+        let scratch_nonce = rec["scratch"]["nonce"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let mut out = Vec::new();
         for (k, _, _) in self.list(&format!("{base}/leases")).await? {
             out.push(format!("lease {k}"));
@@ -215,13 +224,17 @@ impl S3Hooks {
         }
         for (k, _, _) in self.list(&format!("{base}/children")).await? {
             let rest = &k[base.len() + "/children/".len()..];
-            let Some((p, c)) = rest.split_once('/') else { continue };
+            let Some((p, c)) = rest.split_once('/') else {
+                continue;
+            };
             let image_child = self
                 .record(&base, c)
                 .await?
                 .is_some_and(|r| r["parent"].as_str() == Some(p));
             let writable_child = match self.get(&format!("{base}/writables/{c}")).await? {
-                Some(b) => serde_json::from_slice::<serde_json::Value>(&b)?["parent"].as_str() == Some(p),
+                Some(b) => {
+                    serde_json::from_slice::<serde_json::Value>(&b)?["parent"].as_str() == Some(p)
+                }
                 None => false,
             };
             if !image_child && !writable_child {
