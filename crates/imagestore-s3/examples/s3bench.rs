@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use imagestore_core::{
