@@ -2,7 +2,12 @@
 //! (`docs/layouts.md`) directly through `object_store`, to fake crashes and inspect a store
 //! independently of the backend.
 
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+#![allow(
+    dead_code,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::print_stderr
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
