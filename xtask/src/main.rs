@@ -26,7 +26,7 @@ cargo xtask <command>
   conformance local  run the conformance suite against the local backend
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
-  bench s3           against moto: a 1 GiB layer through the backend vs a plain object_store
+  bench s3 [write|list] against moto: a 1 GiB layer through the backend vs a plain object_store
                      multipart put; listing a store of 10,000 images
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base

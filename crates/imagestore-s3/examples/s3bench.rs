@@ -3,7 +3,7 @@
 //!
 //! * `ours URL FILE DIGEST` — writes FILE as one image through the backend into store `bench`;
 //! * `plain URL FILE` — the peer: a plain `object_store` multipart put of the same bytes
-//!   (8 MiB parts, two in flight, as the backend's defaults);
+//!   (8 MiB parts, two in flight and SHA-256 part checksums, as the backend's defaults);
 //! * `populate URL STORE N` — writes N tiny images into STORE through the backend;
 //! * `list URL STORE N` — lists STORE and checks it holds N images (scratch excluded).
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
@@ -61,6 +61,10 @@ async fn plain(url: &str, file: &str) -> Result<()> {
         .with_allow_http(true);
     if let Some(e) = q.get("endpoint") {
         b = b.with_endpoint(e);
+    }
+    // The same client settings as the backend: SHA-256 part checksums unless turned off.
+    if q.get("checksum").map(String::as_str) != Some("none") {
+        b = b.with_checksum_algorithm(Checksum::SHA256);
     }
     let s3 = b.build()?;
     let key = Path::from(format!(

@@ -27,12 +27,12 @@ pub fn report(name: &str, ours: f64, peer: &str, peer_s: f64) {
 }
 
 /// Runs benchmark `which`.
-pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
+pub fn run(which: &str, rest: &[&str]) -> Result<()> {
     match which {
         "write" => write::bench(),
         "checkout" => image::checkout(),
         "export" => image::export(),
-        "s3" => s3::bench(),
+        "s3" => s3::bench(rest),
         other => bail!("unknown benchmark {other:?} (try: write, checkout, export, s3)"),
     }
 }
