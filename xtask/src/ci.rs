@@ -1,8 +1,10 @@
-//! `cargo xtask ci`: formatting, lints per feature set, tests, docs.
+//! `cargo xtask ci`: formatting, lints per feature set, tests, docs; and
+//! `cargo xtask conformance <backend>`.
 
 use anyhow::{Result, bail};
 
 use crate::fixture;
+use crate::s3::{self, S3Servers};
 use crate::util::{cargo, have, run};
 
 /// True when running under CI (`CI=true`), where nothing may be skipped.
@@ -30,13 +32,28 @@ fn fixtures() -> Result<()> {
     Ok(())
 }
 
-/// Feature sets of the facade whose lints and tests must pass. Without a backend there is
-/// nothing for the doctests to open, so that set runs the unit and registry tests only.
+/// Feature sets of the facade whose lints and tests must pass. Without the local backend there
+/// is nothing for the doctests to open, so those sets run the unit and registry tests only.
 const FEATURE_SETS: &[&[&str]] = &[
     &["--no-default-features", "--tests"],
+    &["--no-default-features", "--features", "s3", "--tests"],
     &[],
     &["--features", "full"],
 ];
+
+/// The S3 servers if they are installed; otherwise the S3 tests skip (and fail under
+/// `CI=true`).
+fn s3_servers() -> Result<Option<S3Servers>> {
+    if s3::available() {
+        Ok(Some(S3Servers::start()?))
+    } else {
+        eprintln!(
+            "ci: moto/SeaweedFS not installed, S3 tests will skip (fail under CI=true); install: {}",
+            s3::INSTALL_HINT
+        );
+        Ok(None)
+    }
+}
 
 /// Runs every check CI runs.
 pub fn ci() -> Result<()> {
@@ -57,9 +74,16 @@ pub fn ci() -> Result<()> {
         run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
     }
     fixtures()?;
-    run(cargo()
+    let servers = s3_servers()?;
+    let mut tests = cargo();
+    tests
         .args(["test", "--workspace", "--exclude", "imagestore"])
-        .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?))?;
+        .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?);
+    if let Some(s) = &servers {
+        s.env(&mut tests);
+    }
+    run(&mut tests)?;
+    drop(servers);
     crate::sample::check_in_ci()?;
     // The fuzz targets are a workspace of their own; type-check them so they never rot.
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
@@ -68,4 +92,31 @@ pub fn ci() -> Result<()> {
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     eprintln!("ci: all checks passed");
     Ok(())
+}
+
+/// Runs the conformance suite (and, for S3, the race and fault tests) against `backend`,
+/// starting its servers.
+pub fn conformance(backend: &str) -> Result<()> {
+    match backend {
+        "local" => run(cargo().args(["test", "-p", "imagestore-conformance", "--test", "local"])),
+        "s3" => {
+            let servers = S3Servers::start()?;
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "-p",
+                "imagestore-conformance",
+                "--test",
+                "s3",
+                "--test",
+                "s3_races",
+                "--test",
+                "s3_faults",
+            ])
+            .env("CI", "true");
+            servers.env(&mut cmd);
+            run(&mut cmd)
+        }
+        other => bail!("unknown backend {other:?} (try: s3, local)"),
+    }
 }

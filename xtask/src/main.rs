@@ -13,6 +13,7 @@ mod bench;
 mod ci;
 mod dist;
 mod fixture;
+mod s3;
 mod sample;
 mod util;
 
@@ -22,8 +23,12 @@ const HELP: &str = "\
 cargo xtask <command>
 
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
+  conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
+  conformance local  run the conformance suite against the local backend
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
+  bench s3 [write|list] against moto: a 1 GiB layer through the backend vs a plain object_store
+                     multipart put; listing a store of 10,000 images
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base
   bench import       import the debian fixture (docker-archive): ours vs `skopeo copy` to an
@@ -40,6 +45,7 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ci"] => ci::ci(),
+        ["conformance", backend] => ci::conformance(backend),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
         ["sample-image"] => sample::sample_image(false),

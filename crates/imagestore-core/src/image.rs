@@ -151,6 +151,33 @@ pub fn store_name_of(url: &Url) -> Result<StoreName> {
     StoreName::new(last)
 }
 
+/// Metadata as stored in JSON records: values in standard base64.
+pub fn metadata_to_base64(meta: &Metadata) -> BTreeMap<String, String> {
+    use base64::Engine as _;
+    meta.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD.encode(v),
+            )
+        })
+        .collect()
+}
+
+/// Decodes metadata stored by [`metadata_to_base64`]; `Corrupt` (naming `what`) on bad base64.
+pub fn metadata_from_base64(stored: &BTreeMap<String, String>, what: &str) -> Result<Metadata> {
+    use base64::Engine as _;
+    stored
+        .iter()
+        .map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(|bytes| (k.clone(), bytes))
+                .map_err(|e| Error::corrupt(what.to_owned(), format!("metadata {k:?}: {e}")))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,3 +288,57 @@ pub fn check_write_id(id: &ImageId) -> Result<()> {
     }
     Ok(())
 }
+
+/// Decides what a write of `id` (on `parent`, expecting `sum`) does when image `name` already
+/// exists with `existing_parent` and `existing_sum`: `Ok` when it is the same image (the write
+/// returns it), `Conflict` when the parent or sum differs, and `AlreadyExists` without an
+/// expected sum (a commit of a writable layer).
+pub fn check_existing_write(
+    name: String,
+    existing_parent: Option<&ImageId>,
+    existing_sum: Option<&Digest>,
+    parent: &ImageId,
+    sum: Option<&Digest>,
+) -> Result<()> {
+    use crate::error::{Error, ObjectKind};
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".to_owned());
+    if existing_parent != Some(parent) {
+        return Err(Error::Conflict {
+            kind: ObjectKind::Image,
+            name,
+            reason: format!(
+                "it exists with parent {}, not {parent}",
+                show(existing_parent.map(ToString::to_string))
+            ),
+        });
+    }
+    match sum {
+        Some(sum) if existing_sum != Some(sum) => Err(Error::Conflict {
+            kind: ObjectKind::Image,
+            name,
+            reason: format!(
+                "it exists with sum {}, not {sum}",
+                show(existing_sum.map(ToString::to_string))
+            ),
+        }),
+        None => Err(Error::already_exists(ObjectKind::Image, name)),
+        Some(_) => Ok(()),
+    }
+}
+
+impl ImportSummary {
+    /// The summary of an import whose layer has `toc` and whose tar stream was `bytes` long
+    /// (`filtered` is left at zero: the filter counts what it drops).
+    pub fn of_toc(toc: &crate::layer::toc::Toc, bytes: u64) -> ImportSummary {
+        use crate::layer::toc::EntryKind;
+        let count = |f: &dyn Fn(&EntryKind) -> bool| {
+            toc.entries.iter().filter(|e| f(&e.kind)).count() as u64
+        };
+        ImportSummary {
+            entries: count(&|k| !k.is_marker()),
+            whiteouts: count(&|k| matches!(k, EntryKind::Whiteout | EntryKind::Opaque)),
+            filtered: 0,
+            bytes,
+        }
+    }
+}

@@ -14,7 +14,6 @@ use imagestore_core::layer::index;
 use imagestore_core::layer::ingest::{IngestLimits, ingest, sniff};
 use imagestore_core::layer::rewrite::filter_tar;
 use imagestore_core::layer::stack::Stack;
-use imagestore_core::layer::toc::EntryKind;
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::storer::check_write_id;
 use imagestore_core::{
@@ -238,22 +237,7 @@ impl Importer for LocalStore {
         sink.finish().await?;
         let toc = ingested.toc.to_bytes()?;
         let toc_index = index::build(&ingested.toc)?;
-        let summary = ImportSummary {
-            entries: ingested
-                .toc
-                .entries
-                .iter()
-                .filter(|e| !e.kind.is_marker())
-                .count() as u64,
-            whiteouts: ingested
-                .toc
-                .entries
-                .iter()
-                .filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque))
-                .count() as u64,
-            filtered: 0,
-            bytes: ingested.size,
-        };
+        let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
         let (s, id2, staged_dir) = (store.clone(), id.clone(), staging.dir.clone());
         self.run(move |inner| {
             fsx::write_new_synced(&staged.toc(), &toc)?;

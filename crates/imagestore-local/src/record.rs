@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use imagestore_core::image::{metadata_from_base64, metadata_to_base64};
 use imagestore_core::{Digest, Error, Image, ImageId, Metadata, Result, StoreName, Url};
 
 use crate::error::IoContext;
@@ -45,15 +45,7 @@ impl ImageRecord {
         depth: u32,
         meta: &Metadata,
     ) -> Self {
-        let metadata = meta
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    base64::engine::general_purpose::STANDARD.encode(v),
-                )
-            })
-            .collect();
+        let metadata = metadata_to_base64(meta);
         ImageRecord {
             version: RECORD_VERSION,
             id,
@@ -87,18 +79,7 @@ impl ImageRecord {
 
     /// The image this record describes.
     pub fn to_image(&self, store: &StoreName, locator: Url) -> Result<Image> {
-        let mut metadata = Metadata::new();
-        for (k, v) in &self.metadata {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map_err(|e| {
-                    Error::corrupt(
-                        format!("{store}/{}", self.id),
-                        format!("metadata {k:?}: {e}"),
-                    )
-                })?;
-            metadata.insert(k.clone(), bytes);
-        }
+        let metadata = metadata_from_base64(&self.metadata, &format!("{store}/{}", self.id))?;
         Ok(Image {
             id: self.id.clone(),
             store: store.clone(),

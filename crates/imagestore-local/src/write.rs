@@ -21,6 +21,7 @@ use bytes::Bytes;
 use imagestore_core::layer::index;
 use imagestore_core::layer::ingest::{IngestLimits, StagingSink, ingest};
 use imagestore_core::layer::validate::LowerView;
+use imagestore_core::storer::check_existing_write;
 use imagestore_core::{
     ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
 };
@@ -137,36 +138,14 @@ fn existing_or_conflict(
     let Some(r) = inner.find_record(sd, id)? else {
         return Ok(None);
     };
-    if r.parent.as_ref() != Some(parent) {
-        return Err(Error::Conflict {
-            kind: ObjectKind::Image,
-            name: format!("{s}/{id}"),
-            reason: format!(
-                "it exists with parent {}, not {parent}",
-                r.parent
-                    .as_ref()
-                    .map_or("none".to_owned(), ToString::to_string)
-            ),
-        });
-    }
-    match sum {
-        Some(sum) if r.sum.as_ref() != Some(sum) => Err(Error::Conflict {
-            kind: ObjectKind::Image,
-            name: format!("{s}/{id}"),
-            reason: format!(
-                "it exists with sum {}, not {sum}",
-                r.sum
-                    .as_ref()
-                    .map_or("none".to_owned(), ToString::to_string)
-            ),
-        }),
-        // Without an expected sum (a commit of a writable layer) an existing id is a conflict.
-        None => Err(Error::already_exists(
-            ObjectKind::Image,
-            format!("{s}/{id}"),
-        )),
-        Some(_) => Ok(Some(inner.image_of(s, &r)?)),
-    }
+    check_existing_write(
+        format!("{s}/{id}"),
+        r.parent.as_ref(),
+        r.sum.as_ref(),
+        parent,
+        sum,
+    )?;
+    Ok(Some(inner.image_of(s, &r)?))
 }
 
 /// Outcome of the checks made before a write.

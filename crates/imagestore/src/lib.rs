@@ -24,9 +24,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Schemes: `file://` (feature `local`, on by default); `s3://` and `vmdk://`/`vsphere://`
-//! are provided by their own features when built with them. [`schemes`] lists what this build
-//! can open.
+//! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`); `vmdk://` and
+//! `vsphere://` are provided by their own feature when built with it. [`schemes`] lists what
+//! this build can open.
 
 #![deny(missing_docs)]
 
@@ -38,11 +38,17 @@ pub use imagestore_core::*;
 #[cfg(feature = "local")]
 pub use imagestore_local as local;
 
+/// The S3 backend (feature `s3`).
+#[cfg(feature = "s3")]
+pub use imagestore_s3 as s3;
+
 /// Makes sure every backend compiled into this build is linked, so its registration is
 /// visible to the registry.
 fn link_backends() {
     #[cfg(feature = "local")]
     std::hint::black_box(imagestore_local::SCHEME);
+    #[cfg(feature = "s3")]
+    std::hint::black_box(imagestore_s3::SCHEME);
 }
 
 /// Opens the backend for `url`, chosen by its scheme among those this build links.

@@ -6,6 +6,9 @@ fn registered_schemes_match_features() {
     if cfg!(feature = "local") {
         expected.push("file");
     }
+    if cfg!(feature = "s3") {
+        expected.push("s3");
+    }
     expected.sort();
     assert_eq!(imagestore::schemes(), expected);
     assert!(imagestore::registry::check_unique().is_ok());

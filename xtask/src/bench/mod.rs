@@ -5,6 +5,7 @@
 mod containerd;
 mod image;
 mod import;
+mod s3;
 mod vmdk;
 mod write;
 
@@ -28,13 +29,16 @@ pub fn report(name: &str, ours: f64, peer: &str, peer_s: f64) {
 }
 
 /// Runs benchmark `which`.
-pub fn run(which: &str, _rest: &[&str]) -> Result<()> {
+pub fn run(which: &str, rest: &[&str]) -> Result<()> {
     match which {
         "write" => write::bench(),
         "checkout" => image::checkout(),
         "export" => image::export(),
         "import" => import::bench(),
         "vmdk" => vmdk::bench(),
-        other => bail!("unknown benchmark {other:?} (try: write, checkout, export, import, vmdk)"),
+        "s3" => s3::bench(rest),
+        other => {
+            bail!("unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, s3)")
+        }
     }
 }

@@ -20,7 +20,7 @@ const BIG_SIZE: usize = 240 << 20;
 const SMALL_FILES: usize = 12_000;
 
 /// Generates the benchmark layer (large and small files), once.
-fn layer(path: &Path) -> Result<u64> {
+pub(super) fn layer(path: &Path) -> Result<u64> {
     if let Ok(m) = std::fs::metadata(path)
         && m.len() >= 1 << 30
     {

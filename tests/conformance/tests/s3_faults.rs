@@ -1,0 +1,444 @@
+//! Faults between the store and the server: a loopback HTTP proxy that, at random, resets
+//! connections (before forwarding a request, or after forwarding it and before answering)
+//! and answers `500` (without forwarding, or after the server applied the request). Writes,
+//! deletes and commits of writable layers run through it; afterwards, through a clean
+//! connection, every write must be either committed and verifiable or absent, never half
+//! visible, and a fresh instance must leave the store clean.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use imagestore::{Digest, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Metadata, Url};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Probability (in percent) that a request meets a fault.
+const FAULT_PERCENT: u64 = 12;
+
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    resets_before: AtomicU64,
+    resets_after: AtomicU64,
+    errors_before: AtomicU64,
+    errors_after: AtomicU64,
+}
+
+/// One HTTP/1.1 message head plus its body.
+struct Message {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Reads one message; `None` at a clean end of the connection. `no_body` for responses to
+/// `HEAD` and for statuses without a body.
+async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    response_to_head: bool,
+) -> Result<Option<Message>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            anyhow::bail!("connection closed inside a message head");
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let first = text.lines().next().unwrap_or_default().to_owned();
+    let status = if first.starts_with("HTTP/") {
+        first
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let no_body =
+        response_to_head || status == 204 || status == 304 || (100..200).contains(&status);
+    let mut body = Vec::new();
+    if !no_body {
+        if header(&text, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            // Keep the chunked framing as is; just find its end.
+            loop {
+                let mut size_line = Vec::new();
+                r.read_until(b'\n', &mut size_line).await?;
+                body.extend_from_slice(&size_line);
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&size_line)
+                        .trim()
+                        .split(';')
+                        .next()
+                        .unwrap_or("0"),
+                    16,
+                )?;
+                let mut chunk = vec![0u8; size + 2];
+                r.read_exact(&mut chunk).await?;
+                body.extend_from_slice(&chunk);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(len) = header(&text, "content-length") {
+            let len: usize = len.parse()?;
+            body.resize(len, 0);
+            r.read_exact(&mut body).await?;
+        } else if status != 0 {
+            // A response without length: until the server closes.
+            r.read_to_end(&mut body).await?;
+        }
+    }
+    Ok(Some(Message { head, body, status }))
+}
+
+/// Drops a connection with a TCP reset.
+fn reset(s: TcpStream) {
+    let _ = s.set_zero_linger();
+    drop(s);
+}
+
+async fn serve(client: TcpStream, upstream: String, counts: Arc<Counts>, seed: u64) -> Result<()> {
+    let mut rng = seed | 1;
+    let mut roll = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % 100
+    };
+    let mut reader = BufReader::new(client);
+    while let Some(req) = read_message(&mut reader, false).await? {
+        counts.requests.fetch_add(1, Ordering::Relaxed);
+        let is_head = req.head.starts_with(b"HEAD ");
+        let r = roll();
+        let fault = r < FAULT_PERCENT;
+        let kind = roll() % 4;
+        if fault && kind == 0 {
+            counts.resets_before.fetch_add(1, Ordering::Relaxed);
+            reset(reader.into_inner());
+            return Ok(());
+        }
+        if fault && kind == 1 {
+            counts.errors_before.fetch_add(1, Ordering::Relaxed);
+            let body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+            let resp = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let c = reader.get_mut();
+            c.write_all(resp.as_bytes()).await?;
+            c.write_all(body).await?;
+            continue;
+        }
+        let mut up = BufReader::new(TcpStream::connect(&upstream).await?);
+        up.get_mut().write_all(&req.head).await?;
+        up.get_mut().write_all(&req.body).await?;
+        let Some(resp) = read_message(&mut up, is_head).await? else {
+            reset(reader.into_inner());
+            return Ok(());
+        };
+        if fault && kind == 2 {
+            // The server applied the request; the client never hears.
+            counts.resets_after.fetch_add(1, Ordering::Relaxed);
+            reset(reader.into_inner());
+            return Ok(());
+        }
+        if fault && kind == 3 && resp.status < 300 {
+            // The server applied the request; the client hears it failed.
+            counts.errors_after.fetch_add(1, Ordering::Relaxed);
+            let body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>";
+            let out = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let c = reader.get_mut();
+            c.write_all(out.as_bytes()).await?;
+            c.write_all(body).await?;
+            continue;
+        }
+        let c = reader.get_mut();
+        c.write_all(&resp.head).await?;
+        c.write_all(&resp.body).await?;
+    }
+    Ok(())
+}
+
+/// Starts the proxy in front of `upstream` (`host:port`); returns its port.
+async fn start_proxy(upstream: String, counts: Arc<Counts>) -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok((sock, _)) = listener.accept().await {
+            n += 1;
+            let (up, counts) = (upstream.clone(), counts.clone());
+            let seed = rand::random::<u64>() ^ n;
+            tokio::spawn(async move {
+                let _ = serve(sock, up, counts, seed).await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn layer(seed: u64, size: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(size as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i as u64).wrapping_mul(seed | 1).wrapping_add(seed >> 3) as u8)
+        .collect();
+    b.append_data(&mut h, format!("f/{seed}"), data.as_slice())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+/// Runs writes, deletes and writable-layer commits through the proxy, then checks the store
+/// through a clean connection.
+async fn faults_against(var: &str) -> Result<()> {
+    let Some(direct) = common::test_url(var, &[("lease_ttl", "3s"), ("part_size", "5MiB")]) else {
+        return Ok(());
+    };
+    let u = Url::parse(&direct)?;
+    let endpoint = u
+        .query_pairs()
+        .find(|(k, _)| k == "endpoint")
+        .map(|(_, v)| v.into_owned())
+        .expect("endpoint");
+    let upstream = Url::parse(&endpoint)?;
+    let upstream = format!(
+        "{}:{}",
+        upstream.host_str().unwrap_or("127.0.0.1"),
+        upstream.port().unwrap_or(80)
+    );
+    let counts = Arc::new(Counts::default());
+    let port = start_proxy(upstream, counts.clone()).await?;
+    let mut faulty = u.clone();
+    {
+        let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+        let mut q = faulty.query_pairs_mut();
+        q.clear();
+        for (k, v) in pairs {
+            if k == "endpoint" {
+                q.append_pair("endpoint", &format!("http://127.0.0.1:{port}"));
+            } else {
+                q.append_pair(&k, &v);
+            }
+        }
+        q.append_pair("max_retries", "2");
+        q.append_pair("retry_timeout", "20s");
+        q.append_pair("timeout", "30s");
+    }
+    let faulty = faulty.to_string();
+
+    // The store itself is made through a clean connection.
+    let clean = imagestore::open(&direct).await?;
+    let name = imagestore_conformance::unique("faults");
+    clean.create_image_store(&name).await?;
+    let scratch = clean.scratch(&name).await?;
+    let base = clean
+        .write_image_bytes(
+            &scratch,
+            &ImageId::new("base")?,
+            Metadata::new(),
+            layer(1, 4096),
+        )
+        .await?;
+
+    let store: Arc<dyn ImageStorer> = {
+        let mut tries = 0;
+        loop {
+            match imagestore::open(&faulty).await {
+                Ok(s) => break s,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("open through the proxy failed ({e}); again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let (store, base, scratch, name) =
+            (store.clone(), base.clone(), scratch.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..6u64 {
+                let seed = 10 + t * 100 + i;
+                // Mostly small layers; every third one needs a multipart upload.
+                let size = if i % 3 == 2 {
+                    11 << 20
+                } else {
+                    20_000 + (seed as usize % 7) * 3000
+                };
+                let bytes = layer(seed, size);
+                let parent = if i % 2 == 0 { &scratch } else { &base };
+                let id = ImageId::new(format!("w{t}-{i}")).unwrap();
+                let r = store
+                    .write_image(
+                        parent,
+                        &id,
+                        Metadata::new(),
+                        &Digest::sha256_of(&bytes),
+                        imagestore::byte_stream(std::io::Cursor::new(bytes.clone())),
+                    )
+                    .await;
+                outcomes.push((id.clone(), Digest::sha256_of(&bytes), r.is_ok()));
+                if let Err(e) = &r {
+                    eprintln!("write {id}: {e}");
+                }
+                if i % 3 == 1
+                    && let Ok(img) = &r
+                {
+                    // Delete some of them again.
+                    if let Err(e) = store.delete_image(img).await {
+                        eprintln!("delete {id}: {e}");
+                    }
+                }
+                if i == 4 {
+                    // A writable layer, an import and a commit.
+                    let wid = ImageId::new(format!("rw{t}")).unwrap();
+                    let r: imagestore::Result<()> = async {
+                        store.create_writable(&base, &wid).await?;
+                        store
+                            .import(
+                                &name,
+                                &wid,
+                                &FilterSpec::all(),
+                                imagestore::byte_stream(std::io::Cursor::new(layer(
+                                    seed + 50,
+                                    30_000,
+                                ))),
+                            )
+                            .await?;
+                        store
+                            .commit_writable(
+                                &name,
+                                &wid,
+                                &ImageId::new(format!("c{t}")).unwrap(),
+                                Metadata::new(),
+                            )
+                            .await?;
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = r {
+                        eprintln!("writable {wid}: {e}");
+                    }
+                }
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.extend(t.await?);
+    }
+    eprintln!(
+        "{var}: {} requests, {} reset before, {} reset after, {} 500 before, {} 500 after; {} of {} writes failed",
+        counts.requests.load(Ordering::Relaxed),
+        counts.resets_before.load(Ordering::Relaxed),
+        counts.resets_after.load(Ordering::Relaxed),
+        counts.errors_before.load(Ordering::Relaxed),
+        counts.errors_after.load(Ordering::Relaxed),
+        outcomes.iter().filter(|o| !o.2).count(),
+        outcomes.len(),
+    );
+    ensure!(
+        counts.resets_before.load(Ordering::Relaxed) + counts.errors_after.load(Ordering::Relaxed)
+            > 0,
+        "the proxy injected no faults"
+    );
+
+    // Whatever failed left leases behind; once they expired a fresh instance sweeps them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let fresh = imagestore::open(&direct).await?;
+    fresh.get_image_store(&name).await?;
+    let images = fresh.list_images(&name, &[]).await?;
+    for (id, sum, ok) in &outcomes {
+        let found = images.iter().find(|i| &i.id == id);
+        if let Some(img) = found {
+            ensure!(img.sum.as_ref() == Some(sum), "{id} has another sum");
+        } else {
+            // A successful write may have been deleted again on purpose; a failed one must
+            // be absent from every view.
+            ensure!(
+                fresh.get_image(&name, id).await.is_err(),
+                "{id} is listed nowhere but readable"
+            );
+        }
+        let _ = ok;
+    }
+    let mut total = 0;
+    for img in &images {
+        let mut raw = Vec::new();
+        fresh
+            .export_raw(&name, &img.id)
+            .await?
+            .read_to_end(&mut raw)
+            .await?;
+        ensure!(
+            img.sum == Some(Digest::sha256_of(&raw)),
+            "{} does not verify",
+            img.id
+        );
+        ensure!(img.size == raw.len() as u64);
+        total += img.size;
+        if let Some(p) = &img.parent {
+            ensure!(
+                fresh.get_image(&name, p).await.is_ok(),
+                "{} has a dangling parent",
+                img.id
+            );
+        }
+        // Exports of the merged image read back.
+        let mut tar = Vec::new();
+        fresh
+            .export(&name, &img.id, None, &FilterSpec::all(), true)
+            .await?
+            .read_to_end(&mut tar)
+            .await?;
+    }
+    ensure!(
+        fresh.image_storage_usage(&name).await? == total,
+        "usage disagrees with the images"
+    );
+    let hooks = common::S3Hooks::new(&direct)?;
+    let left = hooks.leftover_list(&name).await?;
+    ensure!(left.is_empty(), "leftovers after the sweep: {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn moto_faults_leave_committed_or_nothing() -> Result<()> {
+    faults_against("IMAGESTORE_TEST_S3_MOTO").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seaweed_faults_leave_committed_or_nothing() -> Result<()> {
+    faults_against("IMAGESTORE_TEST_S3_SEAWEED").await
+}

@@ -1,0 +1,464 @@
+//! Races between real processes sharing one bucket, on moto and on SeaweedFS:
+//!
+//! * several processes write the same image id at once: one write, every process gets the
+//!   same image, one body read to its end;
+//! * one process deletes a parent while another writes a child on it: only the two legal
+//!   outcomes, never a dangling parent;
+//! * a writer is killed with SIGKILL in the middle of its upload: another process waits for
+//!   its lease to expire, takes it over, cleans up and writes; nothing is left behind;
+//! * owners registered by one process are seen, and block deletes, in another.
+//!
+//! This is a `harness = false` test: the same binary is the child process when
+//! `IMAGESTORE_RACE_CHILD` is set (its arguments come in `IMAGESTORE_RACE_ARGS` as JSON).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+mod common;
+
+use std::pin::Pin;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use imagestore::{
+    Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
+    byte_stream,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+const CHILD_VAR: &str = "IMAGESTORE_RACE_CHILD";
+const ARGS_VAR: &str = "IMAGESTORE_RACE_ARGS";
+
+/// Test sizes per server: SeaweedFS serialises contended conditional writes slowly.
+struct Plan {
+    writers: usize,
+    rounds: usize,
+}
+
+fn layer(seed: u64, size: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(size as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    b.append_data(&mut h, format!("f/{seed}"), data.as_slice())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+async fn sleep_until_ms(at: u64) {
+    let now = now_ms();
+    if at > now {
+        tokio::time::sleep(Duration::from_millis(at - now)).await;
+    }
+}
+
+/// A body that may wait before its first byte, may stall forever after `stall_after` bytes,
+/// and tells whether it was read to its end.
+struct Body {
+    data: std::io::Cursor<Vec<u8>>,
+    delay: Option<Duration>,
+    stall_after: Option<u64>,
+    eof: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AsyncRead for Body {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(d) = self.delay.take() {
+            std::thread::sleep(d);
+        }
+        if let Some(limit) = self.stall_after
+            && self.data.position() >= limit
+        {
+            // Never woken: the process is killed while the write waits here.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let mut tmp = vec![0u8; buf.remaining().min(64 << 10)];
+        let n = std::io::Read::read(&mut self.data, &mut tmp)?;
+        buf.put_slice(&tmp[..n]);
+        if buf.filled().len() == before {
+            self.eof.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::NotFound { .. } => "NotFound",
+        Error::ImageInUse { .. } => "ImageInUse",
+        Error::Conflict { .. } => "Conflict",
+        Error::AlreadyExists { .. } => "AlreadyExists",
+        _ => "Other",
+    }
+}
+
+fn outcome(r: Result<Value, Error>) -> Value {
+    match r {
+        Ok(v) => json!({"ok": true, "value": v}),
+        Err(e) => json!({"ok": false, "kind": kind(&e), "error": e.to_string()}),
+    }
+}
+
+/// The child process: one operation, its outcome as one JSON line on stdout.
+async fn child(role: &str) -> Result<()> {
+    let args: Value = serde_json::from_str(&std::env::var(ARGS_VAR)?)?;
+    let s = |k: &str| args[k].as_str().unwrap_or_default().to_owned();
+    let n = |k: &str| args[k].as_u64().unwrap_or_default();
+    let store = imagestore::open(&s("url")).await?;
+    let name = StoreName::new(s("store"))?;
+    store.get_image_store(&name).await?;
+    sleep_until_ms(n("start_at")).await;
+    let out = match role {
+        "write" | "stall" => {
+            let parent = store.get_image(&name, &ImageId::new(s("parent"))?).await?;
+            let bytes = layer(n("seed"), n("size") as usize);
+            let sum = Digest::sha256_of(&bytes);
+            let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let body = Body {
+                data: std::io::Cursor::new(bytes),
+                delay: Some(Duration::from_millis(n("delay_ms"))),
+                stall_after: (role == "stall").then(|| n("stall_after")),
+                eof: eof.clone(),
+            };
+            let r = store
+                .write_image(
+                    &parent,
+                    &ImageId::new(s("id"))?,
+                    Metadata::new(),
+                    &sum,
+                    byte_stream(body),
+                )
+                .await;
+            let read_to_end = eof.load(std::sync::atomic::Ordering::SeqCst);
+            let mut o = outcome(r.map(|img| serde_json::to_value(img).unwrap_or_default()));
+            o["read_to_end"] = json!(read_to_end);
+            o
+        }
+        "delete" => {
+            let img = store.get_image(&name, &ImageId::new(s("id"))?).await?;
+            outcome(store.delete_image(&img).await.map(|_| json!(null)))
+        }
+        "acquire" | "release" => {
+            let id = ImageId::new(s("id"))?;
+            let o = OwnerName::new(s("owner"))?;
+            let r = if role == "acquire" {
+                store.acquire(&name, &id, &o).await
+            } else {
+                store.release(&name, &id, &o).await
+            };
+            outcome(r.map(|()| json!(null)))
+        }
+        other => bail!("unknown child role {other}"),
+    };
+    println!("RESULT {out}");
+    Ok(())
+}
+
+/// Starts a child process for `role`.
+fn spawn(role: &str, args: Value) -> Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(std::env::current_exe()?)
+        .env(CHILD_VAR, role)
+        .env(ARGS_VAR, args.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Waits for a child and returns its outcome line.
+async fn result_of(child: tokio::process::Child) -> Result<Value> {
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .context("child timed out")??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| format!("child gave no result ({}): {text}", out.status))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+async fn fresh(url: &str) -> Result<(Arc<dyn ImageStorer>, StoreName, Image)> {
+    let store = imagestore::open(url).await?;
+    let name = imagestore_conformance::unique("race");
+    store.create_image_store(&name).await?;
+    let scratch = store.scratch(&name).await?;
+    Ok((store, name, scratch))
+}
+
+/// A fresh instance sweeps the store; then nothing may be left over and every image must
+/// verify.
+async fn check_clean(url: &str, hooks: &common::S3Hooks, name: &StoreName) -> Result<()> {
+    let other = imagestore::open(url).await?;
+    other.get_image_store(name).await?;
+    let left = hooks.leftover_list(name).await?;
+    ensure!(left.is_empty(), "leftovers after the sweep: {left:?}");
+    for img in other.list_images(name, &[]).await? {
+        if let Some(p) = &img.parent {
+            ensure!(
+                other.get_image(name, p).await.is_ok(),
+                "{} has a dangling parent {p}",
+                img.id
+            );
+        }
+        let mut raw = Vec::new();
+        other
+            .export_raw(name, &img.id)
+            .await?
+            .read_to_end(&mut raw)
+            .await?;
+        ensure!(
+            img.sum == Some(Digest::sha256_of(&raw)),
+            "{} does not verify",
+            img.id
+        );
+    }
+    Ok(())
+}
+
+async fn same_id(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result<()> {
+    let (_store, name, _) = fresh(url).await?;
+    let start_at = now_ms() + 3000;
+    let mut children = Vec::new();
+    for _ in 0..plan.writers {
+        children.push(spawn(
+            "write",
+            json!({"url": url, "store": name.to_string(), "parent": "scratch", "id": "contended",
+                   "seed": 42, "size": 6 << 20, "delay_ms": 0, "start_at": start_at}),
+        )?);
+    }
+    let mut images = Vec::new();
+    let mut read_to_end = 0;
+    for c in children {
+        let r = result_of(c).await?;
+        ensure!(r["ok"] == json!(true), "a writer failed: {r}");
+        if r["read_to_end"] == json!(true) {
+            read_to_end += 1;
+        }
+        images.push(r["value"].clone());
+    }
+    ensure!(
+        images.windows(2).all(|w| w[0] == w[1]),
+        "writers got different images: {images:?}"
+    );
+    ensure!(
+        read_to_end == 1,
+        "{read_to_end} bodies were read to their end"
+    );
+    check_clean(url, hooks, &name).await?;
+    eprintln!("  same id: {} processes, one write", plan.writers);
+    Ok(())
+}
+
+async fn delete_vs_child(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result<()> {
+    let (store, name, scratch) = fresh(url).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..plan.rounds {
+        let bytes = layer(round as u64, 1 << 10);
+        let parent = store
+            .write_image_bytes(
+                &scratch,
+                &ImageId::new(format!("p{round}"))?,
+                Metadata::new(),
+                bytes,
+            )
+            .await?;
+        let start_at = now_ms() + 2500;
+        let writer = spawn(
+            "write",
+            json!({"url": url, "store": name.to_string(), "parent": parent.id.to_string(),
+                   "id": format!("k{round}"), "seed": 100 + round, "size": 256 << 10,
+                   "delay_ms": 15 * (round % 4), "start_at": start_at}),
+        )?;
+        let deleter = spawn(
+            "delete",
+            json!({"url": url, "store": name.to_string(), "id": parent.id.to_string(),
+                   "start_at": start_at + 10 * (round as u64 % 3)}),
+        )?;
+        let w = result_of(writer).await?;
+        let d = result_of(deleter).await?;
+        match (
+            d["ok"].as_bool(),
+            w["ok"].as_bool(),
+            d["kind"].as_str(),
+            w["kind"].as_str(),
+        ) {
+            (Some(true), Some(false), _, Some("NotFound")) => {
+                ensure!(
+                    store
+                        .get_image(&name, &ImageId::new(format!("k{round}"))?)
+                        .await
+                        .is_err()
+                );
+                seen.insert("delete won");
+            }
+            (Some(false), Some(true), Some("ImageInUse"), _) => {
+                ensure!(store.get_image(&name, &parent.id).await.is_ok());
+                seen.insert("write won");
+            }
+            _ => bail!("round {round}: impossible outcome: delete {d}, write {w}"),
+        }
+    }
+    check_clean(url, hooks, &name).await?;
+    eprintln!(
+        "  delete vs child write: {} rounds, outcomes {seen:?}",
+        plan.rounds
+    );
+    Ok(())
+}
+
+async fn killed_writer(url: &str, hooks: &common::S3Hooks) -> Result<()> {
+    let (store, name, _) = fresh(url).await?;
+    let base = hooks.base(&name).await?;
+    let args = json!({"url": url, "store": name.to_string(), "parent": "scratch", "id": "victim",
+                      "seed": 7, "size": 12 << 20, "delay_ms": 0, "start_at": 0,
+                      "stall_after": 7 << 20});
+    let mut stalled = spawn("stall", args.clone())?;
+    // Wait until it holds the lease and has a part uploaded, then kill it.
+    let t = Instant::now();
+    loop {
+        let lease = hooks.get(&format!("{base}/leases/victim")).await?;
+        let uploads = hooks.uploads(&base).await?;
+        if lease.is_some() && !uploads.is_empty() {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the writer never started uploading"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stalled.start_kill()?;
+    stalled.wait().await?;
+    let t = Instant::now();
+    let r = result_of(spawn("write", args)?).await?;
+    ensure!(r["ok"] == json!(true), "the second writer failed: {r}");
+    ensure!(r["read_to_end"] == json!(true));
+    let img = store.get_image(&name, &ImageId::new("victim")?).await?;
+    ensure!(img.sum == Some(Digest::sha256_of(&layer(7, 12 << 20))));
+    check_clean(url, hooks, &name).await?;
+    eprintln!(
+        "  killed writer: taken over after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn owners_across_processes(url: &str, hooks: &common::S3Hooks) -> Result<()> {
+    let (store, name, scratch) = fresh(url).await?;
+    let img = store
+        .write_image_bytes(
+            &scratch,
+            &ImageId::new("owned")?,
+            Metadata::new(),
+            layer(9, 100),
+        )
+        .await?;
+    let args = json!({"url": url, "store": name.to_string(), "id": "owned", "owner": "vm-1", "start_at": 0});
+    let r = result_of(spawn("acquire", args.clone())?).await?;
+    ensure!(r["ok"] == json!(true), "{r}");
+    let owners = store.owners(&store.url(&name, &img.id).await?).await?;
+    ensure!(owners == vec![OwnerName::new("vm-1")?], "{owners:?}");
+    match store.delete_image(&img).await {
+        Err(e) if e.is_image_in_use() => {}
+        other => bail!("deleted an image owned by another process: {other:?}"),
+    }
+    let r = result_of(spawn("release", args)?).await?;
+    ensure!(r["ok"] == json!(true), "{r}");
+    store.delete_image(&img).await?;
+    check_clean(url, hooks, &name).await?;
+    eprintln!("  owners seen across processes");
+    Ok(())
+}
+
+async fn run_all(server: &str, url: &str, plan: &Plan) -> Result<()> {
+    let hooks = common::S3Hooks::new(url)?;
+    eprintln!("{server}:");
+    same_id(url, &hooks, plan).await?;
+    delete_vs_child(url, &hooks, plan).await?;
+    killed_writer(url, &hooks).await?;
+    owners_across_processes(url, &hooks).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Ok(role) = std::env::var(CHILD_VAR) {
+        return match rt.block_on(child(&role)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("child {role}: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let servers = [
+        (
+            "moto",
+            "IMAGESTORE_TEST_S3_MOTO",
+            Plan {
+                writers: 6,
+                rounds: 6,
+            },
+        ),
+        (
+            "SeaweedFS",
+            "IMAGESTORE_TEST_S3_SEAWEED",
+            Plan {
+                writers: 3,
+                rounds: 3,
+            },
+        ),
+    ];
+    for (server, var, plan) in servers {
+        let Some(url) = common::test_url(var, &[("lease_ttl", "4s"), ("part_size", "5MiB")]) else {
+            continue;
+        };
+        if let Err(e) = rt.block_on(run_all(server, &url, &plan)) {
+            eprintln!("{server}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
