@@ -6,49 +6,19 @@
 //! end of stream).
 
 use std::io::{self, Read};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use imagestore_core::layer::ingest::{decompressor, sniff};
+use imagestore_core::layer::stream::stream_from_channel;
 use imagestore_core::{Algorithm, ByteStream, Digest};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
 use crate::progress::{Event, Phase, Progress};
 
 const CHUNK: usize = 256 << 10;
-
-/// A stream made from chunks sent on a channel; an `Err` chunk ends it with that error.
-struct ChannelStream {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl AsyncRead for ChannelStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.cur.is_empty() {
-                let n = out.remaining().min(self.cur.len());
-                out.put_slice(&self.cur[..n]);
-                self.cur.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(c))) => self.cur = c,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
 
 /// A blocking reader over chunks arriving on a channel (for the decompressing thread).
 struct ChunkReader {
@@ -206,13 +176,7 @@ pub fn pump(mut body: ByteStream, p: Pump) -> (ByteStream, Verdict) {
             }
         }
     });
-    (
-        Box::pin(ChannelStream {
-            rx: out_rx,
-            cur: Bytes::new(),
-        }),
-        verdict,
-    )
+    (stream_from_channel(out_rx), verdict)
 }
 
 #[cfg(test)]

@@ -393,6 +393,18 @@ mod tests {
 
     use EntryKind::*;
 
+    /// Changes as `+path`, `-path` and `opath` for compact assertions.
+    fn show(changes: Vec<Change>) -> Vec<String> {
+        changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Upsert(p, _) => format!("+{p}"),
+                Change::Delete(p) => format!("-{p}"),
+                Change::Opaque(p) => format!("o{p}"),
+            })
+            .collect()
+    }
+
     fn layers() -> Vec<Arc<Toc>> {
         vec![
             toc(&[
@@ -453,14 +465,7 @@ mod tests {
     #[test]
     fn diff_reports_only_what_changed() -> Result<()> {
         let v = view(&layers());
-        let d: Vec<String> = diff(&v, 2)?
-            .into_iter()
-            .map(|c| match c {
-                Change::Upsert(p, _) => format!("+{p}"),
-                Change::Delete(p) => format!("-{p}"),
-                Change::Opaque(p) => format!("o{p}"),
-            })
-            .collect();
+        let d = show(diff(&v, 2)?);
         assert_eq!(
             d,
             vec!["+a/f", "-a/g", "+a/n", "ob", "+b/y", "+d", "+h2", "-k"]
@@ -475,14 +480,7 @@ mod tests {
             toc(&[("x/y/f", File, None), ("x/g", File, None)]),
             toc(&[("x", Whiteout, None), ("x/new", File, None)]),
         ]);
-        let d: Vec<String> = diff(&v, 1)?
-            .into_iter()
-            .map(|c| match c {
-                Change::Upsert(p, _) => format!("+{p}"),
-                Change::Delete(p) => format!("-{p}"),
-                Change::Opaque(p) => format!("o{p}"),
-            })
-            .collect();
+        let d = show(diff(&v, 1)?);
         assert_eq!(d, vec!["-x", "+x/new"]);
         Ok(())
     }

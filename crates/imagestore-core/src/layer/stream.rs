@@ -106,6 +106,12 @@ where
             let _ = err_tx.blocking_send(Err(io::Error::other(e)));
         }
     });
+    stream_from_channel(rx)
+}
+
+/// A [`ByteStream`] of the chunks received on `rx`; an `Err` chunk ends it with that error,
+/// a closed channel ends it cleanly.
+pub fn stream_from_channel(rx: mpsc::Receiver<io::Result<Bytes>>) -> ByteStream {
     Box::pin(ChannelStream {
         rx,
         cur: Bytes::new(),
