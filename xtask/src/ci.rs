@@ -37,6 +37,7 @@ fn fixtures() -> Result<()> {
 const FEATURE_SETS: &[&[&str]] = &[
     &["--no-default-features", "--tests"],
     &["--no-default-features", "--features", "s3", "--tests"],
+    &["--no-default-features", "--features", "vsphere", "--tests"],
     &[],
     &["--features", "full"],
 ];

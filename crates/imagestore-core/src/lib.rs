@@ -8,12 +8,14 @@
 
 #![deny(missing_docs)]
 
+pub mod cache;
 pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
 pub mod lock;
 pub mod names;
+pub mod record;
 pub mod registry;
 pub mod storer;
 

@@ -159,6 +159,11 @@ pub trait Exporter: Send + Sync {
     /// `Unsupported` on backends without [`Capabilities::raw_layers`].
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
 
+    /// Image `id` flattened into one stream-optimized VMDK disk holding its ext4 filesystem
+    /// (the form vSphere imports through OVF). `Unsupported` on backends that do not keep
+    /// their images as disks.
+    async fn export_vmdk(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
+
     /// Materialises image (or writable layer) `id` into directory `dest`, which must be empty
     /// or absent. Nothing is ever written outside `dest`.
     async fn checkout(
@@ -287,6 +292,38 @@ pub fn check_write_id(id: &ImageId) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `LimitExceeded` if a child of an image at `parent_depth` would be deeper than `max`.
+pub fn check_depth(parent_depth: u32, max: u32) -> Result<()> {
+    if parent_depth + 1 > max {
+        return Err(crate::error::Error::LimitExceeded {
+            what: "chain depth (layers above scratch)",
+            value: u64::from(parent_depth) + 1,
+            max: u64::from(max),
+        });
+    }
+    Ok(())
+}
+
+/// The error of a store deletion refused because the store still holds `left` (image ids, or
+/// `writable <id>`): a `Conflict` naming the first few.
+pub fn store_not_empty(store: &StoreName, left: &[String]) -> crate::error::Error {
+    let shown: Vec<&str> = left.iter().take(5).map(String::as_str).collect();
+    crate::error::Error::Conflict {
+        kind: crate::error::ObjectKind::Store,
+        name: store.to_string(),
+        reason: format!(
+            "it still holds {} image(s) ({}{}); delete them first",
+            left.len(),
+            shown.join(", "),
+            if left.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// Decides what a write of `id` (on `parent`, expecting `sum`) does when image `name` already

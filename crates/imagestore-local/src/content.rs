@@ -28,7 +28,9 @@ use crate::lock;
 use crate::record::WritableRecord;
 use crate::store::{Inner, LocalStore};
 use crate::tocs::LocalLayerToc;
-use crate::write::{FileSink, StagingDir};
+use crate::write::StagingDir;
+use imagestore_core::layer::sink::FileSink;
+use imagestore_core::record;
 
 /// Reads layer files from disk; the compression is read from each file's first bytes.
 #[derive(Debug)]
@@ -136,12 +138,8 @@ impl Inner {
         fsx::remove_all(&w.dir)?;
         let staged = sd.staging().join(format!("{id}.{}", fsx::nonce()));
         fsx::mkdir(&staged, false)?;
-        let rec = WritableRecord {
-            version: 1,
-            id: id.clone(),
-            parent: parent.clone(),
-        };
-        fsx::write_new_synced(&staged.join("writable.json"), &rec.to_bytes())?;
+        let rec = WritableRecord::new(id.clone(), parent.clone());
+        fsx::write_new_synced(&staged.join("writable.json"), &record::encode(&rec))?;
         fsx::mkdir(&staged.join("imports"), false)?;
         fsx::sync_dir(&staged)?;
         let pd = sd.image(parent);
@@ -232,7 +230,7 @@ impl Importer for LocalStore {
         let filtered = filter_tar(tar, filter.clone(), limits.tar);
         let mut staging = StagingDir::create(&sd, id)?;
         let staged = staging.layout();
-        let mut sink = FileSink::create(staged.layer())?;
+        let mut sink = FileSink::create(BACKEND, staged.layer())?;
         let ingested = ingest(filtered, None, &mut sink, lower, limits).await?;
         sink.finish().await?;
         let toc = ingested.toc.to_bytes()?;
@@ -272,8 +270,7 @@ impl Importer for LocalStore {
         let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
         let w = self.get_writable(store, id).await?;
         let stack = self.stack(store, id).await?;
-        let prefix = stack.prefix_len(&w.parent, id)?;
-        let diff = stack.export(Some(prefix), FilterSpec::all(), true);
+        let diff = stack.export_since(Some(&w.parent), id, &FilterSpec::all(), true)?;
         let image = self
             .write_layer(store, &w.parent, new_id, meta, None, diff)
             .await?;
@@ -303,11 +300,14 @@ impl Exporter for LocalStore {
         data: bool,
     ) -> Result<ByteStream> {
         let stack = self.stack(store, id).await?;
-        let prefix = match ancestor {
-            Some(a) => Some(stack.prefix_len(a, id)?),
-            None => None,
-        };
-        Ok(stack.export(prefix, filter.clone(), data))
+        stack.export_since(ancestor, id, filter, data)
+    }
+
+    async fn export_vmdk(&self, _store: &StoreName, _id: &ImageId) -> Result<ByteStream> {
+        Err(Error::Unsupported {
+            operation: "VMDK export (images are kept as layer tars, not disks)",
+            backend: BACKEND,
+        })
     }
 
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {

@@ -40,7 +40,7 @@ pub fn build_store(dir: &Path) -> Result<()> {
         0,
         &Metadata::new(),
     );
-    fsx::write_new_synced(&scratch.record(), &record.to_bytes())?;
+    fsx::write_new_synced(&scratch.record(), &imagestore_core::record::encode(&record))?;
     fsx::write_new_synced(&scratch.committed(), b"")?;
     fsx::sync_dir(&scratch.dir)?;
     fsx::sync_dir(&sd.images())?;

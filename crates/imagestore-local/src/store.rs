@@ -155,7 +155,7 @@ impl Inner {
         if !fsx::exists(&d.committed())? {
             return Ok(None);
         }
-        match ImageRecord::read(&d.record()) {
+        match crate::record::read::<ImageRecord>(&d.record()) {
             Ok(r) => Ok(Some(r)),
             // Deleted between the two reads.
             Err(_) if !fsx::exists(&d.committed())? => Ok(None),
@@ -186,7 +186,7 @@ impl Inner {
         if !fsx::exists(&w.committed())? {
             return Err(Error::not_found(ObjectKind::Writable, image_name(s, id)));
         }
-        WritableRecord::read(&w.record())
+        crate::record::read::<WritableRecord>(&w.record())
     }
 
     pub(crate) fn read_usage(&self, sd: &StoreDir) -> Result<u64> {
@@ -259,21 +259,7 @@ impl Inner {
                 .map(|w| format!("writable {w}")),
         );
         if !left.is_empty() {
-            let shown: Vec<String> = left.iter().take(5).cloned().collect();
-            return Err(Error::Conflict {
-                kind: ObjectKind::Store,
-                name: s.to_string(),
-                reason: format!(
-                    "it still holds {} image(s) ({}{}); delete them first",
-                    left.len(),
-                    shown.join(", "),
-                    if left.len() > shown.len() {
-                        ", ..."
-                    } else {
-                        ""
-                    }
-                ),
-            });
+            return Err(imagestore_core::storer::store_not_empty(s, &left));
         }
         let doomed = self.root.trash().join(format!("{s}.{}", fsx::nonce()));
         std::fs::rename(&sd.dir, &doomed).at(&sd.dir)?;

@@ -1,10 +1,10 @@
 //! Layer TOCs on disk: a cache of decoded TOCs, and the [`LayerToc`] the layer engine reads,
 //! which answers single-path questions from the `toc.idx` index without loading the TOC.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use imagestore_core::Result;
+use imagestore_core::cache::Cache;
 use imagestore_core::layer::chain::{LayerToc, MemoryToc};
 use imagestore_core::layer::index::IndexReader;
 use imagestore_core::layer::toc::{Toc, TocEntry};
@@ -16,27 +16,23 @@ use crate::layout::ImageDir;
 const ENTRIES: usize = 4096;
 
 /// Decoded TOCs by a key that identifies immutable content (`store/id@sum`, or an import's path).
-#[derive(Debug, Default)]
-pub struct TocCache {
-    map: Mutex<HashMap<String, Arc<Toc>>>,
+#[derive(Debug)]
+pub struct TocCache(Cache<Arc<Toc>>);
+
+impl Default for TocCache {
+    fn default() -> Self {
+        TocCache(Cache::new(ENTRIES))
+    }
 }
 
 impl TocCache {
     /// The TOC in `dir`, from the cache or the disk.
     pub fn get(&self, key: &str, dir: &ImageDir, what: &str) -> Result<Arc<Toc>> {
-        if let Some(t) = self.map.lock().ok().and_then(|m| m.get(key).cloned()) {
-            return Ok(t);
-        }
-        let path = dir.toc();
-        let f = std::fs::File::open(&path).at(&path)?;
-        let toc = Arc::new(Toc::decode(std::io::BufReader::new(f), what)?);
-        if let Ok(mut m) = self.map.lock() {
-            if m.len() >= ENTRIES {
-                m.clear();
-            }
-            m.insert(key.to_owned(), toc.clone());
-        }
-        Ok(toc)
+        self.0.get_or_load(key, || {
+            let path = dir.toc();
+            let f = std::fs::File::open(&path).at(&path)?;
+            Ok(Arc::new(Toc::decode(std::io::BufReader::new(f), what)?))
+        })
     }
 }
 

@@ -10,18 +10,14 @@
 //! writes, the others find the committed image and return it without reading their body.
 //! The store lock makes a commit and a delete of its parent mutually exclusive.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-
 use imagestore_core::layer::index;
-use imagestore_core::layer::ingest::{IngestLimits, StagingSink, ingest};
+use imagestore_core::layer::ingest::{IngestLimits, ingest};
+use imagestore_core::layer::sink::FileSink;
 use imagestore_core::layer::validate::LowerView;
-use imagestore_core::storer::check_existing_write;
+use imagestore_core::storer::{check_depth, check_existing_write};
 use imagestore_core::{
     ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
 };
@@ -32,60 +28,6 @@ use crate::layout::{ImageDir, StoreDir};
 use crate::lock;
 use crate::record::ImageRecord;
 use crate::store::{Inner, LocalStore, MAX_CHAIN_DEPTH};
-
-/// A staging file fed by the ingest pipeline; writes happen on the blocking pool.
-pub(crate) struct FileSink {
-    file: Option<File>,
-    path: PathBuf,
-}
-
-impl FileSink {
-    pub(crate) fn create(path: PathBuf) -> Result<FileSink> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at(&path)?;
-        Ok(FileSink {
-            file: Some(file),
-            path,
-        })
-    }
-
-    /// fsyncs and closes the file.
-    pub(crate) async fn finish(mut self) -> Result<()> {
-        let file = self.file.take();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || match file {
-            Some(f) => f.sync_all().at(&path),
-            None => Ok(()),
-        })
-        .await
-        .map_err(|e| Error::backend(BACKEND, format!("sync task failed: {e}"), false))?
-    }
-}
-
-#[async_trait]
-impl StagingSink for FileSink {
-    async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let Some(mut f) = self.file.take() else {
-            return Err(Error::backend(
-                BACKEND,
-                "staging file already closed",
-                false,
-            ));
-        };
-        let path = self.path.clone();
-        let (f, r) = tokio::task::spawn_blocking(move || {
-            let r = f.write_all(&chunk);
-            (f, r)
-        })
-        .await
-        .map_err(|e| Error::backend(BACKEND, format!("write task failed: {e}"), false))?;
-        self.file = Some(f);
-        r.at(&path)
-    }
-}
 
 /// Removes a staging directory when dropped, unless disarmed.
 pub(crate) struct StagingDir {
@@ -170,13 +112,7 @@ fn precheck(
     if let Some(img) = existing_or_conflict(inner, s, &sd, id, p, sum)? {
         return Ok(Precheck::Found(img));
     }
-    if parent.depth + 1 > MAX_CHAIN_DEPTH {
-        return Err(Error::LimitExceeded {
-            what: "chain depth (layers above scratch)",
-            value: u64::from(parent.depth) + 1,
-            max: u64::from(MAX_CHAIN_DEPTH),
-        });
-    }
+    check_depth(parent.depth, MAX_CHAIN_DEPTH)?;
     Ok(Precheck::Write(sd, parent))
 }
 
@@ -214,7 +150,7 @@ impl LocalStore {
         let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, parent).await?.chain());
         let mut staging = StagingDir::create(&sd, id)?;
         let staged = staging.layout();
-        let mut sink = FileSink::create(staged.layer())?;
+        let mut sink = FileSink::create(BACKEND, staged.layer())?;
         let ingested = ingest(
             body,
             sum.as_ref(),
@@ -241,7 +177,7 @@ impl LocalStore {
             .run(move |inner| {
                 fsx::write_new_synced(&staged.toc(), &toc)?;
                 fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
-                fsx::write_new_synced(&staged.record(), &record.to_bytes())?;
+                fsx::write_new_synced(&staged.record(), &imagestore_core::record::encode(&record))?;
                 fsx::mkdir(&staged.children(), false)?;
                 fsx::mkdir(&staged.owners(), false)?;
                 fsx::sync_dir(&staged_dir)?;

@@ -388,8 +388,7 @@ impl Importer for S3Store {
             let w = self.writable_record(&st, id).await?;
             let imports = self.imports(&st, &w).await?;
             let stack = self.stack_of_chain(&st, &w.chain, &imports, id).await?;
-            let prefix = stack.prefix_len(&w.parent, id)?;
-            let diff = stack.export(Some(prefix), FilterSpec::all(), true);
+            let diff = stack.export_since(Some(&w.parent), id, &FilterSpec::all(), true)?;
             let image = self
                 .write_layer(store, &w.parent, new_id, meta, None, diff)
                 .await?;
@@ -440,11 +439,14 @@ impl Exporter for S3Store {
     ) -> Result<ByteStream> {
         let st = self.open_store(store).await?;
         let stack = self.stack(&st, id).await?;
-        let prefix = match ancestor {
-            Some(a) => Some(stack.prefix_len(a, id)?),
-            None => None,
-        };
-        Ok(stack.export(prefix, filter.clone(), data))
+        stack.export_since(ancestor, id, filter, data)
+    }
+
+    async fn export_vmdk(&self, _store: &StoreName, _id: &ImageId) -> Result<ByteStream> {
+        Err(Error::Unsupported {
+            operation: "VMDK export (images are kept as layer tars, not disks)",
+            backend: crate::error::BACKEND,
+        })
     }
 
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {

@@ -1,13 +1,10 @@
 //! The JSON records stored in the bucket: stores, images, writable layers, links, owners and
 //! leases. Every record carries a version; decoders refuse versions they do not know.
 
-use std::collections::BTreeMap;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use imagestore_core::image::{metadata_from_base64, metadata_to_base64};
-use imagestore_core::{Digest, Error, Image, ImageId, Metadata, Result, StoreName, Url};
+use imagestore_core::{Digest, Error, ImageId, Metadata, Result, StoreName};
 
 /// Version of every record format.
 pub const RECORD_VERSION: u32 = 1;
@@ -42,32 +39,27 @@ pub struct LayerRef {
     pub nonce: String,
 }
 
-/// An image's record; the object holding it is the image's commit marker.
+/// An image's record; the object holding it is the image's commit marker. Core's image
+/// record (id, parent, sum, size, depth, metadata) plus where its layer lives and its chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
-    /// Record format version.
-    pub version: u32,
-    /// The image id.
-    pub id: ImageId,
+    /// What every backend records of an image.
+    #[serde(flatten)]
+    pub image: imagestore_core::record::ImageRecord,
     /// The write attempt that stored the layer (names `layers/<id>/<nonce>/`).
     pub nonce: String,
-    /// The parent (absent for scratch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<ImageId>,
     /// The ancestors, scratch first, parent last (empty for scratch): a stack is read without
     /// walking the chain record by record.
     #[serde(default)]
     pub chain: Vec<LayerRef>,
-    /// The sum the layer was written with (absent for scratch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sum: Option<Digest>,
-    /// Bytes of the stored layer.
-    pub size: u64,
-    /// Layers between this image and scratch.
-    pub depth: u32,
-    /// Metadata, values in base64.
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
+}
+
+impl std::ops::Deref for ImageRecord {
+    type Target = imagestore_core::record::ImageRecord;
+
+    fn deref(&self) -> &Self::Target {
+        &self.image
+    }
 }
 
 impl ImageRecord {
@@ -83,17 +75,10 @@ impl ImageRecord {
         depth: u32,
         meta: &Metadata,
     ) -> Self {
-        let metadata = metadata_to_base64(meta);
         ImageRecord {
-            version: RECORD_VERSION,
-            id,
+            image: imagestore_core::record::ImageRecord::new(id, parent, sum, size, depth, meta),
             nonce,
-            parent,
             chain,
-            sum,
-            size,
-            depth,
-            metadata,
         }
     }
 
@@ -120,21 +105,6 @@ impl ImageRecord {
         let mut c = self.chain.clone();
         c.push(self.layer_ref());
         c
-    }
-
-    /// The image this record describes.
-    pub fn to_image(&self, store: &StoreName, locator: Url) -> Result<Image> {
-        let metadata = metadata_from_base64(&self.metadata, &format!("{store}/{}", self.id))?;
-        Ok(Image {
-            id: self.id.clone(),
-            store: store.clone(),
-            parent: self.parent.clone(),
-            metadata,
-            locator,
-            sum: self.sum.clone(),
-            size: self.size,
-            depth: self.depth,
-        })
     }
 }
 

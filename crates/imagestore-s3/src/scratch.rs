@@ -171,21 +171,7 @@ async fn delete_locked(store: &S3Store, st: &StoreCtx, s: &StoreName) -> Result<
     }
     if !left.is_empty() {
         sguard.release().await?;
-        let shown: Vec<String> = left.iter().take(5).cloned().collect();
-        return Err(Error::Conflict {
-            kind: ObjectKind::Store,
-            name: s.to_string(),
-            reason: format!(
-                "it still holds {} image(s) ({}{}); delete them first",
-                left.len(),
-                shown.join(", "),
-                if left.len() > shown.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
-            ),
-        });
+        return Err(imagestore_core::storer::store_not_empty(s, &left));
     }
     sguard.ensure_fresh().await?;
     // Gone from here on.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use imagestore_core::cache::Cache;
 use imagestore_core::image::{store_url, validate_metadata};
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::storer::check_write_id;
@@ -48,9 +49,9 @@ pub(crate) struct Inner {
     /// Store generations swept by this instance.
     swept: Mutex<HashSet<(StoreName, String)>>,
     /// TOCs by key: a TOC key names one write attempt, so it never changes.
-    tocs: Mutex<HashMap<String, Arc<Toc>>>,
+    tocs: Cache<Arc<Toc>>,
     /// Image records by key, with their ETag, for reads answered `304 Not Modified`.
-    records: Mutex<HashMap<String, (String, ImageRecord)>>,
+    records: Cache<(String, ImageRecord)>,
     /// Index snapshots by key, with their ETag.
     pub(crate) indexes: Mutex<HashMap<String, (String, Arc<Index>)>>,
     /// Commits and deletes by this instance, to pace index folds.
@@ -84,15 +85,6 @@ impl StoreCtx {
     }
 }
 
-fn cache_put<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, V>>, k: K, v: V) {
-    if let Ok(mut c) = m.lock() {
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
-        }
-        c.insert(k, v);
-    }
-}
-
 impl S3Store {
     /// Opens an S3 backend for `config`: checks (or writes) the format marker and finishes or
     /// undoes store creations and deletions whose hosts died.
@@ -104,8 +96,8 @@ impl S3Store {
             config,
             base_url,
             swept: Mutex::new(HashSet::new()),
-            tocs: Mutex::new(HashMap::new()),
-            records: Mutex::new(HashMap::new()),
+            tocs: Cache::new(CACHE_ENTRIES),
+            records: Cache::new(CACHE_ENTRIES),
             indexes: Mutex::new(HashMap::new()),
             changes: AtomicUsize::new(0),
         });
@@ -214,12 +206,7 @@ impl S3Store {
             return Ok(Some(st.record.scratch.clone()));
         }
         let key = st.keys.image(id);
-        let cached = self
-            .inner
-            .records
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&key).cloned());
+        let cached = self.inner.records.get(&key);
         match self
             .objects()
             .get_cached(&key, cached.as_ref().map(|(e, _)| e.as_str()))
@@ -236,7 +223,7 @@ impl S3Store {
                     ));
                 }
                 if let Some(etag) = got.etag {
-                    cache_put(&self.inner.records, key, (etag, r.clone()));
+                    self.inner.records.put(key, (etag, r.clone()));
                 }
                 Ok(Some(r))
             }
@@ -285,22 +272,18 @@ impl S3Store {
 
     /// A cached TOC.
     pub(crate) fn cached_toc(&self, key: &str) -> Option<Arc<Toc>> {
-        self.inner
-            .tocs
-            .lock()
-            .ok()
-            .and_then(|c| c.get(key).cloned())
+        self.inner.tocs.get(key)
     }
 
     /// Remembers a TOC.
     pub(crate) fn cache_toc(&self, key: String, toc: Arc<Toc>) {
-        cache_put(&self.inner.tocs, key, toc);
+        self.inner.tocs.put(key, toc);
     }
 
     /// Remembers a record just written.
     pub(crate) fn cache_record(&self, key: String, etag: Option<String>, r: ImageRecord) {
         if let Some(etag) = etag {
-            cache_put(&self.inner.records, key, (etag, r));
+            self.inner.records.put(key, (etag, r));
         }
     }
 

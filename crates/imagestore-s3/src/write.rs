@@ -348,12 +348,5 @@ impl S3Store {
 }
 
 fn check_depth(parent_depth: u32) -> Result<()> {
-    if parent_depth + 1 > MAX_CHAIN_DEPTH {
-        return Err(Error::LimitExceeded {
-            what: "chain depth (layers above scratch)",
-            value: u64::from(parent_depth) + 1,
-            max: u64::from(MAX_CHAIN_DEPTH),
-        });
-    }
-    Ok(())
+    imagestore_core::storer::check_depth(parent_depth, MAX_CHAIN_DEPTH)
 }

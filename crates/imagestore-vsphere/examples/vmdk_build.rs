@@ -13,23 +13,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use imagestore_core::layer::chain::{ChainView, LayerToc, MemoryToc};
-use imagestore_core::layer::export::{LayerReader, LayerSource, layer_reader};
 use imagestore_core::layer::ingest::{IngestLimits, read_toc};
-use imagestore_core::layer::toc::{Compression, Toc};
+use imagestore_core::layer::toc::Toc;
 use imagestore_vsphere::layer::{DEFAULT_CAPACITY_KIB, build_layer, build_scratch};
-
-struct Files(Vec<PathBuf>);
-
-impl LayerSource for Files {
-    fn open(&self, index: usize) -> imagestore_core::Result<Box<dyn LayerReader>> {
-        let p = self
-            .0
-            .get(index)
-            .ok_or_else(|| imagestore_core::Error::invalid("no such layer"))?;
-        let f = File::open(p).map_err(|e| imagestore_core::Error::invalid(e.to_string()))?;
-        layer_reader(f, Compression::None)
-    }
-}
 
 /// Decompresses a gzip layer once into the work folder, so the TOC pass and the apply read
 /// a plain tar.
@@ -101,13 +87,14 @@ fn main() -> Result<()> {
                     .to_string_lossy(),
                 parent.file_name().context("parent file")?.to_string_lossy()
             );
+            let top_tar = paths.last().context("no layers")?;
             let s = build_layer(
                 parent,
                 &hint,
                 Path::new(out),
                 &tocs,
                 top,
-                &Files(paths.clone()),
+                Some(top_tar),
                 &work,
             )?;
             for p in paths {

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imagestore_core::{Error, Result};
+use imagestore_core::{Error, Result, Url};
 
 use crate::vmdk::ReadAt;
 
@@ -43,8 +43,28 @@ impl DsPath {
     }
 
     /// [`DsPath::join`] for segments known to be valid (layout constants, validated names).
+    /// A segment that is not valid after all is percent-encoded, never dropped.
     pub fn child(&self, segment: &str) -> DsPath {
-        self.join(segment).unwrap_or_else(|_| self.clone())
+        self.join(segment)
+            .or_else(|_| self.join(&crate::layout::metadata_file_name(segment)))
+            .unwrap_or_else(|_| DsPath(format!("{}/_", self.0)))
+    }
+
+    /// Parses a `/`-separated path, checking every segment.
+    pub fn parse(path: &str) -> Result<DsPath> {
+        let mut p = DsPath::root();
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(seg)?;
+        }
+        Ok(p)
+    }
+
+    /// The path without its last segment (the root for the root).
+    pub fn parent(&self) -> DsPath {
+        match self.0.rsplit_once('/') {
+            Some((dir, _)) => DsPath(dir.to_owned()),
+            None => DsPath::root(),
+        }
     }
 
     /// The path as a string (`VIC/s1/images/a/a.vmdk`).
@@ -98,8 +118,30 @@ impl fmt::Debug for DsLock {
 ///   `remove_*`);
 /// * locks exclude every thread and process that uses the same datastore through this trait.
 pub trait Datastore: Send + Sync + fmt::Debug {
+    /// The URL scheme of the backend on this datastore (`vmdk`, `vsphere`).
+    fn scheme(&self) -> &'static str;
+
+    /// The URL of the datastore's root (store URLs are this plus the store name).
+    fn base_url(&self) -> Url;
+
+    /// A URL that locates `path` without further context.
+    fn url(&self, path: &DsPath) -> Url;
+
+    /// The datastore path a URL of [`Datastore::url`] names; `None` for other URLs.
+    fn path_of(&self, url: &Url) -> Option<DsPath>;
+
+    /// True if several processes (and hosts) may use the datastore at once: its locks
+    /// exclude them all.
+    fn shared_writers(&self) -> bool;
+
     /// How `path` is named in messages (a local path, or `[ds] folder/file`).
     fn describe(&self, path: &DsPath) -> String;
+
+    /// Users of the disk at `path` that the datastore itself knows of (on vSphere: the
+    /// virtual machines with a disk backed by it), as `vm <name>`.
+    fn disk_users(&self, _path: &DsPath) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// Creates folder `path` (its parent must exist). False if it already existed.
     fn mkdir(&self, path: &DsPath) -> Result<bool>;

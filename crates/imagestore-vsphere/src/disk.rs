@@ -142,6 +142,27 @@ pub fn chain_to_raw(chain: &Chain, raw: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A writer of a new disk at `out` whose parent is the top of `chain`, and its CID.
+fn child_writer(
+    chain: &Chain,
+    out: &Path,
+    file_name: &str,
+    parent_hint: &str,
+) -> io::Result<(u32, SparseWriter)> {
+    let cid = new_cid();
+    let d = descriptor(
+        chain.capacity(),
+        file_name,
+        cid,
+        Some((chain.top_cid(), parent_hint)),
+    );
+    let f = OpenOptions::new().write(true).create_new(true).open(out)?;
+    Ok((
+        cid,
+        SparseWriter::create(f, &d, &out.display().to_string())?,
+    ))
+}
+
 /// Writes a delta disk at `out` whose parent is the top of `chain` (named `parent_hint`
 /// relative to `out`'s folder), holding the grains where raw image `raw` differs from the
 /// chain.
@@ -168,15 +189,7 @@ pub fn delta_from_raw(
     candidates.extend(chain.allocated());
     candidates.sort_unstable();
     candidates.dedup();
-    let cid = new_cid();
-    let d = descriptor(
-        chain.capacity(),
-        file_name,
-        cid,
-        Some((chain.top_cid(), parent_hint)),
-    );
-    let f = OpenOptions::new().write(true).create_new(true).open(out)?;
-    let mut w = SparseWriter::create(f, &d, &out.display().to_string())?;
+    let (cid, mut w) = child_writer(chain, out, file_name, parent_hint)?;
     let mut new = vec![0u8; GRAIN as usize];
     let mut old = vec![0u8; GRAIN as usize];
     for g in candidates {
@@ -192,6 +205,23 @@ pub fn delta_from_raw(
     let grains = w.grains() as u64;
     let (_, bytes) = w.finish()?;
     Ok(DiskStats { cid, grains, bytes })
+}
+
+/// Writes a delta disk at `out` holding no grains: a child of the top of `chain` that
+/// changes nothing (an empty layer).
+pub fn empty_delta(
+    chain: &Chain,
+    out: &Path,
+    file_name: &str,
+    parent_hint: &str,
+) -> io::Result<DiskStats> {
+    let (cid, w) = child_writer(chain, out, file_name, parent_hint)?;
+    let (_, bytes) = w.finish()?;
+    Ok(DiskStats {
+        cid,
+        grains: 0,
+        bytes,
+    })
 }
 
 /// Opens the chain whose top disk is the local file `top`, following each disk's

@@ -22,13 +22,15 @@ use std::sync::Arc;
 
 use imagestore_core::layer::chain::{ChainView, Change, LayerToc, MemoryToc, diff};
 use imagestore_core::layer::compose::{EntryRef, MergedView};
-use imagestore_core::layer::export::LayerSource;
+use imagestore_core::layer::content::{Checked, ContentSource};
+use imagestore_core::layer::export::layer_reader;
 use imagestore_core::layer::path;
 use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 use imagestore_core::layer::validate::NodeKind;
 use imagestore_core::{Error, Result};
 
 use crate::error::{BACKEND, IoContext};
+use crate::fsread::FsContent;
 
 /// The label of the scratch filesystem (VIC's `containerfs`).
 pub const LABEL: &str = "containerfs";
@@ -121,17 +123,7 @@ pub fn make_scratch(raw: &Path, size: u64, work: &Path) -> Result<()> {
         entries: vec![entry("lost+found", EntryKind::Dir, 0o700)],
         ..Toc::default()
     };
-    apply(raw, &[Arc::new(lf)], skel, &NoData, work).map(|_| ())
-}
-
-/// A [`LayerSource`] for layers without file data (the skeleton).
-#[derive(Debug)]
-struct NoData;
-
-impl LayerSource for NoData {
-    fn open(&self, _index: usize) -> Result<Box<dyn imagestore_core::layer::export::LayerReader>> {
-        Err(fail("the skeleton has no file data"))
-    }
+    apply(raw, &[Arc::new(lf)], skel, None, work).map(|_| ())
 }
 
 /// What an apply did.
@@ -306,13 +298,15 @@ impl Plan<'_> {
 }
 
 /// Applies layer `top` onto the ext4 in raw image `raw`, which holds the image of `lower`
-/// (lowest first, the skeleton included). `source` opens the layers' data by their index in
-/// `lower` followed by `top`; `work` is a scratch folder for staged file contents.
+/// (lowest first, the skeleton included). `top_data` is the layer's tar (compressed as
+/// `top.compression` says; `None` for a layer without file data); file contents that come
+/// from lower layers (a hardlink whose target the layer replaces) are read from `raw` itself.
+/// `work` is a scratch folder for staged file contents.
 pub fn apply(
     raw: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    source: &dyn LayerSource,
+    top_data: Option<&Path>,
     work: &Path,
 ) -> Result<ApplyStats> {
     let lower_view = MergedView::build(lower.to_vec());
@@ -424,7 +418,7 @@ pub fn apply(
             }
         }
     }
-    stats.bytes = stage_contents(&all, &wanted, source)?;
+    stats.bytes = stage_contents(&all, &wanted, top_data, &lower_view, raw)?;
     stats.commands = plan.commands;
     let script_path = work.join("apply.debugfs");
     fs::write(&script_path, plan.script.as_bytes()).at(&script_path)?;
@@ -512,37 +506,44 @@ fn create(
     Ok(())
 }
 
-/// Writes the staged file contents, reading each layer once, forward.
+/// Writes the staged file contents: those of the new layer from its tar, read once forward,
+/// and the few that come from lower layers from the filesystem in `raw`, before the script
+/// changes it.
 fn stage_contents(
     all: &[Arc<Toc>],
     wanted: &BTreeMap<EntryRef, PathBuf>,
-    source: &dyn LayerSource,
+    top_data: Option<&Path>,
+    lower_view: &MergedView,
+    raw: &Path,
 ) -> Result<u64> {
-    let mut by_layer: BTreeMap<u32, Vec<(&TocEntry, &PathBuf)>> = BTreeMap::new();
-    for (r, f) in wanted {
-        let e = &all[r.layer as usize].entries[r.entry as usize];
-        by_layer.entry(r.layer).or_default().push((e, f));
-    }
+    let top_index = all.len() - 1;
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    for (layer, mut files) in by_layer {
-        files.sort_by_key(|(e, _)| e.data_offset);
-        let mut reader = None;
-        for (e, f) in files {
-            let out = File::create(f).at(f)?;
-            out.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
-                .at(f)?;
-            if e.stored_len() == 0 {
-                out.set_len(e.size).at(f)?;
-                continue;
-            }
-            if reader.is_none() {
-                reader = Some(source.open(layer as usize)?);
-            }
-            let Some(r) = reader.as_mut() else {
-                continue;
-            };
-            r.skip_to(e.data_offset).at(f)?;
+    let mut from_top: Vec<(&TocEntry, &PathBuf)> = Vec::new();
+    let mut from_lower: Vec<(EntryRef, &TocEntry, &PathBuf)> = Vec::new();
+    for (r, f) in wanted {
+        let e = &all[r.layer as usize].entries[r.entry as usize];
+        let out = File::create(f).at(f)?;
+        out.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+            .at(f)?;
+        out.set_len(e.size).at(f)?;
+        if e.stored_len() == 0 {
+            continue;
+        }
+        if r.layer as usize == top_index {
+            from_top.push((e, f));
+        } else {
+            from_lower.push((*r, e, f));
+        }
+    }
+    if !from_top.is_empty() {
+        let data = top_data.ok_or_else(|| fail("the layer has file data but no tar was given"))?;
+        let compression = all[top_index].compression;
+        let mut reader = layer_reader(File::open(data).at(data)?, compression)?;
+        from_top.sort_by_key(|(e, _)| e.data_offset);
+        for (e, f) in from_top {
+            let out = OpenOptions::new().write(true).open(f).at(f)?;
+            reader.skip_to(e.data_offset).at(f)?;
             let segments = match &e.sparse {
                 Some(map) => map.clone(),
                 None => vec![(0, e.size)],
@@ -552,17 +553,54 @@ fn stage_contents(
                 let mut at = off;
                 while left > 0 {
                     let n = (buf.len() as u64).min(left) as usize;
-                    r.read_exact(&mut buf[..n]).at(f)?;
+                    reader.read_exact(&mut buf[..n]).at(f)?;
                     out.write_all_at(&buf[..n], at).at(f)?;
                     left -= n as u64;
                     at += n as u64;
                 }
                 bytes += len;
             }
-            out.set_len(e.size).at(f)?;
+        }
+    }
+    if !from_lower.is_empty() {
+        // A path of the lower image holding each wanted content.
+        let mut paths: HashMap<EntryRef, &str> = HashMap::new();
+        for (p, n) in lower_view.iter() {
+            if let Some(c) = n.content {
+                paths.entry(c).or_insert(p);
+            }
+        }
+        let fs = FsContent::of_raw(raw.to_path_buf());
+        let mut pass = fs.pass()?;
+        for (r, e, f) in from_lower {
+            let p = paths
+                .get(&r)
+                .ok_or_else(|| fail(format!("/{}: its data is not in the lower image", e.path)))?;
+            let mut body = Checked::new(pass.open(p, r, e)?, e);
+            let mut out = OpenOptions::new().write(true).open(f).at(f)?;
+            copy_holes(&mut body, &mut out, &mut buf).at(f)?;
+            body.finish()?;
+            bytes += e.size;
         }
     }
     Ok(bytes)
+}
+
+/// Copies `body` into `out` from offset 0, leaving all-zero blocks as holes.
+fn copy_holes(body: &mut impl Read, out: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut at = 0u64;
+    loop {
+        let n = body.read(buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for chunk in buf[..n].chunks(4096) {
+            if chunk.iter().any(|b| *b != 0) {
+                out.write_all_at(chunk, at)?;
+            }
+            at += chunk.len() as u64;
+        }
+    }
 }
 
 /// Runs `debugfs -w -f script raw`; any diagnostic on stderr fails it.

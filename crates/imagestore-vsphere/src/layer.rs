@@ -4,11 +4,10 @@
 //! ([`crate::disk::delta_from_raw`]); the parent disks are only read.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imagestore_core::Result;
-use imagestore_core::layer::export::{LayerReader, LayerSource};
 use imagestore_core::layer::toc::Toc;
 
 use crate::disk::{self, DiskStats};
@@ -27,12 +26,10 @@ pub fn build_scratch(
     capacity_kib: u64,
     work: &Path,
 ) -> Result<DiskStats> {
-    let dir = tempfile_dir(work)?;
-    let raw = dir.join("scratch.raw");
-    ext4::make_scratch(&raw, capacity_kib * 1024, &dir)?;
-    let stats = disk::base_from_raw(&raw, out, file_name).at(out)?;
-    let _ = fs::remove_dir_all(&dir);
-    Ok(stats)
+    let dir = WorkDir::create(work)?;
+    let raw = dir.path().join("scratch.raw");
+    ext4::make_scratch(&raw, capacity_kib * 1024, dir.path())?;
+    disk::base_from_raw(&raw, out, file_name).at(out)
 }
 
 /// What building a layer disk did.
@@ -44,35 +41,21 @@ pub struct LayerStats {
     pub apply: ApplyStats,
 }
 
-/// Opens real layer `i` as view layer `i + 1` (view layer 0 is the skeleton).
-struct Shifted<'a>(&'a dyn LayerSource);
-
-impl LayerSource for Shifted<'_> {
-    fn open(&self, index: usize) -> Result<Box<dyn LayerReader>> {
-        match index.checked_sub(1) {
-            Some(i) => self.0.open(i),
-            None => Err(imagestore_core::Error::invalid(
-                "the skeleton has no file data",
-            )),
-        }
-    }
-}
-
 /// Writes the delta disk of layer `top` at `out` (its file name goes in the descriptor), a
 /// child of the disk `parent` (named `parent_hint` relative to `out`'s folder). `lower` are
 /// the TOCs of the layers the parent holds, lowest first (scratch's skeleton not included);
-/// `source` opens the data of `lower` followed by `top` by index.
+/// `top_data` is the layer's tar (see [`ext4::apply`]).
 pub fn build_layer(
     parent: &Path,
     parent_hint: &str,
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    source: &dyn LayerSource,
+    top_data: Option<&Path>,
     work: &Path,
 ) -> Result<LayerStats> {
     let chain = disk::open_chain(parent).at(parent)?;
-    build_layer_on(&chain, parent_hint, out, lower, top, source, work)
+    build_layer_on(&chain, parent_hint, out, lower, top, top_data, work)
 }
 
 /// [`build_layer`] on an opened parent chain.
@@ -82,31 +65,122 @@ pub fn build_layer_on(
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    source: &dyn LayerSource,
+    top_data: Option<&Path>,
     work: &Path,
 ) -> Result<LayerStats> {
-    let file_name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = tempfile_dir(work)?;
-    let raw = dir.join("layer.raw");
-    let r = (|| {
-        disk::chain_to_raw(chain, &raw).at(&raw)?;
-        let mut view = vec![Arc::new(ext4::skeleton())];
-        view.extend(lower.iter().cloned());
-        let apply = ext4::apply(&raw, &view, top, &Shifted(source), &dir)?;
-        let disk = disk::delta_from_raw(chain, &raw, out, &file_name, parent_hint).at(out)?;
-        Ok(LayerStats { disk, apply })
-    })();
-    let _ = fs::remove_dir_all(&dir);
-    r
+    let file_name = file_name_of(out);
+    if top.entries.is_empty() {
+        // Nothing changes: an empty delta, without a copy of the chain or a debugfs run.
+        let disk = disk::empty_delta(chain, out, &file_name, parent_hint).at(out)?;
+        return Ok(LayerStats {
+            disk,
+            apply: ApplyStats::default(),
+        });
+    }
+    build_delta(chain, chain, parent_hint, out, lower, top, top_data, work)
 }
 
-/// A fresh folder in `work`.
-pub fn tempfile_dir(work: &Path) -> Result<std::path::PathBuf> {
-    fs::create_dir_all(work).at(work)?;
-    let d = work.join(format!("build-{:016x}", rand::random::<u64>()));
-    fs::create_dir(&d).at(&d)?;
-    Ok(d)
+/// Writes the disk of a writable layer after an import at `out`: the contents of `current`
+/// (the parent's chain, plus the layer's disk after the earlier imports) with `top` applied,
+/// as a delta on the top of `parent` (named `parent_hint`). `lower` are the TOCs below `top`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_import(
+    current: &Chain,
+    parent: &Chain,
+    parent_hint: &str,
+    out: &Path,
+    lower: &[Arc<Toc>],
+    top: Arc<Toc>,
+    top_data: &Path,
+    work: &Path,
+) -> Result<LayerStats> {
+    build_delta(
+        current,
+        parent,
+        parent_hint,
+        out,
+        lower,
+        top,
+        Some(top_data),
+        work,
+    )
+}
+
+/// The contents of `source` with `top` applied, as a delta disk on the top of `base`.
+#[allow(clippy::too_many_arguments)]
+fn build_delta(
+    source: &Chain,
+    base: &Chain,
+    parent_hint: &str,
+    out: &Path,
+    lower: &[Arc<Toc>],
+    top: Arc<Toc>,
+    top_data: Option<&Path>,
+    work: &Path,
+) -> Result<LayerStats> {
+    let file_name = file_name_of(out);
+    let dir = WorkDir::create(work)?;
+    let raw = dir.path().join("layer.raw");
+    disk::chain_to_raw(source, &raw).at(&raw)?;
+    let apply = if top.entries.is_empty() {
+        ApplyStats::default()
+    } else {
+        let mut view = vec![Arc::new(ext4::skeleton())];
+        view.extend(lower.iter().cloned());
+        ext4::apply(&raw, &view, top, top_data, dir.path())?
+    };
+    let disk = disk::delta_from_raw(base, &raw, out, &file_name, parent_hint).at(out)?;
+    Ok(LayerStats { disk, apply })
+}
+
+/// The file name a disk built at `out` records in its descriptor.
+fn file_name_of(out: &Path) -> String {
+    out.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A fresh folder in a work directory, removed (with everything in it) when dropped. Its
+/// name carries the process id, so the sweep can tell the folders of dead processes
+/// ([`WorkDir::owner_alive`]).
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    /// Creates `build-<pid>-<random>` in `work` (created if missing).
+    pub fn create(work: &Path) -> Result<WorkDir> {
+        fs::create_dir_all(work).at(work)?;
+        let path = work.join(format!(
+            "build-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        fs::create_dir(&path).at(&path)?;
+        Ok(WorkDir { path })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// For a folder name in a work directory: `Some(true)` if it is a build folder whose
+    /// process still runs, `Some(false)` if its process is gone, `None` if it is not one.
+    pub fn owner_alive(name: &str) -> Option<bool> {
+        let pid: u32 = name
+            .strip_prefix("build-")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()?;
+        Some(pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
 }

@@ -1,21 +1,26 @@
-//! VIC's datastore layout and commit protocol, on any [`Datastore`]:
+//! VIC's datastore layout, with what imagestore adds beside it (`docs/layouts.md`):
 //!
 //! ```text
-//! VIC/<store>/images/<id>/<id>.vmdk        the disk (scratch: base disk; layers: delta disks)
-//! VIC/<store>/images/<id>/imageMetadata/   one file per metadata key
-//! VIC/<store>/images/<id>/<id>.layer       the layer tar as written (export/diff/checkout)
-//! VIC/<store>/images/<id>/<id>.toc         its table of contents
-//! VIC/<store>/images/<id>/manifest         empty; written last: the image is committed
+//! VIC/.lock                                   store creation and deletion locks
+//! VIC/<store>/.lock                           the store's lock and per-id write locks
+//! VIC/<store>/usage, usage.pending            the usage counter (decision 0004)
+//! VIC/<store>/images/<id>/<id>.vmdk           the disk (scratch: base disk; layers: deltas)
+//! VIC/<store>/images/<id>/imageMetadata/<k>   one file per metadata key (VIC's)
+//! VIC/<store>/images/<id>/<id>.toc            the layer's table of contents
+//! VIC/<store>/images/<id>/image.json          parent, sum, size, depth
+//! VIC/<store>/images/<id>/children/<child>    images and writable layers on this one
+//! VIC/<store>/images/<id>/owners/<owner>      registered owners
+//! VIC/<store>/images/<id>/manifest            empty; written last: the image is committed
+//! VIC/<store>/writable/<id>/writable.json     a writable layer on an image: its parent,
+//! VIC/<store>/writable/<id>/<n>.toc, <n>.vmdk    its imports' TOCs, and its disk after import n
 //! ```
 //!
-//! An image folder without `manifest` or without its disk is invisible and is removed by
-//! [`sweep`]. Deleting removes `manifest` first, then the disk, then the folder, so a delete
-//! that stops half way leaves an uncommitted folder, which the next sweep removes.
+//! An image folder without `manifest` is invisible and is removed by the sweep once no writer
+//! holds its id. Deleting removes `manifest` first, then the disk, then the folder, so a
+//! delete that stops half way leaves an uncommitted folder, which the next sweep removes.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use imagestore_core::{Error, Result};
+use imagestore_core::names::SCRATCH_ID;
+use imagestore_core::{ImageId, OwnerName, Result, StoreName};
 
 use crate::datastore::{Datastore, DsPath};
 
@@ -23,228 +28,206 @@ use crate::datastore::{Datastore, DsPath};
 pub const MANIFEST: &str = "manifest";
 /// The metadata folder's name.
 pub const METADATA: &str = "imageMetadata";
-/// The scratch image's id.
-pub const SCRATCH: &str = "scratch";
 
-/// The paths of one image.
+/// The datastore folder every store lives in.
+pub fn vic() -> DsPath {
+    DsPath::root().child("VIC")
+}
+
+/// The lock file of store creation and deletion.
+pub fn root_lock() -> DsPath {
+    vic().child(".lock")
+}
+
+/// Paths of one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePaths {
+    /// `VIC/<store>`.
+    pub dir: DsPath,
+}
+
+impl StorePaths {
+    /// The paths of store `s` (a validated name, so a valid path segment).
+    pub fn new(s: &StoreName) -> StorePaths {
+        StorePaths {
+            dir: vic().child(s.as_str()),
+        }
+    }
+    /// The store's lock file.
+    pub fn lock(&self) -> DsPath {
+        self.dir.child(".lock")
+    }
+    /// The usage counter.
+    pub fn usage(&self) -> DsPath {
+        self.dir.child("usage")
+    }
+    /// Present while the usage counter is being changed.
+    pub fn usage_pending(&self) -> DsPath {
+        self.dir.child("usage.pending")
+    }
+    /// The images folder.
+    pub fn images(&self) -> DsPath {
+        self.dir.child("images")
+    }
+    /// The writable layers folder.
+    pub fn writables(&self) -> DsPath {
+        self.dir.child("writable")
+    }
+    /// One image.
+    pub fn image(&self, id: &ImageId) -> ImagePaths {
+        let dir = self.images().child(id.as_str());
+        ImagePaths {
+            disk: dir.child(&format!("{id}.vmdk")),
+            dir,
+            id: id.clone(),
+        }
+    }
+    /// The scratch image.
+    pub fn scratch(&self) -> ImagePaths {
+        self.image(&ImageId::scratch())
+    }
+    /// One writable layer.
+    pub fn writable(&self, id: &ImageId) -> WritablePaths {
+        WritablePaths {
+            dir: self.writables().child(id.as_str()),
+        }
+    }
+}
+
+/// Paths of one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagePaths {
     /// `VIC/<store>/images/<id>`.
     pub dir: DsPath,
     /// `<id>.vmdk`.
     pub disk: DsPath,
+    id: ImageId,
+}
+
+impl ImagePaths {
     /// `imageMetadata`.
-    pub metadata: DsPath,
-    /// `<id>.layer`.
-    pub layer: DsPath,
+    pub fn metadata(&self) -> DsPath {
+        self.dir.child(METADATA)
+    }
     /// `<id>.toc`.
-    pub toc: DsPath,
+    pub fn toc(&self) -> DsPath {
+        self.dir.child(&format!("{}.toc", self.id))
+    }
+    /// `image.json`.
+    pub fn record(&self) -> DsPath {
+        self.dir.child("image.json")
+    }
+    /// `children`.
+    pub fn children(&self) -> DsPath {
+        self.dir.child("children")
+    }
+    /// The marker of child `c`.
+    pub fn child(&self, c: &ImageId) -> DsPath {
+        self.children().child(c.as_str())
+    }
+    /// `owners`.
+    pub fn owners(&self) -> DsPath {
+        self.dir.child("owners")
+    }
+    /// The marker of owner `o`.
+    pub fn owner(&self, o: &OwnerName) -> DsPath {
+        self.owners().child(o.as_str())
+    }
     /// `manifest`.
-    pub manifest: DsPath,
-}
-
-/// `VIC/<store>/images`.
-pub fn images_dir(store: &str) -> Result<DsPath> {
-    DsPath::root().join("VIC")?.join(store)?.join("images")
-}
-
-/// The paths of image `id` of `store`.
-pub fn image_paths(store: &str, id: &str) -> Result<ImagePaths> {
-    let dir = images_dir(store)?.join(id)?;
-    Ok(ImagePaths {
-        disk: dir.join(&format!("{id}.vmdk"))?,
-        metadata: dir.join(METADATA)?,
-        layer: dir.join(&format!("{id}.layer"))?,
-        toc: dir.join(&format!("{id}.toc"))?,
-        manifest: dir.join(MANIFEST)?,
-        dir,
-    })
-}
-
-/// The `parentFileNameHint` of a child of image `parent` (relative to the child's folder).
-pub fn parent_hint(parent: &str) -> String {
-    format!("../{parent}/{parent}.vmdk")
-}
-
-/// Creates `VIC/<store>/images` (and its parents). False if it already existed.
-pub fn create_store_dirs(ds: &dyn Datastore, store: &str) -> Result<bool> {
-    let vic = DsPath::root().join("VIC")?;
-    ds.mkdir(&vic)?;
-    ds.mkdir(&vic.join(store)?)?;
-    ds.mkdir(&images_dir(store)?)
-}
-
-/// What a committed image consists of, built in the local work folder.
-#[derive(Debug)]
-pub struct NewImage<'a> {
-    /// The disk file.
-    pub disk: &'a Path,
-    /// The layer tar, if the image has one (scratch keeps its skeleton tar here too).
-    pub layer: Option<&'a Path>,
-    /// The encoded TOC.
-    pub toc: &'a [u8],
-    /// Metadata, key to value.
-    pub metadata: &'a BTreeMap<String, Vec<u8>>,
-}
-
-/// Writes image `id` in VIC's order: folder (which must not exist), metadata, layer data,
-/// disk, and the empty `manifest` last. On failure the folder is removed again.
-pub fn commit_image(ds: &dyn Datastore, store: &str, id: &str, img: NewImage<'_>) -> Result<()> {
-    let p = image_paths(store, id)?;
-    if !ds.mkdir(&p.dir)? {
-        return Err(Error::invalid(format!(
-            "image folder {} already exists",
-            ds.describe(&p.dir)
-        )));
+    pub fn manifest(&self) -> DsPath {
+        self.dir.child(MANIFEST)
     }
-    let r = (|| {
-        ds.mkdir(&p.metadata)?;
-        for (k, v) in img.metadata {
-            ds.write(&p.metadata.join(k)?, v)?;
-        }
-        if let Some(layer) = img.layer {
-            ds.put_file(layer, &p.layer)?;
-        }
-        ds.write(&p.toc, img.toc)?;
-        ds.put_file(img.disk, &p.disk)?;
-        if !ds.create_new(&p.manifest, b"")? {
-            return Err(Error::invalid(format!(
-                "{} already exists",
-                ds.describe(&p.manifest)
-            )));
-        }
-        Ok(())
-    })();
-    if r.is_err() {
-        let _ = ds.remove_all(&p.dir);
+}
+
+/// Paths of one writable layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritablePaths {
+    /// `VIC/<store>/writable/<id>`.
+    pub dir: DsPath,
+}
+
+impl WritablePaths {
+    /// `writable.json`: written last when the layer is created, first removed when deleted.
+    pub fn record(&self) -> DsPath {
+        self.dir.child("writable.json")
     }
-    r
+    /// The TOC of import `n`; present once the import is complete.
+    pub fn toc(&self, n: u32) -> DsPath {
+        self.dir.child(&format!("{n}.toc"))
+    }
+    /// The disk holding the layer after import `n`.
+    pub fn disk(&self, n: u32) -> DsPath {
+        self.dir.child(&format!("{n}.vmdk"))
+    }
 }
 
-/// True if image `id` is committed: its `manifest` and its disk exist.
-pub fn is_committed(ds: &dyn Datastore, store: &str, id: &str) -> Result<bool> {
-    let p = image_paths(store, id)?;
-    Ok(ds.stat(&p.manifest)?.is_some() && ds.stat(&p.disk)?.is_some())
+/// The `parentFileNameHint` of a disk in image folder or writable folder `child_dir` whose
+/// parent is the disk of image `parent` (relative to the child's folder, as VIC's are).
+pub fn parent_hint(child_dir: &DsPath, parent: &ImagePaths) -> String {
+    let from: Vec<&str> = child_dir.as_str().split('/').collect();
+    let to: Vec<&str> = parent.disk.as_str().split('/').collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts = vec![".."; from.len() - common];
+    parts.extend(&to[common..]);
+    parts.join("/")
 }
 
-/// The committed images of `store`, sorted.
-pub fn list_images(ds: &dyn Datastore, store: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for name in ds.list(&images_dir(store)?)? {
-        if DsPath::root().join(&name).is_ok() && is_committed(ds, store, &name)? {
-            out.push(name);
+/// Percent-encodes a metadata key into a file name: keys made of letters, digits, `_`, `-`
+/// and non-leading `.` are kept verbatim (as VIC stores them); anything else is `%XX`.
+pub fn metadata_file_name(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for (i, b) in key.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(out)
+    out
 }
 
-/// Reads the metadata of image `id`.
-pub fn read_metadata(
-    ds: &dyn Datastore,
-    store: &str,
-    id: &str,
-) -> Result<BTreeMap<String, Vec<u8>>> {
-    let p = image_paths(store, id)?;
-    let mut out = BTreeMap::new();
-    for k in ds.list(&p.metadata)? {
-        if let Some(v) = ds.read(&p.metadata.join(&k)?)? {
-            out.insert(k, v);
-        }
-    }
-    Ok(out)
+/// The metadata key a file name of [`metadata_file_name`] stands for; `None` for names it
+/// cannot have made.
+pub fn metadata_key(file: &str) -> Option<String> {
+    crate::config::percent_decode(file).filter(|k| !k.is_empty())
 }
 
-/// Deletes image `id`: `manifest`, then the disk, then the folder.
-pub fn delete_image(ds: &dyn Datastore, store: &str, id: &str) -> Result<()> {
-    let p = image_paths(store, id)?;
-    ds.remove_file(&p.manifest)?;
-    ds.remove_file(&p.disk)?;
-    ds.remove_all(&p.dir)
+/// True if `name` (an entry of a store's `images` folder) is an image id other than scratch.
+pub fn is_layer_folder(name: &str) -> bool {
+    name != SCRATCH_ID && ImageId::new(name).is_ok()
 }
 
-/// Removes every image folder of `store` that is not committed; returns their names.
-/// `scratch` is never removed (VIC: an unverifiable scratch is reported, not deleted).
-pub fn sweep(ds: &dyn Datastore, store: &str) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for name in ds.list(&images_dir(store)?)? {
-        if name == SCRATCH || name.starts_with('.') {
-            continue;
-        }
-        let Ok(p) = image_paths(store, &name) else {
-            continue;
-        };
-        if ds.stat(&p.dir)?.is_some_and(|s| s.is_dir) && !is_committed(ds, store, &name)? {
-            ds.remove_all(&p.dir)?;
-            removed.push(name);
-        }
-    }
-    Ok(removed)
+/// True if image `p` is committed: its `manifest` exists.
+pub fn is_committed(ds: &dyn Datastore, p: &ImagePaths) -> Result<bool> {
+    Ok(ds.stat(&p.manifest())?.is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local_ds::LocalDatastore;
 
-    fn image(ds: &dyn Datastore, work: &Path, store: &str, id: &str) -> Result<()> {
-        let disk = work.join(format!("{id}.disk"));
-        std::fs::write(&disk, b"disk").map_err(|e| Error::invalid(e.to_string()))?;
-        let mut meta = BTreeMap::new();
-        meta.insert("k".to_owned(), b"v".to_vec());
-        commit_image(
-            ds,
-            store,
-            id,
-            NewImage {
-                disk: &disk,
-                layer: None,
-                toc: b"toc",
-                metadata: &meta,
-            },
-        )
+    #[test]
+    fn hints_climb_out_of_the_child_folder() -> Result<()> {
+        let s = StorePaths::new(&StoreName::new("s1")?);
+        let parent = s.image(&ImageId::new("p")?);
+        let child = s.image(&ImageId::new("c")?);
+        assert_eq!(parent_hint(&child.dir, &parent), "../p/p.vmdk");
+        let w = s.writable(&ImageId::new("w")?);
+        assert_eq!(parent_hint(&w.dir, &parent), "../../images/p/p.vmdk");
+        Ok(())
     }
 
     #[test]
-    fn commit_list_delete_and_sweep() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| Error::invalid(e.to_string()))?;
-        let root = dir.path().join("ds");
-        let ds = LocalDatastore::open(root.clone())?;
-        let work = dir.path();
-        assert!(create_store_dirs(&ds, "s1")?);
-        assert!(!create_store_dirs(&ds, "s1")?);
-        image(&ds, work, "s1", SCRATCH)?;
-        image(&ds, work, "s1", "a")?;
-        image(&ds, work, "s1", "b")?;
-        let on_disk = root.join("VIC/s1/images/a");
-        assert!(on_disk.join("a.vmdk").is_file());
-        assert!(on_disk.join("manifest").is_file());
-        assert_eq!(
-            std::fs::read(on_disk.join("imageMetadata/k")).ok(),
-            Some(b"v".to_vec())
-        );
-        assert!(
-            image(&ds, work, "s1", "a").is_err(),
-            "an existing folder is refused"
-        );
-        assert!(on_disk.join("a.vmdk").is_file(), "and left alone");
-        assert_eq!(list_images(&ds, "s1")?, vec!["a", "b", "scratch"]);
-        assert_eq!(
-            read_metadata(&ds, "s1", "a")?.get("k"),
-            Some(&b"v".to_vec())
-        );
-
-        // An interrupted write (no manifest) and an interrupted delete (manifest gone) are
-        // invisible and swept; a committed image is not.
-        std::fs::remove_file(on_disk.join("manifest"))
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        std::fs::create_dir(root.join("VIC/s1/images/half"))
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        assert_eq!(list_images(&ds, "s1")?, vec!["b", "scratch"]);
-        assert_eq!(sweep(&ds, "s1")?, vec!["a", "half"]);
-        assert!(!on_disk.exists());
-        delete_image(&ds, "s1", "b")?;
-        assert_eq!(list_images(&ds, "s1")?, vec!["scratch"]);
-        assert!(!root.join("VIC/s1/images/b").exists());
-        Ok(())
+    fn metadata_keys_round_trip_through_file_names() {
+        for k in [
+            "metaData", "a/b", ".hidden", "..", "x y", "ü", "a.b-c_d", "%",
+        ] {
+            let f = metadata_file_name(k);
+            assert!(!f.contains('/') && f != "." && f != ".." && !f.starts_with('.'));
+            assert_eq!(metadata_key(&f).as_deref(), Some(k), "{k}");
+        }
+        assert_eq!(metadata_file_name("metaData"), "metaData");
+        assert_eq!(metadata_key("%zz"), None);
     }
 }

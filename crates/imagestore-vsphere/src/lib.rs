@@ -3,22 +3,70 @@
 //! filesystem labelled `containerfs`; every layer is a delta disk whose parent is its parent
 //! image's disk and which holds only the 64 KiB grains the layer changed.
 //!
-//! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
-//! * [`ext4`] — building and changing the ext4 filesystem inside the disks;
-//! * [`layer`] — building the scratch disk and the delta disk of each layer;
-//! * [`disk`] — disks from raw images and raw images from chains;
-//! * [`images`] — writing the scratch image and layer images onto a datastore;
+//! ```no_run
+//! # async fn demo() -> imagestore_core::Result<()> {
+//! let store = imagestore_vsphere::open_vmdk("/srv/datastore".into(), Default::default()).await?;
+//! # let _ = store; Ok(()) }
+//! ```
+//!
+//! * [`store`] (with the private `write`, `content` and `sweep`) — the `ImageStorer` on any
+//!   datastore;
+//! * [`datastore`] / [`local_ds`] — the file operations on a datastore, and the local one;
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
-//! * [`datastore`] / [`local_ds`] — the file operations on a datastore.
+//! * [`layer`], [`ext4`], [`disk`] — building the scratch disk and each layer's delta disk;
+//! * [`fsread`] — reading files through a chain's ext4;
+//! * [`vmdk`] — the sparse VMDK format, read and written by this crate.
 
 #![deny(missing_docs)]
 
+pub mod config;
+mod content;
 pub mod datastore;
 pub mod disk;
 pub mod error;
 pub mod ext4;
-pub mod images;
+pub mod fsread;
 pub mod layer;
 pub mod layout;
 pub mod local_ds;
+pub mod store;
+mod sweep;
 pub mod vmdk;
+mod write;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use imagestore_core::registry::{Backend, OpenFuture};
+use imagestore_core::{ImageStorer, Result, Url};
+
+pub use config::{Config, Options};
+pub use store::{DiskStore, MAX_CHAIN_DEPTH};
+
+/// The scheme of the local-datastore backend.
+pub const SCHEME: &str = "vmdk";
+
+/// Opens a `vmdk://` backend on the datastore folder `root` (created if missing).
+pub async fn open_vmdk(root: PathBuf, options: Options) -> Result<DiskStore> {
+    let ds = tokio::task::spawn_blocking(move || local_ds::LocalDatastore::open(root))
+        .await
+        .map_err(|e| imagestore_core::Error::backend(SCHEME, e.to_string(), false))??;
+    DiskStore::open(Arc::new(ds), options).await
+}
+
+fn open(url: Url) -> OpenFuture {
+    Box::pin(async move {
+        let config = Config::from_url(&url)?;
+        let store = open_vmdk(config.root, config.options).await?;
+        Ok(Arc::new(store) as Arc<dyn ImageStorer>)
+    })
+}
+
+inventory::submit! {
+    Backend {
+        scheme: SCHEME,
+        feature: "vsphere",
+        description: "VMDK delta disks holding ext4 in VIC's layout, on a local datastore folder (vmdk:///absolute/path)",
+        open,
+    }
+}

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imagestore_core::Result;
+use imagestore_core::{Error, Result, Url};
 
 use crate::datastore::{Datastore, DsLock, DsPath, Stat};
 use crate::error::{BACKEND, IoContext};
@@ -17,6 +17,7 @@ use crate::vmdk::ReadAt;
 #[derive(Debug, Clone)]
 pub struct LocalDatastore {
     root: PathBuf,
+    base: Url,
 }
 
 fn nonce() -> String {
@@ -32,7 +33,10 @@ impl LocalDatastore {
     /// A datastore at `root` (created if missing, with its work directory).
     pub fn open(root: PathBuf) -> Result<LocalDatastore> {
         fs::create_dir_all(&root).at(&root)?;
-        let ds = LocalDatastore { root };
+        let mut base =
+            Url::parse("vmdk:///").map_err(|e| Error::invalid(format!("vmdk URL: {e}")))?;
+        base.set_path(&root.to_string_lossy());
+        let ds = LocalDatastore { root, base };
         let work = ds.work_dir();
         fs::create_dir_all(&work).at(&work)?;
         Ok(ds)
@@ -54,6 +58,33 @@ impl LocalDatastore {
 }
 
 impl Datastore for LocalDatastore {
+    fn scheme(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn base_url(&self) -> Url {
+        self.base.clone()
+    }
+
+    fn url(&self, path: &DsPath) -> Url {
+        let mut u = self.base_url();
+        u.set_path(&self.local(path).to_string_lossy());
+        u
+    }
+
+    fn path_of(&self, url: &Url) -> Option<DsPath> {
+        if url.scheme() != BACKEND || url.host_str().is_some_and(|h| !h.is_empty()) {
+            return None;
+        }
+        let decoded = crate::config::percent_decode(url.path())?;
+        let rel = Path::new(&decoded).strip_prefix(&self.root).ok()?;
+        DsPath::parse(rel.to_str()?).ok()
+    }
+
+    fn shared_writers(&self) -> bool {
+        true
+    }
+
     fn describe(&self, path: &DsPath) -> String {
         self.local(path).display().to_string()
     }

@@ -24,9 +24,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`); `vmdk://` and
-//! `vsphere://` are provided by their own feature when built with it. [`schemes`] lists what
-//! this build can open.
+//! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`), `vmdk://`
+//! (feature `vsphere`). [`schemes`] lists what this build can open.
 
 #![deny(missing_docs)]
 
@@ -42,6 +41,10 @@ pub use imagestore_local as local;
 #[cfg(feature = "s3")]
 pub use imagestore_s3 as s3;
 
+/// The VMDK backends (feature `vsphere`).
+#[cfg(feature = "vsphere")]
+pub use imagestore_vsphere as vsphere;
+
 /// Makes sure every backend compiled into this build is linked, so its registration is
 /// visible to the registry.
 fn link_backends() {
@@ -49,6 +52,8 @@ fn link_backends() {
     std::hint::black_box(imagestore_local::SCHEME);
     #[cfg(feature = "s3")]
     std::hint::black_box(imagestore_s3::SCHEME);
+    #[cfg(feature = "vsphere")]
+    std::hint::black_box(imagestore_vsphere::SCHEME);
 }
 
 /// Opens the backend for `url`, chosen by its scheme among those this build links.

@@ -9,6 +9,9 @@ fn registered_schemes_match_features() {
     if cfg!(feature = "s3") {
         expected.push("s3");
     }
+    if cfg!(feature = "vsphere") {
+        expected.push("vmdk");
+    }
     expected.sort();
     assert_eq!(imagestore::schemes(), expected);
     assert!(imagestore::registry::check_unique().is_ok());

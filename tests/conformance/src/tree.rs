@@ -111,3 +111,29 @@ pub fn differences(left: &Tree, right: &Tree, only_left_ok: &BTreeSet<String>) -
     }
     out
 }
+
+/// A digest of everything below `dir`, byte for byte: names, kinds and file contents, in
+/// name order (for "nothing changed" checks on a backend's own files).
+pub fn fingerprint(dir: &Path) -> Result<String> {
+    fn walk(dir: &Path, base: &Path, h: &mut Sha256) -> Result<()> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let p = e.path();
+            let rel = p.strip_prefix(base)?.to_string_lossy().into_owned();
+            h.update(rel.as_bytes());
+            if e.file_type()?.is_dir() {
+                h.update(b"/");
+                walk(&p, base, h)?;
+            } else {
+                h.update(b"=");
+                h.update(std::fs::read(&p)?);
+            }
+            h.update(b"\n");
+        }
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    walk(dir, dir, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}

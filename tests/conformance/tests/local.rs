@@ -2,14 +2,13 @@
 
 #![allow(clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
 use async_trait::async_trait;
 use imagestore::{ImageId, StoreName};
 use imagestore_conformance::{Ctx, Hooks, conformance_tests};
-use sha2::{Digest as _, Sha256};
 
 /// Reaches into the local layout (docs/layouts.md) to fake crashes and fingerprint stores.
 struct LocalHooks {
@@ -20,26 +19,6 @@ impl LocalHooks {
     fn store(&self, s: &StoreName) -> PathBuf {
         self.root.join("stores").join(s.as_str())
     }
-}
-
-fn walk(dir: &Path, base: &Path, h: &mut Sha256) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    names.sort_by_key(|e| e.file_name());
-    for e in names {
-        let p = e.path();
-        let rel = p.strip_prefix(base)?.to_string_lossy().into_owned();
-        let ft = e.file_type()?;
-        h.update(rel.as_bytes());
-        if ft.is_dir() {
-            h.update(b"/");
-            walk(&p, base, h)?;
-        } else {
-            h.update(b"=");
-            h.update(std::fs::read(&p)?);
-        }
-        h.update(b"\n");
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -93,10 +72,8 @@ impl Hooks for LocalHooks {
     }
 
     async fn fingerprint(&self, s: &StoreName) -> Result<String> {
-        let mut h = Sha256::new();
         let sd = self.store(s);
-        walk(&sd, &sd, &mut h)?;
-        Ok(format!("{:x}", h.finalize()))
+        imagestore_conformance::tree::fingerprint(&sd)
     }
 }
 

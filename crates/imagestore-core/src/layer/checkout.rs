@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layer::compose::EntryRef;
-use crate::layer::export::{FileBody, First, LayerReader, LayerSource, Plan};
+use crate::layer::content::{Checked, ContentPass, ContentSource};
+use crate::layer::export::{First, Plan};
 use crate::layer::path;
 use crate::layer::toc::{EntryKind, TocEntry};
 
@@ -59,8 +60,7 @@ fn errno(e: rustix::io::Errno) -> io::Error {
 struct Checkout<'a> {
     root: OwnedFd,
     dest: &'a Path,
-    source: &'a dyn LayerSource,
-    readers: HashMap<usize, Box<dyn LayerReader>>,
+    pass: Box<dyn ContentPass + 'a>,
     rootless: bool,
     report: CheckoutReport,
     skipped_owners: bool,
@@ -210,25 +210,19 @@ impl Checkout<'_> {
                 .map_err(|err| self.fail(p, "creating", errno(err)))?;
                 let mut file = std::fs::File::from(fd);
                 if e.size > 0 {
-                    let layer = content.layer as usize;
-                    if !self.readers.contains_key(&layer) {
-                        let r = self.source.open(layer)?;
-                        self.readers.insert(layer, r);
+                    let inner = self.pass.open(p, content, e)?;
+                    let mut body = Checked::new(inner, e);
+                    if let Err(err) = copy_sparse(&mut body, &mut file) {
+                        if body.read_failed() {
+                            body.finish()?;
+                        }
+                        return Err(Error::Backend {
+                            backend: "checkout",
+                            message: format!("writing {}: {err}", self.dest.join(p).display()),
+                            retryable: false,
+                            source: None,
+                        });
                     }
-                    let reader = self
-                        .readers
-                        .get_mut(&layer)
-                        .ok_or_else(|| Error::invalid("layer reader vanished"))?;
-                    reader.skip_to(e.data_offset).map_err(|err| {
-                        Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
-                    })?;
-                    let mut body = FileBody::new(reader.as_mut(), e);
-                    copy_sparse(&mut body, &mut file).map_err(|err| Error::Backend {
-                        backend: "checkout",
-                        message: format!("writing {}: {err}", self.dest.join(p).display()),
-                        retryable: false,
-                        source: None,
-                    })?;
                     body.finish()?;
                     self.report.bytes += e.size;
                 }
@@ -377,7 +371,7 @@ fn copy_sparse(body: &mut impl Read, file: &mut std::fs::File) -> io::Result<()>
 /// directory.
 pub fn checkout(
     plan: &Plan,
-    source: &dyn LayerSource,
+    source: &dyn ContentSource,
     dest: &Path,
     options: &CheckoutOptions,
 ) -> Result<CheckoutReport> {
@@ -410,8 +404,7 @@ pub fn checkout(
     let mut c = Checkout {
         root,
         dest,
-        source,
-        readers: HashMap::new(),
+        pass: source.pass()?,
         rootless: options.rootless,
         report: CheckoutReport::default(),
         skipped_owners: false,

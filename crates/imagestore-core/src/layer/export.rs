@@ -15,10 +15,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use tar::{EntryType, Header};
 
-use crate::digest::Algorithm;
 use crate::error::{Error, Result};
 use crate::layer::chain::Change;
 use crate::layer::compose::{EntryRef, MergedView};
+use crate::layer::content::{Checked, ContentPass, ContentSource};
 use crate::layer::filter::FilterSpec;
 use crate::layer::path;
 use crate::layer::toc::{Compression, EntryKind, TocEntry};
@@ -139,8 +139,7 @@ pub struct ExportStats {
 
 struct Writer<'a, W: Write> {
     out: tar::Builder<W>,
-    source: &'a dyn LayerSource,
-    readers: HashMap<usize, Box<dyn LayerReader>>,
+    pass: Box<dyn ContentPass + 'a>,
     stats: ExportStats,
     data: bool,
     filter: &'a FilterSpec,
@@ -157,12 +156,11 @@ pub fn write_tar<W: Write>(
     plan: &Plan,
     filter: &FilterSpec,
     data: bool,
-    source: &dyn LayerSource,
+    source: &dyn ContentSource,
 ) -> Result<ExportStats> {
     let mut w = Writer {
         out: tar::Builder::new(out),
-        source,
-        readers: HashMap::new(),
+        pass: source.pass()?,
         stats: ExportStats::default(),
         data,
         filter,
@@ -186,7 +184,7 @@ pub fn write_tar<W: Write>(
             w.append_link(&mut h, &mapped, &first, &node.entry)?;
             continue;
         }
-        w.node(&mapped, node.content, &node.entry)?;
+        w.node(&mapped, node)?;
         if node.entry.kind != EntryKind::Symlink {
             emitted.insert(node.content, mapped);
         }
@@ -437,7 +435,8 @@ impl<W: Write> Writer<'_, W> {
         self.append(&mut h, &name, None, None, &mut io::empty())
     }
 
-    fn node(&mut self, mapped: &str, content: EntryRef, e: &TocEntry) -> Result<()> {
+    fn node(&mut self, mapped: &str, node: &NodeItem) -> Result<()> {
+        let e = &node.entry;
         match e.kind {
             EntryKind::File => {
                 let mut h = base_header(e, EntryType::Regular);
@@ -446,20 +445,16 @@ impl<W: Write> Writer<'_, W> {
                 if !self.data || e.size == 0 {
                     return self.append(&mut h, mapped, Some(e), None, &mut io::empty());
                 }
-                let layer = content.layer as usize;
-                if !self.readers.contains_key(&layer) {
-                    let r = self.source.open(layer)?;
-                    self.readers.insert(layer, r);
+                let inner = self.pass.open(&node.path, node.content, e)?;
+                let mut body = Checked::new(inner, e);
+                let appended =
+                    append_entry(&mut self.out, &mut h, mapped, Some(e), None, &mut body);
+                if let Err(err) = appended {
+                    if body.read_failed() {
+                        body.finish()?;
+                    }
+                    return Err(err);
                 }
-                let reader = self
-                    .readers
-                    .get_mut(&layer)
-                    .ok_or_else(|| Error::invalid("layer reader vanished"))?;
-                reader
-                    .skip_to(e.data_offset)
-                    .map_err(|err| corrupt_layer(e, err))?;
-                let mut body = FileBody::new(reader.as_mut(), e);
-                append_entry(&mut self.out, &mut h, mapped, Some(e), None, &mut body)?;
                 body.finish()?;
                 self.stats.entries += 1;
                 self.stats.data_bytes += e.size;
@@ -490,103 +485,5 @@ impl<W: Write> Writer<'_, W> {
                 Ok(())
             }
         }
-    }
-}
-
-fn corrupt_layer(e: &TocEntry, err: io::Error) -> Error {
-    Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
-}
-
-/// Reads a file's logical contents from its layer, filling sparse holes with zeros and
-/// hashing as it goes.
-pub(crate) struct FileBody<'a> {
-    inner: &'a mut dyn LayerReader,
-    entry: &'a TocEntry,
-    /// Segments still to produce: `(logical offset, length, stored)`.
-    segments: Vec<(u64, u64, bool)>,
-    seg: usize,
-    done_in_seg: u64,
-    hasher: crate::digest::Hasher,
-    short: bool,
-}
-
-impl<'a> FileBody<'a> {
-    pub(crate) fn new(inner: &'a mut dyn LayerReader, entry: &'a TocEntry) -> Self {
-        let mut segments = Vec::new();
-        match &entry.sparse {
-            None => segments.push((0, entry.size, true)),
-            Some(map) => {
-                let mut at = 0;
-                for &(off, len) in map {
-                    if off > at {
-                        segments.push((at, off - at, false));
-                    }
-                    segments.push((off, len, true));
-                    at = off + len;
-                }
-                if entry.size > at {
-                    segments.push((at, entry.size - at, false));
-                }
-            }
-        }
-        FileBody {
-            inner,
-            entry,
-            segments,
-            seg: 0,
-            done_in_seg: 0,
-            hasher: Algorithm::Sha256.hasher(),
-            short: false,
-        }
-    }
-
-    pub(crate) fn finish(self) -> Result<()> {
-        if self.short {
-            return Err(Error::corrupt(
-                format!("layer data of {:?}", self.entry.path),
-                "ends early",
-            ));
-        }
-        let got = self.hasher.finish();
-        match &self.entry.digest {
-            Some(want) if *want != got => Err(Error::corrupt(
-                format!("layer data of {:?}", self.entry.path),
-                format!("content digest is {got}, the TOC says {want}"),
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Read for FileBody<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.seg < self.segments.len() {
-            let (_, len, stored) = self.segments[self.seg];
-            let left = len - self.done_in_seg;
-            if left == 0 {
-                self.seg += 1;
-                self.done_in_seg = 0;
-                continue;
-            }
-            let want = (buf.len() as u64).min(left) as usize;
-            let n = if stored {
-                let n = self.inner.read(&mut buf[..want])?;
-                if n == 0 {
-                    self.short = true;
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "layer data ends early",
-                    ));
-                }
-                n
-            } else {
-                buf[..want].fill(0);
-                want
-            };
-            self.hasher.update(&buf[..n]);
-            self.done_in_seg += n as u64;
-            return Ok(n);
-        }
-        Ok(0)
     }
 }

@@ -5,11 +5,14 @@
 //! * [`toc`] — the per-layer table of contents and its stored form;
 //! * [`path`] — normalised root-relative paths;
 //! * [`scratch`] — the root image's skeleton;
-//! * [`filter`] — VIC's include/exclude/strip/rebase filter.
+//! * [`filter`] — VIC's include/exclude/strip/rebase filter;
+//! * [`chain`], [`compose`] and [`stack`] — the merged view of a chain of layers and diffs;
+//! * [`export`], [`content`] and [`checkout`] — writing views as tars or directories.
 
 pub mod chain;
 pub mod checkout;
 pub mod compose;
+pub mod content;
 pub mod export;
 pub mod filter;
 pub mod index;
@@ -17,6 +20,7 @@ pub mod ingest;
 pub mod path;
 pub mod rewrite;
 pub mod scratch;
+pub mod sink;
 pub mod stack;
 pub mod stream;
 pub mod tar_reader;

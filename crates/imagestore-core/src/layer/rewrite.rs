@@ -137,23 +137,7 @@ struct Expanded<'a, R> {
 
 impl<'a, R: Read> Expanded<'a, R> {
     fn new(reader: &'a mut TarReader<R>, raw: &RawEntry) -> Self {
-        let mut segments = Vec::new();
-        match &raw.sparse {
-            None => segments.push((raw.size, true)),
-            Some(map) => {
-                let mut at = 0;
-                for &(off, len) in map {
-                    if off > at {
-                        segments.push((off - at, false));
-                    }
-                    segments.push((len, true));
-                    at = off + len;
-                }
-                if raw.size > at {
-                    segments.push((raw.size - at, false));
-                }
-            }
-        }
+        let segments = crate::layer::content::segments(raw.size, raw.sparse.as_deref());
         let left = segments.first().map_or(0, |s| s.0);
         Expanded {
             reader,

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::layer::chain::{ChainView, LayerToc, diff};
 use crate::layer::checkout::{CheckoutOptions, CheckoutReport, checkout};
 use crate::layer::compose::MergedView;
-use crate::layer::export::{LayerSource, Plan, write_tar};
+use crate::layer::content::ContentSource;
+use crate::layer::export::{Plan, write_tar};
 use crate::layer::filter::FilterSpec;
 use crate::layer::stream::spawn_producer;
 use crate::names::ImageId;
@@ -23,8 +24,9 @@ pub struct Stack {
     pub owners: Vec<ImageId>,
     /// For each layer, its TOC.
     pub layers: Vec<Arc<dyn LayerToc>>,
-    /// Reads the layers' bytes; indexes match `layers`.
-    pub source: Arc<dyn LayerSource>,
+    /// Gives the data of the image's files (a [`crate::layer::export::LayerSource`] reads
+    /// them from the layers, by the indexes of `layers`).
+    pub source: Arc<dyn ContentSource>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -78,6 +80,22 @@ impl Stack {
             write_tar(w, &plan, &filter, data, stack.source.as_ref())?;
             Ok(())
         })
+    }
+
+    /// A tar of image `of` (the top of this stack): the whole merged image without `ancestor`,
+    /// with it only the changes since that ancestor (`InvalidArgument` if it is not one).
+    pub fn export_since(
+        &self,
+        ancestor: Option<&ImageId>,
+        of: &ImageId,
+        filter: &FilterSpec,
+        data: bool,
+    ) -> Result<ByteStream> {
+        let prefix = match ancestor {
+            Some(a) => Some(self.prefix_len(a, of)?),
+            None => None,
+        };
+        Ok(self.export(prefix, filter.clone(), data))
     }
 
     /// Materialises the merged image into `dest`.

@@ -14,6 +14,7 @@ use imagestore_core::layer::compose::MergedView;
 use imagestore_core::layer::export::{LayerReader, LayerSource, Plan, SeekingReader};
 use imagestore_core::layer::ingest::{IngestLimits, toc_of_slice};
 use imagestore_core::layer::toc::Toc;
+use imagestore_vsphere::fsread::FsContent;
 use imagestore_vsphere::layer::{build_layer, build_scratch};
 use tar::{EntryType, Header};
 
@@ -199,15 +200,21 @@ impl Chain {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let tar_file = self.root.join(format!("{id}.tar"));
+        std::fs::write(
+            &tar_file,
+            self.tars.last().map(|b| b.0.as_slice()).unwrap_or_default(),
+        )?;
         let stats = build_layer(
             &parent,
             &format!("../{pdir}/{pname}"),
             &out,
             &self.tocs,
             toc.clone(),
-            &Mem(self.tars.clone()),
+            Some(&tar_file),
             &self.root.join("work"),
         )?;
+        std::fs::remove_file(&tar_file)?;
         self.tocs.push(toc);
         self.disks.push(out);
         if full {
@@ -279,6 +286,25 @@ impl Chain {
         .map(String::from)
         .collect();
         compare(&raw, &got, &want, &skeleton)?;
+        // The same image checked out with its file data read through the disk chain.
+        let top = self.disks.last().cloned().unwrap_or_default();
+        let chain = Arc::new(imagestore_vsphere::disk::open_chain(&top)?);
+        let through = self.root.join("through-chain");
+        let _ = std::fs::remove_dir_all(&through);
+        checkout(
+            &Plan::of_view(&view),
+            &FsContent::of_chain(chain, top.display().to_string()),
+            &through,
+            &CheckoutOptions::default(),
+        )?;
+        let d = tree::differences(
+            &tree::walk(&through)?,
+            &tree::walk(&want)?,
+            &BTreeSet::new(),
+        );
+        if !d.is_empty() {
+            bail!("reading through the chain differs:\n{}", d.join("\n"));
+        }
         Ok(raw)
     }
 }

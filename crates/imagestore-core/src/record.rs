@@ -1,0 +1,168 @@
+//! The JSON records backends store with each image and writable layer, and how a record
+//! becomes an [`Image`]. Every record carries a format version; decoding refuses versions it
+//! does not know, so a newer store is never misread.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Image, Metadata, metadata_from_base64, metadata_to_base64};
+use crate::names::{ImageId, StoreName};
+
+/// Version of the record formats.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Decodes a versioned record stored at `what` (a path or key, for errors).
+pub fn decode<T: DeserializeOwned + Versioned>(what: &str, bytes: &[u8]) -> Result<T> {
+    let r: T = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(what, format!("bad {}: {e}", T::NAME)))?;
+    if r.version() != RECORD_VERSION {
+        return Err(Error::corrupt(
+            what,
+            format!("{} version {} is not supported", T::NAME, r.version()),
+        ));
+    }
+    Ok(r)
+}
+
+/// Encodes a record as JSON.
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(record).unwrap_or_default()
+}
+
+/// A record with a format version.
+pub trait Versioned {
+    /// What the record is called in errors.
+    const NAME: &'static str;
+    /// Its format version.
+    fn version(&self) -> u32;
+}
+
+/// Everything about an image but its layer's bytes and TOC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The image id.
+    pub id: ImageId,
+    /// The parent (absent for scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ImageId>,
+    /// The sum the layer was written with (absent for scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<Digest>,
+    /// Bytes the layer occupies in the backend.
+    pub size: u64,
+    /// Layers between this image and scratch.
+    pub depth: u32,
+    /// Metadata, values in base64 (empty where the backend keeps metadata elsewhere).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Versioned for ImageRecord {
+    const NAME: &'static str = "image record";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl ImageRecord {
+    /// A record for an image.
+    pub fn new(
+        id: ImageId,
+        parent: Option<ImageId>,
+        sum: Option<Digest>,
+        size: u64,
+        depth: u32,
+        meta: &Metadata,
+    ) -> Self {
+        ImageRecord {
+            version: RECORD_VERSION,
+            id,
+            parent,
+            sum,
+            size,
+            depth,
+            metadata: metadata_to_base64(meta),
+        }
+    }
+
+    /// The image this record describes, at `locator`.
+    pub fn to_image(&self, store: &StoreName, locator: Url) -> Result<Image> {
+        let metadata = metadata_from_base64(&self.metadata, &format!("{store}/{}", self.id))?;
+        Ok(Image {
+            id: self.id.clone(),
+            store: store.clone(),
+            parent: self.parent.clone(),
+            metadata,
+            locator,
+            sum: self.sum.clone(),
+            size: self.size,
+            depth: self.depth,
+        })
+    }
+}
+
+/// A writable layer's parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WritableRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The writable layer's id.
+    pub id: ImageId,
+    /// The image it was created on.
+    pub parent: ImageId,
+}
+
+impl Versioned for WritableRecord {
+    const NAME: &'static str = "writable record";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl WritableRecord {
+    /// A record for writable layer `id` on `parent`.
+    pub fn new(id: ImageId, parent: ImageId) -> Self {
+        WritableRecord {
+            version: RECORD_VERSION,
+            id,
+            parent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_other_versions() -> Result<()> {
+        let mut meta = Metadata::new();
+        meta.insert("k".into(), vec![0, 1, 2]);
+        let r = ImageRecord::new(
+            ImageId::new("a")?,
+            Some(ImageId::scratch()),
+            Some(Digest::empty_sha256()),
+            7,
+            1,
+            &meta,
+        );
+        let back: ImageRecord = decode("a.json", &encode(&r))?;
+        assert_eq!(back, r);
+        let url = Url::parse("file:///x").map_err(|e| Error::invalid(e.to_string()))?;
+        assert_eq!(back.to_image(&StoreName::new("s")?, url)?.metadata, meta);
+        let newer =
+            String::from_utf8_lossy(&encode(&r)).replace("\"version\": 1", "\"version\": 9");
+        assert!(matches!(
+            decode::<ImageRecord>("a.json", newer.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! Parsing `vmdk://` URLs, and the options every disk backend shares.
+
+use std::path::PathBuf;
+
+use imagestore_core::{Error, Result, Url};
+
+use crate::layer::DEFAULT_CAPACITY_KIB;
+
+/// Smallest scratch capacity accepted, in KiB (ext4 with a journal needs room).
+pub const MIN_CAPACITY_KIB: u64 = 32 * 1024;
+/// Largest scratch capacity accepted, in KiB (2 TiB, the hosted sparse format's limit).
+pub const MAX_CAPACITY_KIB: u64 = 2 << 30;
+
+/// Options of a disk backend, from URL query parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Capacity of new stores' scratch disks in KiB (every layer inherits it); VIC's default
+    /// is 8,000,000 KiB.
+    pub capacity_kib: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            capacity_kib: DEFAULT_CAPACITY_KIB,
+        }
+    }
+}
+
+impl Options {
+    /// Reads the options this module knows (`capacity_kib`) from `url`'s query; other keys
+    /// are returned for the caller to check.
+    pub fn from_query(url: &Url) -> Result<(Options, Vec<(String, String)>)> {
+        let mut o = Options::default();
+        let mut rest = Vec::new();
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "capacity_kib" => {
+                    let kib: u64 = v.parse().map_err(|_| {
+                        Error::invalid(format!("capacity_kib={v:?} is not a number of KiB"))
+                    })?;
+                    if !(MIN_CAPACITY_KIB..=MAX_CAPACITY_KIB).contains(&kib)
+                        || !kib.is_multiple_of(64)
+                    {
+                        return Err(Error::invalid(format!(
+                            "capacity_kib={kib} must be a multiple of 64 between \
+                             {MIN_CAPACITY_KIB} and {MAX_CAPACITY_KIB}"
+                        )));
+                    }
+                    o.capacity_kib = kib;
+                }
+                _ => rest.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        Ok((o, rest))
+    }
+}
+
+/// Configuration of a `vmdk://` backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The datastore root: a local directory holding `VIC/`.
+    pub root: PathBuf,
+    /// Backend options.
+    pub options: Options,
+}
+
+impl Config {
+    /// Parses `vmdk:///absolute/path[?capacity_kib=N]`; unknown options are refused, so a
+    /// typo is reported rather than ignored.
+    pub fn from_url(url: &Url) -> Result<Config> {
+        if url.scheme() != "vmdk" {
+            return Err(Error::invalid(format!("{url} is not a vmdk:// URL")));
+        }
+        if url.host_str().is_some_and(|h| !h.is_empty()) {
+            return Err(Error::invalid(format!(
+                "vmdk URL {url} names a host; use vmdk:///absolute/path"
+            )));
+        }
+        let (options, rest) = Options::from_query(url)?;
+        if let Some((k, _)) = rest.first() {
+            return Err(Error::invalid(format!(
+                "vmdk URL {url} has unknown option {k:?} (known: capacity_kib)"
+            )));
+        }
+        let root = PathBuf::from(
+            percent_decode(url.path())
+                .ok_or_else(|| Error::invalid(format!("vmdk URL {url}: bad path encoding")))?,
+        );
+        if !root.is_absolute() || root.parent().is_none() {
+            return Err(Error::invalid(format!(
+                "vmdk URL {url} must name an absolute directory other than /"
+            )));
+        }
+        Ok(Config { root, options })
+    }
+}
+
+/// Decodes `%XX` escapes of a URL path.
+pub fn percent_decode(p: &str) -> Option<String> {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(p.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Result<Url> {
+        Url::parse(s).map_err(|e| Error::invalid(e.to_string()))
+    }
+
+    #[test]
+    fn parses_roots_and_options() -> Result<()> {
+        let c = Config::from_url(&u("vmdk:///srv/ds%20one")?)?;
+        assert_eq!(c.root, PathBuf::from("/srv/ds one"));
+        assert_eq!(c.options.capacity_kib, DEFAULT_CAPACITY_KIB);
+        let c = Config::from_url(&u("vmdk:///srv/ds?capacity_kib=1048576")?)?;
+        assert_eq!(c.options.capacity_kib, 1 << 20);
+        for bad in [
+            "vmdk://host/srv",
+            "vmdk:///",
+            "vmdk:///srv?capacity_kib=100",
+            "vmdk:///srv?capacity_kib=x",
+            "vmdk:///srv?capacty_kib=1048576",
+            "file:///srv",
+        ] {
+            assert!(Config::from_url(&u(bad)?).is_err(), "{bad}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! Reading files out of the ext4 inside the disks, with `ext4-view`: straight through a disk
+//! chain's grains for export, diff and checkout (nothing is materialised), or from a raw image
+//! in the work folder while a layer is built.
+//!
+//! [`FsContent`] is the layer engine's [`ContentSource`] for these backends: the engine plans
+//! an export from the TOCs, and the data of each file is read at its path in the image's own
+//! filesystem, which holds exactly the merged view of its chain. The engine checks every
+//! file's bytes against the TOC's digest as they are copied.
+
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ext4_view::{Ext4, Ext4Read};
+use imagestore_core::layer::compose::EntryRef;
+use imagestore_core::layer::content::{ContentPass, ContentSource};
+use imagestore_core::layer::toc::TocEntry;
+use imagestore_core::{Error, Result};
+
+use crate::vmdk::chain::Chain;
+
+/// The ext4 bytes of a chain, as `ext4-view` reads them.
+struct ChainBytes(Arc<Chain>);
+
+impl Ext4Read for ChainBytes {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.0.read_at(start_byte, dst).map_err(Into::into)
+    }
+}
+
+/// Where a filesystem's bytes are.
+#[derive(Clone)]
+enum Bytes {
+    /// Through a disk chain.
+    Chain(Arc<Chain>),
+    /// A raw image file.
+    Raw(PathBuf),
+}
+
+/// The files of the ext4 filesystem in a disk chain or a raw image, as a [`ContentSource`].
+#[derive(Clone)]
+pub struct FsContent {
+    bytes: Bytes,
+    /// How the filesystem is named in errors (an image, a raw file).
+    what: String,
+}
+
+impl fmt::Debug for FsContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FsContent")
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
+impl FsContent {
+    /// The filesystem of the chain whose top disk is an image's (or writable layer's) disk.
+    pub fn of_chain(chain: Arc<Chain>, what: impl Into<String>) -> FsContent {
+        FsContent {
+            bytes: Bytes::Chain(chain),
+            what: what.into(),
+        }
+    }
+
+    /// The filesystem in raw image `raw`.
+    pub fn of_raw(raw: PathBuf) -> FsContent {
+        FsContent {
+            what: raw.display().to_string(),
+            bytes: Bytes::Raw(raw),
+        }
+    }
+
+    fn fail(&self, e: impl fmt::Display) -> Error {
+        Error::corrupt(format!("ext4 of {}", self.what), e.to_string())
+    }
+
+    /// Loads the filesystem (superblock, group descriptors, journal) for reading on this
+    /// thread.
+    pub fn load(&self) -> Result<Ext4> {
+        let reader: Box<dyn Ext4Read> = match &self.bytes {
+            Bytes::Chain(c) => Box::new(ChainBytes(c.clone())),
+            Bytes::Raw(p) => Box::new(std::fs::File::open(p).map_err(|e| self.fail(e))?),
+        };
+        Ext4::load(reader).map_err(|e| self.fail(e))
+    }
+
+    /// The whole contents of regular file `path` (root-relative, as in a TOC): for checks.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let fs = self.load()?;
+        fs.read(format!("/{path}").as_str())
+            .map_err(|e| self.fail(format!("/{path}: {e}")))
+    }
+}
+
+/// One pass over a loaded filesystem.
+struct FsPass<'a> {
+    fs: Ext4,
+    source: &'a FsContent,
+}
+
+impl ContentSource for FsContent {
+    fn pass(&self) -> Result<Box<dyn ContentPass + '_>> {
+        Ok(Box::new(FsPass {
+            fs: self.load()?,
+            source: self,
+        }))
+    }
+}
+
+impl ContentPass for FsPass<'_> {
+    fn open(
+        &mut self,
+        path: &str,
+        _content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        let abs = format!("/{path}");
+        let file = self
+            .fs
+            .open(abs.as_str())
+            .map_err(|e| self.source.fail(format!("{abs}: {e}")))?;
+        let len = file.metadata().len();
+        if len != entry.size {
+            return Err(self.source.fail(format!(
+                "{abs} holds {len} bytes, its TOC entry {}",
+                entry.size
+            )));
+        }
+        Ok(Box::new(file))
+    }
+}

@@ -1,0 +1,618 @@
+//! The disk backends' [`ImageStorer`]: stores, images, deletes, usage and owners, on any
+//! [`Datastore`] (a local folder for `vmdk://`, vSphere for `vsphere://`).
+//!
+//! Datastore calls block, so the trait methods are thin async shells that run the `Inner`
+//! methods on the blocking pool through [`DiskStore::run`]. The protocol is the local
+//! backend's (`docs/reliability.md`), over datastore files: a store lock serialises commits,
+//! deletes and owner changes of a store; an id lock lets one writer of an id work at a time.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use imagestore_core::cache::Cache;
+use imagestore_core::image::{Metadata, store_url, validate_metadata};
+use imagestore_core::layer::toc::Toc;
+use imagestore_core::lock::{STORE_RANGE, range_for};
+use imagestore_core::record::{self, ImageRecord, WritableRecord};
+use imagestore_core::storer::check_write_id;
+use imagestore_core::{
+    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, ObjectKind, OwnerName,
+    Resolver, Result, StoreName, Url,
+};
+
+use crate::config::Options;
+use crate::datastore::{Datastore, DsLock, DsPath};
+use crate::error::BACKEND;
+use crate::layout::{self, ImagePaths, StorePaths, WritablePaths};
+
+/// Longest chain of layers above scratch: each layer is one more delta disk in the chain
+/// vSphere follows on every read (`docs/backends.md`).
+pub const MAX_CHAIN_DEPTH: u32 = 128;
+
+/// Decoded TOCs kept in memory per backend instance.
+const TOC_CACHE: usize = 4096;
+
+/// An image store on a datastore, in VIC's layout.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// State shared by clones of a [`DiskStore`].
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) ds: Arc<dyn Datastore>,
+    pub(crate) options: Options,
+    /// Stores swept by this instance.
+    swept: Mutex<HashSet<StoreName>>,
+    /// Decoded TOCs by `store/id@sum` (images are immutable; the sum tells a rewritten id
+    /// apart).
+    pub(crate) tocs: Cache<Arc<Toc>>,
+}
+
+pub(crate) fn image_name(s: &StoreName, id: &ImageId) -> String {
+    format!("{s}/{id}")
+}
+
+impl DiskStore {
+    /// Opens the backend on `ds`: creates `VIC/` if needed and removes work folders of
+    /// builds whose process is gone.
+    pub async fn open(ds: Arc<dyn Datastore>, options: Options) -> Result<DiskStore> {
+        let store = DiskStore {
+            inner: Arc::new(Inner {
+                ds,
+                options,
+                swept: Mutex::new(HashSet::new()),
+                tocs: Cache::new(TOC_CACHE),
+            }),
+        };
+        store
+            .run(|i| {
+                i.ds.mkdir(&layout::vic())?;
+                crate::sweep::sweep_work(i.ds.as_ref())
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// The datastore.
+    pub fn datastore(&self) -> Arc<dyn Datastore> {
+        self.inner.ds.clone()
+    }
+
+    /// Runs blocking work on the blocking pool.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::backend(BACKEND, format!("blocking task failed: {e}"), false))?
+    }
+}
+
+impl Inner {
+    /// The store's paths, after checking it exists and sweeping it on first use.
+    pub(crate) fn open_store(&self, s: &StoreName) -> Result<StorePaths> {
+        let sp = StorePaths::new(s);
+        if !layout::is_committed(self.ds.as_ref(), &sp.scratch())? {
+            return Err(Error::not_found(ObjectKind::Store, s));
+        }
+        let first = self
+            .swept
+            .lock()
+            .map(|mut set| set.insert(s.clone()))
+            .unwrap_or(true);
+        if first {
+            crate::sweep::sweep_store(self, s, &sp)?;
+        }
+        Ok(sp)
+    }
+
+    /// The store lock: commits, deletes and owner changes of one store exclude each other.
+    pub(crate) fn store_lock(&self, sp: &StorePaths) -> Result<DsLock> {
+        self.lock(&sp.lock(), STORE_RANGE)
+    }
+
+    /// The write lock of id `id` (images and writable layers share the namespace).
+    pub(crate) fn id_lock(&self, sp: &StorePaths, id: &ImageId) -> Result<DsLock> {
+        self.lock(&sp.lock(), range_for(id.as_str()))
+    }
+
+    /// The id lock if no one holds it.
+    pub(crate) fn try_id_lock(&self, sp: &StorePaths, id: &str) -> Result<Option<DsLock>> {
+        self.ds.lock(&sp.lock(), range_for(id), false)
+    }
+
+    fn lock(&self, path: &DsPath, range: u64) -> Result<DsLock> {
+        self.ds
+            .lock(path, range, true)?
+            .ok_or_else(|| Error::backend(BACKEND, "a waiting lock returned nothing", true))
+    }
+
+    /// The committed image's record, `None` if absent.
+    pub(crate) fn find_record(&self, p: &ImagePaths) -> Result<Option<ImageRecord>> {
+        if !layout::is_committed(self.ds.as_ref(), p)? {
+            return Ok(None);
+        }
+        match self.ds.read(&p.record())? {
+            Some(bytes) => Ok(Some(record::decode(
+                &self.ds.describe(&p.record()),
+                &bytes,
+            )?)),
+            // Deleted between the two reads.
+            None if !layout::is_committed(self.ds.as_ref(), p)? => Ok(None),
+            None => Err(Error::corrupt(
+                self.ds.describe(&p.record()),
+                "a committed image has no record",
+            )),
+        }
+    }
+
+    /// The committed image's record; `NotFound` if absent.
+    pub(crate) fn record(
+        &self,
+        s: &StoreName,
+        sp: &StorePaths,
+        id: &ImageId,
+    ) -> Result<ImageRecord> {
+        self.find_record(&sp.image(id))?
+            .ok_or_else(|| Error::not_found(ObjectKind::Image, image_name(s, id)))
+    }
+
+    /// The records of the chain ending at `id`, scratch first.
+    pub(crate) fn chain_records(
+        &self,
+        s: &StoreName,
+        sp: &StorePaths,
+        top: ImageRecord,
+    ) -> Result<Vec<ImageRecord>> {
+        let mut chain = vec![top];
+        while let Some(p) = chain.last().and_then(|r| r.parent.clone()) {
+            if chain.len() > MAX_CHAIN_DEPTH as usize + 1 {
+                return Err(Error::corrupt(image_name(s, &p), "the chain has a loop"));
+            }
+            chain.push(self.record(s, sp, &p)?);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    /// The image a record describes, with the metadata stored beside it.
+    pub(crate) fn image_of(
+        &self,
+        s: &StoreName,
+        sp: &StorePaths,
+        r: &ImageRecord,
+    ) -> Result<Image> {
+        let p = sp.image(&r.id);
+        let mut image = r.to_image(s, self.ds.url(&p.disk))?;
+        image.metadata = self.read_metadata(&p)?;
+        Ok(image)
+    }
+
+    /// The metadata files of an image.
+    fn read_metadata(&self, p: &ImagePaths) -> Result<Metadata> {
+        let mut out = Metadata::new();
+        for name in self.ds.list(&p.metadata())? {
+            let Some(key) = layout::metadata_key(&name) else {
+                continue;
+            };
+            if let Some(v) = self.ds.read(&p.metadata().child(&name))? {
+                out.insert(key, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The writable layer's record, `None` if absent.
+    pub(crate) fn find_writable(&self, w: &WritablePaths) -> Result<Option<WritableRecord>> {
+        match self.ds.read(&w.record())? {
+            Some(bytes) => Ok(Some(record::decode(
+                &self.ds.describe(&w.record()),
+                &bytes,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The writable layer's record; `NotFound` if absent.
+    pub(crate) fn writable_record(
+        &self,
+        s: &StoreName,
+        sp: &StorePaths,
+        id: &ImageId,
+    ) -> Result<WritableRecord> {
+        self.find_writable(&sp.writable(id))?
+            .ok_or_else(|| Error::not_found(ObjectKind::Writable, image_name(s, id)))
+    }
+
+    pub(crate) fn read_usage(&self, sp: &StorePaths) -> Result<u64> {
+        let p = sp.usage();
+        let bytes = self.ds.read(&p)?.unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .trim()
+            .parse()
+            .map_err(|_| Error::corrupt(self.ds.describe(&p), "usage counter is not a number"))
+    }
+
+    /// Adds `delta` to the usage counter, marking it as being changed while it is: if the
+    /// process dies half way, the next sweep recomputes it. Call with the store lock held.
+    pub(crate) fn usage_change(&self, sp: &StorePaths, delta: i128) -> Result<()> {
+        self.ds.write(&sp.usage_pending(), b"")?;
+        let next = (i128::from(self.read_usage(sp)?) + delta).max(0);
+        self.ds.write(&sp.usage(), next.to_string().as_bytes())?;
+        self.ds.remove_file(&sp.usage_pending())?;
+        Ok(())
+    }
+
+    /// Marks store `s` as swept by this instance.
+    pub(crate) fn mark_swept(&self, s: &StoreName) {
+        if let Ok(mut set) = self.swept.lock() {
+            set.insert(s.clone());
+        }
+    }
+
+    fn create_store(&self, s: &StoreName) -> Result<Url> {
+        let _guard = self.lock(&layout::root_lock(), range_for(s.as_str()))?;
+        let sp = StorePaths::new(s);
+        if layout::is_committed(self.ds.as_ref(), &sp.scratch())? {
+            return Err(Error::already_exists(ObjectKind::Store, s));
+        }
+        // What a crashed creation or deletion left.
+        self.ds.remove_all(&sp.dir)?;
+        let r = crate::write::create_scratch(self, &sp);
+        if let Err(e) = r {
+            let _ = self.ds.remove_all(&sp.dir);
+            return Err(e);
+        }
+        self.mark_swept(s);
+        Ok(store_url(&self.ds.base_url(), s))
+    }
+
+    fn delete_store(&self, s: &StoreName) -> Result<()> {
+        let sp = self.open_store(s)?;
+        let _root = self.lock(&layout::root_lock(), range_for(s.as_str()))?;
+        let _guard = self.store_lock(&sp)?;
+        let mut left: Vec<String> = Vec::new();
+        for name in self.ds.list(&sp.images())? {
+            if !layout::is_layer_folder(&name) {
+                continue;
+            }
+            let Ok(id) = ImageId::new(name.as_str()) else {
+                continue;
+            };
+            if layout::is_committed(self.ds.as_ref(), &sp.image(&id))? {
+                left.push(name);
+            }
+        }
+        for name in self.ds.list(&sp.writables())? {
+            if let Ok(id) = ImageId::new(name.as_str())
+                && self.find_writable(&sp.writable(&id))?.is_some()
+            {
+                left.push(format!("writable {name}"));
+            }
+        }
+        if !left.is_empty() {
+            return Err(imagestore_core::storer::store_not_empty(s, &left));
+        }
+        // Invisible first; a stop half way leaves a folder the next creation replaces.
+        self.ds.remove_file(&sp.scratch().manifest())?;
+        if let Ok(mut set) = self.swept.lock() {
+            set.remove(s);
+        }
+        self.ds.remove_all(&sp.dir)
+    }
+
+    fn list_stores(&self) -> Result<Vec<Url>> {
+        let mut out = Vec::new();
+        for name in self.ds.list(&layout::vic())? {
+            if let Ok(s) = StoreName::new(name)
+                && layout::is_committed(self.ds.as_ref(), &StorePaths::new(&s).scratch())?
+            {
+                out.push(store_url(&self.ds.base_url(), &s));
+            }
+        }
+        Ok(out)
+    }
+
+    fn list(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+        let sp = self.open_store(s)?;
+        let wanted: Vec<ImageId> = if ids.is_empty() {
+            self.ds
+                .list(&sp.images())?
+                .into_iter()
+                .filter(|n| layout::is_layer_folder(n))
+                .filter_map(|n| ImageId::new(n).ok())
+                .collect()
+        } else {
+            ids.to_vec()
+        };
+        let mut out = Vec::new();
+        for id in &wanted {
+            if let Some(r) = self.find_record(&sp.image(id))? {
+                out.push(self.image_of(s, &sp, &r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Who uses an image: children, writable layers, owners, and what the datastore knows
+    /// (virtual machines on vSphere).
+    pub(crate) fn users(&self, sp: &StorePaths, id: &ImageId) -> Result<Vec<String>> {
+        let p = sp.image(id);
+        let mut users = Vec::new();
+        for c in self.ds.list(&p.children())? {
+            let Ok(cid) = ImageId::new(c.as_str()) else {
+                continue;
+            };
+            if self.find_writable(&sp.writable(&cid))?.is_some() {
+                users.push(format!("writable {cid}"));
+            } else if layout::is_committed(self.ds.as_ref(), &sp.image(&cid))? {
+                users.push(format!("child {cid}"));
+            }
+        }
+        for o in self.ds.list(&p.owners())? {
+            users.push(format!("owner {o}"));
+        }
+        users.extend(self.ds.disk_users(&p.disk)?);
+        Ok(users)
+    }
+
+    fn delete(&self, image: &Image) -> Result<Image> {
+        let (s, id) = (&image.store, &image.id);
+        if id.is_scratch() {
+            return Err(Error::invalid(format!(
+                "the scratch image of store {s} cannot be deleted"
+            )));
+        }
+        let sp = self.open_store(s)?;
+        let _guard = self.store_lock(&sp)?;
+        let r = self.record(s, &sp, id)?;
+        let users = self.users(&sp, id)?;
+        if !users.is_empty() {
+            return Err(Error::ImageInUse {
+                image: image_name(s, id),
+                users,
+            });
+        }
+        let found = self.image_of(s, &sp, &r)?;
+        let p = sp.image(id);
+        // VIC's order: the manifest (the image is gone), then the disk, then the folder.
+        self.ds.remove_file(&p.manifest())?;
+        if let Some(parent) = &r.parent {
+            self.ds.remove_file(&sp.image(parent).child(id))?;
+        }
+        self.usage_change(&sp, -i128::from(r.size))?;
+        self.ds.remove_file(&p.disk)?;
+        self.ds.remove_all(&p.dir)?;
+        Ok(found)
+    }
+
+    fn owner_change(
+        &self,
+        s: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        acquire: bool,
+    ) -> Result<()> {
+        let sp = self.open_store(s)?;
+        let _guard = self.store_lock(&sp)?;
+        self.record(s, &sp, id)?;
+        let p = sp.image(id);
+        let marker = p.owner(owner);
+        if acquire {
+            self.ds.mkdir(&p.owners())?;
+            self.ds.create_new(&marker, b"")?;
+            Ok(())
+        } else if self.ds.remove_file(&marker)? {
+            Ok(())
+        } else {
+            Err(Error::not_found(
+                ObjectKind::Owner,
+                format!("{owner} on {}", image_name(s, id)),
+            ))
+        }
+    }
+
+    /// The store and image a locator of this backend names.
+    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
+        let bad = || {
+            Error::invalid(format!(
+                "{url} is not an image URL of the store at {}",
+                self.ds.base_url()
+            ))
+        };
+        let path = self.ds.path_of(url).ok_or_else(bad)?;
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        match parts.as_slice() {
+            ["VIC", store, "images", id, disk] if *disk == format!("{id}.vmdk") => {
+                Ok((StoreName::new(*store)?, ImageId::new(*id)?))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[async_trait]
+impl ImageStorer for DiskStore {
+    fn scheme(&self) -> &'static str {
+        self.inner.ds.scheme()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, MAX_CHAIN_DEPTH, self.inner.ds.shared_writers())
+    }
+
+    async fn create_image_store(&self, name: &StoreName) -> Result<Url> {
+        let name = name.clone();
+        self.run(move |i| i.create_store(&name)).await
+    }
+
+    async fn delete_image_store(&self, name: &StoreName) -> Result<()> {
+        let name = name.clone();
+        self.run(move |i| i.delete_store(&name)).await
+    }
+
+    async fn get_image_store(&self, name: &StoreName) -> Result<Url> {
+        let name = name.clone();
+        self.run(move |i| {
+            i.open_store(&name)?;
+            Ok(store_url(&i.ds.base_url(), &name))
+        })
+        .await
+    }
+
+    async fn list_image_stores(&self) -> Result<Vec<Url>> {
+        self.run(|i| i.list_stores()).await
+    }
+
+    async fn write_image(
+        &self,
+        parent: &Image,
+        id: &ImageId,
+        meta: Metadata,
+        sum: &Digest,
+        body: ByteStream,
+    ) -> Result<Image> {
+        check_write_id(id)?;
+        validate_metadata(&meta)?;
+        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body)
+            .await
+    }
+
+    async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sp = i.open_store(&s)?;
+            let r = i.record(&s, &sp, &id)?;
+            i.image_of(&s, &sp, &r)
+        })
+        .await
+    }
+
+    async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+        let (s, ids) = (store.clone(), ids.to_vec());
+        self.run(move |i| i.list(&s, &ids)).await
+    }
+
+    async fn delete_image(&self, image: &Image) -> Result<Image> {
+        let image = image.clone();
+        self.run(move |i| i.delete(&image)).await
+    }
+
+    async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {
+        let s = store.clone();
+        self.run(move |i| {
+            let sp = i.open_store(&s)?;
+            i.read_usage(&sp)
+        })
+        .await
+    }
+
+    async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sp = i.open_store(&s)?;
+            let r = i.record(&s, &sp, &id)?;
+            Ok(if id.is_scratch() { 0 } else { r.size })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Resolver for DiskStore {
+    async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |i| {
+            let sp = i.open_store(&s)?;
+            i.record(&s, &sp, &id)?;
+            Ok(i.ds.url(&sp.image(&id).disk))
+        })
+        .await
+    }
+
+    async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
+        let url = url.clone();
+        self.run(move |i| {
+            let (s, id) = i.parse_locator(&url)?;
+            let sp = i.open_store(&s)?;
+            i.record(&s, &sp, &id)?;
+            let p = sp.image(&id);
+            let mut names: Vec<OwnerName> =
+                i.ds.list(&p.owners())?
+                    .into_iter()
+                    .filter_map(|n| OwnerName::new(n).ok())
+                    .collect();
+            for user in i.ds.disk_users(&p.disk)? {
+                let name = user.strip_prefix("vm ").unwrap_or(&user);
+                if let Ok(o) = OwnerName::new(format!("vm-{name}")) {
+                    names.push(o);
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
+        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
+        self.run(move |i| i.owner_change(&s, &id, &o, true)).await
+    }
+
+    async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
+        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
+        self.run(move |i| i.owner_change(&s, &id, &o, false)).await
+    }
+}
+
+/// Checks made by every write before it reads its body.
+pub(crate) enum Precheck {
+    /// The image exists already: return it.
+    Found(Image),
+    /// Go ahead: the store's paths and the parent's record.
+    Write(StorePaths, ImageRecord),
+}
+
+impl Inner {
+    /// What a write of `id` on `parent` (expecting `sum`) should do now.
+    pub(crate) fn precheck(
+        &self,
+        s: &StoreName,
+        parent: &ImageId,
+        id: &ImageId,
+        sum: Option<&Digest>,
+    ) -> Result<Precheck> {
+        let sp = self.open_store(s)?;
+        let parent_rec = self.find_record(&sp.image(parent))?.ok_or_else(|| {
+            Error::not_found(
+                ObjectKind::Image,
+                format!("{s}/{parent} (the parent of {id})"),
+            )
+        })?;
+        if self.find_writable(&sp.writable(id))?.is_some() {
+            return Err(Error::Conflict {
+                kind: ObjectKind::Image,
+                name: image_name(s, id),
+                reason: "a writable layer has this id".to_owned(),
+            });
+        }
+        if let Some(r) = self.find_record(&sp.image(id))? {
+            imagestore_core::storer::check_existing_write(
+                image_name(s, id),
+                r.parent.as_ref(),
+                r.sum.as_ref(),
+                parent,
+                sum,
+            )?;
+            return Ok(Precheck::Found(self.image_of(s, &sp, &r)?));
+        }
+        imagestore_core::storer::check_depth(parent_rec.depth, MAX_CHAIN_DEPTH)?;
+        Ok(Precheck::Write(sp, parent_rec))
+    }
+}

@@ -1,0 +1,259 @@
+//! Writing images: a store's scratch image, and a layer image on a committed parent.
+//!
+//! ```text
+//! id lock ─► work/build-<pid>-<n>/layer.tar ◄─ core ingest pipeline (hash, parse, TOC)
+//!         ─► digest ok? ─► delta disk built from the parent chain (ext4 through debugfs)
+//!         ─► image folder: imageMetadata/, <id>.toc, image.json, <id>.vmdk
+//!         ─► store lock: parent still committed? child marker, manifest, usage counter
+//! ```
+//! The id lock makes concurrent writers of one id queue: the first writes, the others find the
+//! committed image and return it without reading their body. The store lock makes a commit
+//! and a delete of its parent exclusive. Until the manifest exists the folder is invisible,
+//! and the sweep removes it once its id lock is free.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use imagestore_core::layer::chain::ChainView;
+use imagestore_core::layer::ingest::{IngestLimits, ingest, read_toc};
+use imagestore_core::layer::scratch::skeleton_tar;
+use imagestore_core::layer::sink::FileSink;
+use imagestore_core::layer::toc::Toc;
+use imagestore_core::layer::validate::LowerView;
+use imagestore_core::record::{self, ImageRecord};
+use imagestore_core::{
+    ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
+};
+
+use crate::datastore::Datastore;
+use crate::error::BACKEND;
+use crate::layer::{WorkDir, build_layer_on, build_scratch};
+use crate::layout::{self, ImagePaths, StorePaths};
+use crate::store::{DiskStore, Inner, Precheck, image_name};
+
+/// An image built in the work folder, ready to be put on the datastore.
+pub(crate) struct Built {
+    /// The disk file (moved onto the datastore).
+    pub disk: PathBuf,
+    /// The encoded TOC.
+    pub toc: Vec<u8>,
+    /// The record.
+    pub record: ImageRecord,
+    /// The metadata, one file per key.
+    pub metadata: Metadata,
+}
+
+/// Writes everything of an image but its manifest into its folder, replacing what an earlier
+/// writer of the id left (the caller holds the id lock).
+pub(crate) fn stage(ds: &dyn Datastore, p: &ImagePaths, built: &Built) -> Result<()> {
+    ds.remove_all(&p.dir)?;
+    ds.mkdir(&p.dir)?;
+    ds.mkdir(&p.metadata())?;
+    for (k, v) in &built.metadata {
+        ds.write(&p.metadata().child(&layout::metadata_file_name(k)), v)?;
+    }
+    ds.write(&p.toc(), &built.toc)?;
+    ds.write(&p.record(), &record::encode(&built.record))?;
+    ds.put_file(&built.disk, &p.disk)?;
+    Ok(())
+}
+
+/// Makes a staged image visible: its child marker in the parent, the manifest, the usage
+/// counter. Takes the store lock; refuses when the parent is gone.
+pub(crate) fn publish(
+    inner: &Inner,
+    s: &StoreName,
+    sp: &StorePaths,
+    record: &ImageRecord,
+) -> Result<()> {
+    let _guard = inner.store_lock(sp)?;
+    let id = &record.id;
+    let p = sp.image(id);
+    if let Some(parent) = &record.parent {
+        let pp = sp.image(parent);
+        if !layout::is_committed(inner.ds.as_ref(), &pp)? {
+            // The parent was deleted while we wrote: never leave a dangling child.
+            return Err(Error::not_found(
+                ObjectKind::Image,
+                format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
+            ));
+        }
+        inner.ds.mkdir(&pp.children())?;
+        inner.ds.create_new(&pp.child(id), b"")?;
+    }
+    if !inner.ds.create_new(&p.manifest(), b"")? {
+        return Err(Error::already_exists(ObjectKind::Image, image_name(s, id)));
+    }
+    if !id.is_scratch() {
+        inner.usage_change(sp, i128::from(record.size))?;
+    }
+    Ok(())
+}
+
+/// Creates the folders of store `sp` and its scratch image: a base disk of the configured
+/// capacity holding ext4 with VIC's skeleton, beside the skeleton's TOC. The caller holds the
+/// store's creation lock.
+pub(crate) fn create_scratch(inner: &Inner, sp: &StorePaths) -> Result<()> {
+    let ds = inner.ds.as_ref();
+    ds.mkdir(&sp.dir)?;
+    ds.mkdir(&sp.images())?;
+    ds.mkdir(&sp.writables())?;
+    ds.write(&sp.lock(), b"")?;
+    ds.write(&sp.usage(), b"0")?;
+    let work = WorkDir::create(&ds.work_dir())?;
+    let disk = work.path().join("scratch.vmdk");
+    let stats = build_scratch(
+        &disk,
+        "scratch.vmdk",
+        inner.options.capacity_kib,
+        work.path(),
+    )?;
+    let toc = read_toc(
+        &skeleton_tar()?[..],
+        &ChainView::new(Vec::new()),
+        IngestLimits::default(),
+    )?
+    .to_bytes()?;
+    let built = Built {
+        disk,
+        record: ImageRecord::new(
+            ImageId::scratch(),
+            None,
+            None,
+            stats.bytes + toc.len() as u64,
+            0,
+            &Metadata::new(),
+        ),
+        toc,
+        metadata: Metadata::new(),
+    };
+    let p = sp.scratch();
+    stage(ds, &p, &built)?;
+    if !ds.create_new(&p.manifest(), b"")? {
+        return Err(Error::invalid(format!(
+            "{} appeared while the store was created",
+            ds.describe(&p.manifest())
+        )));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// `e`, or `NotFound` if it happened because a concurrent delete removed `parent`.
+    fn unless_parent_gone(
+        &self,
+        e: Error,
+        s: &StoreName,
+        sp: &StorePaths,
+        parent: &ImageId,
+        id: &ImageId,
+    ) -> Error {
+        match layout::is_committed(self.ds.as_ref(), &sp.image(parent)) {
+            Ok(false) => Error::not_found(
+                ObjectKind::Image,
+                format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
+            ),
+            _ => e,
+        }
+    }
+}
+
+impl DiskStore {
+    /// Writes image `id` on `parent` from `body`; with `sum`, the bytes must hash to it.
+    pub(crate) async fn write_layer(
+        &self,
+        store: &StoreName,
+        parent: &ImageId,
+        id: &ImageId,
+        meta: Metadata,
+        sum: Option<Digest>,
+        body: ByteStream,
+    ) -> Result<Image> {
+        // Cheap checks first: a hit returns at once without touching the body.
+        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
+        let sp = match self
+            .run(move |inner| inner.precheck(&s, &p, &i, sm.as_ref()))
+            .await?
+        {
+            Precheck::Found(img) => return Ok(img),
+            Precheck::Write(sp, _) => sp,
+        };
+        let _id_lock = self.lock_id(store, id).await?;
+        // Someone may have committed while we waited for the lock.
+        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
+        let parent_rec = match self
+            .run(move |inner| inner.precheck(&s, &p, &i, sm.as_ref()))
+            .await?
+        {
+            Precheck::Found(img) => return Ok(img),
+            Precheck::Write(_, r) => r,
+        };
+        let (s, pr, sp2, i) = (store.clone(), parent_rec.clone(), sp.clone(), id.clone());
+        let lower = self
+            .run(move |inner| {
+                let parent = pr.id.clone();
+                inner
+                    .image_layers(&s, pr)
+                    .map_err(|e| inner.unless_parent_gone(e, &s, &sp2, &parent, &i))
+            })
+            .await?;
+        let view: Arc<dyn LowerView> = Arc::new(crate::content::view_of(&lower.tocs));
+        let work = WorkDir::create(&self.inner.ds.work_dir())?;
+        let tar = work.path().join("layer.tar");
+        let mut sink = FileSink::create(BACKEND, tar.clone())?;
+        let ingested = ingest(body, sum.as_ref(), &mut sink, view, IngestLimits::default()).await?;
+        sink.finish().await?;
+
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |inner| {
+            let parent_gone = |e| inner.unless_parent_gone(e, &s, &sp, &parent_rec.id, &id);
+            let top = Arc::new(ingested.toc);
+            let disk = work.path().join(format!("{id}.vmdk"));
+            let chain = inner.open_chain(&sp, &lower.ids).map_err(parent_gone)?;
+            let parent_paths = sp.image(&parent_rec.id);
+            let p = sp.image(&id);
+            let hint = layout::parent_hint(&p.dir, &parent_paths);
+            let stats = build_layer_on(
+                &chain,
+                &hint,
+                &disk,
+                &lower.tocs,
+                top.clone(),
+                Some(&tar),
+                work.path(),
+            )
+            .map_err(parent_gone)?;
+            let toc = top.to_bytes()?;
+            let built = Built {
+                disk,
+                record: ImageRecord::new(
+                    id.clone(),
+                    Some(parent_rec.id.clone()),
+                    Some(ingested.digest),
+                    stats.disk.bytes + toc.len() as u64,
+                    parent_rec.depth + 1,
+                    &Metadata::new(),
+                ),
+                toc,
+                metadata: meta,
+            };
+            let r = stage(inner.ds.as_ref(), &p, &built)
+                .and_then(|()| publish(inner, &s, &sp, &built.record));
+            if let Err(e) = r {
+                let _ = inner.ds.remove_all(&p.dir);
+                return Err(e);
+            }
+            inner.image_of(&s, &sp, &built.record)
+        })
+        .await
+    }
+}
+
+/// The TOC stored beside image `p`'s disk.
+pub(crate) fn read_toc_file(ds: &dyn Datastore, p: &ImagePaths) -> Result<Toc> {
+    let path = p.toc();
+    let bytes = ds
+        .read(&path)?
+        .ok_or_else(|| Error::corrupt(ds.describe(&path), "the image has no TOC"))?;
+    Toc::from_bytes(&bytes, &ds.describe(&path))
+}
