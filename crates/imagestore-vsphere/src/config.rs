@@ -61,13 +61,27 @@ impl Options {
 pub struct Config {
     /// The datastore root: a local directory holding `VIC/`.
     pub root: PathBuf,
+    /// Where layers are built (`work=`; default `<root>/.imagestore-work`). A fast local
+    /// file system helps: each build makes a sparse raw image of its chain there.
+    pub work: Option<PathBuf>,
     /// Backend options.
     pub options: Options,
 }
 
+/// The `work=` option: an absolute local directory.
+pub fn work_option(url: &Url, value: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(value);
+    if !p.is_absolute() {
+        return Err(Error::invalid(format!(
+            "{url}: work={value:?} must be an absolute directory"
+        )));
+    }
+    Ok(p)
+}
+
 impl Config {
-    /// Parses `vmdk:///absolute/path[?capacity_kib=N]`; unknown options are refused, so a
-    /// typo is reported rather than ignored.
+    /// Parses `vmdk:///absolute/path[?capacity_kib=N][&work=/dir]`; unknown options are
+    /// refused, so a typo is reported rather than ignored.
     pub fn from_url(url: &Url) -> Result<Config> {
         if url.scheme() != "vmdk" {
             return Err(Error::invalid(format!("{url} is not a vmdk:// URL")));
@@ -78,10 +92,16 @@ impl Config {
             )));
         }
         let (options, rest) = Options::from_query(url)?;
-        if let Some((k, _)) = rest.first() {
-            return Err(Error::invalid(format!(
-                "vmdk URL {url} has unknown option {k:?} (known: capacity_kib)"
-            )));
+        let mut work = None;
+        for (k, v) in rest {
+            match k.as_str() {
+                "work" => work = Some(work_option(url, &v)?),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "vmdk URL {url} has unknown option {k:?} (known: capacity_kib, work)"
+                    )));
+                }
+            }
         }
         let root = PathBuf::from(
             percent_decode(url.path())
@@ -92,7 +112,11 @@ impl Config {
                 "vmdk URL {url} must name an absolute directory other than /"
             )));
         }
-        Ok(Config { root, options })
+        Ok(Config {
+            root,
+            work,
+            options,
+        })
     }
 }
 
@@ -128,12 +152,15 @@ mod tests {
         assert_eq!(c.options.capacity_kib, DEFAULT_CAPACITY_KIB);
         let c = Config::from_url(&u("vmdk:///srv/ds?capacity_kib=1048576")?)?;
         assert_eq!(c.options.capacity_kib, 1 << 20);
+        let c = Config::from_url(&u("vmdk:///srv/ds?work=/dev/shm/w")?)?;
+        assert_eq!(c.work, Some(PathBuf::from("/dev/shm/w")));
         for bad in [
             "vmdk://host/srv",
             "vmdk:///",
             "vmdk:///srv?capacity_kib=100",
             "vmdk:///srv?capacity_kib=x",
             "vmdk:///srv?capacty_kib=1048576",
+            "vmdk:///srv?work=relative",
             "file:///srv",
         ] {
             assert!(Config::from_url(&u(bad)?).is_err(), "{bad}");

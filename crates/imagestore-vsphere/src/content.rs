@@ -15,9 +15,8 @@ use async_trait::async_trait;
 use imagestore_core::image::validate_metadata;
 use imagestore_core::layer::chain::{ChainView, LayerToc, MemoryToc};
 use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
-use imagestore_core::layer::ingest::{IngestLimits, ingest};
+use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped};
 use imagestore_core::layer::rewrite::filter_tar;
-use imagestore_core::layer::sink::FileSink;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::layer::stream::spawn_producer;
 use imagestore_core::layer::toc::Toc;
@@ -31,7 +30,8 @@ use imagestore_core::{
 
 use crate::datastore::{DsLock, DsPath};
 use crate::disk::new_cid;
-use crate::error::{BACKEND, disk_err};
+use crate::error::{IoContext, disk_err};
+use crate::ext4::{LayerData, StageTap};
 use crate::fsread::FsContent;
 use crate::layer::WorkDir;
 use crate::layout::{self, StorePaths, WritablePaths};
@@ -241,13 +241,14 @@ impl Inner {
         self.ds.remove_all(&w.dir)
     }
 
-    /// Applies an ingested import (its tar at `tar`, its TOC `toc`) to writable layer `id`:
+    /// Applies an ingested import (its files staged in `staged`, its TOC `toc`) to writable
+    /// layer `id`:
     /// a new disk holding everything imported so far, then the import's TOC.
     fn apply_import(
         &self,
         s: &StoreName,
         id: &ImageId,
-        tar: &Path,
+        staged: &Path,
         toc: Toc,
         work: &Path,
     ) -> Result<()> {
@@ -260,7 +261,8 @@ impl Inner {
         let mut lower = layers.tocs;
         lower.extend(imports);
         let top = Arc::new(toc);
-        let disk = work.join(format!("{n}.vmdk"));
+        let outbox = WorkDir::create(&self.ds.outbox_dir())?;
+        let disk = outbox.path().join(format!("{n}.vmdk"));
         let hint = layout::parent_hint(&w.dir, &sp.image(&record.parent));
         crate::layer::build_import(
             &chain,
@@ -269,7 +271,7 @@ impl Inner {
             &disk,
             &lower,
             top.clone(),
-            tar,
+            LayerData::Staged(staged),
             work,
         )?;
         self.ds.put_file(&disk, &w.disk(n))?;
@@ -325,10 +327,11 @@ impl Importer for DiskStore {
         let limits = IngestLimits::default();
         let filtered = filter_tar(tar, filter.clone(), limits.tar);
         let work = WorkDir::create(&self.inner.ds.work_dir())?;
-        let staged = work.path().join("import.tar");
-        let mut sink = FileSink::create(BACKEND, staged.clone())?;
-        let ingested = ingest(filtered, None, &mut sink, lower, limits).await?;
-        sink.finish().await?;
+        let staged = work.path().join("files");
+        std::fs::create_dir(&staged).at(&staged)?;
+        let tap = Box::new(StageTap::new(staged.clone()));
+        let ingested =
+            ingest_tapped(filtered, None, &mut NullSink, lower, limits, Some(tap)).await?;
         let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
         let (s, id) = (store.clone(), id.clone());
         self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc, work.path()))

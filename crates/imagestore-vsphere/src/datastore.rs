@@ -178,6 +178,13 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     /// held by someone else.
     fn lock(&self, path: &DsPath, range: u64, wait: bool) -> Result<Option<DsLock>>;
 
-    /// A local directory for building layers before they are put on the datastore.
+    /// A local directory for building layers (raw images, staged files).
     fn work_dir(&self) -> PathBuf;
+
+    /// A local directory where finished files (disks) are written before
+    /// [`Datastore::put_file`] puts them in place: on the datastore's own file system where it
+    /// has one, so that the put is a rename; the work directory otherwise.
+    fn outbox_dir(&self) -> PathBuf {
+        self.work_dir()
+    }
 }

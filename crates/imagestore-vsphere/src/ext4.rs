@@ -19,11 +19,15 @@ use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::debug;
 
 use imagestore_core::layer::chain::{ChainView, Change, LayerToc, MemoryToc, diff};
 use imagestore_core::layer::compose::{EntryRef, MergedView};
 use imagestore_core::layer::content::{Checked, ContentSource};
 use imagestore_core::layer::export::layer_reader;
+use imagestore_core::layer::ingest::FileTap;
 use imagestore_core::layer::path;
 use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 use imagestore_core::layer::validate::NodeKind;
@@ -123,7 +127,7 @@ pub fn make_scratch(raw: &Path, size: u64, work: &Path) -> Result<()> {
         entries: vec![entry("lost+found", EntryKind::Dir, 0o700)],
         ..Toc::default()
     };
-    apply(raw, &[Arc::new(lf)], skel, None, work).map(|_| ())
+    apply(raw, &[Arc::new(lf)], skel, LayerData::None, work).map(|_| ())
 }
 
 /// What an apply did.
@@ -178,6 +182,10 @@ struct Plan<'a> {
     commands: u64,
     /// The time debugfs gives new inodes (`set_current_time`), once set.
     time: Option<i64>,
+    /// The index of the layer being applied.
+    top: u32,
+    /// Where its files were staged while it was ingested, if they were.
+    staged: Option<PathBuf>,
 }
 
 impl Plan<'_> {
@@ -297,16 +305,67 @@ impl Plan<'_> {
     }
 }
 
+/// Where the file data of a layer being applied is.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerData<'a> {
+    /// Nowhere: the layer has no file data (the skeleton).
+    None,
+    /// In the layer's tar, compressed as its TOC says.
+    Tar(&'a Path),
+    /// In a folder holding each regular file's contents as `f<entry index>`, written by a
+    /// [`StageTap`] while the layer was ingested.
+    Staged(&'a Path),
+}
+
+/// Writes each regular file of a layer being ingested into a folder as `f<entry index>`,
+/// with its permission bits and holes, ready for `debugfs write` ([`LayerData::Staged`]).
+#[derive(Debug)]
+pub struct StageTap {
+    dir: PathBuf,
+    file: Option<(File, PathBuf, u64)>,
+}
+
+impl StageTap {
+    /// A tap writing into `dir`, which must exist.
+    pub fn new(dir: PathBuf) -> StageTap {
+        StageTap { dir, file: None }
+    }
+}
+
+impl FileTap for StageTap {
+    fn file(&mut self, index: usize, entry: &TocEntry) -> Result<()> {
+        let p = self.dir.join(format!("f{index}"));
+        let f = File::create(&p).at(&p)?;
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+            .at(&p)?;
+        self.file = Some((f, p, entry.size));
+        Ok(())
+    }
+
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        match &self.file {
+            Some((f, p, _)) => f.write_all_at(bytes, offset).at(p),
+            None => Err(fail("file data without a file")),
+        }
+    }
+
+    fn end_file(&mut self) -> Result<()> {
+        match self.file.take() {
+            Some((f, p, size)) => f.set_len(size).at(&p),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Applies layer `top` onto the ext4 in raw image `raw`, which holds the image of `lower`
-/// (lowest first, the skeleton included). `top_data` is the layer's tar (compressed as
-/// `top.compression` says; `None` for a layer without file data); file contents that come
-/// from lower layers (a hardlink whose target the layer replaces) are read from `raw` itself.
-/// `work` is a scratch folder for staged file contents.
+/// (lowest first, the skeleton included); `top_data` says where its file data is. File
+/// contents that come from lower layers (a hardlink whose target the layer replaces) are
+/// read from `raw` itself. `work` is a scratch folder for staged file contents.
 pub fn apply(
     raw: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    top_data: Option<&Path>,
+    top_data: LayerData<'_>,
     work: &Path,
 ) -> Result<ApplyStats> {
     let lower_view = MergedView::build(lower.to_vec());
@@ -326,6 +385,11 @@ pub fn apply(
         script: String::new(),
         commands: 0,
         time: None,
+        top: top_index as u32,
+        staged: match top_data {
+            LayerData::Staged(dir) => Some(dir.to_path_buf()),
+            _ => None,
+        },
     };
     let stage = work.join("stage");
     fs::create_dir_all(&stage).at(&stage)?;
@@ -418,11 +482,19 @@ pub fn apply(
             }
         }
     }
+    let planned = Instant::now();
     stats.bytes = stage_contents(&all, &wanted, top_data, &lower_view, raw)?;
     stats.commands = plan.commands;
     let script_path = work.join("apply.debugfs");
     fs::write(&script_path, plan.script.as_bytes()).at(&script_path)?;
+    let staged = Instant::now();
     debugfs_write(raw, &script_path)?;
+    debug!(
+        stage_ms = (staged - planned).as_millis(),
+        debugfs_ms = staged.elapsed().as_millis(),
+        commands = stats.commands,
+        "applied a layer"
+    );
     let _ = fs::remove_dir_all(&stage);
     let _ = fs::remove_file(&script_path);
     Ok(stats)
@@ -460,11 +532,16 @@ fn create(
             NodeKind::Dir
         }
         EntryKind::File | EntryKind::Hardlink => {
-            let n = wanted.len();
-            let f = wanted
-                .entry(content)
-                .or_insert_with(|| stage.join(format!("f{n}")))
-                .clone();
+            let f = match &plan.staged {
+                Some(dir) if content.layer == plan.top => dir.join(format!("f{}", content.entry)),
+                _ => {
+                    let n = wanted.len();
+                    wanted
+                        .entry(content)
+                        .or_insert_with(|| stage.join(format!("f{n}")))
+                        .clone()
+                }
+            };
             plan.cmd(&format!("write {} {qp}", qh(&f)?));
             NodeKind::Other
         }
@@ -512,7 +589,7 @@ fn create(
 fn stage_contents(
     all: &[Arc<Toc>],
     wanted: &BTreeMap<EntryRef, PathBuf>,
-    top_data: Option<&Path>,
+    top_data: LayerData<'_>,
     lower_view: &MergedView,
     raw: &Path,
 ) -> Result<u64> {
@@ -537,7 +614,9 @@ fn stage_contents(
         }
     }
     if !from_top.is_empty() {
-        let data = top_data.ok_or_else(|| fail("the layer has file data but no tar was given"))?;
+        let LayerData::Tar(data) = top_data else {
+            return Err(fail("the layer has file data but no tar was given"));
+        };
         let compression = all[top_index].compression;
         let mut reader = layer_reader(File::open(data).at(data)?, compression)?;
         from_top.sort_by_key(|(e, _)| e.data_offset);

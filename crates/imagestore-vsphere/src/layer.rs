@@ -6,13 +6,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::debug;
 
 use imagestore_core::Result;
 use imagestore_core::layer::toc::Toc;
 
 use crate::disk::{self, DiskStats};
 use crate::error::IoContext;
-use crate::ext4::{self, ApplyStats};
+use crate::ext4::{self, ApplyStats, LayerData};
 use crate::vmdk::chain::Chain;
 
 /// VIC's default scratch capacity: 8,000,000 KiB.
@@ -44,14 +47,14 @@ pub struct LayerStats {
 /// Writes the delta disk of layer `top` at `out` (its file name goes in the descriptor), a
 /// child of the disk `parent` (named `parent_hint` relative to `out`'s folder). `lower` are
 /// the TOCs of the layers the parent holds, lowest first (scratch's skeleton not included);
-/// `top_data` is the layer's tar (see [`ext4::apply`]).
+/// `top_data` says where the layer's file data is (see [`ext4::apply`]).
 pub fn build_layer(
     parent: &Path,
     parent_hint: &str,
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    top_data: Option<&Path>,
+    top_data: LayerData<'_>,
     work: &Path,
 ) -> Result<LayerStats> {
     let chain = disk::open_chain(parent).at(parent)?;
@@ -65,7 +68,7 @@ pub fn build_layer_on(
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    top_data: Option<&Path>,
+    top_data: LayerData<'_>,
     work: &Path,
 ) -> Result<LayerStats> {
     let file_name = file_name_of(out);
@@ -91,7 +94,7 @@ pub fn build_import(
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    top_data: &Path,
+    top_data: LayerData<'_>,
     work: &Path,
 ) -> Result<LayerStats> {
     build_delta(
@@ -101,7 +104,7 @@ pub fn build_import(
         out,
         lower,
         top,
-        Some(top_data),
+        top_data,
         work,
     )
 }
@@ -115,13 +118,15 @@ fn build_delta(
     out: &Path,
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
-    top_data: Option<&Path>,
+    top_data: LayerData<'_>,
     work: &Path,
 ) -> Result<LayerStats> {
     let file_name = file_name_of(out);
     let dir = WorkDir::create(work)?;
     let raw = dir.path().join("layer.raw");
+    let started = Instant::now();
     disk::chain_to_raw(source, &raw).at(&raw)?;
+    let copied = started.elapsed();
     let apply = if top.entries.is_empty() {
         ApplyStats::default()
     } else {
@@ -129,7 +134,17 @@ fn build_delta(
         view.extend(lower.iter().cloned());
         ext4::apply(&raw, &view, top, top_data, dir.path())?
     };
+    let applied = started.elapsed();
     let disk = disk::delta_from_raw(base, &raw, out, &file_name, parent_hint).at(out)?;
+    debug!(
+        disk = %out.display(),
+        grains = disk.grains,
+        commands = apply.commands,
+        copy_ms = copied.as_millis(),
+        apply_ms = (applied - copied).as_millis(),
+        delta_ms = (started.elapsed() - applied).as_millis(),
+        "built a delta disk"
+    );
     Ok(LayerStats { disk, apply })
 }
 

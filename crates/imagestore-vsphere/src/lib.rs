@@ -5,7 +5,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> imagestore_core::Result<()> {
-//! let store = imagestore_vsphere::open_vmdk("/srv/datastore".into(), Default::default()).await?;
+//! let config = imagestore_vsphere::Config {
+//!     root: "/srv/datastore".into(),
+//!     work: None,
+//!     options: Default::default(),
+//! };
+//! let store = imagestore_vsphere::open_vmdk(config).await?;
 //! # let _ = store; Ok(()) }
 //! ```
 //!
@@ -34,7 +39,6 @@ mod sweep;
 pub mod vmdk;
 mod write;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use imagestore_core::registry::{Backend, OpenFuture};
@@ -46,9 +50,14 @@ pub use store::{DiskStore, MAX_CHAIN_DEPTH};
 /// The scheme of the local-datastore backend.
 pub const SCHEME: &str = "vmdk";
 
-/// Opens a `vmdk://` backend on the datastore folder `root` (created if missing).
-pub async fn open_vmdk(root: PathBuf, options: Options) -> Result<DiskStore> {
-    let ds = tokio::task::spawn_blocking(move || local_ds::LocalDatastore::open(root))
+/// Opens a `vmdk://` backend on the datastore folder `config.root` (created if missing).
+pub async fn open_vmdk(config: Config) -> Result<DiskStore> {
+    let Config {
+        root,
+        work,
+        options,
+    } = config;
+    let ds = tokio::task::spawn_blocking(move || local_ds::LocalDatastore::open(root, work))
         .await
         .map_err(|e| imagestore_core::Error::backend(SCHEME, e.to_string(), false))??;
     DiskStore::open(Arc::new(ds), options).await
@@ -57,7 +66,7 @@ pub async fn open_vmdk(root: PathBuf, options: Options) -> Result<DiskStore> {
 fn open(url: Url) -> OpenFuture {
     Box::pin(async move {
         let config = Config::from_url(&url)?;
-        let store = open_vmdk(config.root, config.options).await?;
+        let store = open_vmdk(config).await?;
         Ok(Arc::new(store) as Arc<dyn ImageStorer>)
     })
 }

@@ -17,6 +17,7 @@ use crate::vmdk::ReadAt;
 #[derive(Debug, Clone)]
 pub struct LocalDatastore {
     root: PathBuf,
+    work: PathBuf,
     base: Url,
 }
 
@@ -30,15 +31,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl LocalDatastore {
-    /// A datastore at `root` (created if missing, with its work directory).
-    pub fn open(root: PathBuf) -> Result<LocalDatastore> {
+    /// A datastore at `root` (created if missing) that builds layers in `work` (default
+    /// `<root>/.imagestore-work`, created if missing).
+    pub fn open(root: PathBuf, work: Option<PathBuf>) -> Result<LocalDatastore> {
         fs::create_dir_all(&root).at(&root)?;
         let mut base =
             Url::parse("vmdk:///").map_err(|e| Error::invalid(format!("vmdk URL: {e}")))?;
         base.set_path(&root.to_string_lossy());
-        let ds = LocalDatastore { root, base };
-        let work = ds.work_dir();
-        fs::create_dir_all(&work).at(&work)?;
+        let work = work.unwrap_or_else(|| root.join(".imagestore-work"));
+        let ds = LocalDatastore { root, work, base };
+        for d in [ds.work_dir(), ds.outbox_dir()] {
+            fs::create_dir_all(&d).at(&d)?;
+        }
         Ok(ds)
     }
 
@@ -228,6 +232,10 @@ impl Datastore for LocalDatastore {
     }
 
     fn work_dir(&self) -> PathBuf {
+        self.work.clone()
+    }
+
+    fn outbox_dir(&self) -> PathBuf {
         self.root.join(".imagestore-work")
     }
 }

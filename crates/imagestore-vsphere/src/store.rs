@@ -240,10 +240,15 @@ impl Inner {
             .map_err(|_| Error::corrupt(self.ds.describe(&p), "usage counter is not a number"))
     }
 
-    /// Adds `delta` to the usage counter, marking it as being changed while it is: if the
-    /// process dies half way, the next sweep recomputes it. Call with the store lock held.
-    pub(crate) fn usage_change(&self, sp: &StorePaths, delta: i128) -> Result<()> {
-        self.ds.write(&sp.usage_pending(), b"")?;
+    /// Marks the usage counter as being changed: if the process dies before
+    /// [`Inner::usage_end`], the next sweep recomputes it. Call with the store lock held,
+    /// before the change that the counter follows becomes visible.
+    pub(crate) fn usage_begin(&self, sp: &StorePaths) -> Result<()> {
+        self.ds.write(&sp.usage_pending(), b"")
+    }
+
+    /// Adds `delta` to the usage counter and ends the change begun by [`Inner::usage_begin`].
+    pub(crate) fn usage_end(&self, sp: &StorePaths, delta: i128) -> Result<()> {
         let next = (i128::from(self.read_usage(sp)?) + delta).max(0);
         self.ds.write(&sp.usage(), next.to_string().as_bytes())?;
         self.ds.remove_file(&sp.usage_pending())?;
@@ -382,12 +387,13 @@ impl Inner {
         }
         let found = self.image_of(s, &sp, &r)?;
         let p = sp.image(id);
+        self.usage_begin(&sp)?;
         // VIC's order: the manifest (the image is gone), then the disk, then the folder.
         self.ds.remove_file(&p.manifest())?;
         if let Some(parent) = &r.parent {
             self.ds.remove_file(&sp.image(parent).child(id))?;
         }
-        self.usage_change(&sp, -i128::from(r.size))?;
+        self.usage_end(&sp, -i128::from(r.size))?;
         self.ds.remove_file(&p.disk)?;
         self.ds.remove_all(&p.dir)?;
         Ok(found)

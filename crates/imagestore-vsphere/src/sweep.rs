@@ -14,17 +14,19 @@ use crate::layer::WorkDir;
 use crate::layout::{self, StorePaths};
 use crate::store::Inner;
 
-/// Removes the build folders of processes that are gone from the work directory.
+/// Removes the build folders of processes that are gone from the work and outbox
+/// directories.
 pub fn sweep_work(ds: &dyn Datastore) -> Result<()> {
-    let work = ds.work_dir();
-    let Ok(rd) = std::fs::read_dir(&work) else {
-        return Ok(());
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if WorkDir::owner_alive(&name) == Some(false) {
-            info!(leftover = %name, "removing the work folder of a build that stopped");
-            let _ = std::fs::remove_dir_all(e.path());
+    for dir in [ds.work_dir(), ds.outbox_dir()] {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if WorkDir::owner_alive(&name) == Some(false) {
+                info!(leftover = %name, "removing the work folder of a build that stopped");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
     Ok(())

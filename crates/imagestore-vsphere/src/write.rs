@@ -13,11 +13,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::debug;
 
 use imagestore_core::layer::chain::ChainView;
-use imagestore_core::layer::ingest::{IngestLimits, ingest, read_toc};
+use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped, read_toc};
 use imagestore_core::layer::scratch::skeleton_tar;
-use imagestore_core::layer::sink::FileSink;
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::record::{self, ImageRecord};
@@ -26,7 +28,8 @@ use imagestore_core::{
 };
 
 use crate::datastore::Datastore;
-use crate::error::BACKEND;
+use crate::error::IoContext;
+use crate::ext4::{LayerData, StageTap};
 use crate::layer::{WorkDir, build_layer_on, build_scratch};
 use crate::layout::{self, ImagePaths, StorePaths};
 use crate::store::{DiskStore, Inner, Precheck, image_name};
@@ -69,25 +72,29 @@ pub(crate) fn publish(
     let _guard = inner.store_lock(sp)?;
     let id = &record.id;
     let p = sp.image(id);
-    if let Some(parent) = &record.parent {
-        let pp = sp.image(parent);
-        if !layout::is_committed(inner.ds.as_ref(), &pp)? {
-            // The parent was deleted while we wrote: never leave a dangling child.
-            return Err(Error::not_found(
-                ObjectKind::Image,
-                format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
-            ));
+    let parent = match &record.parent {
+        Some(parent) => {
+            let pp = sp.image(parent);
+            if !layout::is_committed(inner.ds.as_ref(), &pp)? {
+                // The parent was deleted while we wrote: never leave a dangling child.
+                return Err(Error::not_found(
+                    ObjectKind::Image,
+                    format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
+                ));
+            }
+            Some(pp)
         }
+        None => None,
+    };
+    inner.usage_begin(sp)?;
+    if let Some(pp) = parent {
         inner.ds.mkdir(&pp.children())?;
         inner.ds.create_new(&pp.child(id), b"")?;
     }
     if !inner.ds.create_new(&p.manifest(), b"")? {
         return Err(Error::already_exists(ObjectKind::Image, image_name(s, id)));
     }
-    if !id.is_scratch() {
-        inner.usage_change(sp, i128::from(record.size))?;
-    }
-    Ok(())
+    inner.usage_end(sp, i128::from(record.size))
 }
 
 /// Creates the folders of store `sp` and its scratch image: a base disk of the configured
@@ -198,17 +205,23 @@ impl DiskStore {
             })
             .await?;
         let view: Arc<dyn LowerView> = Arc::new(crate::content::view_of(&lower.tocs));
+        // The files are staged for debugfs as the layer is parsed; the tar itself is not kept.
         let work = WorkDir::create(&self.inner.ds.work_dir())?;
-        let tar = work.path().join("layer.tar");
-        let mut sink = FileSink::create(BACKEND, tar.clone())?;
-        let ingested = ingest(body, sum.as_ref(), &mut sink, view, IngestLimits::default()).await?;
-        sink.finish().await?;
+        let staged = work.path().join("files");
+        std::fs::create_dir(&staged).at(&staged)?;
+        let tap = Box::new(StageTap::new(staged.clone()));
+        let limits = IngestLimits::default();
+        let started = Instant::now();
+        let ingested =
+            ingest_tapped(body, sum.as_ref(), &mut NullSink, view, limits, Some(tap)).await?;
+        let ingest_ms = started.elapsed().as_millis();
 
         let (s, id) = (store.clone(), id.clone());
         self.run(move |inner| {
             let parent_gone = |e| inner.unless_parent_gone(e, &s, &sp, &parent_rec.id, &id);
             let top = Arc::new(ingested.toc);
-            let disk = work.path().join(format!("{id}.vmdk"));
+            let outbox = WorkDir::create(&inner.ds.outbox_dir())?;
+            let disk = outbox.path().join(format!("{id}.vmdk"));
             let chain = inner.open_chain(&sp, &lower.ids).map_err(parent_gone)?;
             let parent_paths = sp.image(&parent_rec.id);
             let p = sp.image(&id);
@@ -219,7 +232,7 @@ impl DiskStore {
                 &disk,
                 &lower.tocs,
                 top.clone(),
-                Some(&tar),
+                LayerData::Staged(&staged),
                 work.path(),
             )
             .map_err(parent_gone)?;
@@ -237,12 +250,20 @@ impl DiskStore {
                 toc,
                 metadata: meta,
             };
+            let built_at = Instant::now();
             let r = stage(inner.ds.as_ref(), &p, &built)
                 .and_then(|()| publish(inner, &s, &sp, &built.record));
             if let Err(e) = r {
                 let _ = inner.ds.remove_all(&p.dir);
                 return Err(e);
             }
+            debug!(
+                image = %image_name(&s, &id),
+                ingest_ms,
+                build_ms = (built_at - started).as_millis() - ingest_ms,
+                commit_ms = built_at.elapsed().as_millis(),
+                "wrote an image"
+            );
             inner.image_of(&s, &sp, &built.record)
         })
         .await

@@ -22,6 +22,7 @@
 
 pub mod cases;
 pub mod corpus;
+pub mod crash;
 pub mod tars;
 pub mod tree;
 
@@ -41,6 +42,11 @@ pub trait Hooks: Send + Sync {
     async fn leftovers(&self, store: &StoreName) -> Result<usize>;
     /// A digest of everything stored for `store`, byte for byte.
     async fn fingerprint(&self, store: &StoreName) -> Result<String>;
+    /// Checks what the backend stores for `image` with tools of its own (the disk backends
+    /// run `qemu-img check`); nothing by default.
+    async fn check_image(&self, _store: &StoreName, _image: &imagestore::Image) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a case gets: the backend opened by URL, and its hooks.

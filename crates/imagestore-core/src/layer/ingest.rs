@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layer::tar_reader::{TarLimits, TarReader, map_read_error};
-use crate::layer::toc::{Compression, Toc};
+use crate::layer::toc::{Compression, Toc, TocEntry};
 use crate::layer::validate::{EmptyView, EntryChecker, LowerView};
 use crate::storer::ByteStream;
 
@@ -64,6 +64,20 @@ pub trait StagingSink: Send {
     async fn write(&mut self, chunk: Bytes) -> Result<()>;
 }
 
+/// Receives the data of each regular file while a layer is parsed, in the same pass, so a
+/// backend that needs the files one by one (the disk backends hand them to debugfs) does not
+/// read the layer again. Calls come in archive order: [`FileTap::file`], then
+/// [`FileTap::data`] for each chunk of stored data (sparse files: only the stored segments, at
+/// their logical offsets), then [`FileTap::end_file`]. An error fails the ingest.
+pub trait FileTap: Send {
+    /// A regular file starts; `index` is its entry's position in the layer's TOC.
+    fn file(&mut self, index: usize, entry: &TocEntry) -> Result<()>;
+    /// Bytes of the current file at logical `offset`.
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// The current file is complete.
+    fn end_file(&mut self) -> Result<()>;
+}
+
 /// A sink that drops the bytes (for checks that keep nothing).
 #[derive(Debug, Default)]
 pub struct NullSink;
@@ -93,11 +107,23 @@ pub struct Ingested {
 /// stream was read and its digest is not `expected`, `DigestMismatch` wins, because the bytes
 /// were not the ones meant.
 pub async fn ingest(
+    body: ByteStream,
+    expected: Option<&Digest>,
+    sink: &mut dyn StagingSink,
+    lower: Arc<dyn LowerView>,
+    limits: IngestLimits,
+) -> Result<Ingested> {
+    ingest_tapped(body, expected, sink, lower, limits, None).await
+}
+
+/// [`ingest`], also handing every regular file's data to `tap` as the layer is parsed.
+pub async fn ingest_tapped(
     mut body: ByteStream,
     expected: Option<&Digest>,
     sink: &mut dyn StagingSink,
     lower: Arc<dyn LowerView>,
     limits: IngestLimits,
+    tap: Option<Box<dyn FileTap>>,
 ) -> Result<Ingested> {
     let algorithm = expected.map_or(Algorithm::Sha256, Digest::algorithm);
     let mismatch = |digest: &Digest| expected.is_some_and(|e| e != digest);
@@ -105,7 +131,7 @@ pub async fn ingest(
     let (parse_tx, parse_rx) = mpsc::channel::<Bytes>(DEPTH);
     let hasher = tokio::task::spawn_blocking(move || hash_chunks(algorithm, hash_rx));
     let parser =
-        tokio::task::spawn_blocking(move || parse_chunks(parse_rx, lower.as_ref(), limits));
+        tokio::task::spawn_blocking(move || parse_chunks(parse_rx, lower.as_ref(), limits, tap));
 
     let mut size = 0u64;
     let mut parse_tx = Some(parse_tx);
@@ -328,6 +354,7 @@ fn parse_chunks(
     rx: mpsc::Receiver<Bytes>,
     lower: &dyn LowerView,
     limits: IngestLimits,
+    mut tap: Option<Box<dyn FileTap>>,
 ) -> Result<Toc> {
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut input = ChannelReader {
@@ -336,7 +363,14 @@ fn parse_chunks(
         consumed: consumed.clone(),
     };
     let compression = sniff(input.peek(6))?;
-    let toc = decode_and_read(compression, &mut input, consumed, lower, limits)?;
+    let toc = decode_and_read(
+        compression,
+        &mut input,
+        consumed,
+        lower,
+        limits,
+        tap.as_deref_mut().map(|t| -> &mut dyn FileTap { t }),
+    )?;
     // Drain anything after the end of a compressed stream so the hasher sees every byte.
     let mut sink = [0u8; 8192];
     loop {
@@ -354,7 +388,7 @@ fn parse_chunks(
 pub fn toc_of_slice(bytes: &[u8], lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
     let compression = sniff(bytes)?;
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(bytes.len() as u64));
-    decode_and_read(compression, bytes, consumed, lower, limits)
+    decode_and_read(compression, bytes, consumed, lower, limits, None)
 }
 
 /// Decompresses `input`, bounds the output against `consumed` input bytes, and reads the TOC.
@@ -364,6 +398,7 @@ fn decode_and_read<'a, R: Read + 'a>(
     consumed: Arc<std::sync::atomic::AtomicU64>,
     lower: &dyn LowerView,
     limits: IngestLimits,
+    tap: Option<&mut dyn FileTap>,
 ) -> Result<Toc> {
     let decoded = decompressor(compression, input)?;
     let bounded = Bounded {
@@ -373,63 +408,167 @@ fn decode_and_read<'a, R: Read + 'a>(
         limits,
         compressed: compression != Compression::None,
     };
-    let mut toc = read_toc(bounded, lower, limits)?;
+    let mut toc = read_toc_tapped(bounded, lower, limits, tap)?;
     toc.compression = compression;
     Ok(toc)
 }
 
 /// Reads an uncompressed tar stream into a checked TOC, hashing file contents.
 pub fn read_toc(r: impl Read, lower: &dyn LowerView, limits: IngestLimits) -> Result<Toc> {
+    read_toc_tapped(r, lower, limits, None)
+}
+
+/// What the parser hands the content worker of [`read_toc_tapped`].
+enum Content {
+    /// A regular file starts: its position in the TOC and its entry.
+    File(usize, Box<TocEntry>),
+    /// Stored bytes of the current file at a logical offset.
+    Data(u64, Vec<u8>),
+    /// A hole of this many bytes in the current (sparse) file.
+    Zeros(u64),
+    /// The current file is complete.
+    End,
+}
+
+/// Hashes file contents (and feeds `tap`) on its own thread, so the parser only decompresses
+/// and parses; returns the files' digests in archive order.
+fn content_worker(
+    rx: std::sync::mpsc::Receiver<Content>,
+    mut tap: Option<&mut dyn FileTap>,
+) -> Result<Vec<Digest>> {
+    let mut digests = Vec::new();
+    let mut h = None;
+    for msg in rx {
+        match msg {
+            Content::File(index, entry) => {
+                if let Some(t) = tap.as_deref_mut() {
+                    t.file(index, &entry)?;
+                }
+                h = Some(Algorithm::Sha256.hasher());
+            }
+            Content::Data(offset, bytes) => {
+                if let Some(h) = h.as_mut() {
+                    h.update(&bytes);
+                }
+                if let Some(t) = tap.as_deref_mut() {
+                    t.data(offset, &bytes)?;
+                }
+            }
+            Content::Zeros(n) => {
+                if let Some(h) = h.as_mut() {
+                    hash_zeros(h, n);
+                }
+            }
+            Content::End => {
+                if let Some(h) = h.take() {
+                    digests.push(h.finish());
+                }
+                if let Some(t) = tap.as_deref_mut() {
+                    t.end_file()?;
+                }
+            }
+        }
+    }
+    Ok(digests)
+}
+
+/// [`read_toc`], handing every regular file's data to `tap` too. File contents are hashed
+/// (and tapped) on a second thread while this one decompresses and parses.
+pub fn read_toc_tapped(
+    r: impl Read,
+    lower: &dyn LowerView,
+    limits: IngestLimits,
+    tap: Option<&mut dyn FileTap>,
+) -> Result<Toc> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Content>(32);
+        let worker = scope.spawn(move || content_worker(rx, tap));
+        let parsed = parse_entries(r, lower, limits, &tx);
+        drop(tx);
+        let digests = worker
+            .join()
+            .map_err(|_| Error::invalid("the layer content worker panicked"))?;
+        // A worker error (a tap that could not write) explains a parser that stopped early.
+        let digests = digests?;
+        let (mut toc, files) = parsed?;
+        if digests.len() != files.len() {
+            return Err(Error::invalid("the layer content worker lost files"));
+        }
+        for (i, d) in files.into_iter().zip(digests) {
+            toc.entries[i].digest = Some(d);
+        }
+        Ok(toc)
+    })
+}
+
+/// The parser half of [`read_toc_tapped`]: the TOC (without file digests) and the positions
+/// of its regular files, whose contents went to `tx`.
+fn parse_entries(
+    r: impl Read,
+    lower: &dyn LowerView,
+    limits: IngestLimits,
+    tx: &std::sync::mpsc::SyncSender<Content>,
+) -> Result<(Toc, Vec<usize>)> {
+    // The worker only stops early when it failed; its error is reported instead of this.
+    let gone = || Error::invalid("the layer content worker stopped");
+    let send = |m: Content| tx.send(m).map_err(|_| gone());
     let mut reader = TarReader::new(r, limits.tar);
     let mut checker = EntryChecker::new(lower, limits.max_entries);
     let mut entries = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
+    let mut files = Vec::new();
+    const CHUNK_BYTES: usize = 256 << 10;
     while let Some(raw) = reader.next_entry()? {
-        let Some(mut entry) = checker.check(&raw)? else {
+        let Some(entry) = checker.check(&raw)? else {
             continue;
         };
         if entry.kind == crate::layer::toc::EntryKind::File {
-            let mut h = Algorithm::Sha256.hasher();
-            match &raw.sparse {
-                None => loop {
+            let index = entries.len();
+            files.push(index);
+            send(Content::File(index, Box::new(entry.clone())))?;
+            // The stored segments at their logical offsets; a plain file is one segment.
+            let whole = [(0, raw.size)];
+            let map: &[(u64, u64)] = raw.sparse.as_deref().unwrap_or(&whole);
+            let sparse = raw.sparse.is_some();
+            let mut at = 0u64;
+            for &(off, len) in map {
+                if sparse {
+                    send(Content::Zeros(off - at))?;
+                }
+                let mut done = 0u64;
+                while done < len {
+                    let want = (len - done).min(CHUNK_BYTES as u64) as usize;
+                    let mut buf = vec![0u8; want];
                     let n = reader.read_data(&mut buf)?;
                     if n == 0 {
+                        if sparse {
+                            return Err(Error::bad_entry(
+                                &raw.name,
+                                "sparse data is shorter than its map",
+                            ));
+                        }
                         break;
                     }
-                    h.update(&buf[..n]);
-                },
-                Some(map) => {
-                    // Hash the logical file: stored segments with zeros between them.
-                    let mut at = 0u64;
-                    for &(off, len) in map {
-                        hash_zeros(&mut h, off - at);
-                        let mut left = len;
-                        while left > 0 {
-                            let want = left.min(buf.len() as u64) as usize;
-                            let n = reader.read_data(&mut buf[..want])?;
-                            if n == 0 {
-                                return Err(Error::bad_entry(
-                                    &raw.name,
-                                    "sparse data is shorter than its map",
-                                ));
-                            }
-                            h.update(&buf[..n]);
-                            left -= n as u64;
-                        }
-                        at = off + len;
-                    }
-                    hash_zeros(&mut h, raw.size - at);
+                    buf.truncate(n);
+                    send(Content::Data(off + done, buf))?;
+                    done += n as u64;
                 }
+                at = off + done;
             }
-            entry.digest = Some(h.finish());
+            if sparse {
+                send(Content::Zeros(raw.size - at))?;
+            }
+            send(Content::End)?;
         }
         entries.push(entry);
     }
-    Ok(Toc {
-        compression: Compression::None,
-        uncompressed_size: reader.position(),
-        entries,
-    })
+    Ok((
+        Toc {
+            compression: Compression::None,
+            uncompressed_size: reader.position(),
+            entries,
+        },
+        files,
+    ))
 }
 
 fn hash_zeros(h: &mut crate::digest::Hasher, mut n: u64) {

@@ -14,6 +14,7 @@ use imagestore_core::layer::compose::MergedView;
 use imagestore_core::layer::export::{LayerReader, LayerSource, Plan, SeekingReader};
 use imagestore_core::layer::ingest::{IngestLimits, toc_of_slice};
 use imagestore_core::layer::toc::Toc;
+use imagestore_vsphere::ext4::LayerData;
 use imagestore_vsphere::fsread::FsContent;
 use imagestore_vsphere::layer::{build_layer, build_scratch};
 use tar::{EntryType, Header};
@@ -211,7 +212,7 @@ impl Chain {
             &out,
             &self.tocs,
             toc.clone(),
-            Some(&tar_file),
+            LayerData::Tar(&tar_file),
             &self.root.join("work"),
         )?;
         std::fs::remove_file(&tar_file)?;

@@ -1,17 +1,20 @@
 //! Shared by the disk backends' test files (`vmdk://`, `vsphere://`): hooks that reach into
 //! VIC's layout (`docs/layouts.md`) in the local folder holding a datastore's `VIC/`, to fake
-//! crashes, count leftovers and fingerprint a store.
+//! crashes, count leftovers, fingerprint a store and check its disks with `qemu-img`.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use imagestore::{ImageId, StoreName};
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use imagestore::{Image, ImageId, StoreName};
+use imagestore_conformance::Hooks;
 
-/// The folder holding `VIC/`.
+/// The folder holding `VIC/`, and the backend's local work folder.
 pub struct DiskHooks {
     root: PathBuf,
+    work: PathBuf,
 }
 
 fn names(dir: &Path) -> Result<Vec<String>> {
@@ -24,22 +27,41 @@ fn names(dir: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// Build folders in `work` whose process is gone.
+fn dead_builds(work: &Path) -> Result<usize> {
+    let mut n = 0;
+    for name in names(work)? {
+        if let Some(pid) = name
+            .strip_prefix("build-")
+            .and_then(|r| r.split('-').next())
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 impl DiskHooks {
-    /// Hooks for the datastore folder `root`.
-    pub fn new(root: &Path) -> DiskHooks {
+    /// Hooks for the datastore folder `root` of a backend building in `work`.
+    pub fn new(root: &Path, work: &Path) -> DiskHooks {
         DiskHooks {
             root: root.to_path_buf(),
+            work: work.to_path_buf(),
         }
     }
 
     fn store(&self, s: &StoreName) -> PathBuf {
         self.root.join("VIC").join(s.as_str())
     }
+}
 
+#[async_trait]
+impl Hooks for DiskHooks {
     /// What a write of `id` that crashed before its manifest leaves: a half-built image
     /// folder, its child marker in scratch, a usage change in flight, a writable layer that
-    /// was never recorded and an import that never finished.
-    pub fn leave_crashed_write(&self, s: &StoreName, id: &ImageId) -> Result<()> {
+    /// was never recorded, and the build folder of a process that is gone.
+    async fn leave_crashed_write(&self, s: &StoreName, id: &ImageId) -> Result<()> {
         let sd = self.store(s);
         let img = sd.join("images").join(id.as_str());
         std::fs::create_dir_all(img.join("imageMetadata"))?;
@@ -50,11 +72,14 @@ impl DiskHooks {
         std::fs::write(children.join(id.as_str()), b"")?;
         std::fs::write(sd.join("usage.pending"), b"")?;
         std::fs::create_dir_all(sd.join("writable").join(format!("{id}-w")))?;
+        let build = self.work.join("build-4194399-0123456789abcdef");
+        std::fs::create_dir_all(&build)?;
+        std::fs::write(build.join("layer.tar"), b"half a layer")?;
         Ok(())
     }
 
-    /// Leftovers of crashed writes in store `s`.
-    pub fn leftovers(&self, s: &StoreName) -> Result<usize> {
+    /// Leftovers of crashed writes in store `s`, and dead build folders.
+    async fn leftovers(&self, s: &StoreName) -> Result<usize> {
         let sd = self.store(s);
         let images = sd.join("images");
         let mut n = 0;
@@ -80,12 +105,33 @@ impl DiskHooks {
         if sd.join("usage.pending").exists() {
             n += 1;
         }
-        Ok(n)
+        Ok(n + dead_builds(&self.work)?)
     }
 
     /// A digest of everything stored for `s`, byte for byte.
-    pub fn fingerprint(&self, s: &StoreName) -> Result<String> {
-        let sd = self.store(s);
-        imagestore_conformance::tree::fingerprint(&sd)
+    async fn fingerprint(&self, s: &StoreName) -> Result<String> {
+        imagestore_conformance::tree::fingerprint(&self.store(s))
+    }
+
+    /// `qemu-img check` passes on the image's disk and its chain.
+    async fn check_image(&self, s: &StoreName, image: &Image) -> Result<()> {
+        let disk = self
+            .store(s)
+            .join("images")
+            .join(image.id.as_str())
+            .join(format!("{}.vmdk", image.id));
+        let out = std::process::Command::new("qemu-img")
+            .args(["check", "-f", "vmdk"])
+            .arg(&disk)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img check {}: {}{}",
+                disk.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 }

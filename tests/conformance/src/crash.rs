@@ -1,31 +1,25 @@
-//! Crash test: a child process writes, deletes, imports and commits layers in a loop and is
-//! killed with SIGKILL at random moments; after each kill, a fresh instance opens the store
-//! and must see only complete, verifiable images, a correct usage counter and no leftovers.
+//! The crash test every backend on local storage runs: a child process writes, deletes,
+//! imports and commits layers in a loop and is killed with SIGKILL at random moments; after
+//! each kill a fresh instance opens the store by URL and must see only complete, verifiable
+//! images, a usage counter that agrees with them, and no leftovers once the store is swept.
 //!
-//! This is a `harness = false` test: the same binary is the child when
-//! `IMAGESTORE_CRASH_CHILD` is set.
-
-#![allow(
-    clippy::print_stdout,
-    clippy::print_stderr,
-    clippy::unwrap_used,
-    clippy::expect_used
-)]
+//! A backend's test file is a `harness = false` test whose `main` calls [`run`]; the same
+//! binary is the child when `IMAGESTORE_CRASH_CHILD` is set.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use imagestore_core::{
-    Digest, Error, Exporter, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Importer, Metadata,
-    StoreName, byte_stream,
+use imagestore::{
+    Digest, Error, FilterSpec, ImageId, ImageStorerExt, Metadata, StoreName, byte_stream,
 };
-use imagestore_local::{Config, LocalStore};
 use tokio::io::AsyncReadExt;
 
-const KILLS: usize = 60;
+use crate::{Ctx, Hooks};
+
+const CHILD: &str = "IMAGESTORE_CRASH_CHILD";
 
 fn layer(seed: u64, size: usize) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -48,17 +42,14 @@ fn layer(seed: u64, size: usize) -> Vec<u8> {
     }
 }
 
-async fn open(root: &Path) -> Result<LocalStore> {
-    Ok(LocalStore::open(Config {
-        root: root.to_owned(),
-    })
-    .await?)
+fn store_name() -> StoreName {
+    StoreName::new("crash").expect("valid name")
 }
 
 /// The child: mutate the store forever.
-async fn child(root: PathBuf) -> Result<()> {
-    let store = open(&root).await?;
-    let s = StoreName::new("crash")?;
+async fn child(url: String) -> Result<()> {
+    let store = imagestore::open(&url).await?;
+    let s = store_name();
     let mut seed: u64 = std::process::id().into();
     let mut next = || {
         seed ^= seed << 13;
@@ -120,74 +111,29 @@ async fn child(root: PathBuf) -> Result<()> {
     }
 }
 
-fn leftovers(store_dir: &Path) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    for sub in ["staging", "trash"] {
-        for e in std::fs::read_dir(store_dir.join(sub))? {
-            found.push(format!("{sub}/{}", e?.file_name().to_string_lossy()));
-        }
-    }
-    for e in std::fs::read_dir(store_dir.join("images"))? {
-        let e = e?;
-        if !e.path().join("COMMITTED").exists() {
-            found.push(format!(
-                "uncommitted images/{}",
-                e.file_name().to_string_lossy()
-            ));
-        }
-        if let Ok(children) = std::fs::read_dir(e.path().join("children")) {
-            for c in children {
-                let name = c?.file_name();
-                if !store_dir
-                    .join("images")
-                    .join(&name)
-                    .join("COMMITTED")
-                    .exists()
-                    && !store_dir
-                        .join("writable")
-                        .join(&name)
-                        .join("COMMITTED")
-                        .exists()
-                {
-                    found.push(format!("dangling child link {}", name.to_string_lossy()));
-                }
-            }
-        }
-    }
-    for e in std::fs::read_dir(store_dir.join("writable"))? {
-        let e = e?;
-        if !e.path().join("COMMITTED").exists() {
-            found.push(format!(
-                "uncommitted writable/{}",
-                e.file_name().to_string_lossy()
-            ));
-        }
-    }
-    if store_dir.join("usage.pending").exists() {
-        found.push("usage.pending".into());
-    }
-    Ok(found)
-}
-
-async fn verify(root: &Path) -> Result<usize> {
-    let store = open(root).await?;
-    let s = StoreName::new("crash")?;
+/// Opens a fresh instance and checks every image, the usage counter and the leftovers.
+async fn verify(ctx: &Ctx) -> Result<usize> {
+    let store = ctx.reopen().await?;
+    let s = store_name();
     store.get_image_store(&s).await?;
     let images = store.list_images(&s, &[]).await?;
+    let raw_layers = store.capabilities().raw_layers;
     let mut total = 0u64;
     for img in &images {
-        let mut raw = Vec::new();
-        store
-            .export_raw(&s, &img.id)
-            .await?
-            .read_to_end(&mut raw)
-            .await?;
-        ensure!(
-            img.sum == Some(Digest::sha256_of(&raw)),
-            "{}: stored bytes do not match the sum",
-            img.id
-        );
-        ensure!(img.size == raw.len() as u64);
+        if raw_layers {
+            let mut raw = Vec::new();
+            store
+                .export_raw(&s, &img.id)
+                .await?
+                .read_to_end(&mut raw)
+                .await?;
+            ensure!(
+                img.sum == Some(Digest::sha256_of(&raw)),
+                "{}: stored bytes do not match the sum",
+                img.id
+            );
+            ensure!(img.size == raw.len() as u64);
+        }
         let parent = img
             .parent
             .clone()
@@ -196,13 +142,16 @@ async fn verify(root: &Path) -> Result<usize> {
             .get_image(&s, &parent)
             .await
             .with_context(|| format!("{} has a dangling parent {parent}", img.id))?;
-        if img.depth <= 2 {
+        if img.depth <= 2 || !raw_layers {
+            // Reads every file, checked against the TOC's digests.
             let mut tree = Vec::new();
             store
                 .export(&s, &img.id, None, &FilterSpec::all(), true)
                 .await?
                 .read_to_end(&mut tree)
-                .await?;
+                .await
+                .with_context(|| format!("exporting {}", img.id))?;
+            ctx.hooks.check_image(&s, img).await?;
         }
         total += img.size;
     }
@@ -210,34 +159,34 @@ async fn verify(root: &Path) -> Result<usize> {
         store.image_storage_usage(&s).await? == total,
         "usage counter disagrees with the images"
     );
-    let left = leftovers(&root.join("stores/crash"))?;
-    if !left.is_empty() {
-        bail!("leftovers after the sweep: {left:?}");
+    let left = ctx.hooks.leftovers(&s).await?;
+    if left > 0 {
+        bail!("{left} leftover(s) after the sweep");
     }
     Ok(images.len())
 }
 
-fn main() -> Result<()> {
+/// Runs the crash test against the backend at `url` (`hooks` reach into its storage), with
+/// `kills` SIGKILLs; or, in the child process, the writer.
+pub fn run(url: String, hooks: Arc<dyn Hooks>, kills: usize) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if let Ok(root) = std::env::var("IMAGESTORE_CRASH_CHILD") {
-        return rt.block_on(child(PathBuf::from(root)));
+    if let Ok(url) = std::env::var(CHILD) {
+        return rt.block_on(child(url));
     }
-    let dir = tempfile::tempdir()?;
-    let root = dir.path().join("root");
-    rt.block_on(async {
-        let store = open(&root).await?;
-        store.create_image_store(&StoreName::new("crash")?).await?;
-        Ok::<_, anyhow::Error>(())
+    let ctx = rt.block_on(async {
+        let ctx = Ctx::open(url.clone(), hooks).await?;
+        ctx.store.create_image_store(&store_name()).await?;
+        Ok::<_, anyhow::Error>(ctx)
     })?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
     let mut max_images = 0;
-    for round in 0..KILLS {
+    for round in 0..kills {
         let mut child = Command::new(&exe)
-            .env("IMAGESTORE_CRASH_CHILD", &root)
+            .env(CHILD, &url)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -255,7 +204,7 @@ fn main() -> Result<()> {
         child.kill()?;
         child.wait()?;
         let n = rt
-            .block_on(verify(&root))
+            .block_on(verify(&ctx))
             .with_context(|| format!("after kill {round}"))?;
         max_images = max_images.max(n);
     }
@@ -264,7 +213,8 @@ fn main() -> Result<()> {
         "the writer made too little progress to test anything ({max_images} images)"
     );
     println!(
-        "crash test: {KILLS} kills, up to {max_images} images, all verified, in {:?}",
+        "crash test on {}: {kills} kills, up to {max_images} images, all verified, in {:?}",
+        ctx.store.scheme(),
         started.elapsed()
     );
     Ok(())
