@@ -250,6 +250,10 @@ pub struct ExportArgs {
     /// The layer's original bytes, exactly as written.
     #[arg(long, conflicts_with_all = ["ancestor", "include", "exclude", "rebase", "strip", "headers_only"])]
     pub raw: bool,
+    /// The whole image as one stream-optimized VMDK disk holding its ext4 (the form vSphere
+    /// imports); backends that keep images as disks (vmdk://, vsphere://).
+    #[arg(long, conflicts_with_all = ["ancestor", "include", "exclude", "rebase", "strip", "headers_only", "raw"])]
+    pub vmdk: bool,
     /// Write to this file instead of standard output.
     #[arg(short, long)]
     pub output: Option<PathBuf>,

@@ -41,6 +41,8 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let mut stream = if a.raw {
         store.export_raw(&s, &id).await?
+    } else if a.vmdk {
+        store.export_vmdk(&s, &id).await?
     } else {
         let ancestor = a.ancestor.as_deref().map(ImageId::new).transpose()?;
         let f = filter(&a.include, &a.exclude, &a.rebase, &a.strip)?;

@@ -408,3 +408,70 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
     assert!(!co.join("usr/share/doc/tzdata/changelog.Debian.gz").exists());
     assert!(co.join("etc/os-release").exists() || co.join("usr/lib/os-release").exists());
 }
+
+#[test]
+fn a_vmdk_store_exports_images_as_one_disk() {
+    if !common::need("mke2fs") || !common::need("debugfs") || !common::need("qemu-img") {
+        return;
+    }
+    let mut env = Env::new();
+    env.url = format!(
+        "vmdk://{}?capacity_kib=1048576",
+        env.path("datastore").display()
+    );
+    env.ok(&["store", "create", "s"]);
+    let layer = tar_of(&[("etc/app.conf", b"v=1\n")]);
+    let out = env.run_with(
+        &[
+            "image",
+            "write",
+            "--store",
+            "s",
+            "--parent",
+            "scratch",
+            "--id",
+            "app",
+            "--sum",
+            &sha(&layer),
+            "-",
+        ],
+        Some(&layer),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.run_with(&["export", "--store", "s", "app"], None);
+    assert_eq!(
+        content_of(&out.stdout, "etc/app.conf").as_deref(),
+        Some(&b"v=1\n"[..])
+    );
+    // The layer's bytes are not kept: --raw is refused with one line; --vmdk gives a disk.
+    let line = env.fails(&["export", "--store", "s", "app", "--raw"]);
+    assert!(line.contains("not supported"), "{line}");
+    let disk = env.path("app.vmdk");
+    env.ok(&[
+        "export",
+        "--store",
+        "s",
+        "app",
+        "--vmdk",
+        "-o",
+        disk.to_str().expect("utf8"),
+    ]);
+    let disk = disk.to_str().expect("utf8");
+    let info = common::tool("qemu-img", &["info", "--output=json", disk]);
+    assert!(info.contains("streamOptimized"), "{info}");
+    common::tool("qemu-img", &["check", disk]);
+    let raw = env.path("app.raw");
+    common::tool(
+        "qemu-img",
+        &["convert", "-O", "raw", disk, raw.to_str().expect("utf8")],
+    );
+    let cat = common::tool(
+        "debugfs",
+        &["-R", "cat /etc/app.conf", raw.to_str().expect("utf8")],
+    );
+    assert_eq!(cat, "v=1\n");
+}

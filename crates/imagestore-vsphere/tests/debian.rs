@@ -65,7 +65,12 @@ async fn debian_layers_as_delta_disks() -> Result<()> {
     }
     let theirs = dir.path().join("local-checkout");
     local
-        .checkout(&s, &local_top.id, &theirs, &CheckoutOptions { rootless: false })
+        .checkout(
+            &s,
+            &local_top.id,
+            &theirs,
+            &CheckoutOptions { rootless: false },
+        )
         .await?;
     if tree::walk(&theirs)?.nodes.len() < 5000 {
         bail!("the local checkout is too small");
