@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use crate::fixture;
 use crate::s3::{self, S3Servers};
 use crate::util::{cargo, have, run};
+use crate::vcsim::{self, Vcsim};
 
 /// True when running under CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {
@@ -56,6 +57,20 @@ fn s3_servers() -> Result<Option<S3Servers>> {
     }
 }
 
+/// vcsim if it can be built here; otherwise the vSphere tests skip (and fail under
+/// `CI=true`).
+fn vcsim_server() -> Result<Option<Vcsim>> {
+    if vcsim::available() {
+        Ok(Some(Vcsim::start()?))
+    } else {
+        eprintln!(
+            "ci: vcsim cannot be built here, vSphere tests will skip (fail under CI=true); install: {}",
+            vcsim::INSTALL_HINT
+        );
+        Ok(None)
+    }
+}
+
 /// Runs every check CI runs.
 pub fn ci() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -76,6 +91,7 @@ pub fn ci() -> Result<()> {
     }
     fixtures()?;
     let servers = s3_servers()?;
+    let vcsim = vcsim_server()?;
     let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--exclude", "imagestore"])
@@ -83,8 +99,12 @@ pub fn ci() -> Result<()> {
     if let Some(s) = &servers {
         s.env(&mut tests);
     }
+    if let Some(v) = &vcsim {
+        v.env(&mut tests);
+    }
     run(&mut tests)?;
     drop(servers);
+    drop(vcsim);
     crate::sample::check_in_ci()?;
     // The fuzz targets are a workspace of their own; type-check them so they never rot.
     run(cargo().args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]))?;
@@ -118,6 +138,41 @@ pub fn conformance(backend: &str) -> Result<()> {
             servers.env(&mut cmd);
             run(&mut cmd)
         }
-        other => bail!("unknown backend {other:?} (try: s3, local)"),
+        "vmdk" => run(cargo().args([
+            "test",
+            "-p",
+            "imagestore-conformance",
+            "--test",
+            "vmdk",
+            "--test",
+            "crash_vmdk",
+        ])),
+        "vsphere" => {
+            let sim = Vcsim::start()?;
+            let mut cmd = cargo();
+            cmd.args(["test", "-p", "imagestore-conformance", "--test", "vsphere"])
+                .args(["-p", "imagestore-vsphere", "--test", "vcsim"])
+                .env("CI", "true");
+            sim.env(&mut cmd);
+            run(&mut cmd)
+        }
+        other => bail!("unknown backend {other:?} (try: local, s3, vmdk, vsphere)"),
     }
+}
+
+/// `cargo xtask vcsim`: a simulator to point a store or a client at by hand.
+pub fn vcsim_shell() -> Result<()> {
+    let sim = Vcsim::start()?;
+    println!(
+        "{}/<folder>?allow_http=true\nIMAGESTORE_VSPHERE_USER={} IMAGESTORE_VSPHERE_PASSWORD={}\n\
+         datastore folder: {}\npress Enter to stop",
+        sim.url,
+        vcsim::USER,
+        vcsim::PASSWORD,
+        sim.dir.display()
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    drop(sim);
+    Ok(())
 }

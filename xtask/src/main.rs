@@ -16,6 +16,7 @@ mod fixture;
 mod s3;
 mod sample;
 mod util;
+mod vcsim;
 
 use anyhow::{Result, bail};
 
@@ -25,6 +26,10 @@ cargo xtask <command>
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
+  conformance vmdk   run the conformance suite and the crash test against vmdk://
+  conformance vsphere  build and start vcsim, run the conformance suite and the vSphere
+                     tests against vsphere://
+  vcsim              build and start vcsim on loopback; print its URL; stop on Enter
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench s3 [write|list] against moto: a 1 GiB layer through the backend vs a plain object_store
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["ci"] => ci::ci(),
         ["conformance", backend] => ci::conformance(backend),
+        ["vcsim"] => ci::vcsim_shell(),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
         ["sample-image"] => sample::sample_image(false),

@@ -1,5 +1,5 @@
-//! The `vmdk://` backend of imagestore, in VIC's representation: a datastore folder per image
-//! holding a VMDK disk. The scratch image is a thin monolithicSparse base disk with an ext4
+//! The `vmdk://` and `vsphere://` backends of imagestore, in VIC's representation: a datastore
+//! folder per image holding a VMDK disk, on a local folder or on a vSphere datastore. The scratch image is a thin monolithicSparse base disk with an ext4
 //! filesystem labelled `containerfs`; every layer is a delta disk whose parent is its parent
 //! image's disk and which holds only the 64 KiB grains the layer changed.
 //!
@@ -20,7 +20,9 @@
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
 //! * [`layer`], [`ext4`], [`disk`] — building the scratch disk and each layer's delta disk;
 //! * [`fsread`] — reading files through a chain's ext4;
-//! * [`vmdk`] — the sparse VMDK format, read and written by this crate.
+//! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
+//! * [`vsphere`] — the datastore behind vCenter or ESXi (`vsphere://`): a SOAP client, the
+//!   `/folder` HTTP endpoint, VMs that use images.
 
 #![deny(missing_docs)]
 
@@ -37,6 +39,7 @@ pub mod local_ds;
 pub mod store;
 mod sweep;
 pub mod vmdk;
+pub mod vsphere;
 mod write;
 
 use std::sync::Arc;
@@ -49,6 +52,8 @@ pub use store::{DiskStore, MAX_CHAIN_DEPTH};
 
 /// The scheme of the local-datastore backend.
 pub const SCHEME: &str = "vmdk";
+/// The scheme of the vSphere backend.
+pub const VSPHERE_SCHEME: &str = "vsphere";
 
 /// Opens a `vmdk://` backend on the datastore folder `config.root` (created if missing).
 pub async fn open_vmdk(config: Config) -> Result<DiskStore> {
@@ -69,6 +74,22 @@ fn open(url: Url) -> OpenFuture {
         let store = open_vmdk(config).await?;
         Ok(Arc::new(store) as Arc<dyn ImageStorer>)
     })
+}
+
+fn open_vsphere(url: Url) -> OpenFuture {
+    Box::pin(async move {
+        let config = vsphere::config::VsphereConfig::from_url(&url)?;
+        Ok(vsphere::VsphereStore::open(config).await?.storer())
+    })
+}
+
+inventory::submit! {
+    Backend {
+        scheme: VSPHERE_SCHEME,
+        feature: "vsphere",
+        description: "VIC's layout on a datastore behind vCenter or ESXi (vsphere://host/datacenter/datastore/folder)",
+        open: open_vsphere,
+    }
 }
 
 inventory::submit! {

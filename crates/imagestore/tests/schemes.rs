@@ -11,6 +11,7 @@ fn registered_schemes_match_features() {
     }
     if cfg!(feature = "vsphere") {
         expected.push("vmdk");
+        expected.push("vsphere");
     }
     expected.sort();
     assert_eq!(imagestore::schemes(), expected);

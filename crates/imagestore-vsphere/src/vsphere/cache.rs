@@ -1,0 +1,174 @@
+//! A local cache of disks read from the datastore. A committed disk never changes, and a disk
+//! written again under the same name (an image deleted and written anew) has a new content
+//! id, so a disk is known by its datastore path, its size and the `CID` in its descriptor:
+//! reading it costs one ranged GET of its first bytes when cached, and one download when not.
+//! Disks this process uploads go into the cache as they are (the next layer's build reads its
+//! parent first). The cache is bounded; the oldest files go first (a file still open stays
+//! readable after it is removed).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use imagestore_core::{Error, Result};
+use sha2::Digest as _;
+
+use super::soap::BACKEND;
+use crate::vmdk::SECTOR;
+use crate::vmdk::descriptor::Descriptor;
+use crate::vmdk::header::Header;
+
+/// Bytes read to identify a disk: the header and, for this crate's disks, the descriptor.
+pub const HEAD_BYTES: u64 = 64 << 10;
+
+/// Total size the cache keeps.
+const BUDGET: u64 = 4 << 30;
+
+/// The `CID` of the disk whose first bytes are `head`, if they hold a sparse header and a
+/// descriptor.
+fn cid_of(head: &[u8], what: &str) -> Option<u32> {
+    let h: &[u8; 512] = head.get(..512)?.try_into().ok()?;
+    let header = Header::parse(h, what).ok()?;
+    let start = (header.descriptor_offset * SECTOR) as usize;
+    let end = start + (header.descriptor_size * SECTOR) as usize;
+    let text = String::from_utf8_lossy(head.get(start..end.min(head.len()))?);
+    Descriptor::parse(&text, what).ok().map(|d| d.cid)
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+    /// Cached files, oldest first, with their sizes.
+    files: Mutex<VecDeque<(PathBuf, u64)>>,
+}
+
+impl DiskCache {
+    /// A cache in `dir` (created if missing). Disks an earlier process cached stay usable
+    /// and count towards the budget; downloads it left half done are removed.
+    pub fn new(dir: PathBuf) -> Result<DiskCache> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(BACKEND, &dir, e))?;
+        let mut found = Vec::new();
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(BACKEND, &dir, e))?;
+        for e in rd.flatten() {
+            let (Ok(meta), name) = (e.metadata(), e.file_name()) else {
+                continue;
+            };
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+            if name.to_string_lossy().starts_with(".fetch-") {
+                if age.is_some_and(|a| a.as_secs() > 3600) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
+            found.push((meta.modified().ok(), e.path(), meta.len()));
+        }
+        found.sort_by_key(|(m, _, _)| *m);
+        let cache = DiskCache {
+            dir,
+            files: Mutex::new(VecDeque::new()),
+        };
+        for (_, p, size) in found {
+            cache.remember(p, size);
+        }
+        Ok(cache)
+    }
+
+    fn path_for(&self, name: &str, size: u64, cid: u32) -> PathBuf {
+        let key = format!("{name}|{size}|{cid:08x}");
+        let h = sha2::Sha256::digest(key.as_bytes());
+        self.dir.join(format!("{}.vmdk", hex::encode(&h[..16])))
+    }
+
+    fn remember(&self, p: PathBuf, size: u64) {
+        let Ok(mut files) = self.files.lock() else {
+            return;
+        };
+        files.push_back((p, size));
+        let mut total: u64 = files.iter().map(|(_, s)| s).sum();
+        while total > BUDGET && files.len() > 1 {
+            if let Some((old, s)) = files.pop_front() {
+                let _ = std::fs::remove_file(old);
+                total -= s;
+            }
+        }
+    }
+
+    /// The local file of the disk `name` whose first bytes are `head` and whose size is
+    /// `size`; `fetch` downloads it into a given path when it is not cached. Files that are
+    /// not sparse disks are fetched every time and not kept.
+    pub fn get_or_fetch(
+        &self,
+        name: &str,
+        head: &[u8],
+        size: u64,
+        fetch: impl FnOnce(&Path) -> Result<u64>,
+    ) -> Result<File> {
+        let tmp = self
+            .dir
+            .join(format!(".fetch-{:016x}", rand::random::<u64>()));
+        let Some(cid) = cid_of(head, name) else {
+            fetch(&tmp)?;
+            let f = File::open(&tmp).map_err(|e| Error::io(BACKEND, &tmp, e));
+            let _ = std::fs::remove_file(&tmp);
+            return f;
+        };
+        let p = self.path_for(name, size, cid);
+        if let Ok(f) = File::open(&p)
+            && f.metadata().is_ok_and(|m| m.len() == size)
+        {
+            return Ok(f);
+        }
+        let got = fetch(&tmp);
+        let checked = got.and_then(|n| {
+            if n == size {
+                Ok(())
+            } else {
+                Err(Error::backend(
+                    BACKEND,
+                    format!("{name}: downloaded {n} bytes of {size}"),
+                    true,
+                ))
+            }
+        });
+        if let Err(e) =
+            checked.and_then(|()| std::fs::rename(&tmp, &p).map_err(|e| Error::io(BACKEND, &p, e)))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.remember(p.clone(), size);
+        File::open(&p).map_err(|e| Error::io(BACKEND, &p, e))
+    }
+
+    /// Keeps the local file `local`, just uploaded as disk `name`, in the cache (it is moved;
+    /// a file that is not a sparse disk is removed).
+    pub fn adopt(&self, local: &Path, name: &str) -> Result<()> {
+        let head = {
+            use std::io::Read;
+            let mut buf = vec![0u8; HEAD_BYTES as usize];
+            let mut f = File::open(local).map_err(|e| Error::io(BACKEND, local, e))?;
+            let n = f.read(&mut buf).map_err(|e| Error::io(BACKEND, local, e))?;
+            buf.truncate(n);
+            buf
+        };
+        let size = std::fs::metadata(local)
+            .map_err(|e| Error::io(BACKEND, local, e))?
+            .len();
+        match cid_of(&head, name) {
+            Some(cid) => {
+                let p = self.path_for(name, size, cid);
+                if std::fs::rename(local, &p).is_ok() {
+                    self.remember(p, size);
+                } else {
+                    let _ = std::fs::remove_file(local);
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(local);
+            }
+        }
+        Ok(())
+    }
+}

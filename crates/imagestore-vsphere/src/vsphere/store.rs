@@ -1,0 +1,87 @@
+//! [`VsphereStore`]: the disk backend on a vSphere datastore, plus what only vSphere has:
+//! attaching an image to a VM as a new child disk (VIC's ImageJoin), which then counts
+//! among the image's users.
+
+use std::sync::Arc;
+
+use imagestore_core::{ImageId, ImageStorer, Result, StoreName};
+
+use super::config::VsphereConfig;
+use super::{JoinedDisk, VsphereDatastore};
+use crate::store::DiskStore;
+
+/// A `vsphere://` image store.
+#[derive(Debug, Clone)]
+pub struct VsphereStore {
+    store: DiskStore,
+    ds: Arc<VsphereDatastore>,
+}
+
+impl VsphereStore {
+    /// Connects and opens the store described by `config`.
+    pub async fn open(config: VsphereConfig) -> Result<VsphereStore> {
+        let options = config.options;
+        let ds = tokio::task::spawn_blocking(move || VsphereDatastore::connect(config))
+            .await
+            .map_err(|e| {
+                imagestore_core::Error::backend(super::soap::BACKEND, e.to_string(), false)
+            })??;
+        let ds = Arc::new(ds);
+        let store = DiskStore::open(ds.clone(), options).await?;
+        Ok(VsphereStore { store, ds })
+    }
+
+    /// The image store.
+    pub fn store(&self) -> &DiskStore {
+        &self.store
+    }
+
+    /// The image store as the trait object the registry hands out.
+    pub fn storer(&self) -> Arc<dyn ImageStorer> {
+        Arc::new(self.store.clone())
+    }
+
+    /// The datastore and its session.
+    pub fn datastore(&self) -> &VsphereDatastore {
+        &self.ds
+    }
+
+    /// Attaches image `id` of `store` to VM `vm` as a new child disk
+    /// `VIC/<store>/containers/<disk>/<disk>.vmdk` (a container's disk, in VIC's terms),
+    /// under the store lock, so a concurrent delete of the image either sees the VM or
+    /// happens first. `NotFound` if the image or the VM does not exist.
+    pub async fn join(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        vm: &str,
+        disk: &ImageId,
+    ) -> Result<JoinedDisk> {
+        let (s, id, vm, disk, ds) = (
+            store.clone(),
+            id.clone(),
+            vm.to_owned(),
+            disk.clone(),
+            self.ds.clone(),
+        );
+        self.store
+            .run(move |inner| {
+                let sp = inner.open_store(&s)?;
+                let _guard = inner.store_lock(&sp)?;
+                inner.record(&s, &sp, &id)?;
+                let child = sp
+                    .dir
+                    .child("containers")
+                    .child(disk.as_str())
+                    .child(&format!("{disk}.vmdk"));
+                ds.join_disk(&vm, &sp.image(&id).disk, &child)
+            })
+            .await
+    }
+
+    /// Detaches a joined disk from its VM and destroys it; the image stays.
+    pub async fn leave(&self, joined: &JoinedDisk) -> Result<()> {
+        let (ds, joined) = (self.ds.clone(), joined.clone());
+        self.store.run(move |_| ds.leave_disk(&joined)).await
+    }
+}
