@@ -259,3 +259,61 @@ async fn credentials_never_show() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_disks_are_created_copied_queried_and_deleted() -> Result<()> {
+    let Some((base, dir)) = simulator() else {
+        return Ok(());
+    };
+    let f = folder();
+    let vs = open(&format!("{base}/{f}?allow_http=true&capacity_kib=65536")).await?;
+    // The disk chain of an image, as vSphere reports it, is the chain the store records.
+    let store = vs.storer();
+    let s = StoreName::new("disks")?;
+    store.create_image_store(&s).await?;
+    let scratch = store.scratch(&s).await?;
+    let a = write(
+        store.as_ref(),
+        &scratch,
+        "a",
+        TarB::default().file("x", b"1")?.done()?,
+    )
+    .await?;
+    let b = write(
+        store.as_ref(),
+        &a,
+        "b",
+        TarB::default().file("y", b"2")?.done()?,
+    )
+    .await?;
+    let chain = vs.disk_chain(&s, &b.id).await?;
+    let names: Vec<&str> = chain.iter().map(|d| d.name.as_str()).collect();
+    let want: Vec<String> = ["b", "a", "scratch"]
+        .iter()
+        .map(|i| format!("[LocalDS_0] {f}/VIC/disks/images/{i}/{i}.vmdk"))
+        .collect();
+    ensure!(names == want, "{names:?}");
+    ensure!(chain[0].parent.as_deref() == Some(want[1].as_str()));
+    ensure!(chain[2].parent.is_none() && chain[2].capacity_kib == 65536);
+    // The virtual disk manager's own disks.
+    let ds = vs.datastore();
+    tokio::task::block_in_place(|| -> Result<()> {
+        ensure!(ds.mkdir(&DsPath::parse("vd")?)?);
+        let one = DsPath::parse("vd/one.vmdk")?;
+        let two = DsPath::parse("vd/two.vmdk")?;
+        ds.create_disk(&one, 1024)?;
+        ensure!(dir.join(&f).join("vd/one.vmdk").exists());
+        match ds.create_disk(&one, 1024) {
+            Err(Error::AlreadyExists { .. }) => {}
+            other => bail!("creating an existing disk gave {other:?}"),
+        }
+        ds.copy_disk(&one, &two)?;
+        ensure!(dir.join(&f).join("vd/two.vmdk").exists());
+        ensure!(ds.delete_disk(&one)?);
+        ensure!(!ds.delete_disk(&one)?, "already gone");
+        ensure!(!dir.join(&f).join("vd/one.vmdk").exists());
+        ensure!(ds.delete_disk(&two)?);
+        Ok(())
+    })?;
+    Ok(())
+}

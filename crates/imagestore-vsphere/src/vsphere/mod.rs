@@ -10,6 +10,7 @@
 
 mod cache;
 pub mod config;
+pub mod disks;
 mod locks;
 pub mod soap;
 mod store;
@@ -29,6 +30,7 @@ use config::VsphereConfig;
 use soap::{BACKEND, Soap, block};
 use xml::{MoRef, child, find, text};
 
+pub use disks::DiskInfo;
 pub use store::VsphereStore;
 pub use vms::JoinedDisk;
 
@@ -46,6 +48,7 @@ struct Service {
     file_manager: MoRef,
     search_index: MoRef,
     view_manager: MoRef,
+    virtual_disk_manager: MoRef,
 }
 
 /// A datastore on vSphere, and the session used to reach it.
@@ -404,6 +407,7 @@ fn read_service(soap: &Soap) -> Result<Service> {
         file_manager: get("fileManager")?,
         search_index: get("searchIndex")?,
         view_manager: get("viewManager")?,
+        virtual_disk_manager: get("virtualDiskManager")?,
     })
 }
 

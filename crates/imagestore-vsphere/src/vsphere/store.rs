@@ -7,7 +7,7 @@ use std::sync::Arc;
 use imagestore_core::{ImageId, ImageStorer, Result, StoreName};
 
 use super::config::VsphereConfig;
-use super::{JoinedDisk, VsphereDatastore};
+use super::{DiskInfo, JoinedDisk, VsphereDatastore};
 use crate::store::DiskStore;
 
 /// A `vsphere://` image store.
@@ -75,6 +75,19 @@ impl VsphereStore {
                     .child(disk.as_str())
                     .child(&format!("{disk}.vmdk"));
                 ds.join_disk(&vm, &sp.image(&id).disk, &child)
+            })
+            .await
+    }
+
+    /// The disk chain of image `id` as vSphere sees it (the image's disk first): for checking
+    /// it against the image chain the store records.
+    pub async fn disk_chain(&self, store: &StoreName, id: &ImageId) -> Result<Vec<DiskInfo>> {
+        let (s, id, ds) = (store.clone(), id.clone(), self.ds.clone());
+        self.store
+            .run(move |inner| {
+                let sp = inner.open_store(&s)?;
+                inner.record(&s, &sp, &id)?;
+                ds.disk_chain(&sp.image(&id).disk)
             })
             .await
     }
