@@ -68,11 +68,7 @@ impl VsphereDatastore {
             xml::el("name", &name),
             self.dc()
         );
-        match self.soap.run_task(&body, &name)? {
-            Ok(_) => Ok(true),
-            Err(f) if f.kind == "FileNotFound" => Ok(false),
-            Err(f) => Err(f.into_error(&name)),
-        }
+        self.run_removal(&body, &name)
     }
 
     /// The chain of the disk at `path`, the disk first and its base last: from the server's

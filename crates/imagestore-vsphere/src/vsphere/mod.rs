@@ -243,10 +243,15 @@ impl VsphereDatastore {
             xml::el("name", &name),
             self.dc()
         );
-        match self.soap.run_task(&body, &name)? {
+        self.run_removal(&body, &name)
+    }
+
+    /// Runs a task that removes `name`: true when it did, false when `name` was absent.
+    fn run_removal(&self, body: &str, name: &str) -> Result<bool> {
+        match self.soap.run_task(body, name)? {
             Ok(_) => Ok(true),
             Err(f) if f.kind == "FileNotFound" => Ok(false),
-            Err(f) => Err(f.into_error(&name)),
+            Err(f) => Err(f.into_error(name)),
         }
     }
 
