@@ -194,7 +194,7 @@ pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug
     /// `AlreadyExists` if the store exists. On failure nothing of the store remains.
     async fn create_image_store(&self, name: &StoreName) -> Result<Url>;
 
-    /// Deletes store `name`. Refused with `ImageInUse` (naming the images) while it holds
+    /// Deletes store `name`. Refused with `Conflict` (naming the images) while it holds
     /// images or writable layers other than scratch. `NotFound` if it does not exist.
     async fn delete_image_store(&self, name: &StoreName) -> Result<()>;
 

@@ -519,14 +519,27 @@ mod tests {
         let missing = r#"<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="Task">task-93</obj><missingSet><path>info.state</path><fault><fault xmlns:XMLSchema-instance="http://www.w3.org/2001/XMLSchema-instance" XMLSchema-instance:type="NotAuthenticated"><object type="Task">task-93</object></fault></fault></missingSet></objects></returnval></RetrievePropertiesExResponse>"#;
         assert!(fault_of(200, missing).is_some_and(|f| f.is_not_authenticated()));
         assert_eq!(fault_of(200, "<ok/>"), None);
-        assert!(matches!(
+        let f = |kind: &str| {
             Fault {
-                kind: "FileNotFound".into(),
-                message: String::new()
+                kind: kind.into(),
+                message: String::new(),
             }
-            .into_error("[ds] x"),
-            Error::NotFound { .. }
+            .into_error("[ds] x")
+        };
+        assert!(matches!(f("FileNotFound"), Error::NotFound { .. }));
+        assert!(matches!(
+            f("FileAlreadyExists"),
+            Error::AlreadyExists { .. }
         ));
+        assert!(matches!(f("InvalidArgument"), Error::InvalidArgument(_)));
+        assert!(matches!(
+            f("InvalidDatastorePath"),
+            Error::InvalidArgument(_)
+        ));
+        assert!(
+            matches!(f("NotAuthenticated"), Error::Backend { message, retryable: false, .. } if message.contains("not authenticated"))
+        );
+        assert!(matches!(f("CannotDeleteFile"), Error::Backend { .. }));
     }
 
     #[test]
