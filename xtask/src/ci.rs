@@ -39,8 +39,14 @@ fn fixtures() -> Result<()> {
 /// rest in `full` (each extra test build costs CI minutes for little).
 const FEATURE_SETS: &[(&[&str], bool)] = &[
     (&["--no-default-features", "--tests"], true),
-    (&["--no-default-features", "--features", "s3", "--tests"], false),
-    (&["--no-default-features", "--features", "vsphere", "--tests"], false),
+    (
+        &["--no-default-features", "--features", "s3", "--tests"],
+        false,
+    ),
+    (
+        &["--no-default-features", "--features", "vsphere", "--tests"],
+        false,
+    ),
     (&[], true),
     (&["--features", "full"], true),
 ];
