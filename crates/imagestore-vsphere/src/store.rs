@@ -2,7 +2,7 @@
 //! [`Datastore`] (a local folder for `vmdk://`, vSphere for `vsphere://`).
 //!
 //! Datastore calls block, so the trait methods are thin async shells that run the `Inner`
-//! methods on the blocking pool through [`DiskStore::run`]. The protocol is the local
+//! methods on the blocking pool through `DiskStore::run`. The protocol is the local
 //! backend's (`docs/reliability.md`), over datastore files: a store lock serialises commits,
 //! deletes and owner changes of a store; an id lock lets one writer of an id work at a time.
 
