@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod blocking;
 pub mod cache;
 pub mod digest;
 pub mod error;

@@ -1,35 +1,21 @@
 //! Image contents: stacks for the layer engine, export, checkout, writable layers and import.
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
-use imagestore_core::image::validate_metadata;
 use imagestore_core::layer::chain::LayerToc;
-use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
 use imagestore_core::layer::export::{LayerReader, LayerSource, layer_reader};
-use imagestore_core::layer::index;
-use imagestore_core::layer::ingest::{IngestLimits, ingest, sniff};
-use imagestore_core::layer::rewrite::filter_tar;
+use imagestore_core::layer::ingest::sniff;
 use imagestore_core::layer::stack::Stack;
-use imagestore_core::layer::validate::LowerView;
-use imagestore_core::storer::check_write_id;
-use imagestore_core::{
-    ByteStream, Error, Exporter, FilterSpec, Image, ImageId, ImportSummary, Importer, Metadata,
-    ObjectKind, Result, StoreName, Writable,
-};
+use imagestore_core::{Error, ImageId, ObjectKind, Result, StoreName, Writable};
 
-use crate::error::{BACKEND, IoContext};
+use crate::error::IoContext;
 use crate::fsx;
 use crate::layout::{ImageDir, StoreDir};
-use crate::lock;
 use crate::record::WritableRecord;
-use crate::store::{Inner, LocalStore};
+use crate::store::Inner;
 use crate::tocs::LocalLayerToc;
-use crate::write::StagingDir;
-use imagestore_core::layer::sink::FileSink;
 use imagestore_core::record;
 
 /// Reads layer files from disk; the compression is read from each file's first bytes.
@@ -119,7 +105,7 @@ impl Inner {
         })
     }
 
-    fn create_writable_sync(
+    pub(crate) fn create_writable_sync(
         &self,
         s: &StoreName,
         parent: &ImageId,
@@ -158,7 +144,7 @@ impl Inner {
         })
     }
 
-    fn get_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
+    pub(crate) fn get_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
         let sd = self.open_store(s)?;
         let rec = self.writable_record(s, &sd, id)?;
         let imports = fsx::list_names(&sd.writable(id).imports())?
@@ -173,7 +159,12 @@ impl Inner {
         })
     }
 
-    fn delete_writable_sync(&self, s: &StoreName, sd: &StoreDir, id: &ImageId) -> Result<()> {
+    pub(crate) fn delete_writable_sync(
+        &self,
+        s: &StoreName,
+        sd: &StoreDir,
+        id: &ImageId,
+    ) -> Result<()> {
         let _guard = self.store_lock(sd)?;
         let rec = self.writable_record(s, sd, id)?;
         let w = sd.writable(id);
@@ -186,153 +177,5 @@ impl Inner {
         std::fs::rename(&w.dir, &doomed).at(&w.dir)?;
         fsx::sync_dir(&sd.writables())?;
         fsx::remove_all(&doomed)
-    }
-}
-
-impl LocalStore {
-    /// The stack of an image or writable layer.
-    pub(crate) async fn stack(&self, s: &StoreName, id: &ImageId) -> Result<Stack> {
-        let (s, id) = (s.clone(), id.clone());
-        self.run(move |i| i.stack_sync(&s, &id)).await
-    }
-
-    async fn store_dir_checked(&self, s: &StoreName) -> Result<StoreDir> {
-        let s = s.clone();
-        self.run(move |i| i.open_store(&s)).await
-    }
-}
-
-#[async_trait]
-impl Importer for LocalStore {
-    async fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable> {
-        check_write_id(id)?;
-        let (s, p, id) = (parent.store.clone(), parent.id.clone(), id.clone());
-        self.run(move |i| i.create_writable_sync(&s, &p, &id)).await
-    }
-
-    async fn get_writable(&self, store: &StoreName, id: &ImageId) -> Result<Writable> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.get_writable_sync(&s, &id)).await
-    }
-
-    async fn import(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        filter: &FilterSpec,
-        tar: ByteStream,
-    ) -> Result<ImportSummary> {
-        let sd = self.store_dir_checked(store).await?;
-        let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
-        self.get_writable(store, id).await?;
-        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, id).await?.chain());
-        let limits = IngestLimits::default();
-        let filtered = filter_tar(tar, filter.clone(), limits.tar);
-        let mut staging = StagingDir::create(&sd, id)?;
-        let staged = staging.layout();
-        let mut sink = FileSink::create(BACKEND, staged.layer())?;
-        let ingested = ingest(filtered, None, &mut sink, lower, limits).await?;
-        sink.finish().await?;
-        let toc = ingested.toc.to_bytes()?;
-        let toc_index = index::build(&ingested.toc)?;
-        let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
-        let (s, id2, staged_dir) = (store.clone(), id.clone(), staging.dir.clone());
-        self.run(move |inner| {
-            fsx::write_new_synced(&staged.toc(), &toc)?;
-            fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
-            fsx::sync_dir(&staged_dir)?;
-            let _guard = inner.store_lock(&sd)?;
-            inner.writable_record(&s, &sd, &id2)?;
-            let wd = sd.writable(&id2);
-            let n = fsx::list_names(&wd.imports())?
-                .iter()
-                .filter(|n| !n.starts_with('.'))
-                .count() as u32;
-            let target = wd.import(n);
-            std::fs::rename(&staged_dir, &target.dir).at(&target.dir)?;
-            fsx::sync_dir(&wd.imports())
-        })
-        .await?;
-        staging.disarm();
-        Ok(summary)
-    }
-
-    async fn commit_writable(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        new_id: &ImageId,
-        meta: Metadata,
-    ) -> Result<Image> {
-        check_write_id(new_id)?;
-        validate_metadata(&meta)?;
-        let sd = self.store_dir_checked(store).await?;
-        let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
-        let w = self.get_writable(store, id).await?;
-        let stack = self.stack(store, id).await?;
-        let diff = stack.export_since(Some(&w.parent), id, &FilterSpec::all(), true)?;
-        let image = self
-            .write_layer(store, &w.parent, new_id, meta, None, diff)
-            .await?;
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &sd, &id))
-            .await?;
-        Ok(image)
-    }
-
-    async fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()> {
-        let sd = self.store_dir_checked(store).await?;
-        let _lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &sd, &id))
-            .await
-    }
-}
-
-#[async_trait]
-impl Exporter for LocalStore {
-    async fn export(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        ancestor: Option<&ImageId>,
-        filter: &FilterSpec,
-        data: bool,
-    ) -> Result<ByteStream> {
-        let stack = self.stack(store, id).await?;
-        stack.export_since(ancestor, id, filter, data)
-    }
-
-    async fn export_vmdk(&self, _store: &StoreName, _id: &ImageId) -> Result<ByteStream> {
-        Err(Error::Unsupported {
-            operation: "VMDK export (images are kept as layer tars, not disks)",
-            backend: BACKEND,
-        })
-    }
-
-    async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
-        let (s, id) = (store.clone(), id.clone());
-        let path = self
-            .run(move |i| {
-                let sd = i.open_store(&s)?;
-                i.record(&s, &sd, &id)?;
-                Ok(sd.image(&id).layer())
-            })
-            .await?;
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Error::io(BACKEND, &path, e))?;
-        Ok(Box::pin(f))
-    }
-
-    async fn checkout(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        dest: &Path,
-        options: &CheckoutOptions,
-    ) -> Result<CheckoutReport> {
-        let stack = self.stack(store, id).await?;
-        stack.checkout(dest.to_owned(), options.clone()).await
     }
 }

@@ -1,20 +1,20 @@
-//! The local backend: the [`ImageStorer`] implementation over a directory.
+//! The local backend over a directory: [`LocalStore`], its handle, and `Inner`, its
+//! catalogue (a [`BlockingCatalog`]: stores, images, deletes, usage and owners; the writable
+//! layers' part is in `content.rs`). The handle's streaming hooks (id lock, write, import) are
+//! in `write.rs`; core turns the pair into the storage traits.
 //!
-//! Synchronous file-system work runs on the blocking pool through [`LocalStore::run`]; the
-//! trait methods are thin async shells around the `Inner` methods, which hold the logic.
+//! Every catalogue call is synchronous file-system work, run on the blocking pool.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-
-use imagestore_core::image::{store_url, validate_metadata};
+use imagestore_core::blocking::{BlockingCatalog, run_blocking};
+use imagestore_core::image::store_url;
+use imagestore_core::layer::stack::Stack;
 use imagestore_core::names::SCRATCH_ID;
-use imagestore_core::storer::check_write_id;
 use imagestore_core::{
-    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, Metadata, ObjectKind,
-    OwnerName, Resolver, Result, StoreName, Url,
+    ByteStream, Error, Image, ImageId, ObjectKind, OwnerName, Result, StoreName, Url, Writable,
 };
 
 use crate::config::Config;
@@ -75,10 +75,7 @@ impl LocalStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::backend(BACKEND, format!("blocking task failed: {e}"), false))?
+        run_blocking(BACKEND, self.inner.clone(), f).await
     }
 }
 
@@ -217,6 +214,50 @@ impl Inner {
         fsx::sync_dir(&sd.dir)
     }
 
+    /// Who uses an image: children, writable layers and owners.
+    pub(crate) fn users(&self, sd: &StoreDir, id: &ImageId) -> Result<Vec<String>> {
+        let d = sd.image(id);
+        let mut users = Vec::new();
+        for c in fsx::list_names(&d.children())? {
+            let Ok(cid) = ImageId::new(c.as_str()) else {
+                continue;
+            };
+            if self.writable_exists(sd, &cid)? {
+                users.push(format!("writable {cid}"));
+            } else {
+                users.push(format!("child {cid}"));
+            }
+        }
+        for o in fsx::list_names(&d.owners())? {
+            users.push(format!("owner {o}"));
+        }
+        Ok(users)
+    }
+
+    /// Parses an image locator of this backend back into `(store, id)`.
+    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
+        let bad = || {
+            Error::invalid(format!(
+                "{url} is not an image URL of the store at {}",
+                self.base_url
+            ))
+        };
+        if url.scheme() != "file" {
+            return Err(bad());
+        }
+        let path = url.to_file_path().map_err(|()| bad())?;
+        let rel = path.strip_prefix(self.root.stores()).map_err(|_| bad())?;
+        let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+        match parts.as_slice() {
+            [store, "images", id] => Ok((StoreName::new(*store)?, ImageId::new(*id)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The catalogue half of the local backend; the writable layers' part is in `content.rs`'s
+/// helpers, called from here.
+impl BlockingCatalog for Inner {
     fn create_store(&self, s: &StoreName) -> Result<Url> {
         let _guard = lock::lock_blocking(&self.root.lock_file(), lock::range_for(s.as_str()))?;
         let final_dir = self.store_dir(s);
@@ -270,6 +311,11 @@ impl Inner {
         fsx::remove_all(&doomed)
     }
 
+    fn store_url(&self, s: &StoreName) -> Result<Url> {
+        self.open_store(s)?;
+        Ok(store_url(&self.base_url, s))
+    }
+
     fn list_stores(&self) -> Result<Vec<Url>> {
         let mut out = Vec::new();
         for name in fsx::list_names(&self.root.stores())? {
@@ -280,7 +326,13 @@ impl Inner {
         Ok(out)
     }
 
-    fn list(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+    fn image(&self, s: &StoreName, id: &ImageId) -> Result<Image> {
+        let sd = self.open_store(s)?;
+        let r = self.record(s, &sd, id)?;
+        self.image_of(s, &r)
+    }
+
+    fn images(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
         let sd = self.open_store(s)?;
         let mut out = Vec::new();
         if ids.is_empty() {
@@ -303,27 +355,7 @@ impl Inner {
         Ok(out)
     }
 
-    /// Who uses an image: children, writable layers and owners.
-    pub(crate) fn users(&self, sd: &StoreDir, id: &ImageId) -> Result<Vec<String>> {
-        let d = sd.image(id);
-        let mut users = Vec::new();
-        for c in fsx::list_names(&d.children())? {
-            let Ok(cid) = ImageId::new(c.as_str()) else {
-                continue;
-            };
-            if self.writable_exists(sd, &cid)? {
-                users.push(format!("writable {cid}"));
-            } else {
-                users.push(format!("child {cid}"));
-            }
-        }
-        for o in fsx::list_names(&d.owners())? {
-            users.push(format!("owner {o}"));
-        }
-        Ok(users)
-    }
-
-    fn delete(&self, image: &Image) -> Result<Image> {
+    fn delete_image(&self, image: &Image) -> Result<Image> {
         let s = &image.store;
         let id = &image.id;
         if id.is_scratch() {
@@ -362,19 +394,41 @@ impl Inner {
         Ok(found)
     }
 
-    fn owner_change(
-        &self,
-        s: &StoreName,
-        id: &ImageId,
-        owner: &OwnerName,
-        acquire: bool,
-    ) -> Result<()> {
+    fn store_usage(&self, s: &StoreName) -> Result<u64> {
+        let sd = self.open_store(s)?;
+        self.read_usage(&sd)
+    }
+
+    fn layer_usage(&self, s: &StoreName, id: &ImageId) -> Result<u64> {
+        let sd = self.open_store(s)?;
+        let r = self.record(s, &sd, id)?;
+        Ok(if id.is_scratch() { 0 } else { r.size })
+    }
+
+    fn url(&self, s: &StoreName, id: &ImageId) -> Result<Url> {
+        let sd = self.open_store(s)?;
+        self.record(s, &sd, id)?;
+        Ok(self.image_url(s, id))
+    }
+
+    fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
+        let (s, id) = self.parse_locator(url)?;
+        let sd = self.open_store(&s)?;
+        self.record(&s, &sd, &id)?;
+        let names = fsx::list_names(&sd.image(&id).owners())?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| OwnerName::new(n).ok())
+            .collect())
+    }
+
+    fn set_owner(&self, s: &StoreName, id: &ImageId, owner: &OwnerName, held: bool) -> Result<()> {
         let sd = self.open_store(s)?;
         let _guard = self.store_lock(&sd)?;
         self.record(s, &sd, id)?;
         let d = sd.image(id);
         let p = d.owner(owner);
-        if acquire {
+        if held {
             fsx::mkdir(&d.owners(), true)?;
             if !fsx::exists(&p)? {
                 fsx::write_new_synced(&p, b"")?;
@@ -391,148 +445,35 @@ impl Inner {
         }
     }
 
-    /// Parses an image locator of this backend back into `(store, id)`.
-    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
-        let bad = || {
-            Error::invalid(format!(
-                "{url} is not an image URL of the store at {}",
-                self.base_url
-            ))
-        };
-        if url.scheme() != "file" {
-            return Err(bad());
-        }
-        let path = url.to_file_path().map_err(|()| bad())?;
-        let rel = path.strip_prefix(self.root.stores()).map_err(|_| bad())?;
-        let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
-        match parts.as_slice() {
-            [store, "images", id] => Ok((StoreName::new(*store)?, ImageId::new(*id)?)),
-            _ => Err(bad()),
-        }
-    }
-}
-
-#[async_trait]
-impl ImageStorer for LocalStore {
-    fn scheme(&self) -> &'static str {
-        BACKEND
+    fn stack(&self, s: &StoreName, id: &ImageId) -> Result<Stack> {
+        self.stack_sync(s, id)
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, MAX_CHAIN_DEPTH, true)
+    fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable> {
+        self.create_writable_sync(&parent.store, &parent.id, id)
     }
 
-    async fn create_image_store(&self, name: &StoreName) -> Result<Url> {
-        let name = name.clone();
-        self.run(move |i| i.create_store(&name)).await
+    fn writable(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
+        self.get_writable_sync(s, id)
     }
 
-    async fn delete_image_store(&self, name: &StoreName) -> Result<()> {
-        let name = name.clone();
-        self.run(move |i| i.delete_store(&name)).await
+    fn delete_writable(&self, s: &StoreName, id: &ImageId) -> Result<()> {
+        let sd = self.open_store(s)?;
+        self.delete_writable_sync(s, &sd, id)
     }
 
-    async fn get_image_store(&self, name: &StoreName) -> Result<Url> {
-        let name = name.clone();
-        self.run(move |i| {
-            i.open_store(&name)?;
-            Ok(store_url(&i.base_url, &name))
+    fn raw_layer(&self, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
+        let sd = self.open_store(s)?;
+        self.record(s, &sd, id)?;
+        let path = sd.image(id).layer();
+        let f = std::fs::File::open(&path).at(&path)?;
+        Ok(Box::pin(tokio::fs::File::from_std(f)))
+    }
+
+    fn flat_vmdk(&self, _s: &StoreName, _id: &ImageId) -> Result<ByteStream> {
+        Err(Error::Unsupported {
+            operation: "VMDK export (images are kept as layer tars, not disks)",
+            backend: BACKEND,
         })
-        .await
-    }
-
-    async fn list_image_stores(&self) -> Result<Vec<Url>> {
-        self.run(|i| i.list_stores()).await
-    }
-
-    async fn write_image(
-        &self,
-        parent: &Image,
-        id: &ImageId,
-        meta: Metadata,
-        sum: &Digest,
-        body: ByteStream,
-    ) -> Result<Image> {
-        check_write_id(id)?;
-        validate_metadata(&meta)?;
-        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body)
-            .await
-    }
-
-    async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sd = i.open_store(&s)?;
-            let r = i.record(&s, &sd, &id)?;
-            i.image_of(&s, &r)
-        })
-        .await
-    }
-
-    async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
-        let (s, ids) = (store.clone(), ids.to_vec());
-        self.run(move |i| i.list(&s, &ids)).await
-    }
-
-    async fn delete_image(&self, image: &Image) -> Result<Image> {
-        let image = image.clone();
-        self.run(move |i| i.delete(&image)).await
-    }
-
-    async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {
-        let s = store.clone();
-        self.run(move |i| {
-            let sd = i.open_store(&s)?;
-            i.read_usage(&sd)
-        })
-        .await
-    }
-
-    async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sd = i.open_store(&s)?;
-            let r = i.record(&s, &sd, &id)?;
-            Ok(if id.is_scratch() { 0 } else { r.size })
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl Resolver for LocalStore {
-    async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sd = i.open_store(&s)?;
-            i.record(&s, &sd, &id)?;
-            Ok(i.image_url(&s, &id))
-        })
-        .await
-    }
-
-    async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
-        let url = url.clone();
-        self.run(move |i| {
-            let (s, id) = i.parse_locator(&url)?;
-            let sd = i.open_store(&s)?;
-            i.record(&s, &sd, &id)?;
-            let names = fsx::list_names(&sd.image(&id).owners())?;
-            Ok(names
-                .into_iter()
-                .filter_map(|n| OwnerName::new(n).ok())
-                .collect())
-        })
-        .await
-    }
-
-    async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        self.run(move |i| i.owner_change(&s, &id, &o, true)).await
-    }
-
-    async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        self.run(move |i| i.owner_change(&s, &id, &o, false)).await
     }
 }

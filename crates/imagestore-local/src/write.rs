@@ -1,4 +1,5 @@
-//! Writing a layer: stage, verify, commit.
+//! Writing a layer (stage, verify, commit) and importing into a writable layer: the
+//! backend handle's [`BlockingBackend`] hooks.
 //!
 //! ```text
 //! id lock ─► staging/<id>.<nonce>/layer ◄─ core ingest pipeline (hash, parse, TOC)
@@ -13,19 +14,23 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
+use imagestore_core::blocking::{BlockingBackend, BlockingCatalog};
 use imagestore_core::layer::index;
 use imagestore_core::layer::ingest::{IngestLimits, ingest};
 use imagestore_core::layer::sink::FileSink;
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::storer::{check_depth, check_existing_write};
 use imagestore_core::{
-    ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
+    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImportSummary, Metadata, ObjectKind,
+    Result, StoreName,
 };
 
 use crate::error::{BACKEND, IoContext};
 use crate::fsx;
 use crate::layout::{ImageDir, StoreDir};
-use crate::lock;
+use crate::lock::{self, LockGuard};
 use crate::record::ImageRecord;
 use crate::store::{Inner, LocalStore, MAX_CHAIN_DEPTH};
 
@@ -116,9 +121,30 @@ fn precheck(
     Ok(Precheck::Write(sd, parent))
 }
 
-impl LocalStore {
-    /// Writes image `id` on `parent` from `body`; with `sum`, the bytes must hash to it.
-    pub(crate) async fn write_layer(
+/// The local handle; core derives the storage traits from it and `Inner`'s catalogue.
+#[async_trait]
+impl BlockingBackend for LocalStore {
+    type IdLock = LockGuard;
+
+    fn catalog(&self) -> Arc<dyn BlockingCatalog> {
+        self.inner.clone()
+    }
+
+    fn scheme(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, MAX_CHAIN_DEPTH, true)
+    }
+
+    async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<LockGuard> {
+        let s = store.clone();
+        let sd = self.run(move |i| i.open_store(&s)).await?;
+        lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await
+    }
+
+    async fn write_layer(
         &self,
         store: &StoreName,
         parent: &ImageId,
@@ -147,7 +173,9 @@ impl LocalStore {
             Precheck::Write(_, r) => r,
         };
 
-        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, parent).await?.chain());
+        let (s, p) = (store.clone(), parent.clone());
+        let stack = self.run(move |inner| inner.stack_sync(&s, &p)).await?;
+        let lower: Arc<dyn LowerView> = Arc::new(stack.chain());
         let mut staging = StagingDir::create(&sd, id)?;
         let staged = staging.layout();
         let mut sink = FileSink::create(BACKEND, staged.layer())?;
@@ -186,6 +214,45 @@ impl LocalStore {
             .await?;
         staging.disarm();
         Ok(image)
+    }
+
+    async fn import_layer(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        lower: Arc<dyn LowerView>,
+        tar: ByteStream,
+        limits: IngestLimits,
+    ) -> Result<ImportSummary> {
+        let s = store.clone();
+        let sd = self.run(move |i| i.open_store(&s)).await?;
+        let mut staging = StagingDir::create(&sd, id)?;
+        let staged = staging.layout();
+        let mut sink = FileSink::create(BACKEND, staged.layer())?;
+        let ingested = ingest(tar, None, &mut sink, lower, limits).await?;
+        sink.finish().await?;
+        let toc = ingested.toc.to_bytes()?;
+        let toc_index = index::build(&ingested.toc)?;
+        let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
+        let (s, id2, staged_dir) = (store.clone(), id.clone(), staging.dir.clone());
+        self.run(move |inner| {
+            fsx::write_new_synced(&staged.toc(), &toc)?;
+            fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
+            fsx::sync_dir(&staged_dir)?;
+            let _guard = inner.store_lock(&sd)?;
+            inner.writable_record(&s, &sd, &id2)?;
+            let wd = sd.writable(&id2);
+            let n = fsx::list_names(&wd.imports())?
+                .iter()
+                .filter(|n| !n.starts_with('.'))
+                .count() as u32;
+            let target = wd.import(n);
+            std::fs::rename(&staged_dir, &target.dir).at(&target.dir)?;
+            fsx::sync_dir(&wd.imports())
+        })
+        .await?;
+        staging.disarm();
+        Ok(summary)
     }
 }
 

@@ -10,32 +10,21 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
-use imagestore_core::image::validate_metadata;
 use imagestore_core::layer::chain::{ChainView, LayerToc, MemoryToc};
-use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
-use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped};
-use imagestore_core::layer::rewrite::filter_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::layer::stream::spawn_producer;
 use imagestore_core::layer::toc::Toc;
-use imagestore_core::layer::validate::LowerView;
 use imagestore_core::record::{self, ImageRecord, WritableRecord};
-use imagestore_core::storer::check_write_id;
-use imagestore_core::{
-    ByteStream, Error, Exporter, FilterSpec, Image, ImageId, ImportSummary, Importer, Metadata,
-    ObjectKind, Result, StoreName, Writable,
-};
+use imagestore_core::{ByteStream, Error, ImageId, ObjectKind, Result, StoreName, Writable};
 
-use crate::datastore::{DsLock, DsPath};
+use crate::datastore::DsPath;
 use crate::disk::new_cid;
-use crate::error::{IoContext, disk_err};
-use crate::ext4::{LayerData, StageTap};
+use crate::error::disk_err;
+use crate::ext4::LayerData;
 use crate::fsread::FsContent;
 use crate::layer::WorkDir;
 use crate::layout::{self, StorePaths, WritablePaths};
-use crate::store::{DiskStore, Inner, image_name};
+use crate::store::{Inner, image_name};
 use crate::vmdk::chain::Chain;
 use crate::vmdk::sparse::SparseDisk;
 use crate::vmdk::stream::write_stream_optimized;
@@ -186,7 +175,7 @@ impl Inner {
         Toc::from_bytes(&bytes, &self.ds.describe(&path))
     }
 
-    fn create_writable_sync(
+    pub(crate) fn create_writable_sync(
         &self,
         s: &StoreName,
         parent: &ImageId,
@@ -219,7 +208,7 @@ impl Inner {
         })
     }
 
-    fn get_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
+    pub(crate) fn get_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
         let sp = self.open_store(s)?;
         let state = self.writable_state(s, &sp, id)?;
         Ok(Writable {
@@ -230,7 +219,7 @@ impl Inner {
         })
     }
 
-    fn delete_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<()> {
+    pub(crate) fn delete_writable_sync(&self, s: &StoreName, id: &ImageId) -> Result<()> {
         let sp = self.open_store(s)?;
         let _guard = self.store_lock(&sp)?;
         let rec = self.writable_record(s, &sp, id)?;
@@ -244,7 +233,7 @@ impl Inner {
     /// Applies an ingested import (its files staged in `staged`, its TOC `toc`) to writable
     /// layer `id`:
     /// a new disk holding everything imported so far, then the import's TOC.
-    fn apply_import(
+    pub(crate) fn apply_import(
         &self,
         s: &StoreName,
         id: &ImageId,
@@ -283,138 +272,19 @@ impl Inner {
     }
 }
 
-impl DiskStore {
-    /// Takes the write lock of id `id` of store `store`.
-    pub(crate) async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<DsLock> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |inner| {
-            let sp = inner.open_store(&s)?;
-            inner.id_lock(&sp, &id)
-        })
-        .await
-    }
-
-    /// The stack of an image or writable layer.
-    pub(crate) async fn stack(&self, s: &StoreName, id: &ImageId) -> Result<Stack> {
-        let (s, id) = (s.clone(), id.clone());
-        self.run(move |i| i.stack_sync(&s, &id)).await
-    }
-}
-
-#[async_trait]
-impl Importer for DiskStore {
-    async fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable> {
-        check_write_id(id)?;
-        let (s, p, id) = (parent.store.clone(), parent.id.clone(), id.clone());
-        self.run(move |i| i.create_writable_sync(&s, &p, &id)).await
-    }
-
-    async fn get_writable(&self, store: &StoreName, id: &ImageId) -> Result<Writable> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.get_writable_sync(&s, &id)).await
-    }
-
-    async fn import(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        filter: &FilterSpec,
-        tar: ByteStream,
-    ) -> Result<ImportSummary> {
-        let _lock = self.lock_id(store, id).await?;
-        self.get_writable(store, id).await?;
-        let lower: Arc<dyn LowerView> = Arc::new(self.stack(store, id).await?.chain());
-        let limits = IngestLimits::default();
-        let filtered = filter_tar(tar, filter.clone(), limits.tar);
-        let work = WorkDir::create(&self.inner.ds.work_dir())?;
-        let staged = work.path().join("files");
-        std::fs::create_dir(&staged).at(&staged)?;
-        let tap = Box::new(StageTap::new(staged.clone()));
-        let ingested =
-            ingest_tapped(filtered, None, &mut NullSink, lower, limits, Some(tap)).await?;
-        let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc, work.path()))
-            .await?;
-        Ok(summary)
-    }
-
-    async fn commit_writable(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        new_id: &ImageId,
-        meta: Metadata,
-    ) -> Result<Image> {
-        check_write_id(new_id)?;
-        validate_metadata(&meta)?;
-        let _lock = self.lock_id(store, id).await?;
-        let w = self.get_writable(store, id).await?;
-        let stack = self.stack(store, id).await?;
-        let diff = stack.export_since(Some(&w.parent), id, &FilterSpec::all(), true)?;
-        let image = self
-            .write_layer(store, &w.parent, new_id, meta, None, diff)
-            .await?;
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &id)).await?;
-        Ok(image)
-    }
-
-    async fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()> {
-        let _lock = self.lock_id(store, id).await?;
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| i.delete_writable_sync(&s, &id)).await
-    }
-}
-
-#[async_trait]
-impl Exporter for DiskStore {
-    async fn export(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        ancestor: Option<&ImageId>,
-        filter: &FilterSpec,
-        data: bool,
-    ) -> Result<ByteStream> {
-        let stack = self.stack(store, id).await?;
-        stack.export_since(ancestor, id, filter, data)
-    }
-
-    async fn export_raw(&self, _store: &StoreName, _id: &ImageId) -> Result<ByteStream> {
-        Err(Error::Unsupported {
-            operation: "raw layer export (layers are kept as delta disks, not as tars)",
-            backend: self.inner.ds.scheme(),
-        })
-    }
-
-    async fn export_vmdk(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
-        let (s, id) = (store.clone(), id.clone());
-        let chain = self
-            .run(move |i| {
-                let sp = i.open_store(&s)?;
-                let r = i.record(&s, &sp, &id)?;
-                let layers = i.image_layers(&s, r)?;
-                Ok((i.open_chain(&sp, &layers.ids)?, format!("{id}.vmdk")))
-            })
-            .await?;
+impl Inner {
+    /// Image `id` flattened into one streamOptimized disk, produced as it is read.
+    pub(crate) fn export_vmdk_sync(&self, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
+        let sp = self.open_store(s)?;
+        let r = self.record(s, &sp, id)?;
+        let layers = self.image_layers(s, r)?;
+        let chain = self.open_chain(&sp, &layers.ids)?;
+        let name = format!("{id}.vmdk");
         Ok(spawn_producer(move |w| {
-            let (chain, name) = chain;
             write_stream_optimized(&chain, &name, new_cid(), w)
                 .map(|_| ())
                 .map_err(|e| disk_err(&name, e))
         }))
-    }
-
-    async fn checkout(
-        &self,
-        store: &StoreName,
-        id: &ImageId,
-        dest: &Path,
-        options: &CheckoutOptions,
-    ) -> Result<CheckoutReport> {
-        let stack = self.stack(store, id).await?;
-        stack.checkout(dest.to_owned(), options.clone()).await
     }
 }
 

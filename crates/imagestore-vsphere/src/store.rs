@@ -1,25 +1,25 @@
-//! The disk backends' [`ImageStorer`]: stores, images, deletes, usage and owners, on any
-//! [`Datastore`] (a local folder for `vmdk://`, vSphere for `vsphere://`).
+//! The disk backends' stores, images, deletes, usage and owners, on any [`Datastore`] (a
+//! local folder for `vmdk://`, vSphere for `vsphere://`).
 //!
-//! Datastore calls block, so the trait methods are thin async shells that run the `Inner`
-//! methods on the blocking pool through `DiskStore::run`. The protocol is the local
-//! backend's (`docs/reliability.md`), over datastore files: a store lock serialises commits,
-//! deletes and owner changes of a store; an id lock lets one writer of an id work at a time.
+//! Datastore calls block, so `Inner` is a [`BlockingCatalog`] (the writable layers' part is in
+//! `content.rs`) and [`DiskStore`] a `BlockingBackend` (its hooks are in `write.rs`); core
+//! turns the pair into the storage traits. The protocol is the local backend's
+//! (`docs/reliability.md`), over datastore files: a store lock serialises commits, deletes and
+//! owner changes of a store; an id lock lets one writer of an id work at a time.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-
+use imagestore_core::blocking::{BlockingCatalog, run_blocking};
 use imagestore_core::cache::Cache;
-use imagestore_core::image::{Metadata, store_url, validate_metadata};
+use imagestore_core::image::{Metadata, store_url};
+use imagestore_core::layer::stack::Stack;
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::lock::{STORE_RANGE, range_for};
 use imagestore_core::record::{self, ImageRecord, WritableRecord};
-use imagestore_core::storer::check_write_id;
 use imagestore_core::{
-    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImageStorer, ObjectKind, OwnerName,
-    Resolver, Result, StoreName, Url,
+    ByteStream, Digest, Error, Image, ImageId, ObjectKind, OwnerName, Result, StoreName, Url,
+    Writable,
 };
 
 use crate::config::Options;
@@ -88,10 +88,7 @@ impl DiskStore {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::backend(BACKEND, format!("blocking task failed: {e}"), false))?
+        run_blocking(BACKEND, self.inner.clone(), f).await
     }
 }
 
@@ -262,6 +259,50 @@ impl Inner {
         }
     }
 
+    /// Who uses an image: children, writable layers, owners, and what the datastore knows
+    /// (virtual machines on vSphere).
+    pub(crate) fn users(&self, sp: &StorePaths, id: &ImageId) -> Result<Vec<String>> {
+        let p = sp.image(id);
+        let mut users = Vec::new();
+        for c in self.ds.list(&p.children())? {
+            let Ok(cid) = ImageId::new(c.as_str()) else {
+                continue;
+            };
+            if self.find_writable(&sp.writable(&cid))?.is_some() {
+                users.push(format!("writable {cid}"));
+            } else if layout::is_committed(self.ds.as_ref(), &sp.image(&cid))? {
+                users.push(format!("child {cid}"));
+            }
+        }
+        for o in self.ds.list(&p.owners())? {
+            users.push(format!("owner {o}"));
+        }
+        users.extend(self.ds.disk_users(&p.disk)?);
+        Ok(users)
+    }
+
+    /// The store and image a locator of this backend names.
+    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
+        let bad = || {
+            Error::invalid(format!(
+                "{url} is not an image URL of the store at {}",
+                self.ds.base_url()
+            ))
+        };
+        let path = self.ds.path_of(url).ok_or_else(bad)?;
+        let parts: Vec<&str> = path.as_str().split('/').collect();
+        match parts.as_slice() {
+            ["VIC", store, "images", id, disk] if *disk == format!("{id}.vmdk") => {
+                Ok((StoreName::new(*store)?, ImageId::new(*id)?))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The catalogue half of the disk backends; the writable layers' part is in `content.rs`'s
+/// helpers, called from here.
+impl BlockingCatalog for Inner {
     fn create_store(&self, s: &StoreName) -> Result<Url> {
         let _guard = self.lock(&layout::root_lock(), range_for(s.as_str()))?;
         let sp = StorePaths::new(s);
@@ -313,6 +354,11 @@ impl Inner {
         self.ds.remove_all(&sp.dir)
     }
 
+    fn store_url(&self, s: &StoreName) -> Result<Url> {
+        self.open_store(s)?;
+        Ok(store_url(&self.ds.base_url(), s))
+    }
+
     fn list_stores(&self) -> Result<Vec<Url>> {
         let mut out = Vec::new();
         for name in self.ds.list(&layout::vic())? {
@@ -325,7 +371,13 @@ impl Inner {
         Ok(out)
     }
 
-    fn list(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
+    fn image(&self, s: &StoreName, id: &ImageId) -> Result<Image> {
+        let sp = self.open_store(s)?;
+        let r = self.record(s, &sp, id)?;
+        self.image_of(s, &sp, &r)
+    }
+
+    fn images(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
         let sp = self.open_store(s)?;
         let wanted: Vec<ImageId> = if ids.is_empty() {
             self.ds
@@ -346,29 +398,7 @@ impl Inner {
         Ok(out)
     }
 
-    /// Who uses an image: children, writable layers, owners, and what the datastore knows
-    /// (virtual machines on vSphere).
-    pub(crate) fn users(&self, sp: &StorePaths, id: &ImageId) -> Result<Vec<String>> {
-        let p = sp.image(id);
-        let mut users = Vec::new();
-        for c in self.ds.list(&p.children())? {
-            let Ok(cid) = ImageId::new(c.as_str()) else {
-                continue;
-            };
-            if self.find_writable(&sp.writable(&cid))?.is_some() {
-                users.push(format!("writable {cid}"));
-            } else if layout::is_committed(self.ds.as_ref(), &sp.image(&cid))? {
-                users.push(format!("child {cid}"));
-            }
-        }
-        for o in self.ds.list(&p.owners())? {
-            users.push(format!("owner {o}"));
-        }
-        users.extend(self.ds.disk_users(&p.disk)?);
-        Ok(users)
-    }
-
-    fn delete(&self, image: &Image) -> Result<Image> {
+    fn delete_image(&self, image: &Image) -> Result<Image> {
         let (s, id) = (&image.store, &image.id);
         if id.is_scratch() {
             return Err(Error::invalid(format!(
@@ -399,19 +429,51 @@ impl Inner {
         Ok(found)
     }
 
-    fn owner_change(
-        &self,
-        s: &StoreName,
-        id: &ImageId,
-        owner: &OwnerName,
-        acquire: bool,
-    ) -> Result<()> {
+    fn store_usage(&self, s: &StoreName) -> Result<u64> {
+        let sp = self.open_store(s)?;
+        self.read_usage(&sp)
+    }
+
+    fn layer_usage(&self, s: &StoreName, id: &ImageId) -> Result<u64> {
+        let sp = self.open_store(s)?;
+        let r = self.record(s, &sp, id)?;
+        Ok(if id.is_scratch() { 0 } else { r.size })
+    }
+
+    fn url(&self, s: &StoreName, id: &ImageId) -> Result<Url> {
+        let sp = self.open_store(s)?;
+        self.record(s, &sp, id)?;
+        Ok(self.ds.url(&sp.image(id).disk))
+    }
+
+    /// Registered owners, and the VMs with a disk backed by the image's disk (as `vm-<name>`).
+    fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
+        let (s, id) = self.parse_locator(url)?;
+        let sp = self.open_store(&s)?;
+        self.record(&s, &sp, &id)?;
+        let p = sp.image(&id);
+        let mut names: Vec<OwnerName> = self
+            .ds
+            .list(&p.owners())?
+            .into_iter()
+            .filter_map(|n| OwnerName::new(n).ok())
+            .collect();
+        for user in self.ds.disk_users(&p.disk)? {
+            let name = user.strip_prefix("vm ").unwrap_or(&user);
+            if let Ok(o) = OwnerName::new(format!("vm-{name}")) {
+                names.push(o);
+            }
+        }
+        Ok(names)
+    }
+
+    fn set_owner(&self, s: &StoreName, id: &ImageId, owner: &OwnerName, held: bool) -> Result<()> {
         let sp = self.open_store(s)?;
         let _guard = self.store_lock(&sp)?;
         self.record(s, &sp, id)?;
         let p = sp.image(id);
         let marker = p.owner(owner);
-        if acquire {
+        if held {
             self.ds.mkdir(&p.owners())?;
             self.ds.create_new(&marker, b"")?;
             Ok(())
@@ -425,155 +487,31 @@ impl Inner {
         }
     }
 
-    /// The store and image a locator of this backend names.
-    fn parse_locator(&self, url: &Url) -> Result<(StoreName, ImageId)> {
-        let bad = || {
-            Error::invalid(format!(
-                "{url} is not an image URL of the store at {}",
-                self.ds.base_url()
-            ))
-        };
-        let path = self.ds.path_of(url).ok_or_else(bad)?;
-        let parts: Vec<&str> = path.as_str().split('/').collect();
-        match parts.as_slice() {
-            ["VIC", store, "images", id, disk] if *disk == format!("{id}.vmdk") => {
-                Ok((StoreName::new(*store)?, ImageId::new(*id)?))
-            }
-            _ => Err(bad()),
-        }
-    }
-}
-
-#[async_trait]
-impl ImageStorer for DiskStore {
-    fn scheme(&self) -> &'static str {
-        self.inner.ds.scheme()
+    fn stack(&self, s: &StoreName, id: &ImageId) -> Result<Stack> {
+        self.stack_sync(s, id)
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, MAX_CHAIN_DEPTH, self.inner.ds.shared_writers())
+    fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable> {
+        self.create_writable_sync(&parent.store, &parent.id, id)
     }
 
-    async fn create_image_store(&self, name: &StoreName) -> Result<Url> {
-        let name = name.clone();
-        self.run(move |i| i.create_store(&name)).await
+    fn writable(&self, s: &StoreName, id: &ImageId) -> Result<Writable> {
+        self.get_writable_sync(s, id)
     }
 
-    async fn delete_image_store(&self, name: &StoreName) -> Result<()> {
-        let name = name.clone();
-        self.run(move |i| i.delete_store(&name)).await
+    fn delete_writable(&self, s: &StoreName, id: &ImageId) -> Result<()> {
+        self.delete_writable_sync(s, id)
     }
 
-    async fn get_image_store(&self, name: &StoreName) -> Result<Url> {
-        let name = name.clone();
-        self.run(move |i| {
-            i.open_store(&name)?;
-            Ok(store_url(&i.ds.base_url(), &name))
+    fn raw_layer(&self, _s: &StoreName, _id: &ImageId) -> Result<ByteStream> {
+        Err(Error::Unsupported {
+            operation: "raw layer export (layers are kept as delta disks, not as tars)",
+            backend: self.ds.scheme(),
         })
-        .await
     }
 
-    async fn list_image_stores(&self) -> Result<Vec<Url>> {
-        self.run(|i| i.list_stores()).await
-    }
-
-    async fn write_image(
-        &self,
-        parent: &Image,
-        id: &ImageId,
-        meta: Metadata,
-        sum: &Digest,
-        body: ByteStream,
-    ) -> Result<Image> {
-        check_write_id(id)?;
-        validate_metadata(&meta)?;
-        self.write_layer(&parent.store, &parent.id, id, meta, Some(sum.clone()), body)
-            .await
-    }
-
-    async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sp = i.open_store(&s)?;
-            let r = i.record(&s, &sp, &id)?;
-            i.image_of(&s, &sp, &r)
-        })
-        .await
-    }
-
-    async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>> {
-        let (s, ids) = (store.clone(), ids.to_vec());
-        self.run(move |i| i.list(&s, &ids)).await
-    }
-
-    async fn delete_image(&self, image: &Image) -> Result<Image> {
-        let image = image.clone();
-        self.run(move |i| i.delete(&image)).await
-    }
-
-    async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {
-        let s = store.clone();
-        self.run(move |i| {
-            let sp = i.open_store(&s)?;
-            i.read_usage(&sp)
-        })
-        .await
-    }
-
-    async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sp = i.open_store(&s)?;
-            let r = i.record(&s, &sp, &id)?;
-            Ok(if id.is_scratch() { 0 } else { r.size })
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl Resolver for DiskStore {
-    async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |i| {
-            let sp = i.open_store(&s)?;
-            i.record(&s, &sp, &id)?;
-            Ok(i.ds.url(&sp.image(&id).disk))
-        })
-        .await
-    }
-
-    async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>> {
-        let url = url.clone();
-        self.run(move |i| {
-            let (s, id) = i.parse_locator(&url)?;
-            let sp = i.open_store(&s)?;
-            i.record(&s, &sp, &id)?;
-            let p = sp.image(&id);
-            let mut names: Vec<OwnerName> =
-                i.ds.list(&p.owners())?
-                    .into_iter()
-                    .filter_map(|n| OwnerName::new(n).ok())
-                    .collect();
-            for user in i.ds.disk_users(&p.disk)? {
-                let name = user.strip_prefix("vm ").unwrap_or(&user);
-                if let Ok(o) = OwnerName::new(format!("vm-{name}")) {
-                    names.push(o);
-                }
-            }
-            Ok(names)
-        })
-        .await
-    }
-
-    async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        self.run(move |i| i.owner_change(&s, &id, &o, true)).await
-    }
-
-    async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        self.run(move |i| i.owner_change(&s, &id, &o, false)).await
+    fn flat_vmdk(&self, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
+        self.export_vmdk_sync(s, id)
     }
 }
 

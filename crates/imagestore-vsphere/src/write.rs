@@ -1,7 +1,8 @@
-//! Writing images: a store's scratch image, and a layer image on a committed parent.
+//! Writing images (a store's scratch image, a layer image on a committed parent) and
+//! importing into writable layers: the backend handle's [`BlockingBackend`] hooks.
 //!
 //! ```text
-//! id lock ─► work/build-<pid>-<n>/layer.tar ◄─ core ingest pipeline (hash, parse, TOC)
+//! id lock ─► work/build-<pid>-<n>/files/ ◄─ core ingest pipeline (hash, parse, TOC)
 //!         ─► digest ok? ─► delta disk built from the parent chain (ext4 through debugfs)
 //!         ─► image folder: imageMetadata/, <id>.toc, image.json, <id>.vmdk
 //!         ─► store lock: parent still committed? child marker, manifest, usage counter
@@ -17,6 +18,9 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use async_trait::async_trait;
+
+use imagestore_core::blocking::{BlockingBackend, BlockingCatalog};
 use imagestore_core::layer::chain::ChainView;
 use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped, read_toc};
 use imagestore_core::layer::scratch::skeleton_tar;
@@ -24,15 +28,16 @@ use imagestore_core::layer::toc::Toc;
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::record::{self, ImageRecord};
 use imagestore_core::{
-    ByteStream, Digest, Error, Image, ImageId, Metadata, ObjectKind, Result, StoreName,
+    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImportSummary, Metadata, ObjectKind,
+    Result, StoreName,
 };
 
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, DsLock};
 use crate::error::IoContext;
 use crate::ext4::{LayerData, StageTap};
 use crate::layer::{WorkDir, build_layer_on, build_scratch};
 use crate::layout::{self, ImagePaths, StorePaths};
-use crate::store::{DiskStore, Inner, Precheck, image_name};
+use crate::store::{DiskStore, Inner, MAX_CHAIN_DEPTH, Precheck, image_name};
 
 /// An image built in the work folder, ready to be put on the datastore.
 pub(crate) struct Built {
@@ -165,9 +170,34 @@ impl Inner {
     }
 }
 
-impl DiskStore {
-    /// Writes image `id` on `parent` from `body`; with `sum`, the bytes must hash to it.
-    pub(crate) async fn write_layer(
+/// The disk backends' handle; core derives the storage traits from it and `Inner`'s
+/// catalogue.
+#[async_trait]
+impl BlockingBackend for DiskStore {
+    type IdLock = DsLock;
+
+    fn catalog(&self) -> Arc<dyn BlockingCatalog> {
+        self.inner.clone()
+    }
+
+    fn scheme(&self) -> &'static str {
+        self.inner.ds.scheme()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, MAX_CHAIN_DEPTH, self.inner.ds.shared_writers())
+    }
+
+    async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<DsLock> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |inner| {
+            let sp = inner.open_store(&s)?;
+            inner.id_lock(&sp, &id)
+        })
+        .await
+    }
+
+    async fn write_layer(
         &self,
         store: &StoreName,
         parent: &ImageId,
@@ -267,6 +297,26 @@ impl DiskStore {
             inner.image_of(&s, &sp, &built.record)
         })
         .await
+    }
+
+    async fn import_layer(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        lower: Arc<dyn LowerView>,
+        tar: ByteStream,
+        limits: IngestLimits,
+    ) -> Result<ImportSummary> {
+        let work = WorkDir::create(&self.inner.ds.work_dir())?;
+        let staged = work.path().join("files");
+        std::fs::create_dir(&staged).at(&staged)?;
+        let tap = Box::new(StageTap::new(staged.clone()));
+        let ingested = ingest_tapped(tar, None, &mut NullSink, lower, limits, Some(tap)).await?;
+        let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc, work.path()))
+            .await?;
+        Ok(summary)
     }
 }
 
