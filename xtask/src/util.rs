@@ -21,12 +21,14 @@ pub fn work_dir(name: &str) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Prints and runs a command, failing if it fails.
+/// Prints and runs a command and how long it took, failing if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {}", describe(cmd));
+    let started = std::time::Instant::now();
     let status = cmd
         .status()
         .with_context(|| format!("starting {}", describe(cmd)))?;
+    eprintln!("  (took {:.1} s)", started.elapsed().as_secs_f64());
     if !status.success() {
         bail!("{} failed with {status}", describe(cmd));
     }
