@@ -100,21 +100,7 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sd: &StoreDir) -> Result<()> {
         }
     }
     if recompute {
-        let mut total = 0u64;
-        for name in fsx::list_names(&sd.images())? {
-            let Ok(id) = ImageId::new(name.as_str()) else {
-                continue;
-            };
-            if id.is_scratch() {
-                continue;
-            }
-            if let Some(r) = inner.find_record(sd, &id)? {
-                total += r.size;
-            }
-        }
-        fsx::replace_synced(&sd.usage(), total.to_string().as_bytes())?;
-        fsx::remove_file(&sd.usage_pending())?;
-        fsx::sync_dir(&sd.dir)?;
+        inner.recompute_usage(sd)?;
     }
     if removed > 0 {
         info!(store = %s, removed, "swept leftovers");

@@ -10,6 +10,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use tracing::warn;
+
 use imagestore_core::blocking::{BlockingCatalog, run_blocking};
 use imagestore_core::cache::Cache;
 use imagestore_core::image::{Metadata, store_url};
@@ -240,7 +242,14 @@ impl Inner {
     /// Marks the usage counter as being changed: if the process dies before
     /// [`Inner::usage_end`], the next sweep recomputes it. Call with the store lock held,
     /// before the change that the counter follows becomes visible.
+    ///
+    /// A marker already there was left by a change that failed half-way (the store lock is
+    /// held), so the counter is recomputed first: clearing that marker at the end of this
+    /// change must not bury the failed one.
     pub(crate) fn usage_begin(&self, sp: &StorePaths) -> Result<()> {
+        if self.ds.stat(&sp.usage_pending())?.is_some() {
+            self.recompute_usage(sp)?;
+        }
         self.ds.write(&sp.usage_pending(), b"")
     }
 
@@ -248,6 +257,26 @@ impl Inner {
     pub(crate) fn usage_end(&self, sp: &StorePaths, delta: i128) -> Result<()> {
         let next = (i128::from(self.read_usage(sp)?) + delta).max(0);
         self.ds.write(&sp.usage(), next.to_string().as_bytes())?;
+        self.ds.remove_file(&sp.usage_pending())?;
+        Ok(())
+    }
+
+    /// Sets the usage counter to the sum of the committed images' sizes and clears the
+    /// pending marker. Call with the store lock held.
+    pub(crate) fn recompute_usage(&self, sp: &StorePaths) -> Result<()> {
+        let mut total = 0u64;
+        for name in self.ds.list(&sp.images())? {
+            if !layout::is_layer_folder(&name) {
+                continue;
+            }
+            let Ok(id) = ImageId::new(name.as_str()) else {
+                continue;
+            };
+            if let Some(r) = self.find_record(&sp.image(&id))? {
+                total += r.size;
+            }
+        }
+        self.ds.write(&sp.usage(), total.to_string().as_bytes())?;
         self.ds.remove_file(&sp.usage_pending())?;
         Ok(())
     }
@@ -419,18 +448,40 @@ impl BlockingCatalog for Inner {
         let p = sp.image(id);
         self.usage_begin(&sp)?;
         // VIC's order: the manifest (the image is gone), then the disk, then the folder.
-        self.ds.remove_file(&p.manifest())?;
-        if let Some(parent) = &r.parent {
-            self.ds.remove_file(&sp.image(parent).child(id))?;
+        if let Err(e) = self.ds.remove_file(&p.manifest()) {
+            // The answer may be lost though the manifest is gone; then the delete happened.
+            if layout::is_committed(self.ds.as_ref(), &p)? {
+                return Err(e);
+            }
         }
-        self.usage_end(&sp, -i128::from(r.size))?;
-        self.ds.remove_file(&p.disk)?;
-        self.ds.remove_all(&p.dir)?;
+        // From here the image is gone, so the rest is tidying: a child marker without its
+        // child counts for nothing, a folder without a manifest is swept, a pending usage
+        // change is recomputed by the next reader.
+        let tidy = || -> Result<()> {
+            if let Some(parent) = &r.parent {
+                self.ds.remove_file(&sp.image(parent).child(id))?;
+            }
+            self.usage_end(&sp, -i128::from(r.size))?;
+            self.ds.remove_file(&p.disk)?;
+            self.ds.remove_all(&p.dir)
+        };
+        if let Err(e) = tidy() {
+            warn!(image = %image_name(s, id), error = %e, "deleted; leftovers left to the sweep");
+        }
         Ok(found)
     }
 
+    /// The usage counter; one a failed change left pending is recomputed first.
     fn store_usage(&self, s: &StoreName) -> Result<u64> {
         let sp = self.open_store(s)?;
+        if self.ds.stat(&sp.usage_pending())?.is_some() {
+            // Commits and deletes hold the store lock from marking to clearing, so a marker
+            // seen under the lock is one a failure left.
+            let _guard = self.store_lock(&sp)?;
+            if self.ds.stat(&sp.usage_pending())?.is_some() {
+                self.recompute_usage(&sp)?;
+            }
+        }
         self.read_usage(&sp)
     }
 

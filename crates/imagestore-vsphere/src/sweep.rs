@@ -104,20 +104,7 @@ pub fn sweep_store(inner: &Inner, s: &StoreName, sp: &StorePaths) -> Result<()> 
         }
     }
     if recompute {
-        let mut total = 0u64;
-        for name in ds.list(&sp.images())? {
-            if !layout::is_layer_folder(&name) {
-                continue;
-            }
-            let Ok(id) = ImageId::new(name.as_str()) else {
-                continue;
-            };
-            if let Some(r) = inner.find_record(&sp.image(&id))? {
-                total += r.size;
-            }
-        }
-        ds.write(&sp.usage(), total.to_string().as_bytes())?;
-        ds.remove_file(&sp.usage_pending())?;
+        inner.recompute_usage(sp)?;
     }
     if removed > 0 {
         info!(store = %s, removed, "swept leftovers");

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use async_trait::async_trait;
 
@@ -96,10 +96,20 @@ pub(crate) fn publish(
         inner.ds.mkdir(&pp.children())?;
         inner.ds.create_new(&pp.child(id), b"")?;
     }
-    if !inner.ds.create_new(&p.manifest(), b"")? {
-        return Err(Error::already_exists(ObjectKind::Image, image_name(s, id)));
+    match inner.ds.create_new(&p.manifest(), b"") {
+        Ok(true) => {}
+        Ok(false) => return Err(Error::already_exists(ObjectKind::Image, image_name(s, id))),
+        // The manifest may be in place though the answer was lost: then the image is
+        // committed, and what follows is the same as after a success.
+        Err(e) if !layout::is_committed(inner.ds.as_ref(), &p)? => return Err(e),
+        Err(_) => {}
     }
-    inner.usage_end(sp, i128::from(record.size))
+    // From here the image is visible, so a failure must not undo it: the usage change
+    // stays marked pending and is recomputed by the next reader of the counter.
+    if let Err(e) = inner.usage_end(sp, i128::from(record.size)) {
+        warn!(image = %image_name(s, id), error = %e, "usage counter left to recompute");
+    }
+    Ok(())
 }
 
 /// Creates the folders of store `sp` and its scratch image: a base disk of the configured
@@ -284,7 +294,11 @@ impl BlockingBackend for DiskStore {
             let r = stage(inner.ds.as_ref(), &p, &built)
                 .and_then(|()| publish(inner, &s, &sp, &built.record));
             if let Err(e) = r {
-                let _ = inner.ds.remove_all(&p.dir);
+                // Only an image that never became visible is removed; if even that cannot
+                // be told, the sweep removes the folder once it is known uncommitted.
+                if let Ok(false) = layout::is_committed(inner.ds.as_ref(), &p) {
+                    let _ = inner.ds.remove_all(&p.dir);
+                }
                 return Err(e);
             }
             debug!(
