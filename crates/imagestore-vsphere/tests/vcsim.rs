@@ -2,13 +2,15 @@
 //! on the simulator's datastore folder pass the same `qemu-img` / `e2fsck` / `debugfs` checks
 //! as `vmdk://` after every layer; a session taken away is logged in again; a VM an image is
 //! joined to owns it until the disk leaves; the datastore's faults map to the core errors;
-//! credentials never show. `cargo xtask conformance vsphere` starts vcsim and sets
+//! transient network faults are retried where a request may be resent and never leave half
+//! an image; credentials never show. `cargo xtask conformance vsphere` starts vcsim and sets
 //! `IMAGESTORE_TEST_VSPHERE`, `IMAGESTORE_TEST_VSPHERE_DIR` and the login; under `CI=true`
 //! a missing simulator fails.
 
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
 use common::chain::TarB;
@@ -17,10 +19,11 @@ use imagestore::{
     Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
     Url, byte_stream,
 };
-use imagestore_conformance::require_server;
+use imagestore_conformance::{faults, require_server};
 use imagestore_vsphere::datastore::{Datastore, DsPath};
 use imagestore_vsphere::vsphere::VsphereStore;
 use imagestore_vsphere::vsphere::config::{PASSWORD_ENV, USER_ENV, VsphereConfig};
+use tokio::io::AsyncReadExt;
 
 /// The simulator's base URL and datastore folder, or `None` (skip) outside CI.
 fn simulator() -> Option<(String, PathBuf)> {
@@ -315,5 +318,170 @@ async fn virtual_disks_are_created_copied_queried_and_deleted() -> Result<()> {
         ensure!(ds.delete_disk(&two)?);
         Ok(())
     })?;
+    Ok(())
+}
+
+/// Requests the client may send again after a fault: file transfers (every `PUT` goes to a
+/// temporary name) and the SOAP methods that only read.
+fn resend_safe(head: &[u8], body: &[u8]) -> bool {
+    if head.starts_with(b"GET ") || head.starts_with(b"HEAD ") || head.starts_with(b"PUT ") {
+        return true;
+    }
+    let body = String::from_utf8_lossy(body);
+    [
+        "<RetrievePropertiesEx>",
+        "<SearchDatastore_Task>",
+        "<FindByInventoryPath>",
+        "<RetrieveServiceContent>",
+        "<Login>",
+    ]
+    .iter()
+    .any(|m| body.contains(m))
+}
+
+/// `base` (`vsphere://host:port/dc/ds`) pointed at a fault proxy in front of its server.
+async fn through_proxy(base: &str, plan: faults::Plan) -> Result<(String, Arc<faults::Counts>)> {
+    let u = Url::parse(base)?;
+    let upstream = format!(
+        "{}:{}",
+        u.host_str().unwrap_or("127.0.0.1"),
+        u.port().unwrap_or(443)
+    );
+    let counts = Arc::new(faults::Counts::default());
+    let port = faults::start(upstream, counts.clone(), plan).await?;
+    let mut proxied = u.clone();
+    proxied
+        .set_port(Some(port))
+        .map_err(|()| anyhow::anyhow!("bad port"))?;
+    Ok((proxied.to_string(), counts))
+}
+
+/// The images of `s` seen through a clean connection: every one verifies (its export reads
+/// back, its parent exists) and the usage counter agrees with them.
+async fn check_whole(store: &dyn ImageStorer, s: &StoreName) -> Result<Vec<Image>> {
+    let images = store.list_images(s, &[]).await?;
+    let mut total = 0;
+    for img in &images {
+        let mut tar = Vec::new();
+        store
+            .export(s, &img.id, None, &imagestore::FilterSpec::all(), true)
+            .await?
+            .read_to_end(&mut tar)
+            .await?;
+        if let Some(p) = &img.parent {
+            ensure!(
+                store.get_image(s, p).await.is_ok(),
+                "{} has a dangling parent",
+                img.id
+            );
+        }
+        total += store.image_layer_storage_usage(s, &img.id).await?;
+    }
+    let usage = store.image_storage_usage(s).await?;
+    ensure!(
+        usage == total,
+        "usage {usage} disagrees with the images' {total}: {:?}",
+        images.iter().map(|i| (&i.id, i.size)).collect::<Vec<_>>()
+    );
+    Ok(images)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_never_leave_half_an_image() -> Result<()> {
+    let Some((base, _)) = simulator() else {
+        return Ok(());
+    };
+    if !have(&["mke2fs", "debugfs"]) {
+        return Ok(());
+    }
+    let f = folder();
+    let opts = "allow_http=true&capacity_kib=65536&max_retries=10";
+    let s = StoreName::new("faults")?;
+    let layer = |i: usize| {
+        TarB::default()
+            .file(&format!("d/f{i}"), &vec![i as u8; 70_000 + i * 1000])
+            .and_then(TarB::done)
+    };
+
+    // Faults only where a request may be sent again: every operation succeeds.
+    let safe = faults::Plan {
+        percent: 25,
+        eligible: resend_safe,
+    };
+    let (proxied, counts) = through_proxy(&base, safe).await?;
+    let vs = open(&format!("{proxied}/{f}?{opts}")).await?;
+    let store = vs.storer();
+    store.create_image_store(&s).await?;
+    let mut top = store.scratch(&s).await?;
+    for i in 0..3 {
+        top = write(store.as_ref(), &top, &format!("l{i}"), layer(i)?).await?;
+    }
+    let rw = ImageId::new("rw")?;
+    store.create_writable(&top, &rw).await?;
+    store
+        .import(
+            &s,
+            &rw,
+            &imagestore::FilterSpec::all(),
+            byte_stream(std::io::Cursor::new(layer(9)?)),
+        )
+        .await?;
+    store
+        .commit_writable(&s, &rw, &ImageId::new("committed")?, Metadata::new())
+        .await?;
+    let mut tar = Vec::new();
+    store
+        .export(&s, &top.id, None, &imagestore::FilterSpec::all(), true)
+        .await?
+        .read_to_end(&mut tar)
+        .await?;
+    eprintln!("resend-safe faults: {counts}");
+    ensure!(counts.faults() > 0, "the proxy injected no faults");
+    drop(vs);
+    let clean = open(&format!("{base}/{f}?{opts}")).await?;
+    let images = check_whole(clean.storer().as_ref(), &s).await?;
+    ensure!(images.len() == 4, "all four images are there: {images:?}");
+
+    // Faults anywhere: writes and deletes may fail, but each leaves its whole result or
+    // nothing, and the usage counter is right once read again.
+    let (proxied, counts) = through_proxy(&base, faults::Plan::all(8)).await?;
+    let mut outcomes = Vec::new();
+    match open(&format!("{proxied}/{f}?{opts}")).await {
+        Ok(vs) => {
+            let store = vs.storer();
+            let parent = clean.storer().get_image(&s, &ImageId::new("l2")?).await?;
+            for i in 10..16 {
+                let bytes = layer(i)?;
+                let sum = Digest::sha256_of(&bytes);
+                let r = write(store.as_ref(), &parent, &format!("x{i}"), bytes).await;
+                let mut deleted = false;
+                match &r {
+                    Err(e) => eprintln!("write x{i}: {e}"),
+                    // Every other image is deleted again, through the faults too.
+                    Ok(img) if i % 2 == 1 => match store.delete_image(img).await {
+                        Ok(_) => deleted = true,
+                        Err(e) => eprintln!("delete x{i}: {e}"),
+                    },
+                    Ok(_) => {}
+                }
+                outcomes.push((ImageId::new(format!("x{i}"))?, sum, deleted));
+            }
+        }
+        Err(e) => eprintln!("open through the proxy failed: {e}"),
+    }
+    eprintln!("faults anywhere: {counts}");
+    let fresh = open(&format!("{base}/{f}?{opts}")).await?;
+    let store = fresh.storer();
+    let images = check_whole(store.as_ref(), &s).await?;
+    for (id, sum, deleted) in &outcomes {
+        match images.iter().find(|i| &i.id == id) {
+            Some(_) if *deleted => bail!("{id} was deleted but is still there"),
+            Some(img) => ensure!(img.sum.as_ref() == Some(sum), "{id} has another sum"),
+            None => ensure!(
+                matches!(store.get_image(&s, id).await, Err(Error::NotFound { .. })),
+                "{id} is listed nowhere but readable"
+            ),
+        }
+    }
     Ok(())
 }

@@ -23,6 +23,7 @@
 pub mod cases;
 pub mod corpus;
 pub mod crash;
+pub mod faults;
 pub mod tars;
 pub mod tree;
 

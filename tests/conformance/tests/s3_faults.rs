@@ -1,6 +1,7 @@
-//! Faults between the store and the server: a loopback HTTP proxy that, at random, resets
-//! connections (before forwarding a request, or after forwarding it and before answering)
-//! and answers `500` (without forwarding, or after the server applied the request). Writes,
+//! Faults between the store and the server: the conformance crate's fault proxy
+//! ([`imagestore_conformance::faults`]) at random resets connections (before forwarding a
+//! request, or after forwarding it and before answering) and answers `500` (without
+//! forwarding, or after the server applied the request). Writes,
 //! deletes and commits of writable layers run through it; afterwards, through a clean
 //! connection, every write must be either committed and verifiable or absent, never half
 //! visible, and a fresh instance must leave the store clean.
@@ -10,197 +11,16 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use imagestore::{Digest, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Metadata, Url};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use imagestore_conformance::faults::{self, Counts, Plan};
+use tokio::io::AsyncReadExt;
 
 /// Probability (in percent) that a request meets a fault.
 const FAULT_PERCENT: u64 = 12;
-
-#[derive(Default)]
-struct Counts {
-    requests: AtomicU64,
-    resets_before: AtomicU64,
-    resets_after: AtomicU64,
-    errors_before: AtomicU64,
-    errors_after: AtomicU64,
-}
-
-/// One HTTP/1.1 message head plus its body.
-struct Message {
-    head: Vec<u8>,
-    body: Vec<u8>,
-    status: u16,
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// Reads one message; `None` at a clean end of the connection. `no_body` for responses to
-/// `HEAD` and for statuses without a body.
-async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
-    r: &mut R,
-    response_to_head: bool,
-) -> Result<Option<Message>> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let n = r.read_until(b'\n', &mut line).await?;
-        if n == 0 {
-            if head.is_empty() {
-                return Ok(None);
-            }
-            anyhow::bail!("connection closed inside a message head");
-        }
-        head.extend_from_slice(&line);
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let first = text.lines().next().unwrap_or_default().to_owned();
-    let status = if first.starts_with("HTTP/") {
-        first
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let no_body =
-        response_to_head || status == 204 || status == 304 || (100..200).contains(&status);
-    let mut body = Vec::new();
-    if !no_body {
-        if header(&text, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            // Keep the chunked framing as is; just find its end.
-            loop {
-                let mut size_line = Vec::new();
-                r.read_until(b'\n', &mut size_line).await?;
-                body.extend_from_slice(&size_line);
-                let size = usize::from_str_radix(
-                    String::from_utf8_lossy(&size_line)
-                        .trim()
-                        .split(';')
-                        .next()
-                        .unwrap_or("0"),
-                    16,
-                )?;
-                let mut chunk = vec![0u8; size + 2];
-                r.read_exact(&mut chunk).await?;
-                body.extend_from_slice(&chunk);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(len) = header(&text, "content-length") {
-            let len: usize = len.parse()?;
-            body.resize(len, 0);
-            r.read_exact(&mut body).await?;
-        } else if status != 0 {
-            // A response without length: until the server closes.
-            r.read_to_end(&mut body).await?;
-        }
-    }
-    Ok(Some(Message { head, body, status }))
-}
-
-/// Drops a connection with a TCP reset.
-fn reset(s: TcpStream) {
-    let _ = s.set_zero_linger();
-    drop(s);
-}
-
-async fn serve(client: TcpStream, upstream: String, counts: Arc<Counts>, seed: u64) -> Result<()> {
-    let mut rng = seed | 1;
-    let mut roll = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % 100
-    };
-    let mut reader = BufReader::new(client);
-    while let Some(req) = read_message(&mut reader, false).await? {
-        counts.requests.fetch_add(1, Ordering::Relaxed);
-        let is_head = req.head.starts_with(b"HEAD ");
-        let r = roll();
-        let fault = r < FAULT_PERCENT;
-        let kind = roll() % 4;
-        if fault && kind == 0 {
-            counts.resets_before.fetch_add(1, Ordering::Relaxed);
-            reset(reader.into_inner());
-            return Ok(());
-        }
-        if fault && kind == 1 {
-            counts.errors_before.fetch_add(1, Ordering::Relaxed);
-            let body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>";
-            let resp = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let c = reader.get_mut();
-            c.write_all(resp.as_bytes()).await?;
-            c.write_all(body).await?;
-            continue;
-        }
-        let mut up = BufReader::new(TcpStream::connect(&upstream).await?);
-        up.get_mut().write_all(&req.head).await?;
-        up.get_mut().write_all(&req.body).await?;
-        let Some(resp) = read_message(&mut up, is_head).await? else {
-            reset(reader.into_inner());
-            return Ok(());
-        };
-        if fault && kind == 2 {
-            // The server applied the request; the client never hears.
-            counts.resets_after.fetch_add(1, Ordering::Relaxed);
-            reset(reader.into_inner());
-            return Ok(());
-        }
-        if fault && kind == 3 && resp.status < 300 {
-            // The server applied the request; the client hears it failed.
-            counts.errors_after.fetch_add(1, Ordering::Relaxed);
-            let body = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>";
-            let out = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let c = reader.get_mut();
-            c.write_all(out.as_bytes()).await?;
-            c.write_all(body).await?;
-            continue;
-        }
-        let c = reader.get_mut();
-        c.write_all(&resp.head).await?;
-        c.write_all(&resp.body).await?;
-    }
-    Ok(())
-}
-
-/// Starts the proxy in front of `upstream` (`host:port`); returns its port.
-async fn start_proxy(upstream: String, counts: Arc<Counts>) -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Ok((sock, _)) = listener.accept().await {
-            n += 1;
-            let (up, counts) = (upstream.clone(), counts.clone());
-            let seed = rand::random::<u64>() ^ n;
-            tokio::spawn(async move {
-                let _ = serve(sock, up, counts, seed).await;
-            });
-        }
-    });
-    Ok(port)
-}
 
 fn layer(seed: u64, size: usize) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -235,7 +55,7 @@ async fn faults_against(var: &str) -> Result<()> {
         upstream.port().unwrap_or(80)
     );
     let counts = Arc::new(Counts::default());
-    let port = start_proxy(upstream, counts.clone()).await?;
+    let port = faults::start(upstream, counts.clone(), Plan::all(FAULT_PERCENT)).await?;
     let mut faulty = u.clone();
     {
         let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
@@ -359,12 +179,7 @@ async fn faults_against(var: &str) -> Result<()> {
         outcomes.extend(t.await?);
     }
     eprintln!(
-        "{var}: {} requests, {} reset before, {} reset after, {} 500 before, {} 500 after; {} of {} writes failed",
-        counts.requests.load(Ordering::Relaxed),
-        counts.resets_before.load(Ordering::Relaxed),
-        counts.resets_after.load(Ordering::Relaxed),
-        counts.errors_before.load(Ordering::Relaxed),
-        counts.errors_after.load(Ordering::Relaxed),
+        "{var}: {counts}; {} of {} writes failed",
         outcomes.iter().filter(|o| !o.2).count(),
         outcomes.len(),
     );

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use imagestore_core::{Error, Result, Url};
 
+use super::retry::DEFAULT_MAX_RETRIES;
 use super::soap::Credentials;
 use crate::config::{Options, percent_decode, work_option};
 
@@ -32,6 +33,9 @@ pub struct VsphereConfig {
     pub work: Option<PathBuf>,
     /// Backend options.
     pub options: Options,
+    /// How many times a request that is safe to resend is retried after a transient failure
+    /// (`max_retries=`, default 4).
+    pub max_retries: u32,
 }
 
 fn flag(url: &Url, k: &str, v: &str) -> Result<bool> {
@@ -103,15 +107,23 @@ impl VsphereConfig {
             .join("/");
         let (options, rest) = Options::from_query(url)?;
         let (mut allow_http, mut insecure, mut work) = (false, false, None);
+        let mut max_retries = DEFAULT_MAX_RETRIES;
         for (k, v) in rest {
             match k.as_str() {
                 "allow_http" => allow_http = flag(url, &k, &v)?,
                 "insecure" => insecure = flag(url, &k, &v)?,
                 "work" => work = Some(work_option(url, &v)?),
+                "max_retries" => {
+                    max_retries = v.parse().ok().filter(|n| *n <= 20).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{shown}: max_retries={v:?} must be a number from 0 to 20"
+                        ))
+                    })?;
+                }
                 _ => {
                     return Err(Error::invalid(format!(
                         "{shown} has unknown option {k:?} \
-                         (known: allow_http, insecure, capacity_kib, work)"
+                         (known: allow_http, insecure, capacity_kib, work, max_retries)"
                     )));
                 }
             }
@@ -141,6 +153,7 @@ impl VsphereConfig {
             credentials,
             work,
             options,
+            max_retries,
         })
     }
 
@@ -199,6 +212,7 @@ mod tests {
         );
         assert_eq!(c.folder, "images/a");
         assert_eq!(c.options.capacity_kib, 1 << 20);
+        assert_eq!(c.max_retries, DEFAULT_MAX_RETRIES);
         assert_eq!(
             c.base_url()?.as_str(),
             "vsphere://127.0.0.1:8989/DC0/LocalDS_0/images/a"
@@ -207,6 +221,9 @@ mod tests {
         let c = VsphereConfig::parse(&u("vsphere://vc.example/DC%201/ds1/vic")?, user, pw)?;
         assert_eq!(c.server.as_str(), "https://vc.example/");
         assert_eq!(c.datacenter, "DC 1");
+        let (user, pw) = login();
+        let c = VsphereConfig::parse(&u("vsphere://vc/DC0/ds/f?max_retries=0")?, user, pw)?;
+        assert_eq!(c.max_retries, 0);
         assert!(!format!("{c:?}").contains("secret"));
         for bad in [
             "vsphere://vc/DC0/ds",
@@ -214,6 +231,8 @@ mod tests {
             "vsphere://vc/DC0/ds%2Fx/f",
             "vsphere://vc/DC0/ds/f?insecure=maybe",
             "vsphere://vc/DC0/ds/f?nope=1",
+            "vsphere://vc/DC0/ds/f?max_retries=many",
+            "vsphere://vc/DC0/ds/f?max_retries=99",
             "vsphere://user:pw@vc/DC0/ds/f",
             "vsphere:///DC0/ds/f",
             "vmdk:///x",

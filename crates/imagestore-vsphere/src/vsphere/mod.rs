@@ -12,6 +12,7 @@ mod cache;
 pub mod config;
 pub mod disks;
 mod locks;
+mod retry;
 pub mod soap;
 mod store;
 pub mod vms;
@@ -101,7 +102,12 @@ impl VsphereDatastore {
             .server
             .join("/sdk")
             .map_err(|e| Error::invalid(e.to_string()))?;
-        let soap = Soap::new(http.clone(), endpoint, config.credentials.clone());
+        let soap = Soap::new(
+            http.clone(),
+            endpoint,
+            config.credentials.clone(),
+            config.max_retries,
+        );
         let service = read_service(&soap)?;
         soap.set_session_manager(service.session_manager.clone());
         soap.set_property_collector(service.property_collector.clone());
@@ -274,24 +280,66 @@ impl VsphereDatastore {
         }
     }
 
-    /// Uploads `body` (`len` bytes) to `path` through `/folder`.
-    fn upload(&self, path: &DsPath, body: reqwest::Body, len: u64) -> Result<()> {
+    /// Uploads the body `body()` makes (`len` bytes) to `path` through `/folder`; a transient
+    /// failure sends a new body again (the callers upload to temporary names only).
+    fn upload(
+        &self,
+        path: &DsPath,
+        body: &dyn Fn() -> Result<reqwest::Body>,
+        len: u64,
+    ) -> Result<()> {
+        let url = self.file_url(path)?;
+        let what = self.ds_path(path);
+        retry::retrying(self.config.max_retries, &what, || {
+            let cookie = self.soap.cookie()?;
+            let req = self
+                .http
+                .put(url.clone())
+                .header("Cookie", cookie)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", len)
+                .body(body()?);
+            block(async {
+                let resp = req.send().await.map_err(|e| http_err(&what, e))?;
+                if !resp.status().is_success() {
+                    return Err(status_err(&what, resp.status()));
+                }
+                Ok(())
+            })?
+        })
+    }
+
+    /// One attempt of `stat`: `HEAD` of `path`; a folder answers with a redirect.
+    fn stat_once(&self, path: &DsPath) -> Result<Option<Stat>> {
         let url = self.file_url(path)?;
         let what = self.ds_path(path);
         let cookie = self.soap.cookie()?;
-        let req = self
-            .http
-            .put(url)
-            .header("Cookie", cookie)
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", len)
-            .body(body);
+        let req = self.http.head(url).header("Cookie", cookie);
         block(async {
             let resp = req.send().await.map_err(|e| http_err(&what, e))?;
-            if !resp.status().is_success() {
-                return Err(status_err(&what, resp.status()));
+            let s = resp.status();
+            if s == reqwest::StatusCode::NOT_FOUND {
+                Ok(None)
+            } else if s.is_redirection() {
+                Ok(Some(Stat {
+                    is_dir: true,
+                    size: 0,
+                }))
+            } else if s.is_success() {
+                // The header itself: a HEAD answer has no body to take a length from.
+                let size = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                Ok(Some(Stat {
+                    is_dir: false,
+                    size,
+                }))
+            } else {
+                Err(status_err(&what, s))
             }
-            Ok(())
         })?
     }
 
@@ -306,7 +354,7 @@ impl VsphereDatastore {
     fn put_then_move(
         &self,
         path: &DsPath,
-        body: reqwest::Body,
+        body: &dyn Fn() -> Result<reqwest::Body>,
         len: u64,
         replace: bool,
     ) -> Result<bool> {
@@ -339,8 +387,17 @@ impl VsphereDatastore {
         })?
     }
 
-    /// Streams `path` into a new local file `to`; its size.
+    /// Streams `path` into a new local file `to`; its size. Retried whole on a transient
+    /// failure.
     fn download(&self, path: &DsPath, to: &Path) -> Result<u64> {
+        let what = self.ds_path(path);
+        retry::retrying(self.config.max_retries, &what, || {
+            self.download_once(path, to)
+        })
+    }
+
+    /// One attempt of [`VsphereDatastore::download`].
+    fn download_once(&self, path: &DsPath, to: &Path) -> Result<u64> {
         let what = self.ds_path(path);
         let Some(mut resp) = self.get(path, None)? else {
             return Err(Error::not_found(ObjectKind::Path, &what));
@@ -363,6 +420,14 @@ impl VsphereDatastore {
 
     /// The first bytes of `path` and its total size, or `None` if absent.
     fn head_bytes(&self, path: &DsPath, n: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let what = self.ds_path(path);
+        retry::retrying(self.config.max_retries, &what, || {
+            self.head_bytes_once(path, n)
+        })
+    }
+
+    /// One attempt of [`VsphereDatastore::head_bytes`].
+    fn head_bytes_once(&self, path: &DsPath, n: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let what = self.ds_path(path);
         let Some(resp) = self.get(path, Some(&format!("bytes=0-{}", n - 1)))? else {
             return Ok(None);
@@ -483,36 +548,52 @@ impl Datastore for VsphereDatastore {
     }
 
     fn stat(&self, path: &DsPath) -> Result<Option<Stat>> {
-        let url = self.file_url(path)?;
         let what = self.ds_path(path);
-        let cookie = self.soap.cookie()?;
-        let req = self.http.head(url).header("Cookie", cookie);
-        block(async {
-            let resp = req.send().await.map_err(|e| http_err(&what, e))?;
-            let s = resp.status();
-            if s == reqwest::StatusCode::NOT_FOUND {
-                Ok(None)
-            } else if s.is_redirection() {
-                Ok(Some(Stat {
-                    is_dir: true,
-                    size: 0,
-                }))
-            } else if s.is_success() {
-                // The header itself: a HEAD answer has no body to take a length from.
-                let size = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                Ok(Some(Stat {
-                    is_dir: false,
-                    size,
-                }))
-            } else {
-                Err(status_err(&what, s))
-            }
-        })?
+        retry::retrying(self.config.max_retries, &what, || self.stat_once(path))
+    }
+
+    fn read(&self, path: &DsPath) -> Result<Option<Vec<u8>>> {
+        let what = self.ds_path(path);
+        retry::retrying(self.config.max_retries, &what, || {
+            let Some(resp) = self.get(path, None)? else {
+                return Ok(None);
+            };
+            let bytes = block(resp.bytes())?.map_err(|e| http_err(&what, e))?;
+            Ok(Some(bytes.to_vec()))
+        })
+    }
+
+    fn write(&self, path: &DsPath, bytes: &[u8]) -> Result<()> {
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let make = || Ok(reqwest::Body::from(body.clone()));
+        self.put_then_move(path, &make, bytes.len() as u64, true)
+            .map(|_| ())
+    }
+
+    fn create_new(&self, path: &DsPath, bytes: &[u8]) -> Result<bool> {
+        if self.stat(path)?.is_some() {
+            return Ok(false);
+        }
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let make = || Ok(reqwest::Body::from(body.clone()));
+        self.put_then_move(path, &make, bytes.len() as u64, false)
+    }
+
+    fn put_file(&self, local: &Path, path: &DsPath) -> Result<u64> {
+        let size = std::fs::metadata(local)
+            .map_err(|e| Error::io(BACKEND, local, e))?
+            .len();
+        let make = || {
+            let file =
+                block(tokio::fs::File::open(local))?.map_err(|e| Error::io(BACKEND, local, e))?;
+            Ok(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+            ))
+        };
+        self.put_then_move(path, &make, size, true)?;
+        // The disk just uploaded is what the next layer's build reads first.
+        self.cache.adopt(local, &self.ds_path(path))?;
+        Ok(size)
     }
 
     fn list(&self, path: &DsPath) -> Result<Vec<String>> {
@@ -537,41 +618,6 @@ impl Datastore for VsphereDatastore {
             .collect();
         names.sort();
         Ok(names)
-    }
-
-    fn read(&self, path: &DsPath) -> Result<Option<Vec<u8>>> {
-        let what = self.ds_path(path);
-        let Some(resp) = self.get(path, None)? else {
-            return Ok(None);
-        };
-        let bytes = block(resp.bytes())?.map_err(|e| http_err(&what, e))?;
-        Ok(Some(bytes.to_vec()))
-    }
-
-    fn write(&self, path: &DsPath, bytes: &[u8]) -> Result<()> {
-        self.put_then_move(path, bytes.to_vec().into(), bytes.len() as u64, true)
-            .map(|_| ())
-    }
-
-    fn create_new(&self, path: &DsPath, bytes: &[u8]) -> Result<bool> {
-        if self.stat(path)?.is_some() {
-            return Ok(false);
-        }
-        self.put_then_move(path, bytes.to_vec().into(), bytes.len() as u64, false)
-    }
-
-    fn put_file(&self, local: &Path, path: &DsPath) -> Result<u64> {
-        let size = std::fs::metadata(local)
-            .map_err(|e| Error::io(BACKEND, local, e))?
-            .len();
-        let file =
-            block(tokio::fs::File::open(local))?.map_err(|e| Error::io(BACKEND, local, e))?;
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        self.put_then_move(path, body, size, true)?;
-        // The disk just uploaded is what the next layer's build reads first.
-        self.cache.adopt(local, &self.ds_path(path))?;
-        Ok(size)
     }
 
     fn open(&self, path: &DsPath) -> Result<Arc<dyn ReadAt>> {

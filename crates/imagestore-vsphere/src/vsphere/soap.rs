@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use imagestore_core::{Error, ObjectKind, Result, Url};
 use roxmltree::Node;
 
+use super::retry;
 use super::xml::{self, MoRef, child, child_text, escape, find, text, xsi_type};
 
 /// The scheme, used as the backend name in errors.
@@ -127,6 +128,8 @@ pub struct Soap {
     logins: AtomicU64,
     session_manager: Mutex<MoRef>,
     property_collector: Mutex<MoRef>,
+    /// Retries of a call that is safe to resend ([`super::retry`]).
+    max_retries: u32,
 }
 
 fn envelope(body: &str) -> String {
@@ -138,8 +141,9 @@ fn envelope(body: &str) -> String {
     )
 }
 
-fn transport(endpoint: &Url, e: impl fmt::Display) -> Error {
-    Error::backend(BACKEND, format!("{endpoint}: {e}"), true)
+/// An error of the transport of SOAP method `method`.
+fn transport(endpoint: &Url, method: &str, e: impl fmt::Display, retryable: bool) -> Error {
+    Error::backend(BACKEND, format!("{endpoint} {method}: {e}"), retryable)
 }
 
 /// The fault of a response, if it is one: a SOAP fault, or a property the collector could
@@ -166,8 +170,14 @@ fn fault_of(status: u16, body: &str) -> Option<Fault> {
 }
 
 impl Soap {
-    /// A client for the SOAP endpoint `endpoint` (`https://host/sdk`); nothing is sent yet.
-    pub fn new(http: reqwest::Client, endpoint: Url, credentials: Credentials) -> Soap {
+    /// A client for the SOAP endpoint `endpoint` (`https://host/sdk`) that retries a call
+    /// safe to resend up to `max_retries` times; nothing is sent yet.
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: Url,
+        credentials: Credentials,
+        max_retries: u32,
+    ) -> Soap {
         Soap {
             http,
             endpoint,
@@ -176,6 +186,7 @@ impl Soap {
             logins: AtomicU64::new(0),
             session_manager: Mutex::new(MoRef::new("SessionManager", "SessionManager")),
             property_collector: Mutex::new(MoRef::new("PropertyCollector", "propertyCollector")),
+            max_retries,
         }
     }
 
@@ -220,7 +231,11 @@ impl Soap {
             Some(f) => Err(f.into_error(self.endpoint.as_str())),
             None if status >= 400 => Err(Error::backend(
                 BACKEND,
-                format!("{}: HTTP {status}", self.endpoint),
+                format!(
+                    "{} {}: HTTP {status}",
+                    self.endpoint,
+                    retry::method_of(body)
+                ),
                 status >= 500,
             )),
             None => Ok(text),
@@ -240,7 +255,37 @@ impl Soap {
         self.logins.load(Ordering::Relaxed)
     }
 
+    /// Posts one SOAP body; a transient failure is retried when the call is safe to resend
+    /// ([`retry::resend_safe`]) or was never received.
     fn post(&self, body: &str, cookie: Option<&str>) -> Result<(u16, Option<String>, String)> {
+        let safe = retry::resend_safe(body);
+        retry::retrying(self.max_retries, retry::method_of(body), || {
+            let (status, set_cookie, text) = self.post_once(body, cookie, safe)?;
+            // A 5xx without a SOAP fault came from the transport, not from the method; 503
+            // says the request was not taken on.
+            if status >= 500 && (safe || status == 503) && fault_of(status, &text).is_none() {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
+                        "{} {}: HTTP {status}",
+                        self.endpoint,
+                        retry::method_of(body)
+                    ),
+                    true,
+                ));
+            }
+            Ok((status, set_cookie, text))
+        })
+    }
+
+    /// One attempt of [`Soap::post`]; transport errors are retryable if `safe`, or if the
+    /// connection could not be made.
+    fn post_once(
+        &self,
+        body: &str,
+        cookie: Option<&str>,
+        safe: bool,
+    ) -> Result<(u16, Option<String>, String)> {
         let mut req = self
             .http
             .post(self.endpoint.clone())
@@ -251,7 +296,10 @@ impl Soap {
             req = req.header("Cookie", c);
         }
         block(async {
-            let resp = req.send().await.map_err(|e| transport(&self.endpoint, e))?;
+            let resp = req.send().await.map_err(|e| {
+                let not_sent = e.is_connect();
+                transport(&self.endpoint, retry::method_of(body), e, safe || not_sent)
+            })?;
             let status = resp.status().as_u16();
             let set_cookie = resp
                 .headers()
@@ -264,7 +312,7 @@ impl Soap {
             let text = resp
                 .text()
                 .await
-                .map_err(|e| transport(&self.endpoint, e))?;
+                .map_err(|e| transport(&self.endpoint, retry::method_of(body), e, safe))?;
             Ok((status, set_cookie, text))
         })?
     }
@@ -319,7 +367,11 @@ impl Soap {
                 None if status >= 400 => {
                     return Err(Error::backend(
                         BACKEND,
-                        format!("{}: HTTP {status}", self.endpoint),
+                        format!(
+                            "{} {}: HTTP {status}",
+                            self.endpoint,
+                            retry::method_of(body)
+                        ),
                         status >= 500,
                     ));
                 }
