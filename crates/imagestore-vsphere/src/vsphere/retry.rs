@@ -6,8 +6,8 @@
 //!
 //! * file transfers on `/folder`: `GET` and `HEAD` read, and every `PUT` goes to a temporary
 //!   name that is only moved into place afterwards;
-//! * SOAP methods that only read ([`resend_safe`]), and `Login` (a second session just
-//!   expires);
+//! * SOAP methods that only read ([`resend_safe`]), and `CreateContainerView` and `Login`
+//!   (a second view or session just expires);
 //! * any request the server never received (the connection could not be made).
 //!
 //! Other SOAP methods (moves, deletes, disk and VM changes) are not resent after the server
@@ -26,7 +26,8 @@ pub const DEFAULT_MAX_RETRIES: u32 = 4;
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 
-/// SOAP methods that change nothing on the server, so a lost answer can be asked for again.
+/// SOAP methods a lost answer can be asked for again: they read, or (`CreateContainerView`,
+/// `Login`) make a server object that a second copy of only leaves to expire.
 const READ_ONLY_METHODS: &[&str] = &[
     "RetrieveServiceContent",
     "RetrievePropertiesEx",
