@@ -35,6 +35,7 @@ use imagestore_core::{Error, Result};
 
 use crate::error::{BACKEND, IoContext};
 use crate::fsread::FsContent;
+use crate::script::{Arg, Script};
 
 /// The label of the scratch filesystem (VIC's `containerfs`).
 pub const LABEL: &str = "containerfs";
@@ -141,25 +142,6 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
-/// Quotes a path of the image for a debugfs command.
-fn q(p: &str) -> Result<String> {
-    if p.contains(['\n', '\r', '\0']) {
-        return Err(fail(format!(
-            "{p:?}: names with line breaks cannot be written"
-        )));
-    }
-    Ok(format!("\"/{}\"", p.replace('"', "\"\"")))
-}
-
-/// Quotes a host path.
-fn qh(p: &Path) -> Result<String> {
-    let s = p.to_string_lossy();
-    if s.contains(['\n', '\r', '\0', '"']) {
-        return Err(fail(format!("work path {s:?} cannot be used")));
-    }
-    Ok(format!("\"{s}\""))
-}
-
 fn type_bits(kind: EntryKind) -> u32 {
     match kind {
         EntryKind::Dir => 0o040000,
@@ -178,8 +160,7 @@ struct Plan<'a> {
     now: BTreeMap<String, Option<NodeKind>>,
     /// Directories whose lower contents this script removed.
     cleared: Vec<String>,
-    script: String,
-    commands: u64,
+    script: Script,
     /// The time debugfs gives new inodes (`set_current_time`), once set.
     time: Option<i64>,
     /// The index of the layer being applied.
@@ -189,18 +170,29 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn cmd(&mut self, line: &str) {
-        self.script.push_str(line);
-        self.script.push('\n');
-        self.commands += 1;
+    fn cmd(&mut self, command: &'static str, args: &[Arg<'_>]) -> Result<()> {
+        self.script.line(command, args)
     }
 
-    /// New inodes from here on get `t` as their atime, ctime and mtime.
-    fn at_time(&mut self, t: i64) {
+    /// New inodes from here on get `t` as their atime, ctime and mtime. debugfs keeps only
+    /// the low 32 bits of this time, so a time outside `i32` is set afterwards with `sif`
+    /// (see [`Plan::times`]) and new inodes get 0 here.
+    fn at_time(&mut self, t: i64) -> Result<()> {
+        let t = if i32::try_from(t).is_ok() { t } else { 0 };
         if self.time != Some(t) {
-            self.cmd(&format!("set_current_time @{t}"));
+            self.cmd("set_current_time", &[Arg::Time(t)])?;
             self.time = Some(t);
         }
+        Ok(())
+    }
+
+    /// Sets the three times of `p` to `t` (whose full ext4 range `sif` writes, epoch bits
+    /// included).
+    fn times(&mut self, p: &str, t: i64) -> Result<()> {
+        for field in ["mtime", "atime", "ctime"] {
+            self.cmd("sif", &[Arg::Image(p), Arg::Word(field), Arg::Time(t)])?;
+        }
+        Ok(())
     }
 
     fn state(&self, p: &str) -> Option<NodeKind> {
@@ -220,9 +212,9 @@ impl Plan<'_> {
         };
         if kind == NodeKind::Dir {
             self.clear(p)?;
-            self.cmd(&format!("rmdir {}", q(p)?));
+            self.cmd("rmdir", &[Arg::Image(p)])?;
         } else {
-            self.cmd(&format!("rm {}", q(p)?));
+            self.cmd("rm", &[Arg::Image(p)])?;
         }
         self.now.insert(p.to_owned(), None);
         Ok(())
@@ -250,9 +242,9 @@ impl Plan<'_> {
         present.sort_by_key(|(c, _)| std::cmp::Reverse(c.matches('/').count()));
         for (c, k) in &present {
             if *k == NodeKind::Dir {
-                self.cmd(&format!("rmdir {}", q(c)?));
+                self.cmd("rmdir", &[Arg::Image(c)])?;
             } else {
-                self.cmd(&format!("rm {}", q(c)?));
+                self.cmd("rm", &[Arg::Image(c)])?;
             }
         }
         for (c, _) in present {
@@ -273,8 +265,8 @@ impl Plan<'_> {
                 None => {}
             }
             // debugfs makes directories 0755 and owned by root.
-            self.at_time(0);
-            self.cmd(&format!("mkdir {}", q(a)?));
+            self.at_time(0)?;
+            self.cmd("mkdir", &[Arg::Image(a)])?;
             self.now.insert(a.to_owned(), Some(NodeKind::Dir));
         }
         Ok(())
@@ -282,26 +274,21 @@ impl Plan<'_> {
 
     /// Sets every field of an existing inode at `p` to `e`'s.
     fn meta(&mut self, p: &str, e: &TocEntry) -> Result<()> {
-        let qp = q(p)?;
-        self.cmd(&format!(
-            "sif {qp} mode 0{:o}",
-            type_bits(e.kind) | (e.mode & 0o7777)
-        ));
-        self.owner(&qp, e, true);
-        for field in ["mtime", "atime", "ctime"] {
-            self.cmd(&format!("sif {qp} {field} @{}", e.mtime));
-        }
-        Ok(())
+        let mode = type_bits(e.kind) | (e.mode & 0o7777);
+        self.cmd("sif", &[Arg::Image(p), Arg::Word("mode"), Arg::Mode(mode)])?;
+        self.owner(p, e, true)?;
+        self.times(p, e.mtime)
     }
 
     /// Sets the owner (debugfs creates inodes owned by root; `always` for existing ones).
-    fn owner(&mut self, qp: &str, e: &TocEntry, always: bool) {
+    fn owner(&mut self, p: &str, e: &TocEntry, always: bool) -> Result<()> {
         if always || e.uid != 0 {
-            self.cmd(&format!("sif {qp} uid {}", e.uid));
+            self.cmd("sif", &[Arg::Image(p), Arg::Word("uid"), Arg::Id(e.uid)])?;
         }
         if always || e.gid != 0 {
-            self.cmd(&format!("sif {qp} gid {}", e.gid));
+            self.cmd("sif", &[Arg::Image(p), Arg::Word("gid"), Arg::Id(e.gid)])?;
         }
+        Ok(())
     }
 }
 
@@ -382,8 +369,7 @@ pub fn apply(
         lower: &lower_view,
         now: BTreeMap::new(),
         cleared: Vec::new(),
-        script: String::new(),
-        commands: 0,
+        script: Script::new(),
         time: None,
         top: top_index as u32,
         staged: match top_data {
@@ -457,7 +443,7 @@ pub fn apply(
         }
         let target_now = top_view.get(target).and_then(|n| n.content);
         if target_now == Some(*content) && plan.state(target).is_some() {
-            plan.cmd(&format!("ln {} {}", q(target)?, q(p)?));
+            plan.cmd("ln", &[Arg::Image(target), Arg::Image(p)])?;
             plan.now.insert(p.clone(), Some(NodeKind::Other));
             link_groups.insert(target.clone());
         } else {
@@ -478,13 +464,17 @@ pub fn apply(
         for t in &link_groups {
             if let Some(c) = top_view.get(t).and_then(|n| n.content) {
                 let n = counts.get(&c).copied().unwrap_or(1);
-                plan.cmd(&format!("sif {} links_count {n}", q(t)?));
+                let n = i64::from(n);
+                plan.cmd(
+                    "sif",
+                    &[Arg::Image(t), Arg::Word("links_count"), Arg::Int(n)],
+                )?;
             }
         }
     }
     let planned = Instant::now();
     stats.bytes = stage_contents(&all, &wanted, top_data, &lower_view, raw)?;
-    stats.commands = plan.commands;
+    stats.commands = plan.script.lines();
     let script_path = work.join("apply.debugfs");
     fs::write(&script_path, plan.script.as_bytes()).at(&script_path)?;
     let staged = Instant::now();
@@ -502,12 +492,17 @@ pub fn apply(
 
 fn xattrs(plan: &mut Plan<'_>, p: &str, e: &TocEntry, stage: &Path) -> Result<()> {
     for (i, (name, value)) in e.xattrs.iter().enumerate() {
-        if name.contains(|c: char| c.is_whitespace() || c == '"') {
-            return Err(fail(format!("/{p}: xattr name {name:?} cannot be written")));
-        }
-        let f = stage.join(format!("x{}-{i}", plan.commands));
+        let f = stage.join(format!("x{}-{i}", plan.script.lines()));
         fs::write(&f, value).at(&f)?;
-        plan.cmd(&format!("ea_set -f {} {} {name}", qh(&f)?, q(p)?));
+        plan.cmd(
+            "ea_set",
+            &[
+                Arg::Word("-f"),
+                Arg::Host(&f),
+                Arg::Image(p),
+                Arg::Xattr(name),
+            ],
+        )?;
     }
     Ok(())
 }
@@ -520,15 +515,14 @@ fn create(
     stage: &Path,
     wanted: &mut BTreeMap<EntryRef, PathBuf>,
 ) -> Result<()> {
-    let qp = q(p)?;
     // New inodes take their times from debugfs' current time, their permission bits from
     // the staged file (files) or the defaults (0755 directories, 0777 symlinks).
-    plan.at_time(e.mtime);
+    plan.at_time(e.mtime)?;
     let mut set_mode = false;
     let kind = match e.kind {
         EntryKind::Dir => {
             set_mode = e.mode & 0o7777 != 0o755;
-            plan.cmd(&format!("mkdir {qp}"));
+            plan.cmd("mkdir", &[Arg::Image(p)])?;
             NodeKind::Dir
         }
         EntryKind::File | EntryKind::Hardlink => {
@@ -542,30 +536,36 @@ fn create(
                         .clone()
                 }
             };
-            plan.cmd(&format!("write {} {qp}", qh(&f)?));
+            plan.cmd("write", &[Arg::Host(&f), Arg::Image(p)])?;
             NodeKind::Other
         }
         EntryKind::Symlink => {
             let target = e.link.as_deref().unwrap_or_default();
-            if target.contains(['\n', '\r', '\0']) {
-                return Err(fail(format!("/{p}: symlink target with a line break")));
-            }
-            plan.cmd(&format!("symlink {qp} \"{}\"", target.replace('"', "\"\"")));
+            plan.cmd("symlink", &[Arg::Image(p), Arg::Target(target)])?;
             NodeKind::Symlink
         }
         EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
-            let dir = path::parent(p);
-            let spec = match (e.kind, e.dev) {
-                (EntryKind::Fifo, _) => "p".to_owned(),
-                (EntryKind::Char, Some((ma, mi))) => format!("c {ma} {mi}"),
-                (EntryKind::Block, Some((ma, mi))) => format!("b {ma} {mi}"),
-                (_, None) => format!("{} 0 0", if e.kind == EntryKind::Char { "c" } else { "b" }),
-                _ => return Err(fail(format!("/{p}: not a device"))),
+            let (kind_word, (major, minor)) = match (e.kind, e.dev) {
+                (EntryKind::Fifo, _) => ("p", (0, 0)),
+                (EntryKind::Char, dev) => ("c", dev.unwrap_or((0, 0))),
+                (_, dev) => ("b", dev.unwrap_or((0, 0))),
             };
-            let base = path::base(p);
-            plan.cmd(&format!("cd {}", q(dir)?));
-            plan.cmd(&format!("mknod \"{}\" {spec}", base.replace('"', "\"\"")));
-            plan.cmd("cd /");
+            // mknod takes a name in the current directory.
+            match path::parent(p) {
+                "" => plan.cmd("cd", &[Arg::Word("/")])?,
+                dir => plan.cmd("cd", &[Arg::Image(dir)])?,
+            }
+            let name = Arg::Name(path::base(p));
+            if e.kind == EntryKind::Fifo {
+                plan.cmd("mknod", &[name, Arg::Word(kind_word)])?;
+            } else {
+                let (major, minor) = (i64::from(major), i64::from(minor));
+                plan.cmd(
+                    "mknod",
+                    &[name, Arg::Word(kind_word), Arg::Int(major), Arg::Int(minor)],
+                )?;
+            }
+            plan.cmd("cd", &[Arg::Word("/")])?;
             set_mode = true;
             NodeKind::Other
         }
@@ -573,12 +573,13 @@ fn create(
     };
     plan.now.insert(p.to_owned(), Some(kind));
     if set_mode {
-        plan.cmd(&format!(
-            "sif {qp} mode 0{:o}",
-            type_bits(e.kind) | (e.mode & 0o7777)
-        ));
+        let mode = type_bits(e.kind) | (e.mode & 0o7777);
+        plan.cmd("sif", &[Arg::Image(p), Arg::Word("mode"), Arg::Mode(mode)])?;
     }
-    plan.owner(&qp, e, false);
+    plan.owner(p, e, false)?;
+    if i32::try_from(e.mtime).is_err() {
+        plan.times(p, e.mtime)?;
+    }
     xattrs(plan, p, e, stage)?;
     Ok(())
 }
@@ -708,9 +709,11 @@ pub fn debugfs_write(raw: &Path, script: &Path) -> Result<()> {
 
 /// Reads one file of the image in raw image `raw` (for checks).
 pub fn cat(raw: &Path, p: &str) -> Result<Vec<u8>> {
+    let mut request = Script::new();
+    request.line("cat", &[Arg::Image(p)])?;
     let out = Command::new("debugfs")
         .arg("-R")
-        .arg(format!("cat {}", q(p)?))
+        .arg(request.text().trim_end())
         .arg(raw)
         .output()
         .map_err(|e| fail(format!("cannot run debugfs: {e}")))?;
