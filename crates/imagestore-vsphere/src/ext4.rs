@@ -142,6 +142,15 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
+/// The modification time the filesystem holds for an entry's `mtime`: clamped to 1970-01-01
+/// ..= 2038-01-19 (0 ..= `i32::MAX` seconds). ext4 holds more, but the reader the disk
+/// backends use for export and checkout (`ext4-view`) refuses any inode whose time has the
+/// sign bit of its low 32 bits set, so a wider time would commit an image that cannot be read
+/// back. The TOC keeps the exact time, and exports and checkouts take metadata from it.
+pub fn disk_mtime(mtime: i64) -> i64 {
+    mtime.clamp(0, i64::from(i32::MAX))
+}
+
 fn type_bits(kind: EntryKind) -> u32 {
     match kind {
         EntryKind::Dir => 0o040000,
@@ -174,11 +183,10 @@ impl Plan<'_> {
         self.script.line(command, args)
     }
 
-    /// New inodes from here on get `t` as their atime, ctime and mtime. debugfs keeps only
-    /// the low 32 bits of this time, so a time outside `i32` is set afterwards with `sif`
-    /// (see [`Plan::times`]) and new inodes get 0 here.
+    /// New inodes from here on get `t` as their atime, ctime and mtime (a [`disk_mtime`],
+    /// which `set_current_time` takes as it is, except 0: debugfs then stamps new inodes
+    /// with the clock, so an inode made at time 0 gets its times with `sif` afterwards).
     fn at_time(&mut self, t: i64) -> Result<()> {
-        let t = if i32::try_from(t).is_ok() { t } else { 0 };
         if self.time != Some(t) {
             self.cmd("set_current_time", &[Arg::Time(t)])?;
             self.time = Some(t);
@@ -186,8 +194,7 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// Sets the three times of `p` to `t` (whose full ext4 range `sif` writes, epoch bits
-    /// included).
+    /// Sets the three times of existing inode `p` to `t` (a [`disk_mtime`]).
     fn times(&mut self, p: &str, t: i64) -> Result<()> {
         for field in ["mtime", "atime", "ctime"] {
             self.cmd("sif", &[Arg::Image(p), Arg::Word(field), Arg::Time(t)])?;
@@ -277,7 +284,7 @@ impl Plan<'_> {
         let mode = type_bits(e.kind) | (e.mode & 0o7777);
         self.cmd("sif", &[Arg::Image(p), Arg::Word("mode"), Arg::Mode(mode)])?;
         self.owner(p, e, true)?;
-        self.times(p, e.mtime)
+        self.times(p, disk_mtime(e.mtime))
     }
 
     /// Sets the owner (debugfs creates inodes owned by root; `always` for existing ones).
@@ -517,7 +524,7 @@ fn create(
 ) -> Result<()> {
     // New inodes take their times from debugfs' current time, their permission bits from
     // the staged file (files) or the defaults (0755 directories, 0777 symlinks).
-    plan.at_time(e.mtime)?;
+    plan.at_time(disk_mtime(e.mtime))?;
     let mut set_mode = false;
     let kind = match e.kind {
         EntryKind::Dir => {
@@ -577,8 +584,8 @@ fn create(
         plan.cmd("sif", &[Arg::Image(p), Arg::Word("mode"), Arg::Mode(mode)])?;
     }
     plan.owner(p, e, false)?;
-    if i32::try_from(e.mtime).is_err() {
-        plan.times(p, e.mtime)?;
+    if disk_mtime(e.mtime) == 0 {
+        plan.times(p, 0)?;
     }
     xattrs(plan, p, e, stage)?;
     Ok(())

@@ -1,6 +1,7 @@
 //! Building the disks of a chain in a local folder: the scratch base disk, and one delta disk
 //! per layer. Each build works on a sparse raw image in a work folder (the parent chain's
-//! contents), changes it with [`crate::ext4`], and keeps only the grains that changed
+//! contents), changes it with [`crate::ext4`], reads every path the layer names back
+//! ([`crate::verify`]), and keeps only the grains that changed
 //! ([`crate::disk::delta_from_raw`]); the parent disks are only read.
 
 use std::fs;
@@ -132,7 +133,9 @@ fn build_delta(
     } else {
         let mut view = vec![Arc::new(ext4::skeleton())];
         view.extend(lower.iter().cloned());
-        ext4::apply(&raw, &view, top, top_data, dir.path())?
+        let stats = ext4::apply(&raw, &view, top.clone(), top_data, dir.path())?;
+        crate::verify::check_applied(&raw, &view, &top)?;
+        stats
     };
     let applied = started.elapsed();
     let disk = disk::delta_from_raw(base, &raw, out, &file_name, parent_hint).at(out)?;

@@ -18,8 +18,8 @@
 //!   datastore;
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore, and the local one;
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
-//! * [`layer`], [`ext4`], [`script`], [`disk`] — building the scratch disk and each layer's
-//!   delta disk;
+//! * [`layer`], [`ext4`], [`script`], [`verify`], [`disk`] — building the scratch disk and
+//!   each layer's delta disk, and reading each layer back before it is committed;
 //! * [`fsread`] — reading files through a chain's ext4;
 //! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
 //! * [`vsphere`] — the datastore behind vCenter or ESXi (`vsphere://`): a SOAP client, the
@@ -40,6 +40,7 @@ pub mod local_ds;
 pub mod script;
 pub mod store;
 mod sweep;
+pub mod verify;
 pub mod vmdk;
 pub mod vsphere;
 mod write;

@@ -194,6 +194,10 @@ macro_rules! conformance_tests {
             special_entries_kept,
             xattrs_and_long_names_kept,
             sparse_file_contents,
+            // Limits of what a file system holds
+            duplicate_paths_last_entry_wins,
+            longest_names_read_back,
+            mtimes_across_ext4_range_read_back,
             // Writable layers
             writable_import_export_commit,
             writable_layer_puts_parent_in_use,

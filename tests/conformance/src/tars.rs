@@ -69,6 +69,19 @@ impl Layer {
         self
     }
 
+    /// Adds a regular file with mode 0644 and modification time `mtime` (seconds, may be
+    /// negative), written as a PAX `mtime` record.
+    pub fn file_mtime(mut self, path: &str, data: &[u8], mtime: i64) -> Self {
+        let value = mtime.to_string();
+        self.b
+            .append_pax_extensions([("mtime", value.as_bytes())])
+            .expect("pax");
+        let mut h = header(EntryType::Regular, 0o644, data.len() as u64);
+        h.set_mtime(mtime.clamp(0, 0o77777777777) as u64);
+        self.b.append_data(&mut h, path, data).expect("file");
+        self
+    }
+
     /// Adds a symlink.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
         let mut h = header(EntryType::Symlink, 0o777, 0);
@@ -193,6 +206,8 @@ pub struct Entry {
     pub mode: u32,
     /// Owner uid.
     pub uid: u64,
+    /// Modification time in seconds (a PAX `mtime` record wins over the header's).
+    pub mtime: i64,
     /// Link target.
     pub link: Option<String>,
     /// Data.
@@ -227,9 +242,19 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>> {
             .context("link")?
             .map(|l| l.to_string_lossy().into_owned());
         let mut xattrs = BTreeMap::new();
+        let mut mtime = h.mtime().map(|m| m as i64).unwrap_or(0);
         if let Some(exts) = e.pax_extensions().context("pax")? {
             for ext in exts {
                 let ext = ext.context("pax record")?;
+                if ext.key().ok() == Some("mtime")
+                    && let Some(secs) = ext
+                        .value()
+                        .ok()
+                        .and_then(|v| v.split('.').next())
+                        .and_then(|v| v.parse::<i64>().ok())
+                {
+                    mtime = secs;
+                }
                 if let Some(k) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
                     xattrs.insert(k.to_owned(), ext.value_bytes().to_vec());
                 }
@@ -242,6 +267,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>> {
             kind: h.entry_type().as_byte() as char,
             mode: h.mode().unwrap_or(0),
             uid: h.uid().unwrap_or(0),
+            mtime,
             link,
             data,
             xattrs,

@@ -1,0 +1,207 @@
+//! The check before a disk backend's commit point: the ext4 a layer was just applied to is
+//! read back, and every path the layer names must hold what the engine's merged view says
+//! (kind, permission bits, owner, mtime as the disk holds it ([`crate::ext4::disk_mtime`]),
+//! size, link target, and for regular files the
+//! content digest; whiteouts absent, opaque directories holding only what the view has).
+//! A layer the filesystem could not take exactly is refused here, before it is committed, so
+//! a committed image always reads back (`docs/security.md`, invariant 10).
+//!
+//! Extended attributes and device numbers are not read back: `ext4-view` does not expose
+//! them. They are written by whole-value commands whose failure debugfs reports. A symlink
+//! target with a component longer than 255 bytes (legal, but not a path `ext4-view` reads) is
+//! checked by its length only.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use ext4_view::{Ext4, FileType, Metadata};
+
+use imagestore_core::layer::compose::MergedView;
+use imagestore_core::layer::content::{Checked, ContentSource};
+use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
+use imagestore_core::{Error, Result};
+
+use crate::fsread::FsContent;
+
+/// What a read-back checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Paths checked.
+    pub paths: u64,
+    /// File bytes read and hashed.
+    pub bytes: u64,
+}
+
+fn mismatch(p: &str, what: impl std::fmt::Display) -> Error {
+    Error::invalid(format!(
+        "vmdk: /{p} does not read back from the written ext4 as the layer says ({what}); \
+         the layer cannot be represented on this backend"
+    ))
+}
+
+fn kind_of(t: FileType) -> &'static str {
+    match t {
+        FileType::BlockDevice => "block device",
+        FileType::CharacterDevice => "character device",
+        FileType::Directory => "directory",
+        FileType::Fifo => "fifo",
+        FileType::Regular => "regular file",
+        FileType::Socket => "socket",
+        FileType::Symlink => "symlink",
+    }
+}
+
+fn expected_kind(e: &TocEntry) -> FileType {
+    match e.kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+        EntryKind::Char => FileType::CharacterDevice,
+        EntryKind::Block => FileType::BlockDevice,
+        EntryKind::Fifo => FileType::Fifo,
+        _ => FileType::Regular,
+    }
+}
+
+fn stat(fs: &Ext4, p: &str) -> Result<Option<Metadata>> {
+    match fs.symlink_metadata(format!("/{p}").as_str()) {
+        Ok(m) => Ok(Some(m)),
+        Err(ext4_view::Ext4Error::NotFound) => Ok(None),
+        Err(e) => Err(mismatch(p, e)),
+    }
+}
+
+/// Reads the ext4 in raw image `raw` back after `top` was applied over `lower` (lowest
+/// first, the skeleton included) and checks every path `top` names.
+pub fn check_applied(raw: &Path, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<ReadBack> {
+    let mut all = lower.to_vec();
+    all.push(top.clone());
+    let view = MergedView::build(all);
+    let source = FsContent::of_raw(raw.to_path_buf());
+    let fs = source.load()?;
+    let mut pass = source.pass()?;
+    let mut stats = ReadBack::default();
+    for e in &top.entries {
+        let p = e.path.as_str();
+        stats.paths += 1;
+        match e.kind {
+            EntryKind::Whiteout => {
+                if view.get(p).is_none() && stat(&fs, p)?.is_some() {
+                    return Err(mismatch(p, "whited out, but present"));
+                }
+                continue;
+            }
+            EntryKind::Opaque => {
+                let Some(node) = view.get(p) else { continue };
+                if view
+                    .content_of(node)
+                    .is_some_and(|w| w.kind != EntryKind::Dir)
+                {
+                    continue;
+                }
+                let dir = fs
+                    .read_dir(format!("/{p}").as_str())
+                    .map_err(|e| mismatch(p, e))?;
+                for child in dir {
+                    let child = child.map_err(|e| mismatch(p, e))?;
+                    let name = child.file_name();
+                    let name = name.as_str().map_err(|e| mismatch(p, e))?;
+                    if name == "." || name == ".." {
+                        continue;
+                    }
+                    let c = if p.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{p}/{name}")
+                    };
+                    if view.get(&c).is_none() {
+                        return Err(mismatch(&c, "hidden by an opaque directory, but present"));
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Some(node) = view.get(p) else {
+            // A later entry of the layer removed it again.
+            continue;
+        };
+        let Some(m) = stat(&fs, p)? else {
+            return Err(mismatch(p, "missing"));
+        };
+        let Some(want) = view.content_of(node) else {
+            if !m.is_dir() {
+                return Err(mismatch(
+                    p,
+                    format!("a {}, not a directory", kind_of(m.file_type())),
+                ));
+            }
+            continue;
+        };
+        let kind = expected_kind(want);
+        if m.file_type() != kind {
+            return Err(mismatch(
+                p,
+                format!("a {}, not a {}", kind_of(m.file_type()), kind_of(kind)),
+            ));
+        }
+        if kind != FileType::Symlink && u32::from(m.mode()) & 0o7777 != want.mode & 0o7777 {
+            return Err(mismatch(
+                p,
+                format!("mode {:o}, not {:o}", m.mode() & 0o7777, want.mode & 0o7777),
+            ));
+        }
+        if (u64::from(m.uid()), u64::from(m.gid())) != (want.uid, want.gid) {
+            return Err(mismatch(
+                p,
+                format!(
+                    "owner {}:{}, not {}:{}",
+                    m.uid(),
+                    m.gid(),
+                    want.uid,
+                    want.gid
+                ),
+            ));
+        }
+        let mtime = m.modified().seconds();
+        let want_mtime = crate::ext4::disk_mtime(want.mtime);
+        if mtime != want_mtime {
+            return Err(mismatch(p, format!("mtime {mtime}, not {want_mtime}")));
+        }
+        match kind {
+            FileType::Symlink => {
+                let want_link = want.link.as_deref().unwrap_or_default();
+                if m.len() != want_link.len() as u64 {
+                    return Err(mismatch(
+                        p,
+                        format!("a link of {} bytes, not {}", m.len(), want_link.len()),
+                    ));
+                }
+                // The reader takes only targets whose every component is a legal file
+                // name; for others the length above is what can be checked.
+                if want_link.split('/').all(|c| c.len() <= 255) {
+                    let target = fs
+                        .read_link(format!("/{p}").as_str())
+                        .map_err(|e| mismatch(p, e))?;
+                    let target = target.to_str().map_err(|e| mismatch(p, e))?;
+                    if target != want_link {
+                        return Err(mismatch(p, format!("links to {target:?}")));
+                    }
+                }
+            }
+            FileType::Regular => {
+                if m.len() != want.size {
+                    return Err(mismatch(p, format!("{} bytes, not {}", m.len(), want.size)));
+                }
+                let Some(content) = node.content else {
+                    continue;
+                };
+                let mut body = Checked::new(pass.open(p, content, want)?, want);
+                stats.bytes += io::copy(&mut body, &mut io::sink()).map_err(|e| mismatch(p, e))?;
+                body.finish().map_err(|e| mismatch(p, e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(stats)
+}
