@@ -18,6 +18,19 @@ use crate::vmdk::ReadAt;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DsPath(String);
 
+/// The longest file name a datastore holds (VMFS and Linux file systems alike).
+pub const MAX_FILE_NAME: usize = 255;
+
+/// The name of a temporary sibling of the file `name`, for writing it whole before a rename:
+/// `.<name>.tmp-<random>`, with `name` cut short so the result stays a legal file name.
+pub fn temp_name(name: &str) -> String {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(".{}.tmp-{:016x}", &name[..end], rand::random::<u64>())
+}
+
 impl DsPath {
     /// The datastore's root.
     pub fn root() -> DsPath {

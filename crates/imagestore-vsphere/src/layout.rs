@@ -5,7 +5,9 @@
 //! VIC/<store>/.lock                           the store's lock and per-id write locks
 //! VIC/<store>/usage, usage.pending            the usage counter (decision 0004)
 //! VIC/<store>/images/<id>/<id>.vmdk           the disk (scratch: base disk; layers: deltas)
-//! VIC/<store>/images/<id>/imageMetadata/<k>   one file per metadata key (VIC's)
+//! VIC/<store>/images/<id>/imageMetadata/<k>   one file per metadata key (VIC's; a key too
+//!                                             long for a file name: `%%<sha256>`, see
+//!                                             [`metadata_file`])
 //! VIC/<store>/images/<id>/<id>.toc            the layer's table of contents
 //! VIC/<store>/images/<id>/image.json          parent, sum, size, depth
 //! VIC/<store>/images/<id>/children/<child>    images and writable layers on this one
@@ -173,7 +175,8 @@ pub fn parent_hint(child_dir: &DsPath, parent: &ImagePaths) -> String {
 }
 
 /// Percent-encodes a metadata key into a file name: keys made of letters, digits, `_`, `-`
-/// and non-leading `.` are kept verbatim (as VIC stores them); anything else is `%XX`.
+/// and non-leading `.` are kept verbatim (as VIC stores them); anything else is `%XX`. The
+/// result can be longer than a file name may be; [`metadata_file`] handles that.
 pub fn metadata_file_name(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for (i, b) in key.bytes().enumerate() {
@@ -185,6 +188,43 @@ pub fn metadata_file_name(key: &str) -> String {
         }
     }
     out
+}
+
+/// The prefix of the file names of keys too long to be their own file names.
+const LONG_KEY: &str = "%%";
+
+/// The file holding metadata `key` with `value`: its name, and its bytes. A key whose
+/// encoded name fits in [`MAX_FILE_NAME`](crate::datastore::MAX_FILE_NAME) bytes is the file
+/// name and the value its contents (VIC's form). A longer one (any key of up to 255 bytes
+/// is valid, and encoding can triple it) is stored as `%%<sha256 of the key>` holding the
+/// encoded key, a line break, then the value; [`metadata_entry`] reads both forms.
+pub fn metadata_file(key: &str, value: &[u8]) -> (String, Vec<u8>) {
+    let name = metadata_file_name(key);
+    if name.len() <= crate::datastore::MAX_FILE_NAME {
+        return (name, value.to_vec());
+    }
+    use sha2::Digest as _;
+    let hashed = format!(
+        "{LONG_KEY}{}",
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    );
+    let mut bytes = Vec::with_capacity(name.len() + 1 + value.len());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(value);
+    (hashed, bytes)
+}
+
+/// The key and value that the metadata file `file` with contents `bytes` holds (written by
+/// [`metadata_file`]); `None` for a file it cannot have written.
+pub fn metadata_entry(file: &str, bytes: Vec<u8>) -> Option<(String, Vec<u8>)> {
+    if file.starts_with(LONG_KEY) {
+        let nl = bytes.iter().position(|b| *b == b'\n')?;
+        let key = metadata_key(std::str::from_utf8(&bytes[..nl]).ok()?)?;
+        let (name, _) = metadata_file(&key, &[]);
+        return (name == file).then(|| (key, bytes[nl + 1..].to_vec()));
+    }
+    Some((metadata_key(file)?, bytes))
 }
 
 /// The metadata key a file name of [`metadata_file_name`] stands for; `None` for names it
@@ -229,5 +269,24 @@ mod tests {
         }
         assert_eq!(metadata_file_name("metaData"), "metaData");
         assert_eq!(metadata_key("%zz"), None);
+    }
+
+    #[test]
+    fn keys_of_any_valid_length_fit_in_a_file_name() {
+        let plain = "k".repeat(255);
+        let escaped = "é".repeat(127);
+        for k in [plain.as_str(), escaped.as_str(), "short"] {
+            let (name, bytes) = metadata_file(k, b"value");
+            assert!(name.len() <= crate::datastore::MAX_FILE_NAME, "{k}");
+            let temp = crate::datastore::temp_name(&name);
+            assert!(temp.len() <= crate::datastore::MAX_FILE_NAME);
+            assert_eq!(
+                metadata_entry(&name, bytes),
+                Some((k.to_owned(), b"value".to_vec()))
+            );
+        }
+        // A hashed name whose contents name another key is not taken.
+        let (name, _) = metadata_file(&escaped, b"v");
+        assert_eq!(metadata_entry(&name, b"short\nv".to_vec()), None);
     }
 }

@@ -21,10 +21,6 @@ pub struct LocalDatastore {
     base: Url,
 }
 
-fn nonce() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
 /// fsyncs a directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).at(dir)
@@ -146,7 +142,7 @@ impl Datastore for LocalDatastore {
     fn write(&self, path: &DsPath, bytes: &[u8]) -> Result<()> {
         let l = self.local(path);
         let dir = self.parent_of(path);
-        let tmp = dir.join(format!(".{}.tmp-{}", path.name(), nonce()));
+        let tmp = dir.join(crate::datastore::temp_name(path.name()));
         let r = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

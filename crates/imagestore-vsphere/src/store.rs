@@ -198,11 +198,14 @@ impl Inner {
     fn read_metadata(&self, p: &ImagePaths) -> Result<Metadata> {
         let mut out = Metadata::new();
         for name in self.ds.list(&p.metadata())? {
-            let Some(key) = layout::metadata_key(&name) else {
+            // Temporary files of a write in progress start with a dot; no key's file does.
+            if name.starts_with('.') {
                 continue;
-            };
-            if let Some(v) = self.ds.read(&p.metadata().child(&name))? {
-                out.insert(key, v);
+            }
+            if let Some(bytes) = self.ds.read(&p.metadata().child(&name))?
+                && let Some((key, value)) = layout::metadata_entry(&name, bytes)
+            {
+                out.insert(key, value);
             }
         }
         Ok(out)

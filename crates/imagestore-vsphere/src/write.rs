@@ -58,7 +58,8 @@ pub(crate) fn stage(ds: &dyn Datastore, p: &ImagePaths, built: &Built) -> Result
     ds.mkdir(&p.dir)?;
     ds.mkdir(&p.metadata())?;
     for (k, v) in &built.metadata {
-        ds.write(&p.metadata().child(&layout::metadata_file_name(k)), v)?;
+        let (name, bytes) = layout::metadata_file(k, v);
+        ds.write(&p.metadata().child(&name), &bytes)?;
     }
     ds.write(&p.toc(), &built.toc)?;
     ds.write(&p.record(), &record::encode(&built.record))?;

@@ -3,8 +3,9 @@
 //! id, so a disk is known by its datastore path, its size and the `CID` in its descriptor:
 //! reading it costs one ranged GET of its first bytes when cached, and one download when not.
 //! Disks this process uploads go into the cache as they are (the next layer's build reads its
-//! parent first). The cache is bounded; the oldest files go first (a file still open stays
-//! readable after it is removed).
+//! parent first). The cache is bounded (`cache_mib=`, [`DEFAULT_BUDGET`] by default); the
+//! least recently used files go first (a file still open stays readable after it is
+//! removed). A hit touches the file's modification time, so the order survives a restart.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -22,8 +23,8 @@ use crate::vmdk::header::Header;
 /// Bytes read to identify a disk: the header and, for this crate's disks, the descriptor.
 pub const HEAD_BYTES: u64 = 64 << 10;
 
-/// Total size the cache keeps.
-const BUDGET: u64 = 4 << 30;
+/// Total size the cache keeps unless told otherwise: 4 GiB.
+pub const DEFAULT_BUDGET: u64 = 4 << 30;
 
 /// The `CID` of the disk whose first bytes are `head`, if they hold a sparse header and a
 /// descriptor.
@@ -40,14 +41,17 @@ fn cid_of(head: &[u8], what: &str) -> Option<u32> {
 #[derive(Debug)]
 pub struct DiskCache {
     dir: PathBuf,
-    /// Cached files, oldest first, with their sizes.
+    /// Bytes the cache keeps at most (one file larger than this is still kept alone).
+    budget: u64,
+    /// Cached files, least recently used first, with their sizes.
     files: Mutex<VecDeque<(PathBuf, u64)>>,
 }
 
 impl DiskCache {
-    /// A cache in `dir` (created if missing). Disks an earlier process cached stay usable
-    /// and count towards the budget; downloads it left half done are removed.
-    pub fn new(dir: PathBuf) -> Result<DiskCache> {
+    /// A cache in `dir` (created if missing) keeping at most `budget` bytes. Disks an
+    /// earlier process cached stay usable and count towards the budget (the least recently
+    /// used go first if they are over it); downloads it left half done are removed.
+    pub fn new(dir: PathBuf, budget: u64) -> Result<DiskCache> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(BACKEND, &dir, e))?;
         let mut found = Vec::new();
         let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(BACKEND, &dir, e))?;
@@ -67,6 +71,7 @@ impl DiskCache {
         found.sort_by_key(|(m, _, _)| *m);
         let cache = DiskCache {
             dir,
+            budget,
             files: Mutex::new(VecDeque::new()),
         };
         for (_, p, size) in found {
@@ -85,9 +90,10 @@ impl DiskCache {
         let Ok(mut files) = self.files.lock() else {
             return;
         };
+        files.retain(|(f, _)| *f != p);
         files.push_back((p, size));
         let mut total: u64 = files.iter().map(|(_, s)| s).sum();
-        while total > BUDGET && files.len() > 1 {
+        while total > self.budget && files.len() > 1 {
             if let Some((old, s)) = files.pop_front() {
                 let _ = std::fs::remove_file(old);
                 total -= s;
@@ -118,6 +124,7 @@ impl DiskCache {
         if let Ok(f) = File::open(&p)
             && f.metadata().is_ok_and(|m| m.len() == size)
         {
+            self.used(&f, &p, size);
             return Ok(f);
         }
         let got = fetch(&tmp);
@@ -140,6 +147,22 @@ impl DiskCache {
         }
         self.remember(p.clone(), size);
         File::open(&p).map_err(|e| Error::io(BACKEND, &p, e))
+    }
+
+    /// Marks a cached file as just used: last in the eviction order, here and (through its
+    /// modification time) for the next process.
+    fn used(&self, f: &File, p: &Path, size: u64) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+        self.remember(p.to_path_buf(), size);
+    }
+
+    /// The bytes the cache holds now.
+    #[cfg(test)]
+    fn size(&self) -> u64 {
+        self.files
+            .lock()
+            .map(|f| f.iter().map(|(_, s)| s).sum())
+            .unwrap_or(0)
     }
 
     /// Keeps the local file `local`, just uploaded as disk `name`, in the cache (it is moved;
@@ -170,5 +193,55 @@ impl DiskCache {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let p = dir.join(name);
+        let f = File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        p
+    }
+
+    #[test]
+    fn least_recently_used_files_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::new(dir.path().join("c"), 300).unwrap();
+        let a = file(&cache.dir, "a.vmdk", 100);
+        let b = file(&cache.dir, "b.vmdk", 100);
+        let c = file(&cache.dir, "c.vmdk", 100);
+        for p in [&a, &b, &c] {
+            cache.remember(p.clone(), 100);
+        }
+        // Using `a` makes `b` the least recently used.
+        cache.used(&File::open(&a).unwrap(), &a, 100);
+        let d = file(&cache.dir, "d.vmdk", 100);
+        cache.remember(d.clone(), 100);
+        assert!(a.exists() && c.exists() && d.exists());
+        assert!(!b.exists());
+        assert_eq!(cache.size(), 300);
+    }
+
+    #[test]
+    fn a_new_cache_trims_what_an_earlier_process_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("c");
+        std::fs::create_dir(&root).unwrap();
+        let old = file(&root, "old.vmdk", 200);
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        let new = file(&root, "new.vmdk", 200);
+        let cache = DiskCache::new(root, 300).unwrap();
+        assert!(!old.exists() && new.exists());
+        assert_eq!(cache.size(), 200);
     }
 }

@@ -14,6 +14,24 @@ pub const USER_ENV: &str = "IMAGESTORE_VSPHERE_USER";
 /// The environment variable holding the password.
 pub const PASSWORD_ENV: &str = "IMAGESTORE_VSPHERE_PASSWORD";
 
+/// The local folder of a `vsphere://` backend without `work=`: `imagestore/vsphere-<id>` in
+/// the user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`; the temporary directory
+/// only when neither is known), `<id>` naming the server and datastore folder.
+pub fn default_work(base_url: &Url) -> PathBuf {
+    let id = imagestore_core::lock::range_for(base_url.as_str());
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("imagestore").join(format!("vsphere-{id:016x}"))
+}
+
 /// Configuration of a `vsphere://` backend.
 #[derive(Debug, Clone)]
 pub struct VsphereConfig {
@@ -29,8 +47,11 @@ pub struct VsphereConfig {
     pub insecure: bool,
     /// The login.
     pub credentials: Credentials,
-    /// Local folder for builds and the disk cache (`work=`).
+    /// Local folder for builds and the disk cache (`work=`); by default a folder of the
+    /// user's cache directory ([`default_work`]).
     pub work: Option<PathBuf>,
+    /// Bytes the local disk cache keeps at most (`cache_mib=`, default 4 GiB).
+    pub cache_bytes: u64,
     /// Backend options.
     pub options: Options,
     /// How many times a request that is safe to resend is retried after a transient failure
@@ -107,12 +128,25 @@ impl VsphereConfig {
             .join("/");
         let (options, rest) = Options::from_query(url)?;
         let (mut allow_http, mut insecure, mut work) = (false, false, None);
+        let mut cache_bytes = super::cache::DEFAULT_BUDGET;
         let mut max_retries = DEFAULT_MAX_RETRIES;
         for (k, v) in rest {
             match k.as_str() {
                 "allow_http" => allow_http = flag(url, &k, &v)?,
                 "insecure" => insecure = flag(url, &k, &v)?,
                 "work" => work = Some(work_option(url, &v)?),
+                "cache_mib" => {
+                    cache_bytes = v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=1 << 24).contains(n))
+                        .map(|n| n << 20)
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "{shown}: cache_mib={v:?} must be a number of MiB from 1 to 16777216"
+                            ))
+                        })?;
+                }
                 "max_retries" => {
                     max_retries = v.parse().ok().filter(|n| *n <= 20).ok_or_else(|| {
                         Error::invalid(format!(
@@ -123,7 +157,7 @@ impl VsphereConfig {
                 _ => {
                     return Err(Error::invalid(format!(
                         "{shown} has unknown option {k:?} \
-                         (known: allow_http, insecure, capacity_kib, work, max_retries)"
+                         (known: allow_http, insecure, capacity_kib, work, cache_mib, max_retries)"
                     )));
                 }
             }
@@ -152,6 +186,7 @@ impl VsphereConfig {
             insecure,
             credentials,
             work,
+            cache_bytes,
             options,
             max_retries,
         })

@@ -79,10 +79,6 @@ fn status_err(what: &str, status: reqwest::StatusCode) -> Error {
 }
 
 /// A short random name for temporary files.
-fn nonce() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
 impl VsphereDatastore {
     /// Connects: reads the service content, logs in, finds the datacenter, the datastore and
     /// its browser, and creates the folder. Blocks; call it from the blocking pool.
@@ -155,12 +151,12 @@ impl VsphereDatastore {
                 )
             })?;
         let base_url = config.base_url()?;
-        let work = config.work.clone().unwrap_or_else(|| {
-            let id = imagestore_core::lock::range_for(base_url.as_str());
-            std::env::temp_dir().join(format!("imagestore-vsphere-{id:016x}"))
-        });
+        let work = config
+            .work
+            .clone()
+            .unwrap_or_else(|| config::default_work(&base_url));
         std::fs::create_dir_all(&work).map_err(|e| Error::io(BACKEND, &work, e))?;
-        let cache = DiskCache::new(work.join("disks"))?;
+        let cache = DiskCache::new(work.join("disks"), config.cache_bytes)?;
         let ds = VsphereDatastore {
             soap,
             http,
@@ -346,7 +342,7 @@ impl VsphereDatastore {
     /// A temporary sibling of `path`.
     fn temp_of(&self, path: &DsPath) -> DsPath {
         path.parent()
-            .child(&format!(".{}.tmp-{}", path.name(), nonce()))
+            .child(&crate::datastore::temp_name(path.name()))
     }
 
     /// Uploads to a temporary sibling, then moves it onto `path`: readers see the old file or

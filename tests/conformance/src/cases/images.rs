@@ -282,7 +282,8 @@ pub async fn invalid_metadata_changes_nothing(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Binary metadata values come back byte for byte, after a restart too.
+/// Binary metadata values and keys of every valid length come back byte for byte, after a
+/// restart too.
 pub async fn metadata_round_trips(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let mut meta = BTreeMap::new();
@@ -292,6 +293,10 @@ pub async fn metadata_round_trips(ctx: &Ctx) -> Result<()> {
     );
     meta.insert("binary".to_owned(), (0u8..=255).collect());
     meta.insert("empty".to_owned(), Vec::new());
+    // Keys of the longest valid length, plain and with characters a file name backend must
+    // escape, are kept like any other.
+    meta.insert("k".repeat(255), b"longest".to_vec());
+    meta.insert(format!("{}/", "x y".repeat(84)), b"escaped".to_vec());
     let layer = Layer::new().file("a", b"1").build();
     let img = ctx
         .store
