@@ -41,6 +41,8 @@ cargo xtask <command>
   sample-image       rebuild samples/debian-mini from pinned Debian packages (apt-get, dpkg-deb)
   sample-image --check   fail if a fresh build differs from the committed sample
   bench vmdk         rootfs layer as a delta VMDK vs mke2fs -d + qemu-img convert; 1 MiB layer size
+  bench vmdk-dir [N...]  a layer of one directory of N files (default 25000 50000) as a delta
+                     VMDK vs mke2fs -d + qemu-img convert of the same tree
   fixture debian     debootstrap rootfs -> 3-layer OCI image (umoci), docker/oci archives
                      under target/xtask/fixtures/debian (needs root, debootstrap, umoci, skopeo)
 ";

@@ -36,9 +36,12 @@ pub fn run(which: &str, rest: &[&str]) -> Result<()> {
         "export" => image::export(),
         "import" => import::bench(),
         "vmdk" => vmdk::bench(),
+        "vmdk-dir" => vmdk::bench_dir(rest),
         "s3" => s3::bench(rest),
         other => {
-            bail!("unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, s3)")
+            bail!(
+                "unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, vmdk-dir, s3)"
+            )
         }
     }
 }

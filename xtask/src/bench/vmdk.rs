@@ -7,6 +7,11 @@
 //!   (`/dev/shm` when there is one, `VMDK_WORK` overrides) and write their disk to the
 //!   project's target folder;
 //! * the size of the delta disk of a layer adding one 1 MiB file (must stay under 4 MiB).
+//!
+//! `cargo xtask bench vmdk-dir [N...]` (default 25,000 and 50,000) writes a layer holding one
+//! directory of N empty files into a fresh `vmdk://` store, against `mke2fs -d` of the same
+//! tree + `qemu-img convert`: both insert names one by one into an unindexed directory today,
+//! so both grow with the square of N.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,8 +46,8 @@ fn write_cmd(bin: &Path, url: &str, parent: &str, id: &str, layer: &Path) -> Res
     Ok(cmd)
 }
 
-/// `cargo xtask bench vmdk`.
-pub fn bench() -> Result<()> {
+/// Checks the tools and builds the release CLI with the disk backends; its path.
+fn release_cli() -> Result<PathBuf> {
     need("qemu-img", "qemu-utils")?;
     need("mke2fs", "e2fsprogs")?;
     need("debugfs", "e2fsprogs")?;
@@ -54,7 +59,74 @@ pub fn bench() -> Result<()> {
         "--features",
         "vsphere",
     ]))?;
-    let bin = crate::util::root().join("target/release/imagestore");
+    Ok(crate::util::root().join("target/release/imagestore"))
+}
+
+/// `cargo xtask bench vmdk-dir [N...]`.
+pub fn bench_dir(sizes: &[&str]) -> Result<()> {
+    let sizes: Vec<usize> = if sizes.is_empty() {
+        vec![25_000, 50_000]
+    } else {
+        sizes
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("{s:?} is not a count")))
+            .collect::<Result<_>>()?
+    };
+    let bin = release_cli()?;
+    let dir = work_dir("bench-vmdk-dir")?;
+    for n in sizes {
+        let _ = std::fs::remove_dir_all(&dir);
+        let tree = dir.join("tree");
+        let big = tree.join("big");
+        std::fs::create_dir_all(&big)?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        tar.append_data(&mut h, "big", std::io::empty())?;
+        for i in 0..n {
+            let name = format!("entry-{i:07}");
+            std::fs::File::create(big.join(&name))?;
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(0);
+            tar.append_data(&mut h, format!("big/{name}"), std::io::empty())?;
+        }
+        let layer = dir.join("big.tar");
+        std::fs::write(&layer, tar.into_inner()?)?;
+        let url = format!("vmdk://{}", dir.join("ds").display());
+        run(Command::new(&bin)
+            .args(["--url", &url, "store", "create", "bench"])
+            .stdout(Stdio::null()))?;
+        sync();
+        let ours = timed(&mut write_cmd(&bin, &url, "scratch", "big", &layer)?)?;
+        let raw = dir.join("peer.raw");
+        let disk = dir.join("peer.vmdk");
+        sync();
+        let peer = timed(Command::new("sh").arg("-c").arg(format!(
+            "mke2fs -q -F -t ext4 -d '{}' '{}' 8000000k && qemu-img convert -O vmdk '{}' '{}' && sync '{}'",
+            tree.display(),
+            raw.display(),
+            raw.display(),
+            disk.display(),
+            disk.display()
+        )))?;
+        report(
+            &format!("vmdk-dir-{n}"),
+            ours.secs,
+            "mke2fs-d+qemu-img-convert",
+            peer.secs,
+        );
+        println!("RSS name=vmdk-dir-{n} peak_mib={:.0}", ours.peak_mib);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `cargo xtask bench vmdk`.
+pub fn bench() -> Result<()> {
+    let bin = release_cli()?;
     let fx = fixture::debian()?;
     let dir = work_dir("bench-vmdk")?;
     let _ = std::fs::remove_dir_all(&dir);
