@@ -7,6 +7,8 @@ use std::io::Write;
 
 use tar::{EntryType, Header};
 
+mod rules;
+
 /// The error class a hostile archive must produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
@@ -191,6 +193,7 @@ pub fn all() -> Vec<Hostile> {
         bytes: two[..512 + 512 + 200].to_vec(),
         expect: BadArchive("truncated"),
     });
+    v.extend(rules::all());
     v
 }
 

@@ -2,6 +2,7 @@
 //!
 //! * [`ingest`] — the one-pass write pipeline (hash, stage, decompress, parse, check, TOC);
 //! * [`tar_reader`] and [`validate`] — the streaming tar reader and the ingest defences;
+//! * [`represent`] — the one representability rule (what ext4 on Linux can hold);
 //! * [`toc`] — the per-layer table of contents and its stored form;
 //! * [`path`] — normalised root-relative paths;
 //! * [`scratch`] — the root image's skeleton;
@@ -18,6 +19,7 @@ pub mod filter;
 pub mod index;
 pub mod ingest;
 pub mod path;
+pub mod represent;
 pub mod rewrite;
 pub mod scratch;
 pub mod sink;

@@ -7,8 +7,9 @@
 
 use crate::error::{Error, Result};
 
-/// Longest normalised path accepted, in bytes (Linux `PATH_MAX`).
-pub const MAX_PATH_LEN: usize = 4096;
+/// Longest normalised path accepted, in bytes: Linux's `PATH_MAX` (4096) less its
+/// terminating NUL.
+pub const MAX_PATH_LEN: usize = 4095;
 
 /// Normalises a tar entry name; `raw` is the name as it appears in the archive (for messages).
 pub fn normalize(raw: &str) -> Result<String> {

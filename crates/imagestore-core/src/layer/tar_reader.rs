@@ -4,7 +4,12 @@
 //! bound extension headers (PAX, GNU long names) before reading them, reject PAX/ustar size
 //! disagreements (tar smuggling), decode GNU sparse maps, report exact stream offsets and
 //! tell a truncated archive from a finished one. Memory use is bounded by
-//! [`TarLimits::max_header_bytes`] whatever the archive.
+//! [`TarLimits::max_extension_bytes`] whatever the archive.
+//!
+//! The end of an archive is exact, as in Go's archive/tar: two zero blocks end it (or the
+//! stream ending at an entry boundary); a lone zero block followed by a header, or anything
+//! but zeros after the end-of-archive marker, is refused, because such bytes would be kept in
+//! the stored layer while no reader of its TOC sees them.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
@@ -13,19 +18,40 @@ use tar::{EntryType, Header};
 
 use crate::error::{Error, Result};
 
+mod fields;
+#[cfg(test)]
+mod tests;
+mod trailer;
+
+pub use fields::map_read_error;
+use fields::{
+    check_checksum, num, num_field, pad, parse_pax, parse_pax_time, parse_pax_u64, trim_nul,
+    truncated, utf8,
+};
+
 const BLOCK: u64 = 512;
 
 /// Bounds the reader enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct TarLimits {
-    /// Largest PAX extended header or GNU long name/link payload, in bytes (default 1 MiB).
+    /// Largest single PAX extended header or GNU long name/link payload, and largest GNU
+    /// sparse map, in bytes (default 1 MiB).
     pub max_header_bytes: u64,
+    /// Most bytes of extension headers (PAX, PAX global, GNU long name and long link) before
+    /// one entry, all of them together: each counts its 512-byte header block plus its payload
+    /// padded to a block (default 1 MiB). A chain of extension headers cannot accumulate past
+    /// it.
+    pub max_extension_bytes: u64,
+    /// Most PAX records (keys) one entry's PAX headers may carry together (default 1,024).
+    pub max_pax_records: u64,
 }
 
 impl Default for TarLimits {
     fn default() -> Self {
         TarLimits {
             max_header_bytes: 1 << 20,
+            max_extension_bytes: 1 << 20,
+            max_pax_records: 1024,
         }
     }
 }
@@ -100,31 +126,6 @@ pub struct TarReader<R> {
     padding: u64,
     limits: TarLimits,
     finished: bool,
-    saw_entry_or_byte: bool,
-}
-
-fn truncated(at: u64) -> Error {
-    Error::bad_archive(format!(
-        "archive is truncated (unexpected end of stream at byte {at})"
-    ))
-}
-
-fn utf8(field: &str, bytes: &[u8], name: &str) -> Result<String> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| Error::bad_entry(name, format!("{field} is not valid UTF-8")))
-}
-
-fn num<T>(r: io::Result<T>, field: &str, name: &str) -> Result<T> {
-    r.map_err(|e| Error::bad_entry(name, format!("bad {field} field: {e}")))
-}
-
-/// A numeric header field: an empty field (all NUL or spaces, as some writers leave unused
-/// fields) reads as zero, like Go's archive/tar; anything else must parse.
-fn num_field(raw: &[u8], parsed: io::Result<u64>, field: &str, name: &str) -> Result<u64> {
-    if raw.iter().all(|b| *b == 0 || *b == b' ') {
-        return Ok(0);
-    }
-    num(parsed, field, name)
 }
 
 impl<R: Read> TarReader<R> {
@@ -137,7 +138,6 @@ impl<R: Read> TarReader<R> {
             padding: 0,
             limits,
             finished: false,
-            saw_entry_or_byte: false,
         }
     }
 
@@ -162,9 +162,6 @@ impl<R: Read> TarReader<R> {
             }
         }
         self.pos += got as u64;
-        if got > 0 {
-            self.saw_entry_or_byte = true;
-        }
         if got == 0 {
             return Ok(false);
         }
@@ -282,6 +279,9 @@ impl<R: Read> TarReader<R> {
         let mut long_link: Option<Vec<u8>> = None;
         let mut header_offset = self.pos;
         let mut in_extension = false;
+        // Bytes of extension headers and PAX records so far, for this entry.
+        let mut extension_bytes = 0u64;
+        let mut pax_records = 0u64;
 
         loop {
             let block_at = self.pos;
@@ -302,7 +302,7 @@ impl<R: Read> TarReader<R> {
                     )));
                 }
                 self.finished = true;
-                self.drain_trailer()?;
+                self.end_of_archive(block_at)?;
                 return Ok(None);
             }
             let header = Header::from_byte_slice(&block);
@@ -310,10 +310,37 @@ impl<R: Read> TarReader<R> {
             let size = header.entry_size().map_err(|e| {
                 Error::bad_archive(format!("bad size field in header at byte {block_at}: {e}"))
             })?;
-            match header.entry_type() {
+            let entry_type = header.entry_type();
+            if matches!(
+                entry_type,
+                EntryType::XHeader
+                    | EntryType::XGlobalHeader
+                    | EntryType::GNULongName
+                    | EntryType::GNULongLink
+            ) {
+                extension_bytes = extension_bytes
+                    .saturating_add(BLOCK)
+                    .saturating_add(size.saturating_add(pad(size)));
+                if size <= self.limits.max_header_bytes
+                    && extension_bytes > self.limits.max_extension_bytes
+                {
+                    return Err(Error::bad_archive(format!(
+                        "extension headers from byte {header_offset} to {} add up to {extension_bytes} bytes before one entry; the maximum is {}",
+                        self.pos.saturating_add(size).saturating_add(pad(size)),
+                        self.limits.max_extension_bytes
+                    )));
+                }
+            }
+            match entry_type {
                 EntryType::XHeader => {
                     let payload = self.read_payload(size, "PAX extended")?;
-                    parse_pax(&payload, &mut pax, block_at)?;
+                    parse_pax(
+                        &payload,
+                        &mut pax,
+                        block_at,
+                        &mut pax_records,
+                        self.limits.max_pax_records,
+                    )?;
                     in_extension = true;
                     continue;
                 }
@@ -385,14 +412,6 @@ impl<R: Read> TarReader<R> {
                 ));
             }
         };
-        // Old-style archives mark directories by a trailing slash on a regular entry.
-        let kind =
-            if kind == RawKind::File && entry_type == EntryType::Regular && name.ends_with('/') {
-                RawKind::Dir
-            } else {
-                kind
-            };
-
         // Tar smuggling: a PAX size that disagrees with a non-zero ustar size makes readers
         // see different archives. Refuse it.
         let mut stored = size_field;
@@ -409,6 +428,31 @@ impl<R: Read> TarReader<R> {
             }
             stored = pax_size;
         }
+
+        // Old-style archives mark directories by a trailing slash on a regular entry; a
+        // trailing slash on anything else that is not a directory is malformed (readers would
+        // disagree on whether it is a file or a directory).
+        let kind = match kind {
+            RawKind::Dir => kind,
+            _ if !name.ends_with('/') => kind,
+            RawKind::File if entry_type == EntryType::Regular && stored == 0 => RawKind::Dir,
+            RawKind::File if entry_type == EntryType::Regular => {
+                return Err(Error::bad_entry(
+                    &name,
+                    format!(
+                        "a regular file whose name ends with '/' carries {stored} bytes of data (a trailing slash on a non-directory is malformed)"
+                    ),
+                ));
+            }
+            other => {
+                return Err(Error::bad_entry(
+                    &name,
+                    format!(
+                        "a {other:?} entry's name ends with '/' (a trailing slash on a non-directory is malformed)"
+                    ),
+                ));
+            }
+        };
 
         let link = match kind {
             RawKind::Symlink | RawKind::Hardlink => {
@@ -570,264 +614,5 @@ impl<R: Read> TarReader<R> {
             ));
         }
         Ok((real, map))
-    }
-
-    /// After the first zero block: accept a second zero block and zero padding; anything else
-    /// after the end marker is ignored but must still be read so the whole stream is hashed.
-    fn drain_trailer(&mut self) -> Result<()> {
-        let mut buf = [0u8; 8192];
-        loop {
-            match self.inner.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.pos += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(map_read_error(e)),
-            }
-        }
-    }
-}
-
-/// Errors from the layers below a tar reader (decompressors, limits, the network) arrive as
-/// `io::Error`; ones that carry an imagestore [`Error`] are unwrapped, others become
-/// bad-archive errors (a corrupt gzip stream, say).
-pub fn map_read_error(e: io::Error) -> Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner()
-            && let Ok(err) = inner.downcast::<Error>()
-        {
-            return *err;
-        }
-        return Error::bad_archive("read failed");
-    }
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            Error::bad_archive("archive is truncated (unexpected end of compressed stream)")
-        }
-        _ => Error::bad_archive(format!("cannot read archive: {e}")),
-    }
-}
-
-fn check_checksum(header: &Header, at: u64) -> Result<()> {
-    let bytes = header.as_bytes();
-    let sum: u32 = bytes[..148]
-        .iter()
-        .chain(&bytes[156..])
-        .map(|b| u32::from(*b))
-        .sum::<u32>()
-        + 8 * 32;
-    match header.cksum() {
-        Ok(c) if c == sum => Ok(()),
-        _ if at == 0 => Err(Error::bad_archive(
-            "input is not a tar archive (bad header checksum at byte 0)",
-        )),
-        _ => Err(Error::bad_archive(format!(
-            "corrupt header at byte {at} (checksum mismatch)"
-        ))),
-    }
-}
-
-fn pad(n: u64) -> u64 {
-    (BLOCK - n % BLOCK) % BLOCK
-}
-
-fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
-    while v.last() == Some(&0) {
-        v.pop();
-    }
-    v
-}
-
-fn parse_pax_u64(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
-}
-
-fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let mut nsec = 0u32;
-    if !frac.is_empty() {
-        if !frac.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-        nsec = digits.parse().ok()?;
-    }
-    Some((secs, nsec))
-}
-
-/// Parses PAX records (`<len> <key>=<value>\n`) into `out`; later records win.
-fn parse_pax(payload: &[u8], out: &mut BTreeMap<String, Vec<u8>>, at: u64) -> Result<()> {
-    let bad = || Error::bad_archive(format!("malformed PAX header at byte {at}"));
-    let mut rest = payload;
-    while !rest.is_empty() {
-        if rest.iter().all(|b| *b == 0) {
-            break;
-        }
-        let sp = rest.iter().position(|b| *b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&rest[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        if len <= sp + 1 || len > rest.len() {
-            return Err(bad());
-        }
-        let record = &rest[sp + 1..len];
-        let record = record.strip_suffix(b"\n").ok_or_else(bad)?;
-        let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
-        let key = std::str::from_utf8(&record[..eq])
-            .map_err(|_| bad())?
-            .to_owned();
-        out.insert(key, record[eq + 1..].to_vec());
-        rest = &rest[len..];
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn build(f: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        f(&mut b).expect("build tar");
-        b.into_inner().expect("finish tar")
-    }
-
-    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> io::Result<()> {
-        let mut h = Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(EntryType::Regular);
-        b.append_data(&mut h, name, data)
-    }
-
-    fn all(bytes: &[u8]) -> Result<Vec<(RawEntry, Vec<u8>)>> {
-        let mut r = TarReader::new(bytes, TarLimits::default());
-        let mut out = Vec::new();
-        while let Some(e) = r.next_entry()? {
-            let mut data = Vec::new();
-            let mut buf = [0u8; 100];
-            loop {
-                let n = r.read_data(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                data.extend_from_slice(&buf[..n]);
-            }
-            out.push((e, data));
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn reads_entries_with_offsets() -> Result<()> {
-        let long = "d/".repeat(80) + "file";
-        let bytes = build(|b| {
-            file(b, "a.txt", b"hello")?;
-            file(b, &long, b"x")
-        });
-        let entries = all(&bytes)?;
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].0.name, "a.txt");
-        assert_eq!(entries[0].0.header_offset, 0);
-        assert_eq!(entries[0].0.data_offset, 512);
-        assert_eq!(&bytes[512..517], b"hello");
-        assert_eq!(entries[0].1, b"hello");
-        assert_eq!(entries[1].0.name, long);
-        assert_eq!(entries[1].0.header_offset, 1024);
-        Ok(())
-    }
-
-    #[test]
-    fn missing_padding_and_end_marker_are_accepted() -> Result<()> {
-        let bytes = build(|b| file(b, "a", &[1u8; 2000]));
-        for cut in [2512usize, 2560] {
-            let entries = all(&bytes[..cut])?;
-            assert_eq!(entries.len(), 1, "cut {cut}");
-            assert_eq!(entries[0].1.len(), 2000);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn empty_stream_is_empty_archive() -> Result<()> {
-        assert!(all(&[])?.is_empty());
-        assert!(all(&[0u8; 1024])?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn truncation_and_garbage_are_errors() {
-        let bytes = build(|b| file(b, "a", &[1u8; 2000]));
-        for cut in [100usize, 512, 1000, 2300, 2600] {
-            let r = all(&bytes[..cut]);
-            assert!(
-                matches!(r, Err(Error::BadArchive { .. })),
-                "cut {cut}: {r:?}"
-            );
-        }
-        let r = all(b"this is not a tar file at all, just some text"
-            .repeat(20)
-            .as_slice());
-        match r {
-            Err(Error::BadArchive { reason, .. }) => {
-                assert!(reason.contains("not a tar"), "{reason}")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn pax_size_smuggling_is_refused() {
-        let mut bytes = build(|b| {
-            let mut h = Header::new_ustar();
-            h.set_size(5);
-            h.set_mode(0o644);
-            h.set_path("inner")?;
-            h.set_cksum();
-            b.append_pax_extensions([("size", b"1024".as_slice())])?;
-            b.append(&h, [0u8; 5].as_slice())
-        });
-        bytes.extend_from_slice(&[0u8; 2048]);
-        match all(&bytes) {
-            Err(Error::BadArchive { reason, .. }) => {
-                assert!(reason.contains("smuggling"), "{reason}")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn oversized_pax_header_is_refused() {
-        let big = vec![b'a'; (1 << 20) + 10];
-        let bytes = build(|b| {
-            b.append_pax_extensions([("comment", big.as_slice())])?;
-            file(b, "x", b"")
-        });
-        match all(&bytes) {
-            Err(Error::BadArchive { reason, .. }) => {
-                assert!(reason.contains("maximum"), "{reason}")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn pax_records_parse() -> Result<()> {
-        let mut m = BTreeMap::new();
-        parse_pax(
-            b"20 path=hello/world\n29 SCHILY.xattr.user.a=\x00\x01bin\n",
-            &mut m,
-            0,
-        )?;
-        assert_eq!(m["path"], b"hello/world");
-        assert_eq!(m["SCHILY.xattr.user.a"], b"\x00\x01bin");
-        assert_eq!(
-            parse_pax_time(b"1700000000.5"),
-            Some((1700000000, 500_000_000))
-        );
-        assert!(parse_pax(b"99 path=x\n", &mut m, 0).is_err());
-        Ok(())
     }
 }

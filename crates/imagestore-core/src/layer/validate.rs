@@ -7,12 +7,16 @@
 //!   earlier entries over the parent image);
 //! * hardlinks whose target escapes, is a directory, or does not exist earlier in that view;
 //! * whiteouts that are bare (`.wh.`) or name `.` or `..`;
+//! * whiteout names used as directories: an entry below a `.wh.`-prefixed component, or a
+//!   directory entry named as a whiteout or an opaque marker;
+//! * anything no Linux file system could hold (the rule of [`represent`]);
 //! * too many entries.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::layer::path;
+use crate::layer::represent;
 use crate::layer::tar_reader::{RawEntry, RawKind};
 use crate::layer::toc::{EntryKind, TocEntry};
 
@@ -162,8 +166,23 @@ impl<'a> EntryChecker<'a> {
         }
         let name = path::base(&p);
         let dir = path::parent(&p);
+        if let Some(marker) = dir.split('/').find(|c| c.starts_with(WHITEOUT_PREFIX)) {
+            return Err(Error::bad_entry(
+                raw,
+                format!("lies below {marker:?}, a whiteout name used as a directory"),
+            ));
+        }
+        represent::check_entry(e)?;
+        represent::check_components(raw, dir)?;
 
         if let Some(rest) = name.strip_prefix(WHITEOUT_PREFIX) {
+            let aufs_meta = name.starts_with(AUFS_META_PREFIX) && name != OPAQUE_MARKER;
+            if e.kind == RawKind::Dir && !aufs_meta {
+                return Err(Error::bad_entry(
+                    raw,
+                    format!("{name:?} is a whiteout name but the entry is a directory"),
+                ));
+            }
             self.check_parents(&p, raw)?;
             if name == OPAQUE_MARKER {
                 self.opaque.insert(dir.to_owned());
@@ -183,6 +202,7 @@ impl<'a> EntryChecker<'a> {
             if rest == "." || rest == ".." {
                 return Err(Error::bad_entry(raw, "whiteout targets \".\" or \"..\""));
             }
+            represent::check_components(raw, rest)?;
             let target = path::join(dir, rest);
             self.here.insert(target.clone(), Here::Removed);
             let mut t = TocEntry::new(target, EntryKind::Whiteout, 0);
@@ -190,6 +210,7 @@ impl<'a> EntryChecker<'a> {
             return Ok(Some(t));
         }
 
+        represent::check_components(raw, name)?;
         self.check_parents(&p, raw)?;
         let kind = match e.kind {
             RawKind::File => EntryKind::File,
@@ -205,6 +226,9 @@ impl<'a> EntryChecker<'a> {
         match kind {
             EntryKind::Hardlink => {
                 let link = e.link.as_deref().unwrap_or_default();
+                if link.contains('\0') {
+                    return Err(Error::bad_entry(raw, "hardlink target contains a NUL byte"));
+                }
                 let target = path::normalize(link).map_err(|_| {
                     Error::bad_entry(raw, format!("hardlink target {link:?} escapes the root"))
                 })?;
@@ -366,6 +390,63 @@ mod tests {
             .map(|t| (t.path, t.kind));
         assert_eq!(o, Some(("a".into(), EntryKind::Opaque)));
         assert_eq!(c.check(&raw("a/.wh..wh.plnk", RawKind::Dir, None))?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn whiteout_names_are_not_directories() -> Result<()> {
+        let mut c = EntryChecker::new(&EmptyView, 100);
+        assert_eq!(
+            reason(c.check(&raw("a/.wh.b/c", RawKind::File, None))),
+            "lies below \".wh.b\", a whiteout name used as a directory"
+        );
+        assert!(
+            reason(c.check(&raw(".wh..wh..opq/x", RawKind::File, None)))
+                .contains("below \".wh..wh..opq\"")
+        );
+        assert!(
+            reason(c.check(&raw(".wh..wh.plnk/123", RawKind::File, None)))
+                .contains("below \".wh..wh.plnk\"")
+        );
+        assert_eq!(
+            reason(c.check(&raw("a/.wh.b/", RawKind::Dir, None))),
+            "\".wh.b\" is a whiteout name but the entry is a directory"
+        );
+        assert!(
+            reason(c.check(&raw("a/.wh..wh..opq", RawKind::Dir, None)))
+                .contains("is a whiteout name but the entry is a directory")
+        );
+        // AUFS keeps its metadata in directories; those are skipped, as before.
+        assert_eq!(c.check(&raw(".wh..wh.plnk/", RawKind::Dir, None))?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn unrepresentable_entries_are_refused_with_the_rule() -> Result<()> {
+        let mut c = EntryChecker::new(&EmptyView, 100);
+        let long = "n".repeat(256);
+        assert!(
+            reason(c.check(&raw(&format!("d/{long}"), RawKind::File, None))).contains("NAME_MAX")
+        );
+        assert!(
+            reason(c.check(&raw(&format!("{long}/f"), RawKind::File, None))).contains("NAME_MAX")
+        );
+        // A whiteout of a 255-byte name is itself 259 bytes long: what counts is the target.
+        let max = "n".repeat(255);
+        let w = c.check(&raw(&format!(".wh.{max}"), RawKind::File, None))?;
+        assert_eq!(w.map(|t| t.kind), Some(EntryKind::Whiteout));
+        assert!(
+            reason(c.check(&raw(&format!(".wh.{long}"), RawKind::File, None))).contains("NAME_MAX")
+        );
+        let mut late = raw("late", RawKind::File, None);
+        late.mtime = represent::MAX_MTIME + 1;
+        assert!(reason(c.check(&late)).contains("outside what ext4 holds"));
+        let mut dev = raw("dev", RawKind::Char, None);
+        dev.dev = Some((5000, 1));
+        assert!(reason(c.check(&dev)).contains("dev_t"));
+        let mut x = raw("x", RawKind::File, None);
+        x.xattrs.insert("plain".into(), b"v".to_vec());
+        assert!(reason(c.check(&x)).contains("no Linux namespace"));
         Ok(())
     }
 

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imagestore_core::ByteStream;
 use imagestore_core::layer::stream::spawn_producer;
+use imagestore_core::layer::tar_reader::{RawKind, TarLimits, TarReader};
 
 use crate::error::{Error, Result};
 
@@ -61,31 +62,33 @@ fn link_target(member: &str, target: &str, symlink: bool) -> Option<String> {
 }
 
 impl TarIndex {
-    /// Reads every header of the archive at `path` (seeking over member data).
+    /// Reads every header of the archive at `path` (seeking over member data). The archive
+    /// is as untrusted as a layer, so it is walked by the core tar reader with its limits
+    /// (bounded extension headers, exact end of archive, no smuggled sizes); a malformed or
+    /// hostile archive is [`Error::Context`] around the core's `BadArchive`.
     pub fn build(path: &Path) -> Result<TarIndex> {
+        Self::build_with(path, TarLimits::default())
+    }
+
+    /// [`TarIndex::build`] with explicit tar limits.
+    pub fn build_with(path: &Path, limits: TarLimits) -> Result<TarIndex> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut archive = tar::Archive::new(file);
-        let bad =
-            |e: std::io::Error| Error::invalid(path.display(), format!("not a tar archive: {e}"));
+        let mut reader = TarReader::new(BufReader::new(file), limits);
+        let refused = |e: imagestore_core::Error| Error::context(path.display(), e);
         let mut members = HashMap::new();
         let mut links: Vec<(String, String, bool)> = Vec::new();
-        for entry in archive.entries_with_seek().map_err(bad)? {
-            let entry = entry.map_err(bad)?;
-            let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let Some(name) = normalize(&name) else {
+        while let Some(entry) = reader.next_entry().map_err(refused)? {
+            reader.seek_past_data().map_err(refused)?;
+            let Some(name) = normalize(&entry.name) else {
                 continue;
             };
-            let kind = entry.header().entry_type();
-            if kind.is_file() || kind == tar::EntryType::Continuous {
-                members.insert(name, (entry.raw_file_position(), entry.size()));
-            } else if (kind.is_symlink() || kind.is_hard_link())
-                && let Ok(Some(target)) = entry.link_name()
-            {
-                links.push((
-                    name,
-                    target.to_string_lossy().into_owned(),
-                    kind.is_symlink(),
-                ));
+            match (entry.kind, entry.link) {
+                (RawKind::File, _) if entry.sparse.is_none() => {
+                    members.insert(name, (entry.data_offset, entry.stored));
+                }
+                (RawKind::Symlink, Some(target)) => links.push((name, target, true)),
+                (RawKind::Hardlink, Some(target)) => links.push((name, target, false)),
+                _ => {}
             }
         }
         // Links to regular members (docker-archives link `<id>/layer.tar` to `<digest>.tar`).
@@ -285,6 +288,68 @@ mod tests {
         let mut s = String::new();
         r.read_to_string(&mut s).map_err(|e| Error::io(&path, e))?;
         assert_eq!((s.as_str(), size), ("hello", 5));
+        Ok(())
+    }
+
+    /// Writes `bytes` as an archive and indexes it.
+    fn index_of(bytes: &[u8]) -> Result<TarIndex> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let path = dir.path().join("outer.tar");
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        TarIndex::build(&path)
+    }
+
+    fn refusal(r: Result<TarIndex>) -> String {
+        match r {
+            Err(Error::Context { source, .. }) => match *source {
+                Error::Store(imagestore_core::Error::BadArchive { reason, .. }) => reason,
+                other => panic!("expected a bad archive, got {other:?}"),
+            },
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn outer(f: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> std::io::Result<()>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        f(&mut b).expect("build");
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &b"[]"[..])
+            .expect("member");
+        b.into_inner().expect("finish")
+    }
+
+    #[test]
+    fn outer_archives_go_through_the_core_reader_and_its_limits() -> Result<()> {
+        // One oversized PAX header.
+        let big = vec![b'a'; (1 << 20) + 10];
+        let r = refusal(index_of(&outer(|b| {
+            b.append_pax_extensions([("comment", big.as_slice())])
+        })));
+        assert!(r.contains("the maximum is 1048576"), "{r}");
+        // A chain of PAX headers, each under the bound, accumulating past it.
+        let part = vec![b'v'; 100_000];
+        let keys: Vec<String> = (0..12).map(|i| format!("comment.{i}")).collect();
+        let r = refusal(index_of(&outer(|b| {
+            for k in &keys {
+                b.append_pax_extensions([(k.as_str(), part.as_slice())])?;
+            }
+            Ok(())
+        })));
+        assert!(
+            r.contains("add up to") && r.contains("before one entry"),
+            "{r}"
+        );
+        // Hidden data after the end of the archive.
+        let mut hidden = outer(|_| Ok(()));
+        hidden.extend_from_slice(b"more");
+        assert!(refusal(index_of(&hidden)).contains("after the end-of-archive marker"));
+        // Not a tar at all.
+        assert!(refusal(index_of(&b"plain text, no tar".repeat(40))).contains("not a tar"));
+        // The same archive without the hostile header indexes fine.
+        let index = index_of(&outer(|_| Ok(())))?;
+        assert!(index.contains("manifest.json"));
         Ok(())
     }
 
