@@ -16,6 +16,7 @@
 //! | all xattrs of an entry | fit one ext4 xattr block: [`xattr_block_bytes`] ≤ [`XATTR_BLOCK_BYTES`] |
 //! | mtime | within [`MIN_MTIME`] ..= [`MAX_MTIME`] seconds (ext4 with extra timestamps) |
 //! | a device node | major ≤ [`MAX_DEV_MAJOR`], minor ≤ [`MAX_DEV_MINOR`] (Linux's `dev_t`) |
+//! | owner | uid and gid at most [`MAX_ID`] (Linux's `uid_t`) |
 
 use std::collections::BTreeMap;
 
@@ -36,9 +37,11 @@ pub const XATTR_BLOCK_BYTES: usize = 4096;
 pub const XATTR_NAMESPACES: [&str; 4] = ["user.", "trusted.", "security.", "system."];
 /// Earliest mtime ext4 holds, in seconds since the epoch (-2^31, December 1901).
 pub const MIN_MTIME: i64 = -(1 << 31);
-/// Latest mtime ext4 with extra (256-byte inode) timestamps holds, in seconds since the epoch
-/// (2^34 - 1, in the year 2514).
-pub const MAX_MTIME: i64 = (1 << 34) - 1;
+/// Latest mtime ext4 with extra (256-byte inode) timestamps holds, in seconds since the epoch:
+/// a signed 32-bit field plus two epoch bits, so 2^31 - 1 + 3 * 2^32 (May 2446).
+pub const MAX_MTIME: i64 = (1 << 31) - 1 + 3 * (1 << 32);
+/// Largest user or group id: Linux's `uid_t` is 32 bits, and `2^32 - 1` means "no id".
+pub const MAX_ID: u64 = u32::MAX as u64 - 1;
 /// Largest device major number Linux's `dev_t` holds (12 bits).
 pub const MAX_DEV_MAJOR: u32 = 4095;
 /// Largest device minor number Linux's `dev_t` holds (20 bits).
@@ -131,6 +134,12 @@ pub fn check_entry(e: &RawEntry) -> Result<()> {
         return Err(bad(format!(
             "mtime {} is outside what ext4 holds ({MIN_MTIME} ..= {MAX_MTIME} seconds)",
             e.mtime
+        )));
+    }
+    if e.uid > MAX_ID || e.gid > MAX_ID {
+        return Err(bad(format!(
+            "owner {}:{} does not fit Linux's uid_t (ids at most {MAX_ID})",
+            e.uid, e.gid
         )));
     }
     if let Some((major, minor)) = e.dev
@@ -261,6 +270,24 @@ mod tests {
                 ..entry(RawKind::File)
             }));
             assert!(r.contains(&format!("mtime {bad} is outside")), "{r}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn owners_are_bounded() -> Result<()> {
+        check_entry(&RawEntry {
+            uid: MAX_ID,
+            gid: MAX_ID,
+            ..entry(RawKind::File)
+        })?;
+        for (uid, gid) in [(MAX_ID + 1, 0), (0, MAX_ID + 1), (u64::MAX, 0)] {
+            let r = reason(check_entry(&RawEntry {
+                uid,
+                gid,
+                ..entry(RawKind::File)
+            }));
+            assert!(r.contains("uid_t"), "{r}");
         }
         Ok(())
     }

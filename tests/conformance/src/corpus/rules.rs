@@ -190,8 +190,13 @@ pub(super) fn all() -> Vec<Hostile> {
         ),
         h(
             "mtime-after-ext4",
-            mtime("17179869184"),
+            mtime("15032385536"),
             BadArchive("outside what ext4 holds"),
+        ),
+        h(
+            "uid-over-32-bits",
+            Layer::new().file_owned("big-uid", b"x", 1 << 32, 0).build(),
+            BadArchive("uid_t"),
         ),
         h(
             "device-major-over-4095",
