@@ -102,6 +102,7 @@ pub fn ci() -> Result<()> {
     fixtures()?;
     let servers = s3_servers()?;
     let vcsim = vcsim_server()?;
+    let tarlist = crate::differential::for_ci()?;
     let mut tests = cargo();
     tests
         .args(["test", "--workspace", "--exclude", "imagestore"])
@@ -111,6 +112,13 @@ pub fn ci() -> Result<()> {
     }
     if let Some(v) = &vcsim {
         v.env(&mut tests);
+    }
+    // The differential tar test runs with the other tests when the Go lister is built.
+    if let Some(t) = &tarlist {
+        tests.env(crate::differential::TARLIST_VAR, t).env(
+            "IMAGESTORE_DIFF_OUT",
+            crate::util::work_dir("differential")?,
+        );
     }
     run(&mut tests)?;
     drop(servers);

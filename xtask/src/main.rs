@@ -11,8 +11,10 @@
 
 mod bench;
 mod ci;
+mod differential;
 mod dist;
 mod fixture;
+mod fuzz;
 mod s3;
 mod sample;
 mod util;
@@ -29,6 +31,13 @@ cargo xtask <command>
   conformance vmdk   run the conformance suite and the crash test against vmdk://
   conformance vsphere  build and start vcsim, run the conformance suite and the vSphere
                      tests against vsphere://
+  differential       our tar reader vs Go's archive/tar (xtask/tarlist, needs Go): the hostile
+                     corpus, suite layers, Go's test archives and 3000 generated archives;
+                     IMAGESTORE_DIFF_SEED=N replays a run, IMAGESTORE_DIFF_COUNT=N sets the count;
+                     disagreeing archives are kept in target/xtask/differential/ (part of ci)
+  fuzz [TARGET] [SECONDS]  run the cargo-fuzz targets (tar_ingest, toc_decode, filter_decode)
+                     for SECONDS each (default 60); installs cargo-fuzz if missing, runs it
+                     with RUSTC_BOOTSTRAP=1; crashes go to fuzz/artifacts/ (not part of ci)
   vcsim              build and start vcsim on loopback; print its URL; stop on Enter
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
@@ -54,6 +63,8 @@ fn main() -> Result<()> {
         ["ci"] => ci::ci(),
         ["conformance", backend] => ci::conformance(backend),
         ["vcsim"] => ci::vcsim_shell(),
+        ["differential"] => differential::differential(),
+        ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
         ["sample-image"] => sample::sample_image(false),

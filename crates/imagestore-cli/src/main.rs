@@ -38,11 +38,30 @@ pub fn default_url() -> Result<String> {
     Ok(format!("file://{}", base.join("imagestore").display()))
 }
 
+/// Refuses a relative `file:` URL (`file:relative`, `file:./x`), which URL parsing would turn
+/// into a directory at the root of the file system, and says what to write instead.
+fn check_file_url(url: &str) -> Result<()> {
+    let Some(rest) = url.strip_prefix("file:") else {
+        return Ok(());
+    };
+    if rest.starts_with("//") {
+        return Ok(());
+    }
+    let abs = std::env::current_dir()
+        .map(|d| d.join(rest))
+        .unwrap_or_else(|_| std::path::PathBuf::from(rest));
+    anyhow::bail!(
+        "{url:?} is not an absolute file URL; write file:///absolute/path (here: file://{})",
+        abs.display()
+    )
+}
+
 async fn open(cli: &Cli) -> Result<Arc<dyn ImageStorer>> {
     let url = match &cli.url {
         Some(u) => u.clone(),
         None => default_url()?,
     };
+    check_file_url(&url)?;
     Ok(imagestore::open(&url).await?)
 }
 

@@ -6,8 +6,24 @@ use serde::Serialize;
 
 /// Prints an error as one line on stderr: `imagestore: <what failed>: <why>`.
 pub fn error_line(e: &anyhow::Error) {
-    let text = format!("{e:#}").replace('\n', " ");
-    eprintln!("imagestore: {text}");
+    eprintln!("imagestore: {}", error_text(e));
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the line already
+/// holds (errors that name their source in their own message would otherwise say it twice).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text.replace('\n', " ")
 }
 
 /// Prints a value as pretty JSON.

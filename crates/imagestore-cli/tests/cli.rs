@@ -475,3 +475,100 @@ fn a_vmdk_store_exports_images_as_one_disk() {
     );
     assert_eq!(cat, "v=1\n");
 }
+
+/// Runs the binary with `--url url` and `args` in `cwd`, returning its exit code and stderr.
+fn run_at(cwd: &std::path::Path, url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imagestore"));
+    c.current_dir(cwd).arg("--url").arg(url).args(args);
+    let out = common::run_cmd(c, None);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_relative_file_url_is_refused_with_the_absolute_one_to_write() {
+    let env = Env::new();
+    for url in ["file:relative", "file:./relative"] {
+        let (code, e) = run_at(env.dir.path(), url, &["store", "create", "s"]);
+        assert_eq!(code, Some(1), "{e}");
+        let abs = env.dir.path().join("relative");
+        assert!(
+            e.contains("not an absolute file URL") && e.contains("file:///"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&env.dir.path().display().to_string()),
+            "suggests the absolute path {}: {e}",
+            abs.display()
+        );
+        assert!(!abs.exists(), "nothing is created for {url}");
+    }
+    assert!(
+        !std::path::Path::new("/relative").exists(),
+        "file:relative must not become /relative"
+    );
+}
+
+#[test]
+fn read_only_commands_create_nothing() {
+    let env = Env::new();
+    let root = env.path("store");
+    // On a root that does not exist: an empty listing, or "not found" for a named store.
+    assert_eq!(env.json(&["store", "ls"]), serde_json::json!([]));
+    for args in [
+        &["image", "ls", "--store", "s"][..],
+        &["image", "info", "--store", "s", "scratch"],
+        &["store", "usage", "s"],
+        &["owner", "ls", "--store", "s", "scratch"],
+        &["export", "--store", "s", "scratch"],
+    ] {
+        let e = env.fails(args);
+        assert!(
+            e.contains("\"s\"") && e.contains("not found"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(
+        !root.exists(),
+        "a read-only command created {}",
+        root.display()
+    );
+    // The first writing command makes the root.
+    env.ok(&["store", "create", "s"]);
+    assert!(root.join("imagestore-local.json").is_file());
+    assert_eq!(
+        env.json(&["image", "info", "--store", "s", "scratch"])["id"],
+        "scratch"
+    );
+}
+
+#[test]
+fn a_url_naming_a_file_is_one_clear_error() {
+    let env = Env::new();
+    let file = env.path("plain-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let url = format!("file://{}", file.display());
+    for args in [&["store", "ls"][..], &["store", "create", "s"]] {
+        let (code, e) = run_at(env.dir.path(), &url, args);
+        assert_eq!(code, Some(1), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        assert!(!e.contains("File exists"), "{e}");
+    }
+    assert_eq!(std::fs::read(&file).expect("read"), b"not a directory");
+}
+
+#[test]
+fn an_io_error_names_its_cause_once() {
+    let env = Env::new();
+    env.ok(&["store", "create", "s"]);
+    // The store's image directory cannot be listed when it is a file.
+    let images = env.path("store/stores/s/images");
+    std::fs::remove_dir_all(&images).expect("remove images");
+    std::fs::write(&images, b"x").expect("write");
+    let e = env.fails(&["image", "ls", "--store", "s"]);
+    let cause = "Not a directory (os error 20)";
+    assert_eq!(e.matches(cause).count(), 1, "{e}");
+}

@@ -121,10 +121,25 @@ pub fn lookup(scheme: &str) -> Result<&'static Backend> {
 /// `UnknownScheme` lists the schemes this build can open; a URL that does not parse is
 /// `InvalidArgument`. The URL is never echoed with its password.
 pub async fn open(url: &str) -> Result<Arc<dyn ImageStorer>> {
+    check_authority(url)?;
     let parsed =
         Url::parse(url).map_err(|e| Error::invalid(format!("store URL {:?}: {e}", redact(url))))?;
     let backend = lookup(parsed.scheme())?;
     (backend.open)(parsed).await
+}
+
+/// Every store URL is `scheme://...`. Without the `//`, the URL parser would read
+/// `file:relative` as `file:///relative`, a directory at the root of the file system; such
+/// URLs are refused instead.
+fn check_authority(url: &str) -> Result<()> {
+    match url.split_once(':') {
+        Some((scheme, rest)) if !rest.starts_with("//") => Err(Error::invalid(format!(
+            "store URL {:?} has no \"//\" after \"{scheme}:\"; write {scheme}://... \
+             (a directory is file:///absolute/path)",
+            redact(url)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `url` with any password replaced by `***`, for messages.
@@ -146,6 +161,18 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_without_authority_are_refused() {
+        for bad in ["file:relative", "file:./x", "file:/abs", "s3:bucket/x"] {
+            match check_authority(bad) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains("no \"//\""), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(check_authority("file:///abs").is_ok());
+        assert!(check_authority("s3://b/p").is_ok());
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -47,8 +47,9 @@ pub(crate) struct Inner {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) a local backend for `config`. Leftovers of crashed store
-    /// creations are swept.
+    /// Opens a local backend for `config`, creating nothing: the root directory is made by the
+    /// first store creation, so reading a root that does not exist finds no stores. Leftovers
+    /// of crashed store creations are swept.
     pub async fn open(config: Config) -> Result<LocalStore> {
         let base_url = Url::from_directory_path(&config.root).map_err(|()| {
             Error::invalid(format!("{} is not an absolute path", config.root.display()))
@@ -60,7 +61,7 @@ impl LocalStore {
             tocs: Arc::new(TocCache::default()),
         });
         let store = LocalStore { inner };
-        store.run(|i| i.init_root()).await?;
+        store.run(|i| i.check_root()).await?;
         Ok(store)
     }
 
@@ -84,8 +85,51 @@ fn image_name(store: &StoreName, id: &ImageId) -> String {
 }
 
 impl Inner {
-    fn init_root(&self) -> Result<()> {
+    /// Checks the root when a backend is opened, creating nothing: a missing root is a backend
+    /// without stores (the first store creation makes it); an existing one must be a
+    /// directory, and if it holds the format file, an imagestore-local version 1 root, whose
+    /// leftovers are swept.
+    fn check_root(&self) -> Result<()> {
         let dir = &self.root.dir;
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::invalid(format!(
+                    "{} is a file, not a directory; a file:// URL names the directory holding the stores",
+                    dir.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).at(dir),
+        }
+        let fmt = self.root.format_file();
+        if !fsx::exists(&fmt)? {
+            return Ok(());
+        }
+        let bytes = std::fs::read(&fmt).at(&fmt)?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(fmt.display().to_string(), e.to_string()))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some("imagestore-local")
+            || v.get("version").and_then(|v| v.as_u64()) != Some(1)
+        {
+            return Err(Error::corrupt(
+                fmt.display().to_string(),
+                "not an imagestore-local version 1 root",
+            ));
+        }
+        crate::sweep::sweep_root(self)
+    }
+
+    /// Makes the root (directory, format file, subdirectories) if it is not there yet; only
+    /// writing operations call this.
+    fn ensure_root(&self) -> Result<()> {
+        let dir = &self.root.dir;
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} is a file, not a directory; a file:// URL names the directory holding the stores",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir).at(dir)?;
         let fmt = self.root.format_file();
         if !fsx::exists(&fmt)? {
@@ -95,23 +139,11 @@ impl Inner {
                 Err(_) if fsx::exists(&fmt)? => {}
                 Err(e) => return Err(e),
             }
-        } else {
-            let bytes = std::fs::read(&fmt).at(&fmt)?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::corrupt(fmt.display().to_string(), e.to_string()))?;
-            if v.get("format").and_then(|f| f.as_str()) != Some("imagestore-local")
-                || v.get("version").and_then(|v| v.as_u64()) != Some(1)
-            {
-                return Err(Error::corrupt(
-                    fmt.display().to_string(),
-                    "not an imagestore-local version 1 root",
-                ));
-            }
         }
         for d in [self.root.stores(), self.root.tmp(), self.root.trash()] {
             fsx::mkdir(&d, true)?;
         }
-        crate::sweep::sweep_root(self)
+        Ok(())
     }
 
     pub(crate) fn store_dir(&self, s: &StoreName) -> StoreDir {
@@ -284,6 +316,7 @@ impl Inner {
 /// helpers, called from here.
 impl BlockingCatalog for Inner {
     fn create_store(&self, s: &StoreName) -> Result<Url> {
+        self.ensure_root()?;
         let _guard = lock::lock_blocking(&self.root.lock_file(), lock::range_for(s.as_str()))?;
         let final_dir = self.store_dir(s);
         if fsx::exists(&final_dir.dir)? {

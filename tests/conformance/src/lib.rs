@@ -23,7 +23,9 @@
 pub mod cases;
 pub mod corpus;
 pub mod crash;
+pub mod differential;
 pub mod faults;
+pub mod targen;
 pub mod tars;
 pub mod tree;
 
