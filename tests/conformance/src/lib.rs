@@ -194,6 +194,7 @@ macro_rules! conformance_tests {
             special_entries_kept,
             xattrs_and_long_names_kept,
             sparse_file_contents,
+            hardlink_kept_when_target_whited_out,
             // Writable layers
             writable_import_export_commit,
             writable_layer_puts_parent_in_use,
