@@ -484,7 +484,12 @@ mod tests {
         let lazy = view(&l);
         let f = EntryRef { layer: 0, entry: 1 };
         let x = EntryRef { layer: 0, entry: 3 };
-        for (p, want) in [("h", Some(f)), ("h3", Some(x)), ("a/f", None), ("c/x", None)] {
+        for (p, want) in [
+            ("h", Some(f)),
+            ("h3", Some(x)),
+            ("a/f", None),
+            ("c/x", None),
+        ] {
             assert_eq!(merged.get(p).and_then(|n| n.content), want, "merged {p}");
             assert_eq!(lazy.resolve(p, 2)?.map(|r| r.content), want, "lazy {p}");
         }

@@ -593,7 +593,11 @@ mod tests {
 
     fn source(skip: Option<&str>) -> Source {
         let mut m = HashMap::new();
-        for (p, d) in [("ro/a", b"alpha".as_slice()), ("b", b"beta"), ("c", b"gamma")] {
+        for (p, d) in [
+            ("ro/a", b"alpha".as_slice()),
+            ("b", b"beta"),
+            ("c", b"gamma"),
+        ] {
             if Some(p) != skip {
                 m.insert(p.to_owned(), d.to_vec());
             }
@@ -668,10 +672,12 @@ mod tests {
         let opts = CheckoutOptions { rootless: true };
         let report = checkout(&Plan::new(vec![], vec![node.clone()]), &src, &dest, &opts)?;
         assert_eq!(report.bytes, 8);
-        let meta = std::fs::metadata(dest.join("big")).map_err(|e| Error::invalid(e.to_string()))?;
+        let meta =
+            std::fs::metadata(dest.join("big")).map_err(|e| Error::invalid(e.to_string()))?;
         assert_eq!(meta.len(), size);
         assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
-        let mut f = std::fs::File::open(dest.join("big")).map_err(|e| Error::invalid(e.to_string()))?;
+        let mut f =
+            std::fs::File::open(dest.join("big")).map_err(|e| Error::invalid(e.to_string()))?;
         let mut tail = [0u8; 8];
         std::io::Seek::seek(&mut f, io::SeekFrom::Start(size - 8))
             .and_then(|_| f.read_exact(&mut tail))
@@ -679,7 +685,12 @@ mod tests {
         assert_eq!(&tail, b"\0\0\0\0\0end");
         // Stored data that does not match the digest is refused.
         let bad = Source(HashMap::from([("big".to_owned(), b"startEND".to_vec())]));
-        let r = checkout(&Plan::new(vec![], vec![node]), &bad, &tmp.path().join("x"), &opts);
+        let r = checkout(
+            &Plan::new(vec![], vec![node]),
+            &bad,
+            &tmp.path().join("x"),
+            &opts,
+        );
         assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
         Ok(())
     }

@@ -105,7 +105,10 @@ impl Read for DropHoles<'_> {
                 let want = (buf.len() as u64).min(left) as usize;
                 let n = self.inner.read(&mut buf[..want])?;
                 if n == 0 && want > 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data ends early"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data ends early",
+                    ));
                 }
                 self.done_in_seg += n as u64;
                 return Ok(n);
@@ -113,7 +116,10 @@ impl Read for DropHoles<'_> {
             let want = (scratch.len() as u64).min(left) as usize;
             let n = self.inner.read(&mut scratch[..want])?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "data ends early",
+                ));
             }
             self.done_in_seg += n as u64;
         }

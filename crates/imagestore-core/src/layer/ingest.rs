@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::layer::tar_reader::{TarLimits, TarReader, map_read_error};
 use crate::layer::content::content_hasher;
+use crate::layer::tar_reader::{TarLimits, TarReader, map_read_error};
 use crate::layer::toc::{Compression, DigestForm, Toc, TocEntry};
 use crate::layer::validate::{EmptyView, EntryChecker, LowerView};
 use crate::storer::ByteStream;

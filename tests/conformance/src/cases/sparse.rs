@@ -28,7 +28,12 @@ fn sparse_entries(bytes: &[u8]) -> Result<Vec<(String, u64, Option<Vec<(u64, u64
             }
             data.extend_from_slice(&buf[..n]);
         }
-        out.push((e.name.trim_end_matches('/').to_owned(), e.size, e.sparse, data));
+        out.push((
+            e.name.trim_end_matches('/').to_owned(),
+            e.size,
+            e.sparse,
+            data,
+        ));
     }
     Ok(out)
 }
@@ -60,7 +65,11 @@ pub async fn large_sparse_file_stays_sparse(ctx: &Ctx, size: u64) -> Result<()> 
             .iter()
             .find(|e| e.0 == "big.img")
             .ok_or_else(|| anyhow!("no big.img in the export"))?;
-        ensure!(big.1 == size && big.2.as_ref() == Some(&map), "{:?}", (big.1, &big.2));
+        ensure!(
+            big.1 == size && big.2.as_ref() == Some(&map),
+            "{:?}",
+            (big.1, &big.2)
+        );
         ensure!(big.3 == b"headtail", "stored data {:?}", big.3);
     }
     let raw = read_all(ctx.store.export_raw(&s, &a.id).await?).await?;
@@ -70,7 +79,11 @@ pub async fn large_sparse_file_stays_sparse(ctx: &Ctx, size: u64) -> Result<()> 
     let dest = dir.path().join("root");
     let opts = CheckoutOptions { rootless: true };
     let report = ctx.store.checkout(&s, &a.id, &dest, &opts).await?;
-    ensure!(report.bytes < 1 << 20, "checkout wrote {} bytes", report.bytes);
+    ensure!(
+        report.bytes < 1 << 20,
+        "checkout wrote {} bytes",
+        report.bytes
+    );
     let path = dest.join("big.img");
     let meta = std::fs::metadata(&path)?;
     ensure!(meta.len() == size, "length {}", meta.len());
@@ -104,10 +117,7 @@ pub async fn hardlink_kept_when_target_whited_out(ctx: &Ctx) -> Result<()> {
         ctx,
         &a,
         "hw2",
-        &Layer::new()
-            .hardlink("h", "d/t")
-            .whiteout("d/t")
-            .build(),
+        &Layer::new().hardlink("h", "d/t").whiteout("d/t").build(),
     )
     .await?;
     for ancestor in [None, Some(a.id.clone())] {
@@ -118,7 +128,10 @@ pub async fn hardlink_kept_when_target_whited_out(ctx: &Ctx) -> Result<()> {
         )
         .await?;
         let h = find(&tree, "h").ok_or_else(|| anyhow!("no h in {ancestor:?}"))?;
-        ensure!(h.kind == '0' && h.data == b"kept data", "{ancestor:?}: {h:?}");
+        ensure!(
+            h.kind == '0' && h.data == b"kept data",
+            "{ancestor:?}: {h:?}"
+        );
         ensure!(
             !tree.iter().any(|e| e.path == "d/t"),
             "{ancestor:?}: d/t is still there"
