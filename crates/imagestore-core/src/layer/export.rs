@@ -23,7 +23,7 @@ use crate::layer::compose::{EntryRef, MergedView};
 use crate::layer::content::{Checked, ContentPass, ContentSource};
 use crate::layer::filter::FilterSpec;
 use crate::layer::path;
-use crate::layer::sparse::gnu_sparse_header;
+use crate::layer::sparse::{Pieces, gnu_sparse_header};
 use crate::layer::toc::{Compression, EntryKind, TocEntry};
 use crate::layer::validate::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
@@ -448,13 +448,13 @@ impl<W: Write> Writer<'_, W> {
                 if !self.data || e.size == 0 {
                     return self.append(&mut h, mapped, Some(e), None, &mut io::empty());
                 }
-                let (mut body, blocks) = if e.is_sparse_form() {
-                    let blocks = gnu_sparse_header(&mut h, e)?;
+                let (mut body, blocks, pieces) = if e.is_sparse_form() {
+                    let (blocks, pieces) = gnu_sparse_header(&mut h, e)?;
                     let inner = self.pass.open_stored(&node.path, node.content, e)?;
-                    (Checked::stored(inner, e)?, blocks)
+                    (Checked::stored(inner, e)?, blocks, pieces)
                 } else {
                     let inner = self.pass.open(&node.path, node.content, e)?;
-                    (Checked::new(inner, e), Vec::new())
+                    (Checked::new(inner, e), Vec::new(), vec![(e.size, true)])
                 };
                 let appended = append_entry(
                     &mut self.out,
@@ -462,7 +462,7 @@ impl<W: Write> Writer<'_, W> {
                     mapped,
                     Some(e),
                     None,
-                    &mut blocks.as_slice().chain(&mut body),
+                    &mut blocks.as_slice().chain(Pieces::new(&mut body, pieces)),
                 );
                 if let Err(err) = appended {
                     if body.read_failed() {

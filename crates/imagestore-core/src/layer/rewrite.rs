@@ -9,7 +9,7 @@ use crate::layer::export::{append_entry, header_for};
 use crate::layer::filter::FilterSpec;
 use crate::layer::ingest::{decompressor, sniff};
 use crate::layer::path;
-use crate::layer::sparse::gnu_sparse_header;
+use crate::layer::sparse::{Pieces, gnu_sparse_header};
 use crate::layer::stream::{BlockingReader, spawn_producer};
 use crate::layer::tar_reader::{RawEntry, RawKind, TarLimits, TarReader, map_read_error};
 use crate::layer::toc::{EntryKind, TocEntry};
@@ -84,9 +84,9 @@ pub fn filter_tar(input: ByteStream, filter: FilterSpec, limits: TarLimits) -> B
                 e.size = raw.size;
                 e.sparse = raw.sparse.clone();
                 // A sparse file stays sparse: its map, then only its stored data.
-                let blocks = match e.sparse {
+                let (blocks, pieces) = match e.sparse {
                     Some(_) => gnu_sparse_header(&mut h, &e)?,
-                    None => Vec::new(),
+                    None => (Vec::new(), vec![(raw.size, true)]),
                 };
                 let mut body = StoredData {
                     reader: &mut reader,
@@ -99,7 +99,7 @@ pub fn filter_tar(input: ByteStream, filter: FilterSpec, limits: TarLimits) -> B
                     &name,
                     Some(&e),
                     None,
-                    &mut blocks.as_slice().chain(&mut body),
+                    &mut blocks.as_slice().chain(Pieces::new(&mut body, pieces)),
                 );
                 if let Some(err) = body.error.take() {
                     return Err(err);

@@ -32,14 +32,106 @@ fn put_segment(slot: &mut GnuSparseHeader, (off, len): (u64, u64)) {
     put_num(&mut slot.numbytes, len);
 }
 
+/// The map an export writes for a sparse file of `size` bytes stored as `map`, and how to
+/// produce its data from the stored bytes: `(length, stored)` pieces, zeros where not stored.
+///
+/// Common readers (GNU tar, the `tar` crate) want every segment but the last to hold a multiple
+/// of 512 bytes and the map to reach the real size, as GNU tar writes it. So each segment is
+/// padded with zeros from the hole after it up to the next multiple of 512 (merged with the
+/// next segment when they meet), empty segments are dropped, and a final `(size, 0)` segment
+/// ends a map that stops short. The padding is at most 511 bytes a segment.
+pub(crate) fn export_map(map: &[(u64, u64)], size: u64) -> (Vec<(u64, u64)>, Vec<(u64, bool)>) {
+    let segs: Vec<(u64, u64)> = map.iter().copied().filter(|s| s.1 > 0).collect();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut pieces: Vec<(u64, bool)> = Vec::new();
+    let mut i = 0;
+    while i < segs.len() {
+        let (off, mut len) = segs[i];
+        pieces.push((len, true));
+        i += 1;
+        while i < segs.len() {
+            let padded = len.div_ceil(512) * 512;
+            let (next_off, next_len) = segs[i];
+            if off + padded < next_off {
+                pieces.push((padded - len, false));
+                len = padded;
+                break;
+            }
+            // Padding would reach the next segment: fill the gap and take it in.
+            pieces.push((next_off - off - len, false));
+            pieces.push((next_len, true));
+            len = next_off + next_len - off;
+            i += 1;
+        }
+        out.push((off, len));
+    }
+    let end = out.last().map_or(0, |(o, l)| o + l);
+    if end < size || out.is_empty() {
+        out.push((size, 0));
+    }
+    pieces.retain(|p| p.0 > 0);
+    (out, pieces)
+}
+
+/// Stored bytes from `inner` laid out as [`export_map`]'s pieces (zeros between).
+pub(crate) struct Pieces<R> {
+    inner: R,
+    pieces: Vec<(u64, bool)>,
+    at: usize,
+    done: u64,
+}
+
+impl<R: Read> Pieces<R> {
+    /// Lays out `inner` as `pieces`.
+    pub(crate) fn new(inner: R, pieces: Vec<(u64, bool)>) -> Self {
+        Pieces {
+            inner,
+            pieces,
+            at: 0,
+            done: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Pieces<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(&(len, stored)) = self.pieces.get(self.at) {
+            if self.done == len {
+                self.at += 1;
+                self.done = 0;
+                continue;
+            }
+            let want = (buf.len() as u64).min(len - self.done) as usize;
+            let n = if stored {
+                self.inner.read(&mut buf[..want])?
+            } else {
+                buf[..want].fill(0);
+                want
+            };
+            if n == 0 && want > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "sparse data ends early",
+                ));
+            }
+            self.done += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
 /// Turns `h` (a ustar header made for `e`, name and checksum still to be set) into a GNU sparse
-/// header for `e`'s map: type `S`, size the stored bytes, real size the logical one, the first
-/// four segments inside. Returns the extension blocks that must follow the header, before the
-/// stored data.
-pub(crate) fn gnu_sparse_header(h: &mut Header, e: &TocEntry) -> Result<Vec<u8>> {
-    let map = e.sparse.as_deref().unwrap_or_default();
+/// header for `e`'s map as [`export_map`] lays it out: type `S`, size the bytes written, real
+/// size the logical one, the first four segments inside. Returns the extension blocks that
+/// must follow the header and the pieces for [`Pieces`].
+pub(crate) fn gnu_sparse_header(
+    h: &mut Header,
+    e: &TocEntry,
+) -> Result<(Vec<u8>, Vec<(u64, bool)>)> {
+    let (map, pieces) = export_map(e.sparse.as_deref().unwrap_or_default(), e.size);
     h.set_entry_type(EntryType::GNUSparse);
-    h.set_size(e.stored_len());
+    h.set_size(pieces.iter().map(|p| p.0).sum());
     h.as_mut_bytes()[257..265].copy_from_slice(GNU_MAGIC);
     let gnu = h
         .as_gnu_mut()
@@ -60,7 +152,7 @@ pub(crate) fn gnu_sparse_header(h: &mut Header, e: &TocEntry) -> Result<Vec<u8>>
         ext.isextended[0] = u8::from(chunks.peek().is_some());
         blocks.extend_from_slice(ext.as_bytes());
     }
-    Ok(blocks)
+    Ok((blocks, pieces))
 }
 
 /// Writes the stored segments of a sparse file, read one after the other from `body`, at their
@@ -95,15 +187,27 @@ mod tests {
     use crate::layer::toc::EntryKind;
 
     #[test]
-    fn headers_round_trip_through_the_reader() -> Result<()> {
-        // Offsets past 8 GiB need base-256 fields; 30 segments need two extension blocks.
+    fn exported_maps_are_block_aligned_and_reach_the_size() {
+        let (map, pieces) = export_map(&[(0, 4), (600, 0), (1000, 10), (1100, 3)], 5000);
+        assert_eq!(map, vec![(0, 512), (1000, 103), (5000, 0)]);
+        assert_eq!(
+            pieces,
+            vec![(4, true), (508, false), (10, true), (90, false), (3, true)]
+        );
+        let (map, _) = export_map(&[], 7);
+        assert_eq!(map, vec![(7, 0)]);
+    }
+
+    #[test]
+    fn headers_round_trip_through_the_reader_and_the_tar_crate() -> Result<()> {
+        // Offsets past 8 GiB need base-256 fields; 31 segments need two extension blocks.
         let mut map: Vec<(u64, u64)> = (0..30u64).map(|i| (i << 34, 3)).collect();
         map.push(((30 << 34) + 5, 1));
         let mut e = TocEntry::new("f", EntryKind::File, 0o640);
         e.size = (31 << 34) + 7;
         e.sparse = Some(map.clone());
         let mut h = crate::layer::export::header_for(&e)?;
-        let blocks = gnu_sparse_header(&mut h, &e)?;
+        let (blocks, pieces) = gnu_sparse_header(&mut h, &e)?;
         assert_eq!(blocks.len(), 2 * 512);
         let data = vec![7u8; e.stored_len() as usize];
         let mut out = tar::Builder::new(Vec::new());
@@ -113,7 +217,9 @@ mod tests {
             "f",
             Some(&e),
             None,
-            &mut blocks.as_slice().chain(data.as_slice()),
+            &mut blocks
+                .as_slice()
+                .chain(Pieces::new(data.as_slice(), pieces)),
         )?;
         let bytes = out
             .into_inner()
@@ -121,19 +227,20 @@ mod tests {
         let mut r = TarReader::new(bytes.as_slice(), TarLimits::default());
         let raw = r.next_entry()?.ok_or_else(|| Error::invalid("no entry"))?;
         assert_eq!(raw.size, e.size);
-        assert_eq!(raw.stored, 91);
-        assert_eq!(raw.sparse, Some(map));
+        assert_eq!(raw.stored, 30 * 512 + 1);
+        let mut want: Vec<(u64, u64)> = (0..30u64).map(|i| (i << 34, 512)).collect();
+        want.push(((30 << 34) + 5, 1));
+        want.push((e.size, 0));
+        assert_eq!(raw.sparse, Some(want));
         assert_eq!(raw.mode, 0o640);
-        let mut got = vec![0u8; 200];
-        let mut n = 0;
-        loop {
-            let k = r.read_data(&mut got[n..])?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        assert_eq!(&got[..n], data.as_slice());
+        // The tar crate reads it too (it checks alignment and the map's end).
+        let mut a = tar::Archive::new(bytes.as_slice());
+        let mut entries = a.entries().map_err(|err| Error::invalid(err.to_string()))?;
+        let first = entries
+            .next()
+            .ok_or_else(|| Error::invalid("no entry"))?
+            .map_err(|err| Error::invalid(err.to_string()))?;
+        assert_eq!(first.size(), e.size);
         Ok(())
     }
 }

@@ -51,7 +51,11 @@ pub async fn large_sparse_file_stays_sparse(ctx: &Ctx, size: u64) -> Result<()> 
         .build();
     ensure!(layer.len() < 8 << 10, "the layer is {} bytes", layer.len());
     let a = put(ctx, &scratch, "sparse-big", &layer).await?;
-    let map = vec![(0, 4), (size - 4, 4)];
+    // Exports pad segments to 512 bytes, as GNU tar writes them.
+    let map = vec![(0, 512), (size - 4, 4)];
+    let mut stored = b"head".to_vec();
+    stored.resize(512, 0);
+    stored.extend_from_slice(b"tail");
     for ancestor in [None, Some(ImageId::scratch())] {
         let bytes = read_all(
             ctx.store
@@ -70,7 +74,7 @@ pub async fn large_sparse_file_stays_sparse(ctx: &Ctx, size: u64) -> Result<()> 
             "{:?}",
             (big.1, &big.2)
         );
-        ensure!(big.3 == b"headtail", "stored data {:?}", big.3);
+        ensure!(big.3 == stored, "stored data of {} bytes", big.3.len());
     }
     let raw = read_all(ctx.store.export_raw(&s, &a.id).await?).await?;
     ensure!(raw == layer, "the raw export is not the layer");
