@@ -183,6 +183,9 @@ fn corrupt_data(e: &TocEntry, err: impl std::fmt::Display) -> Error {
     Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
 }
 
+/// Runs of a file, `(length, stored)`: stored data, or a hole (zeros) when not stored.
+pub(crate) type Runs = Vec<(u64, bool)>;
+
 /// The runs of a file of logical size `size` whose stored data covers `map` (`(offset, length)`
 /// pairs in order; `None` for a file stored whole): `(length, stored)`, holes unstored.
 pub(crate) fn segments(size: u64, map: Option<&[(u64, u64)]>) -> Vec<(u64, bool)> {
@@ -260,7 +263,7 @@ pub struct Checked<'a> {
     hasher: Hasher,
     /// For logical reads of a sparse-form file: its segments `(length, stored)`, the current
     /// one and the bytes done in it.
-    holes: Option<(Vec<(u64, bool)>, usize, u64)>,
+    holes: Option<(Runs, usize, u64)>,
     /// Why reading stopped before the end, if it did.
     failed: Option<String>,
 }

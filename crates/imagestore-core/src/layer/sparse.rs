@@ -9,7 +9,11 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use tar::{EntryType, GnuExtSparseHeader, GnuSparseHeader, Header};
 
 use crate::error::{Error, Result};
+use crate::layer::content::Runs;
 use crate::layer::toc::TocEntry;
+
+/// A sparse map: `(offset, length)` segments in order.
+type SparseMap = Vec<(u64, u64)>;
 
 /// The GNU magic and version (`"ustar  \0"`), at offset 257 of a header.
 const GNU_MAGIC: &[u8; 8] = b"ustar  \0";
@@ -40,7 +44,7 @@ fn put_segment(slot: &mut GnuSparseHeader, (off, len): (u64, u64)) {
 /// padded with zeros from the hole after it up to the next multiple of 512 (merged with the
 /// next segment when they meet), empty segments are dropped, and a final `(size, 0)` segment
 /// ends a map that stops short. The padding is at most 511 bytes a segment.
-pub(crate) fn export_map(map: &[(u64, u64)], size: u64) -> (Vec<(u64, u64)>, Vec<(u64, bool)>) {
+pub(crate) fn export_map(map: &[(u64, u64)], size: u64) -> (SparseMap, Runs) {
     let segs: Vec<(u64, u64)> = map.iter().copied().filter(|s| s.1 > 0).collect();
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut pieces: Vec<(u64, bool)> = Vec::new();
@@ -125,10 +129,7 @@ impl<R: Read> Read for Pieces<R> {
 /// header for `e`'s map as [`export_map`] lays it out: type `S`, size the bytes written, real
 /// size the logical one, the first four segments inside. Returns the extension blocks that
 /// must follow the header and the pieces for [`Pieces`].
-pub(crate) fn gnu_sparse_header(
-    h: &mut Header,
-    e: &TocEntry,
-) -> Result<(Vec<u8>, Vec<(u64, bool)>)> {
+pub(crate) fn gnu_sparse_header(h: &mut Header, e: &TocEntry) -> Result<(Vec<u8>, Runs)> {
     let (map, pieces) = export_map(e.sparse.as_deref().unwrap_or_default(), e.size);
     h.set_entry_type(EntryType::GNUSparse);
     h.set_size(pieces.iter().map(|p| p.0).sum());

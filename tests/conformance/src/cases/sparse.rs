@@ -13,9 +13,12 @@ use super::{fresh, put};
 use crate::Ctx;
 use crate::tars::{Layer, entries, find, read_all};
 
-/// The entries of an exported tar read with the engine's own reader, as
-/// `(path, logical size, sparse map, stored data)`, so holes are never expanded.
-fn sparse_entries(bytes: &[u8]) -> Result<Vec<(String, u64, Option<Vec<(u64, u64)>>, Vec<u8>)>> {
+/// One entry as the engine's own reader sees it: `(path, logical size, sparse map, stored data)`.
+type Stored = (String, u64, Option<Vec<(u64, u64)>>, Vec<u8>);
+
+/// The entries of an exported tar read with the engine's own reader, so holes are never
+/// expanded.
+fn sparse_entries(bytes: &[u8]) -> Result<Vec<Stored>> {
     let mut r = TarReader::new(bytes, TarLimits::default());
     let mut out = Vec::new();
     while let Some(e) = r.next_entry()? {
