@@ -117,6 +117,12 @@ pub trait BlockingBackend: Send + Sync + fmt::Debug {
         body: ByteStream,
     ) -> Result<Image>;
 
+    /// The bounds for layers this backend reads, imports included: the defaults, unless the
+    /// backend can hold less (the disk backends bound a file's size by their disks' capacity).
+    fn ingest_limits(&self) -> IngestLimits {
+        IngestLimits::default()
+    }
+
     /// Applies the (already filtered) `tar` to writable layer `id` over `lower`, its current
     /// contents; the caller holds the id lock and has checked that the layer exists.
     async fn import_layer(
@@ -273,7 +279,7 @@ impl<B: BlockingBackend> Importer for B {
         let _lock = self.lock_id(store, id).await?;
         self.get_writable(store, id).await?;
         let lower: Arc<dyn LowerView> = Arc::new(stack_of(self, store, id).await?.chain());
-        let limits = IngestLimits::default();
+        let limits = self.ingest_limits();
         let filtered = filter_tar(tar, filter.clone(), limits.tar);
         self.import_layer(store, id, lower, filtered, limits).await
     }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use imagestore_core::layer::ingest::IngestLimits;
 use imagestore_core::{Error, Result, Url};
 
 use crate::layer::DEFAULT_CAPACITY_KIB;
@@ -28,6 +29,15 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The ingest bounds of a store with these options: no file may be larger than the
+    /// scratch disk's capacity, which every layer inherits.
+    pub fn ingest_limits(&self) -> IngestLimits {
+        IngestLimits {
+            max_file_size: self.capacity_kib.saturating_mul(1024),
+            ..IngestLimits::default()
+        }
+    }
+
     /// Reads the options this module knows (`capacity_kib`) from `url`'s query; other keys
     /// are returned for the caller to check.
     pub fn from_query(url: &Url) -> Result<(Options, Vec<(String, String)>)> {

@@ -199,6 +199,10 @@ impl BlockingBackend for DiskStore {
         Capabilities::new(false, MAX_CHAIN_DEPTH, self.inner.ds.shared_writers())
     }
 
+    fn ingest_limits(&self) -> IngestLimits {
+        self.inner.options.ingest_limits()
+    }
+
     async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<DsLock> {
         let (s, id) = (store.clone(), id.clone());
         self.run(move |inner| {
@@ -251,7 +255,7 @@ impl BlockingBackend for DiskStore {
         let staged = work.path().join("files");
         std::fs::create_dir(&staged).at(&staged)?;
         let tap = Box::new(StageTap::new(staged.clone()));
-        let limits = IngestLimits::default();
+        let limits = self.inner.options.ingest_limits();
         let started = Instant::now();
         let ingested =
             ingest_tapped(body, sum.as_ref(), &mut NullSink, view, limits, Some(tap)).await?;

@@ -178,6 +178,11 @@ pub fn all() -> Vec<Hostile> {
             expect: Limit("decompression ratio"),
         },
     ];
+    v.push(Hostile {
+        name: "sparse-file-over-size-limit",
+        bytes: sparse_over_limit(),
+        expect: Limit("size of a file"),
+    });
     let whole = tar_of(|b| file(b, "big", &[7u8; 4000]));
     v.push(Hostile {
         name: "truncated-in-data",
@@ -264,4 +269,23 @@ fn zstd_bomb() -> Vec<u8> {
     }
     enc.write_all(&[0u8; 1024]).expect("write");
     enc.finish().expect("zstd")
+}
+
+/// A 1 KiB layer declaring a GNU sparse file of 2 TiB + 1 byte (one stored byte at its end):
+/// over the default 1 TiB limit and the largest disk a disk backend may have.
+fn sparse_over_limit() -> Vec<u8> {
+    let size = (2u64 << 40) + 1;
+    tar_of(|b| {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(1);
+        let gnu = h.as_gnu_mut().expect("gnu header");
+        gnu.sparse[0].set_offset(size - 1);
+        gnu.sparse[0].set_length(1);
+        gnu.set_real_size(size);
+        h.set_path("huge.img").expect("path");
+        h.set_cksum();
+        b.append(&h, [1u8].as_slice()).expect("sparse");
+    })
 }

@@ -200,6 +200,7 @@ macro_rules! conformance_tests {
             duplicate_paths_last_entry_wins,
             longest_names_read_back,
             mtimes_across_ext4_range_read_back,
+            hardlink_kept_when_target_whited_out,
             // Writable layers
             writable_import_export_commit,
             writable_layer_puts_parent_in_use,

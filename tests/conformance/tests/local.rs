@@ -25,3 +25,13 @@ async fn ctx() -> Option<Ctx> {
 }
 
 conformance_tests!(ctx);
+
+/// Only file:// holds a 64 GiB sparse file whatever its configuration (the disk backends bound
+/// files by their disks' capacity; the corpus checks that every backend refuses one too big).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_sparse_file_stays_sparse() -> anyhow::Result<()> {
+    let Some(ctx) = ctx().await else {
+        return Ok(());
+    };
+    imagestore_conformance::cases::large_sparse_file_stays_sparse(&ctx, 64 << 30).await
+}

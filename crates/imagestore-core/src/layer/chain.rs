@@ -190,8 +190,10 @@ impl ChainView {
         {
             return self.link_content(li, *q, te);
         }
+        // Below this layer, before its markers: a marker that deletes the target later in the
+        // layer does not take the link's data (see `compose`).
         Ok(self
-            .before_entries(target, li)?
+            .resolve(target, li)?
             .filter(|r| r.entry.kind != EntryKind::Dir)
             .map(|r| (r.content, r.entry)))
     }
@@ -459,6 +461,39 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn hardlink_keeps_a_target_its_own_layer_deletes_after_it() -> Result<()> {
+        let l = vec![
+            toc(&[
+                ("a", Dir, None),
+                ("a/f", File, None),
+                ("c", Dir, None),
+                ("c/x", File, None),
+            ]),
+            toc(&[
+                ("h", Hardlink, Some("a/f")),
+                ("a/f", Whiteout, None),
+                ("h3", Hardlink, Some("c/x")),
+                ("c", Opaque, None),
+            ]),
+        ];
+        let merged = MergedView::build(l.clone());
+        let lazy = view(&l);
+        let f = EntryRef { layer: 0, entry: 1 };
+        let x = EntryRef { layer: 0, entry: 3 };
+        for (p, want) in [
+            ("h", Some(f)),
+            ("h3", Some(x)),
+            ("a/f", None),
+            ("c/x", None),
+        ] {
+            assert_eq!(merged.get(p).and_then(|n| n.content), want, "merged {p}");
+            assert_eq!(lazy.resolve(p, 2)?.map(|r| r.content), want, "lazy {p}");
+        }
+        assert_eq!(show(diff(&lazy, 1)?), vec!["-a/f", "oc", "+h", "+h3"]);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use crate::layer::compose::EntryRef;
 use crate::layer::content::{Checked, ContentPass, ContentSource};
 use crate::layer::export::{First, Plan};
 use crate::layer::path;
+use crate::layer::sparse::write_segments;
 use crate::layer::toc::{EntryKind, TocEntry};
 
 /// How a checkout treats what needs privilege.
@@ -210,9 +211,17 @@ impl Checkout<'_> {
                 .map_err(|err| self.fail(p, "creating", errno(err)))?;
                 let mut file = std::fs::File::from(fd);
                 if e.size > 0 {
-                    let inner = self.pass.open(p, content, e)?;
-                    let mut body = Checked::new(inner, e);
-                    if let Err(err) = copy_sparse(&mut body, &mut file) {
+                    let sparse = e.is_sparse_form();
+                    let mut body = if sparse {
+                        Checked::stored(self.pass.open_stored(p, content, e)?, e)?
+                    } else {
+                        Checked::new(self.pass.open(p, content, e)?, e)
+                    };
+                    let copied = match &e.sparse {
+                        Some(map) if sparse => write_segments(&mut body, &mut file, map, e.size),
+                        _ => copy_sparse(&mut body, &mut file),
+                    };
+                    if let Err(err) = copied {
                         if body.read_failed() {
                             body.finish()?;
                         }
@@ -224,7 +233,7 @@ impl Checkout<'_> {
                         });
                     }
                     body.finish()?;
-                    self.report.bytes += e.size;
+                    self.report.bytes += e.stored_len();
                 }
                 let fd = OwnedFd::from(file);
                 self.owner(p, e, |u, g| rfs::fchown(&fd, u, g))?;
@@ -369,19 +378,23 @@ fn copy_sparse(body: &mut impl Read, file: &mut std::fs::File) -> io::Result<()>
 
 /// Materialises a whole-image [`Plan`] into `dest`, which must be absent or an empty
 /// directory.
+///
+/// The tree is built in a fresh sibling directory of `dest` and renamed into place at the end,
+/// so a checkout that fails part-way leaves `dest` as it was (absent or empty) and removes what
+/// it built; a retry starts clean.
 pub fn checkout(
     plan: &Plan,
     source: &dyn ContentSource,
     dest: &Path,
     options: &CheckoutOptions,
 ) -> Result<CheckoutReport> {
-    let io_fail = |what: &str, e: io::Error| Error::Backend {
+    let io_fail = |what: &str, p: &Path, e: io::Error| Error::Backend {
         backend: "checkout",
-        message: format!("{what} {}: {e}", dest.display()),
+        message: format!("{what} {}: {e}", p.display()),
         retryable: false,
         source: Some(Box::new(e)),
     };
-    match std::fs::read_dir(dest) {
+    let existing = match std::fs::read_dir(dest) {
         Ok(mut it) => {
             if it.next().is_some() {
                 return Err(Error::invalid(format!(
@@ -389,18 +402,96 @@ pub fn checkout(
                     dest.display()
                 )));
             }
+            Some(std::fs::metadata(dest).map_err(|e| io_fail("reading", dest, e))?)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir(dest).map_err(|e| io_fail("creating", e))?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_fail("reading", dest, e)),
+    };
+    // `.` and the like name a directory by no final component: use its real path.
+    let dest_buf;
+    let dest = if dest.file_name().is_none() && existing.is_some() {
+        dest_buf = std::fs::canonicalize(dest).map_err(|e| io_fail("resolving", dest, e))?;
+        dest_buf.as_path()
+    } else {
+        dest
+    };
+    let staging = staging_path(dest)?;
+    std::fs::create_dir(&staging).map_err(|e| io_fail("creating", &staging, e))?;
+    let built = build(plan, source, dest, &staging, options).and_then(|report| {
+        if let Some(meta) = &existing {
+            // The empty directory that is replaced keeps its permissions.
+            std::fs::set_permissions(&staging, meta.permissions())
+                .map_err(|e| io_fail("setting the mode of", &staging, e))?;
         }
-        Err(e) => return Err(io_fail("reading", e)),
+        let flags = if existing.is_some() {
+            rfs::RenameFlags::empty()
+        } else {
+            rfs::RenameFlags::NOREPLACE
+        };
+        rfs::renameat_with(rfs::CWD, &staging, rfs::CWD, dest, flags)
+            .map_err(|e| io_fail("moving the checkout into", dest, errno(e)))?;
+        Ok(report)
+    });
+    if built.is_err() {
+        // Best effort: what is left is a dot-named sibling, never `dest` itself.
+        let _ = remove_tree(&staging);
     }
+    built
+}
+
+/// A fresh name beside `dest` for building its tree: `.<name>.checkout-<pid>-<n>`.
+fn staging_path(dest: &Path) -> Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = dest.file_name().ok_or_else(|| {
+        Error::invalid(format!(
+            "checkout destination {} has no final component",
+            dest.display()
+        ))
+    })?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let staged = format!(
+        ".{}.checkout-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(dest.with_file_name(staged))
+}
+
+/// Removes a tree this checkout built, making its directories writable first (their final
+/// modes may already be set). Symlinks are removed, never followed.
+fn remove_tree(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(p)?;
+    if !meta.is_dir() {
+        return std::fs::remove_file(p);
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(p)? {
+        remove_tree(&entry?.path())?;
+    }
+    std::fs::remove_dir(p)
+}
+
+/// Builds the tree of `plan` in the empty directory `root` (errors name paths under `dest`).
+fn build(
+    plan: &Plan,
+    source: &dyn ContentSource,
+    dest: &Path,
+    root: &Path,
+    options: &CheckoutOptions,
+) -> Result<CheckoutReport> {
     let root = rfs::open(
-        dest,
+        root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| io_fail("opening", errno(e)))?;
+    .map_err(|e| Error::Backend {
+        backend: "checkout",
+        message: format!("opening {}: {}", root.display(), errno(e)),
+        retryable: false,
+        source: None,
+    })?;
     let mut c = Checkout {
         root,
         dest,
@@ -433,3 +524,7 @@ pub fn checkout(
     }
     Ok(c.report)
 }
+
+#[cfg(test)]
+#[path = "checkout_tests.rs"]
+mod tests;

@@ -8,10 +8,12 @@
 //!   its directory, and both apply only to lower layers, wherever they stand in their tar;
 //! * replacing a directory with anything else deletes what was below it;
 //! * a hardlink shares the content (data and metadata) its target had when it was applied, so a
-//!   later replacement of the target does not change the link;
+//!   later replacement of the target does not change the link, and neither does a whiteout (or
+//!   opaque marker) of the same layer that deletes the target after the link: the link keeps
+//!   the data;
 //! * missing parent directories are implied (mode 0755, owned by root).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::layer::path;
@@ -75,6 +77,17 @@ impl MergedView {
     pub fn push(&mut self, toc: Arc<Toc>) {
         let li = self.layers.len() as u32;
         self.layers.push(toc.clone());
+        // What hardlink targets are below this layer, before its markers: a link made before a
+        // marker of the same layer deleted its target keeps the target's data.
+        let mut lower_targets: HashMap<&str, EntryRef> = HashMap::new();
+        for e in &toc.entries {
+            if e.kind == EntryKind::Hardlink
+                && let Some(t) = e.link.as_deref()
+                && let Some(c) = self.nodes.get(t).and_then(|n| n.content)
+            {
+                lower_targets.insert(t, c);
+            }
+        }
         // Markers first: they only ever affect lower layers.
         for e in &toc.entries {
             match e.kind {
@@ -108,7 +121,13 @@ impl MergedView {
             let content = match e.kind {
                 EntryKind::Hardlink => {
                     let target = e.link.as_deref().unwrap_or_default();
-                    match self.nodes.get(target).and_then(|n| n.content) {
+                    // An earlier entry of this layer, else what was below before the markers.
+                    let here = self
+                        .nodes
+                        .get(target)
+                        .filter(|n| n.layer == li && n.source.is_some())
+                        .and_then(|n| n.content);
+                    match here.or_else(|| lower_targets.get(target).copied()) {
                         Some(c) if self.entry(c).kind != EntryKind::Dir => c,
                         _ => continue,
                     }

@@ -9,6 +9,10 @@
 //! Either way the bytes pass through [`Checked`], which stops at the size the TOC gives, fails
 //! when the data ends early and compares the content digest with the TOC's at the end, so a
 //! damaged layer or disk is reported instead of exported.
+//!
+//! Sparse files whose digest has the [`DigestForm::SparseMap`] form are copied and checked from
+//! their stored segments only ([`ContentPass::open_stored`], [`Checked::stored`]), so a file
+//! declaring terabytes of holes costs what its stored data costs.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -17,7 +21,28 @@ use crate::digest::{Algorithm, Hasher};
 use crate::error::{Error, Result};
 use crate::layer::compose::EntryRef;
 use crate::layer::export::{LayerReader, LayerSource};
-use crate::layer::toc::TocEntry;
+use crate::layer::toc::{DigestForm, TocEntry};
+
+/// Domain prefix of the [`DigestForm::SparseMap`] content digest.
+const SPARSE_DIGEST_PREFIX: &[u8] = b"imagestore sparse file v1\0";
+
+/// A hasher for the content digest of `entry`, as its TOC records it: for the
+/// [`DigestForm::SparseMap`] form it has already taken the logical size and the map
+/// (`prefix, size, segment count, then each offset and length`, all big-endian `u64`), and
+/// takes the stored bytes next; otherwise it takes the logical bytes.
+pub fn content_hasher(entry: &TocEntry) -> Hasher {
+    let mut h = Algorithm::Sha256.hasher();
+    if let (Some(map), DigestForm::SparseMap) = (&entry.sparse, entry.digest_form) {
+        h.update(SPARSE_DIGEST_PREFIX);
+        h.update(&entry.size.to_be_bytes());
+        h.update(&(map.len() as u64).to_be_bytes());
+        for (off, len) in map {
+            h.update(&off.to_be_bytes());
+            h.update(&len.to_be_bytes());
+        }
+    }
+    h
+}
 
 /// Gives the data of the regular files of an export or checkout.
 pub trait ContentSource: Send + Sync {
@@ -37,6 +62,69 @@ pub trait ContentPass {
         content: EntryRef,
         entry: &TocEntry,
     ) -> Result<Box<dyn Read + '_>>;
+
+    /// The stored segments of a sparse file, one after the other (`entry.stored_len()`
+    /// bytes), without its holes. The default reads [`ContentPass::open`] and drops the holes;
+    /// sources that hold the segments as such override it so holes cost nothing.
+    fn open_stored(
+        &mut self,
+        path: &str,
+        content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        let segments = segments(entry.size, entry.sparse.as_deref());
+        let inner = self.open(path, content, entry)?;
+        Ok(Box::new(DropHoles {
+            inner,
+            segments,
+            seg: 0,
+            done_in_seg: 0,
+        }))
+    }
+}
+
+/// The stored segments of a logical reader: hole bytes are read and dropped.
+struct DropHoles<'a> {
+    inner: Box<dyn Read + 'a>,
+    segments: Vec<(u64, bool)>,
+    seg: usize,
+    done_in_seg: u64,
+}
+
+impl Read for DropHoles<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut scratch = [0u8; 8192];
+        while let Some(&(len, stored)) = self.segments.get(self.seg) {
+            let left = len - self.done_in_seg;
+            if left == 0 {
+                self.seg += 1;
+                self.done_in_seg = 0;
+                continue;
+            }
+            if stored {
+                let want = (buf.len() as u64).min(left) as usize;
+                let n = self.inner.read(&mut buf[..want])?;
+                if n == 0 && want > 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "data ends early",
+                    ));
+                }
+                self.done_in_seg += n as u64;
+                return Ok(n);
+            }
+            let want = (scratch.len() as u64).min(left) as usize;
+            let n = self.inner.read(&mut scratch[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "data ends early",
+                ));
+            }
+            self.done_in_seg += n as u64;
+        }
+        Ok(0)
+    }
 }
 
 impl<T: LayerSource + ?Sized> ContentSource for T {
@@ -71,11 +159,32 @@ impl<S: LayerSource + ?Sized> ContentPass for TarPass<'_, S> {
             .map_err(|err| corrupt_data(entry, err))?;
         Ok(Box::new(SparseBody::new(reader.as_mut(), entry)))
     }
+
+    fn open_stored(
+        &mut self,
+        _path: &str,
+        content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        let layer = content.layer as usize;
+        let reader = match self.readers.entry(layer) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.source.open(layer)?),
+        };
+        reader
+            .skip_to(entry.data_offset)
+            .map_err(|err| corrupt_data(entry, err))?;
+        // In the tar the stored segments follow each other: exactly the bytes wanted.
+        Ok(Box::new(reader.as_mut().take(entry.stored_len())))
+    }
 }
 
 fn corrupt_data(e: &TocEntry, err: impl std::fmt::Display) -> Error {
     Error::corrupt(format!("layer data of {:?}", e.path), err.to_string())
 }
+
+/// Runs of a file, `(length, stored)`: stored data, or a hole (zeros) when not stored.
+pub(crate) type Runs = Vec<(u64, bool)>;
 
 /// The runs of a file of logical size `size` whose stored data covers `map` (`(offset, length)`
 /// pairs in order; `None` for a file stored whole): `(length, stored)`, holes unstored.
@@ -141,13 +250,20 @@ impl Read for SparseBody<'_> {
     }
 }
 
-/// Reads exactly a file's size from its content reader, hashing as it goes; an early end is
+/// Reads exactly a file's data from its content reader, hashing as it goes; an early end is
 /// an `UnexpectedEof` error, and [`Checked::finish`] compares the digest with the TOC's.
+///
+/// [`Checked::new`] reads the logical bytes (`entry.size`); for a digest of the
+/// [`DigestForm::SparseMap`] form only the stored segments are hashed and the holes must read
+/// as zeros. [`Checked::stored`] reads only the stored segments (`entry.stored_len()`).
 pub struct Checked<'a> {
     inner: Box<dyn Read + 'a>,
     entry: &'a TocEntry,
     left: u64,
     hasher: Hasher,
+    /// For logical reads of a sparse-form file: its segments `(length, stored)`, the current
+    /// one and the bytes done in it.
+    holes: Option<(Runs, usize, u64)>,
     /// Why reading stopped before the end, if it did.
     failed: Option<String>,
 }
@@ -162,15 +278,38 @@ impl std::fmt::Debug for Checked<'_> {
 }
 
 impl<'a> Checked<'a> {
-    /// Wraps the content reader of `entry`.
+    /// Wraps the logical content reader of `entry` ([`ContentPass::open`]).
     pub fn new(inner: Box<dyn Read + 'a>, entry: &'a TocEntry) -> Self {
+        let holes = entry
+            .is_sparse_form()
+            .then(|| (segments(entry.size, entry.sparse.as_deref()), 0, 0));
         Checked {
             inner,
             entry,
             left: entry.size,
-            hasher: Algorithm::Sha256.hasher(),
+            hasher: content_hasher(entry),
+            holes,
             failed: None,
         }
+    }
+
+    /// Wraps the stored-segments reader of a sparse-form `entry` ([`ContentPass::open_stored`]).
+    /// `InvalidArgument` for an entry whose digest covers its logical bytes.
+    pub fn stored(inner: Box<dyn Read + 'a>, entry: &'a TocEntry) -> Result<Self> {
+        if !entry.is_sparse_form() {
+            return Err(Error::invalid(format!(
+                "{:?}: its digest covers its logical bytes, not its stored segments",
+                entry.path
+            )));
+        }
+        Ok(Checked {
+            inner,
+            entry,
+            left: entry.stored_len(),
+            hasher: content_hasher(entry),
+            holes: None,
+            failed: None,
+        })
     }
 
     /// True if reading the content (not writing it elsewhere) failed.
@@ -196,6 +335,36 @@ impl<'a> Checked<'a> {
             _ => Ok(()),
         }
     }
+
+    /// Hashes `bytes` of a logical read: stored segments go to the hasher, holes must be zero.
+    fn take(&mut self, mut bytes: &[u8]) -> std::result::Result<(), String> {
+        let Some((segs, seg, done)) = self.holes.as_mut() else {
+            self.hasher.update(bytes);
+            return Ok(());
+        };
+        while !bytes.is_empty() {
+            let Some(&(len, stored)) = segs.get(*seg) else {
+                return Err("more data than the file's size".to_owned());
+            };
+            let k = ((len - *done).min(bytes.len() as u64)) as usize;
+            let (now, rest) = bytes.split_at(k);
+            if stored {
+                self.hasher.update(now);
+            } else if now.iter().any(|b| *b != 0) {
+                return Err(format!(
+                    "a hole reads as non-zero bytes near offset {}",
+                    segs[..*seg].iter().map(|s| s.0).sum::<u64>() + *done
+                ));
+            }
+            *done += k as u64;
+            if *done == len {
+                *seg += 1;
+                *done = 0;
+            }
+            bytes = rest;
+        }
+        Ok(())
+    }
 }
 
 impl Read for Checked<'_> {
@@ -219,7 +388,10 @@ impl Read for Checked<'_> {
                 format!("the data of {:?} ends early", self.entry.path),
             ));
         }
-        self.hasher.update(&buf[..n]);
+        if let Err(why) = self.take(&buf[..n]) {
+            self.failed = Some(why.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+        }
         self.left -= n as u64;
         Ok(n)
     }

@@ -7,8 +7,10 @@
 //!    so each layer is read once from front to back; the second and later paths of a
 //!    hardlink group follow their first path as hardlinks.
 //!
-//! Sparse files are written as regular files with their holes filled; the raw export keeps the
-//! original encoding. File data is checked against the TOC digest as it is copied.
+//! Sparse files are written as GNU sparse entries (their map, then only the stored data), so an
+//! export costs what the layer stores, not the logical size; sparse files recorded before the
+//! sparse digest form (see `docs/decisions/0012-sparse-files.md`) are written with their holes
+//! filled. File data is checked against the TOC digest as it is copied.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -21,6 +23,7 @@ use crate::layer::compose::{EntryRef, MergedView};
 use crate::layer::content::{Checked, ContentPass, ContentSource};
 use crate::layer::filter::FilterSpec;
 use crate::layer::path;
+use crate::layer::sparse::{Pieces, gnu_sparse_header};
 use crate::layer::toc::{Compression, EntryKind, TocEntry};
 use crate::layer::validate::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
@@ -445,10 +448,22 @@ impl<W: Write> Writer<'_, W> {
                 if !self.data || e.size == 0 {
                     return self.append(&mut h, mapped, Some(e), None, &mut io::empty());
                 }
-                let inner = self.pass.open(&node.path, node.content, e)?;
-                let mut body = Checked::new(inner, e);
-                let appended =
-                    append_entry(&mut self.out, &mut h, mapped, Some(e), None, &mut body);
+                let (mut body, blocks, pieces) = if e.is_sparse_form() {
+                    let (blocks, pieces) = gnu_sparse_header(&mut h, e)?;
+                    let inner = self.pass.open_stored(&node.path, node.content, e)?;
+                    (Checked::stored(inner, e)?, blocks, pieces)
+                } else {
+                    let inner = self.pass.open(&node.path, node.content, e)?;
+                    (Checked::new(inner, e), Vec::new(), vec![(e.size, true)])
+                };
+                let appended = append_entry(
+                    &mut self.out,
+                    &mut h,
+                    mapped,
+                    Some(e),
+                    None,
+                    &mut blocks.as_slice().chain(Pieces::new(&mut body, pieces)),
+                );
                 if let Err(err) = appended {
                     if body.read_failed() {
                         body.finish()?;
@@ -457,7 +472,7 @@ impl<W: Write> Writer<'_, W> {
                 }
                 body.finish()?;
                 self.stats.entries += 1;
-                self.stats.data_bytes += e.size;
+                self.stats.data_bytes += e.stored_len();
                 Ok(())
             }
             EntryKind::Symlink => {

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
+use crate::layer::content::content_hasher;
 use crate::layer::tar_reader::{TarLimits, TarReader, map_read_error};
-use crate::layer::toc::{Compression, Toc, TocEntry};
+use crate::layer::toc::{Compression, DigestForm, Toc, TocEntry};
 use crate::layer::validate::{EmptyView, EntryChecker, LowerView};
 use crate::storer::ByteStream;
 
@@ -43,6 +44,9 @@ pub struct IngestLimits {
     pub ratio_floor: u64,
     /// Most entries in one layer (default 4 Mi).
     pub max_entries: u64,
+    /// Largest logical size of one regular file, sparse holes included (default 1 TiB). The
+    /// disk backends lower it to the capacity of their disks.
+    pub max_file_size: u64,
 }
 
 impl Default for IngestLimits {
@@ -53,6 +57,7 @@ impl Default for IngestLimits {
             max_ratio: 2000,
             ratio_floor: 256 << 20,
             max_entries: 4 << 20,
+            max_file_size: 1 << 40,
         }
     }
 }
@@ -427,8 +432,6 @@ enum Content {
     File(usize, Box<TocEntry>),
     /// Stored bytes of the current file at a logical offset.
     Data(u64, Vec<u8>),
-    /// A hole of this many bytes in the current (sparse) file.
-    Zeros(u64),
     /// The current file is complete.
     End,
 }
@@ -447,7 +450,7 @@ fn content_worker(
                 if let Some(t) = tap.as_deref_mut() {
                     t.file(index, &entry)?;
                 }
-                h = Some(Algorithm::Sha256.hasher());
+                h = Some(content_hasher(&entry));
             }
             Content::Data(offset, bytes) => {
                 if let Some(h) = h.as_mut() {
@@ -455,11 +458,6 @@ fn content_worker(
                 }
                 if let Some(t) = tap.as_deref_mut() {
                     t.data(offset, &bytes)?;
-                }
-            }
-            Content::Zeros(n) => {
-                if let Some(h) = h.as_mut() {
-                    hash_zeros(h, n);
                 }
             }
             Content::End => {
@@ -521,10 +519,21 @@ fn parse_entries(
     let mut files = Vec::new();
     const CHUNK_BYTES: usize = 256 << 10;
     while let Some(raw) = reader.next_entry()? {
-        let Some(entry) = checker.check(&raw)? else {
+        let Some(mut entry) = checker.check(&raw)? else {
             continue;
         };
         if entry.kind == crate::layer::toc::EntryKind::File {
+            if raw.size > limits.max_file_size {
+                return Err(Error::LimitExceeded {
+                    what: "size of a file in bytes, sparse holes included",
+                    value: raw.size,
+                    max: limits.max_file_size,
+                });
+            }
+            if entry.sparse.is_some() {
+                // Holes are never hashed: the digest covers the map and the stored bytes.
+                entry.digest_form = DigestForm::SparseMap;
+            }
             let index = entries.len();
             files.push(index);
             send(Content::File(index, Box::new(entry.clone())))?;
@@ -532,11 +541,7 @@ fn parse_entries(
             let whole = [(0, raw.size)];
             let map: &[(u64, u64)] = raw.sparse.as_deref().unwrap_or(&whole);
             let sparse = raw.sparse.is_some();
-            let mut at = 0u64;
             for &(off, len) in map {
-                if sparse {
-                    send(Content::Zeros(off - at))?;
-                }
                 let mut done = 0u64;
                 while done < len {
                     let want = (len - done).min(CHUNK_BYTES as u64) as usize;
@@ -555,10 +560,6 @@ fn parse_entries(
                     send(Content::Data(off + done, buf))?;
                     done += n as u64;
                 }
-                at = off + done;
-            }
-            if sparse {
-                send(Content::Zeros(raw.size - at))?;
             }
             send(Content::End)?;
         }
@@ -572,15 +573,6 @@ fn parse_entries(
         },
         files,
     ))
-}
-
-fn hash_zeros(h: &mut crate::digest::Hasher, mut n: u64) {
-    let zeros = [0u8; 8192];
-    while n > 0 {
-        let k = n.min(zeros.len() as u64) as usize;
-        h.update(&zeros[..k]);
-        n -= k as u64;
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! * [`scratch`] — the root image's skeleton;
 //! * [`filter`] — VIC's include/exclude/strip/rebase filter;
 //! * [`chain`], [`compose`] and [`stack`] — the merged view of a chain of layers and diffs;
-//! * [`export`], [`content`] and [`checkout`] — writing views as tars or directories.
+//! * [`export`], [`content`] and [`checkout`] — writing views as tars or directories;
+//! * [`sparse`] — GNU sparse files on the way out, holes kept.
 
 pub mod chain;
 pub mod checkout;
@@ -23,6 +24,7 @@ pub mod represent;
 pub mod rewrite;
 pub mod scratch;
 pub mod sink;
+pub mod sparse;
 pub mod stack;
 pub mod stream;
 pub mod tar_reader;

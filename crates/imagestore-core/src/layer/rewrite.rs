@@ -9,6 +9,7 @@ use crate::layer::export::{append_entry, header_for};
 use crate::layer::filter::FilterSpec;
 use crate::layer::ingest::{decompressor, sniff};
 use crate::layer::path;
+use crate::layer::sparse::{Pieces, gnu_sparse_header};
 use crate::layer::stream::{BlockingReader, spawn_producer};
 use crate::layer::tar_reader::{RawEntry, RawKind, TarLimits, TarReader, map_read_error};
 use crate::layer::toc::{EntryKind, TocEntry};
@@ -80,9 +81,26 @@ pub fn filter_tar(input: ByteStream, filter: FilterSpec, limits: TarLimits) -> B
             let mut h = header_for(&e)?;
             if raw.kind == RawKind::File {
                 h.set_size(raw.size);
+                e.size = raw.size;
                 e.sparse = raw.sparse.clone();
-                let mut body = Expanded::new(&mut reader, &raw);
-                let appended = append_entry(&mut out, &mut h, &name, Some(&e), None, &mut body);
+                // A sparse file stays sparse: its map, then only its stored data.
+                let (blocks, pieces) = match e.sparse {
+                    Some(_) => gnu_sparse_header(&mut h, &e)?,
+                    None => (Vec::new(), vec![(raw.size, true)]),
+                };
+                let mut body = StoredData {
+                    reader: &mut reader,
+                    left: raw.stored,
+                    error: None,
+                };
+                let appended = append_entry(
+                    &mut out,
+                    &mut h,
+                    &name,
+                    Some(&e),
+                    None,
+                    &mut blocks.as_slice().chain(Pieces::new(&mut body, pieces)),
+                );
                 if let Some(err) = body.error.take() {
                     return Err(err);
                 }
@@ -126,59 +144,32 @@ fn entry_of(raw: &RawEntry) -> TocEntry {
     e
 }
 
-/// A file's logical contents read from the tar (sparse holes filled with zeros).
-struct Expanded<'a, R> {
+/// A file's stored data read from the tar (for sparse files, the segments one after another).
+struct StoredData<'a, R> {
     reader: &'a mut TarReader<R>,
-    segments: Vec<(u64, bool)>,
-    seg: usize,
     left: u64,
     error: Option<crate::error::Error>,
 }
 
-impl<'a, R: Read> Expanded<'a, R> {
-    fn new(reader: &'a mut TarReader<R>, raw: &RawEntry) -> Self {
-        let segments = crate::layer::content::segments(raw.size, raw.sparse.as_deref());
-        let left = segments.first().map_or(0, |s| s.0);
-        Expanded {
-            reader,
-            segments,
-            seg: 0,
-            left,
-            error: None,
-        }
-    }
-}
-
-impl<R: Read> Read for Expanded<'_, R> {
+impl<R: Read> Read for StoredData<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.seg < self.segments.len() {
-            if self.left == 0 {
-                self.seg += 1;
-                self.left = self.segments.get(self.seg).map_or(0, |s| s.0);
-                continue;
-            }
-            let want = (buf.len() as u64).min(self.left) as usize;
-            let n = if self.segments[self.seg].1 {
-                match self.reader.read_data(&mut buf[..want]) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "entry data ends early",
-                        ));
-                    }
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.error = Some(e);
-                        return Err(io::Error::other("tar read failed"));
-                    }
-                }
-            } else {
-                buf[..want].fill(0);
-                want
-            };
-            self.left -= n as u64;
-            return Ok(n);
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
         }
-        Ok(0)
+        let want = (buf.len() as u64).min(self.left) as usize;
+        match self.reader.read_data(&mut buf[..want]) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "entry data ends early",
+            )),
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Err(io::Error::other("tar read failed"))
+            }
+        }
     }
 }

@@ -108,6 +108,25 @@ fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
+/// What a file's content digest covers (see `docs/decisions/0012-sparse-files.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DigestForm {
+    /// sha256 of the file's logical bytes, holes read as zeros (every plain file, and sparse
+    /// files recorded before the sparse form existed).
+    #[default]
+    Logical,
+    /// sha256 of the sparse map and the stored bytes only, so holes cost nothing to check:
+    /// see [`crate::layer::content::content_hasher`].
+    SparseMap,
+}
+
+impl DigestForm {
+    fn is_logical(&self) -> bool {
+        *self == DigestForm::Logical
+    }
+}
+
 /// One entry of a layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +174,9 @@ pub struct TocEntry {
     /// GNU sparse map: `[offset, length]` segments stored, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<Vec<(u64, u64)>>,
+    /// What `digest` covers; absent (logical bytes) for all but sparse files.
+    #[serde(default, skip_serializing_if = "DigestForm::is_logical")]
+    pub digest_form: DigestForm,
 }
 
 impl TocEntry {
@@ -178,6 +200,7 @@ impl TocEntry {
             data_offset: 0,
             digest: None,
             sparse: None,
+            digest_form: DigestForm::Logical,
         }
     }
 
@@ -188,6 +211,12 @@ impl TocEntry {
             None if self.kind == EntryKind::File => self.size,
             None => 0,
         }
+    }
+
+    /// True when the entry is a sparse file whose digest covers its map and stored bytes
+    /// ([`DigestForm::SparseMap`]): its data can be copied and checked without its holes.
+    pub fn is_sparse_form(&self) -> bool {
+        self.sparse.is_some() && self.digest_form == DigestForm::SparseMap
     }
 }
 

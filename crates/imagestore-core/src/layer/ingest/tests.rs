@@ -158,3 +158,65 @@ async fn zstd_skippable_frames_are_accepted() -> Result<()> {
     );
     Ok(())
 }
+
+/// A GNU sparse file of `size` bytes holding `b"head"` at 0 and `b"tail"` at its end.
+fn sparse_tar(size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(8);
+    if let Some(gnu) = h.as_gnu_mut() {
+        gnu.sparse[0].set_offset(0);
+        gnu.sparse[0].set_length(4);
+        gnu.sparse[1].set_offset(size - 4);
+        gnu.sparse[1].set_length(4);
+        gnu.set_real_size(size);
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut h, "big", b"headtail".as_slice())
+        .expect("append");
+    b.into_inner().expect("finish")
+}
+
+#[tokio::test]
+async fn sparse_holes_are_not_hashed_and_sizes_are_bounded() -> Result<()> {
+    // 1 PiB of holes: the digest covers the map and the 8 stored bytes.
+    let size = 1u64 << 50;
+    let plain = sparse_tar(size);
+    let limits = IngestLimits {
+        max_file_size: size,
+        ..IngestLimits::default()
+    };
+    let body: ByteStream = Box::pin(io::Cursor::new(plain.clone()));
+    let sum = Digest::sha256_of(&plain);
+    let ing = ingest(body, Some(&sum), &mut NullSink, Arc::new(EmptyView), limits).await?;
+    let e = &ing.toc.entries[0];
+    assert_eq!((e.size, e.stored_len()), (size, 8));
+    assert_eq!(e.digest_form, DigestForm::SparseMap);
+    let mut h = Algorithm::Sha256.hasher();
+    h.update(b"imagestore sparse file v1\0");
+    for n in [size, 2, 0, 4, size - 4, 4] {
+        h.update(&n.to_be_bytes());
+    }
+    h.update(b"headtail");
+    assert_eq!(e.digest, Some(h.finish()));
+    // One byte over the limit (1 TiB by default) is refused before any data is read.
+    let over = sparse_tar((1 << 40) + 1);
+    let body: ByteStream = Box::pin(io::Cursor::new(over.clone()));
+    let r = ingest(
+        body,
+        Some(&Digest::sha256_of(&over)),
+        &mut NullSink,
+        Arc::new(EmptyView),
+        IngestLimits::default(),
+    )
+    .await;
+    match r {
+        Err(Error::LimitExceeded { what, value, max }) => {
+            assert!(what.contains("size of a file"), "{what}");
+            assert_eq!((value, max), ((1 << 40) + 1, 1 << 40));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    Ok(())
+}
