@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use imagestore::layer::ingest::{IngestLimits, sniff, toc_of_slice};
-use imagestore::layer::toc::{Compression, EntryKind, TocEntry};
+use imagestore::layer::toc::{Compression, DigestForm, EntryKind, TocEntry};
 use imagestore::layer::validate::EmptyView;
 use serde_json::Value;
 
@@ -86,7 +86,66 @@ pub fn limits() -> IngestLimits {
 /// What our reader makes of `bytes` (any supported compression): the entries, or the error.
 pub fn our_items(bytes: &[u8]) -> std::result::Result<Vec<Item>, String> {
     let toc = toc_of_slice(bytes, &EmptyView, limits()).map_err(|e| e.to_string())?;
-    Ok(toc.entries.iter().map(our_item).collect())
+    let mut items: Vec<Item> = toc.entries.iter().map(our_item).collect();
+    // A sparse file's TOC digest covers its map and stored bytes; Go hashes the logical
+    // contents, so compute those from the stored segments, holes as zeros.
+    if toc
+        .entries
+        .iter()
+        .any(|e| e.digest_form == DigestForm::SparseMap)
+    {
+        let plain = decompress(bytes, toc.compression).map_err(|e| e.to_string())?;
+        for (item, e) in items.iter_mut().zip(&toc.entries) {
+            if e.digest_form == DigestForm::SparseMap {
+                item.sha256 = logical_sha256(&plain, e);
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// The plain tar inside a layer's bytes.
+fn decompress(bytes: &[u8], compression: Compression) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match compression {
+        Compression::None => out.extend_from_slice(bytes),
+        Compression::Gzip => {
+            flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out)?;
+        }
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(bytes)?.read_to_end(&mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// sha256 of a sparse file's logical contents, from its stored segments in the plain tar
+/// `bytes`; `None` when the data is not there.
+fn logical_sha256(bytes: &[u8], e: &TocEntry) -> Option<String> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let zeros = [0u8; 1 << 16];
+    let mut at = 0u64;
+    let mut stored = usize::try_from(e.data_offset).ok()?;
+    for (off, len) in e.sparse.as_deref().unwrap_or_default() {
+        let mut gap = off.checked_sub(at)?;
+        while gap > 0 {
+            let n = gap.min(zeros.len() as u64) as usize;
+            h.update(&zeros[..n]);
+            gap -= n as u64;
+        }
+        let len = usize::try_from(*len).ok()?;
+        h.update(bytes.get(stored..stored.checked_add(len)?)?);
+        stored += len;
+        at = off + len as u64;
+    }
+    let mut tail = e.size.checked_sub(at)?;
+    while tail > 0 {
+        let n = tail.min(zeros.len() as u64) as usize;
+        h.update(&zeros[..n]);
+        tail -= n as u64;
+    }
+    Some(format!("{:x}", h.finalize()))
 }
 
 fn kind_name(k: EntryKind) -> &'static str {

@@ -282,6 +282,7 @@ impl<R: Read> TarReader<R> {
         // Bytes of extension headers and PAX records so far, for this entry.
         let mut extension_bytes = 0u64;
         let mut pax_records = 0u64;
+        let mut pax_headers = 0u32;
 
         loop {
             let block_at = self.pos;
@@ -333,6 +334,13 @@ impl<R: Read> TarReader<R> {
             }
             match entry_type {
                 EntryType::XHeader => {
+                    pax_headers += 1;
+                    if pax_headers > 1 {
+                        // Readers disagree: some merge the records, some use the last header.
+                        return Err(Error::bad_archive(format!(
+                            "a second PAX extended header at byte {block_at} for the entry whose headers start at byte {header_offset}"
+                        )));
+                    }
                     let payload = self.read_payload(size, "PAX extended")?;
                     parse_pax(
                         &payload,
@@ -381,6 +389,15 @@ impl<R: Read> TarReader<R> {
         long_name: Option<Vec<u8>>,
         long_link: Option<Vec<u8>>,
     ) -> Result<RawEntry> {
+        if (pax.contains_key("path") && long_name.is_some())
+            || (pax.contains_key("linkpath") && long_link.is_some())
+        {
+            // Readers disagree on which of the two names counts.
+            return Err(Error::bad_archive(format!(
+                "the entry at byte {header_offset} has both a GNU long name and a PAX path (or long link and PAX linkpath)"
+            )));
+        }
+        check_gnu_times(header, header_offset)?;
         let name_bytes = match (pax.get("path"), &long_name) {
             (Some(p), _) => p.clone(),
             (None, Some(l)) => l.clone(),
@@ -429,18 +446,40 @@ impl<R: Read> TarReader<R> {
             stored = pax_size;
         }
 
-        // Old-style archives mark directories by a trailing slash on a regular entry; a
-        // trailing slash on anything else that is not a directory is malformed (readers would
-        // disagree on whether it is a file or a directory).
+        // Entries that are only a header carry no data; a size on one makes readers disagree
+        // on where the next header is (Go's reader takes the next block, others skip the size).
+        if stored != 0
+            && matches!(
+                kind,
+                RawKind::Dir
+                    | RawKind::Symlink
+                    | RawKind::Hardlink
+                    | RawKind::Char
+                    | RawKind::Block
+                    | RawKind::Fifo
+            )
+        {
+            return Err(Error::bad_entry(
+                &name,
+                format!(
+                    "a {kind:?} entry declares {stored} bytes of data; such entries are only a header (tar smuggling)"
+                ),
+            ));
+        }
+        // Old-style archives (type NUL) mark directories by a trailing slash; a trailing slash
+        // on anything else that is not a directory, a type '0' file included, is malformed
+        // (readers would disagree on whether it is a file or a directory).
+        let old_style = header.as_old().linkflag[0] == 0;
         let kind = match kind {
             RawKind::Dir => kind,
             _ if !name.ends_with('/') => kind,
-            RawKind::File if entry_type == EntryType::Regular && stored == 0 => RawKind::Dir,
+            RawKind::File if old_style && stored == 0 => RawKind::Dir,
             RawKind::File if entry_type == EntryType::Regular => {
                 return Err(Error::bad_entry(
                     &name,
                     format!(
-                        "a regular file whose name ends with '/' carries {stored} bytes of data (a trailing slash on a non-directory is malformed)"
+                        "a regular file whose name ends with '/' (type {:?}, {stored} bytes of data): a trailing slash on a non-directory is malformed",
+                        header.as_old().linkflag[0] as char
                     ),
                 ));
             }
@@ -615,4 +654,23 @@ impl<R: Read> TarReader<R> {
         }
         Ok((real, map))
     }
+}
+
+/// Refuses a GNU header whose access or change time field holds anything but a number: Go's
+/// reader takes such text as a ustar name prefix (its 1.7 writer put one there), other readers
+/// ignore it, so the entry's name would differ between readers.
+fn check_gnu_times(header: &Header, at: u64) -> Result<()> {
+    let Some(gnu) = header.as_gnu() else {
+        return Ok(());
+    };
+    for (what, field) in [("access", &gnu.atime[..]), ("change", &gnu.ctime[..])] {
+        let numeric = field.first().is_some_and(|b| b & 0x80 != 0)
+            || field.iter().all(|b| matches!(b, b'0'..=b'7' | b' ' | 0));
+        if !numeric {
+            return Err(Error::bad_archive(format!(
+                "the GNU header at byte {at} has text in its {what} time field"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -104,10 +104,17 @@ pub(super) fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
         let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
         nsec = digits.parse().ok()?;
     }
+    // `-1.5` is 1.5 s before the epoch: -2 s plus 0.5 s.
+    if s.starts_with('-') && nsec > 0 {
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nsec));
+    }
     Some((secs, nsec))
 }
 
-/// Parses PAX records (`<len> <key>=<value>\n`) into `out`; later records win. `records`
+/// Parses PAX records (`<len> <key>=<value>\n`) into `out`; later records win, and a record
+/// with an empty value removes its key (POSIX: the header's own field counts again), except
+/// an extended attribute, whose value may be empty. A key
+/// holding a NUL is refused (a reader working on C strings would cut it). `records`
 /// counts the records of the entry so far (across all its PAX headers); more than `max` is an
 /// error before the record is stored.
 pub(super) fn parse_pax(
@@ -137,13 +144,23 @@ pub(super) fn parse_pax(
         let key = std::str::from_utf8(&record[..eq])
             .map_err(|_| bad())?
             .to_owned();
+        if key.is_empty() || key.contains('\0') {
+            return Err(Error::bad_archive(format!(
+                "PAX header at byte {at} has a record whose key is empty or holds a NUL byte"
+            )));
+        }
         *records += 1;
         if *records > max {
             return Err(Error::bad_archive(format!(
                 "PAX header at byte {at} brings its entry past {max} PAX records (the maximum)"
             )));
         }
-        out.insert(key, record[eq + 1..].to_vec());
+        let value = &record[eq + 1..];
+        if value.is_empty() && !key.starts_with("SCHILY.xattr.") {
+            out.remove(&key);
+        } else {
+            out.insert(key, value.to_vec());
+        }
         rest = &rest[len..];
     }
     Ok(())

@@ -23,6 +23,7 @@ impl<R: Read> TarReader<R> {
 
     /// After a zero block at `first`: the archive ends there if the stream does, or if the
     /// next block is zero too (the end-of-archive marker); only zeros may follow the marker.
+    /// A zero block followed by a partial block is a cut archive.
     /// A zero block followed by data, or data after the marker, would be kept in the stored
     /// layer yet be invisible in its TOC: both are refused.
     pub(super) fn end_of_archive(&mut self, first: u64) -> Result<()> {
@@ -31,6 +32,13 @@ impl<R: Read> TarReader<R> {
         if buf[..n].iter().any(|b| *b != 0) {
             return Err(Error::bad_archive(format!(
                 "a lone zero block at offset {first} is followed by more data"
+            )));
+        }
+        if n != 0 && n < buf.len() {
+            // Neither the end of the stream nor a second zero block: a cut archive (Go's
+            // reader says so too).
+            return Err(Error::bad_archive(format!(
+                "a lone zero block at offset {first} is followed by a partial block of {n} bytes"
             )));
         }
         let mut buf = [0u8; 8192];
