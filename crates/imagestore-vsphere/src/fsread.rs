@@ -112,13 +112,9 @@ impl ContentSource for FsContent {
     }
 }
 
-impl ContentPass for FsPass<'_> {
-    fn open(
-        &mut self,
-        path: &str,
-        _content: EntryRef,
-        entry: &TocEntry,
-    ) -> Result<Box<dyn Read + '_>> {
+impl FsPass<'_> {
+    /// Opens regular file `path`, checking its length against its TOC entry.
+    fn open_file(&mut self, path: &str, entry: &TocEntry) -> Result<ext4_view::File> {
         let abs = format!("/{path}");
         let file = self
             .fs
@@ -131,6 +127,74 @@ impl ContentPass for FsPass<'_> {
                 entry.size
             )));
         }
-        Ok(Box::new(file))
+        Ok(file)
+    }
+}
+
+impl ContentPass for FsPass<'_> {
+    fn open(
+        &mut self,
+        path: &str,
+        _content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.open_file(path, entry)?))
+    }
+
+    /// Reads only a sparse file's stored segments, seeking over its holes (which the disk
+    /// keeps as holes), so exporting a large sparse file costs its stored bytes.
+    fn open_stored(
+        &mut self,
+        path: &str,
+        _content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        let file = self.open_file(path, entry)?;
+        let segments = match &entry.sparse {
+            Some(map) => map.clone(),
+            None => vec![(0, entry.size)],
+        };
+        Ok(Box::new(Segments {
+            file,
+            segments,
+            next: 0,
+            left: 0,
+        }))
+    }
+}
+
+/// The stored segments of a file, read one after the other by seeking to each.
+struct Segments {
+    file: ext4_view::File,
+    segments: Vec<(u64, u64)>,
+    /// The next segment to seek to.
+    next: usize,
+    /// Bytes left in the current segment.
+    left: u64,
+}
+
+impl Read for Segments {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        while self.left == 0 {
+            let Some(&(offset, len)) = self.segments.get(self.next) else {
+                return Ok(0);
+            };
+            self.next += 1;
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.left = len;
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a sparse file's segment ends early",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
