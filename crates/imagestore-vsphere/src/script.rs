@@ -13,7 +13,7 @@
 //! NUL or `\r`), or become an option (`ea_set -f /etc/shadow` reads a host file). Here every
 //! value is one [`Arg`] of a known kind, checked for what its kind may hold and quoted, and
 //! every line is checked whole; anything else is refused with
-//! [`Error::InvalidArgument`](imagestore_core::Error::InvalidArgument) before debugfs starts.
+//! [`Error::InvalidArgument`] before debugfs starts.
 
 use std::fmt::Write as _;
 use std::path::Path;
