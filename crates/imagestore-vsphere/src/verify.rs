@@ -11,6 +11,7 @@
 //! target with a component longer than 255 bytes (legal, but not a path `ext4-view` reads) is
 //! checked by its length only.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use ext4_view::{Ext4, FileType, Metadata};
 
 use imagestore_core::layer::compose::MergedView;
 use imagestore_core::layer::content::{Checked, ContentSource};
+use imagestore_core::layer::path;
 use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 use imagestore_core::{Error, Result};
 
@@ -63,11 +65,68 @@ fn expected_kind(e: &TocEntry) -> FileType {
     }
 }
 
-fn stat(fs: &Ext4, p: &str) -> Result<Option<Metadata>> {
-    match fs.symlink_metadata(format!("/{p}").as_str()) {
-        Ok(m) => Ok(Some(m)),
-        Err(ext4_view::Ext4Error::NotFound) => Ok(None),
-        Err(e) => Err(mismatch(p, e)),
+/// The inodes of the paths a layer names, found by reading each of their directories once
+/// (a lookup by path scans the whole directory, so looking up each of a large directory's
+/// entries by path would cost the square of its size).
+struct Listing<'a> {
+    fs: &'a Ext4,
+    /// The names wanted, by directory.
+    wanted: HashMap<&'a str, HashSet<&'a str>>,
+    /// What each directory read so far holds of them.
+    found: HashMap<&'a str, HashMap<String, Metadata>>,
+}
+
+impl<'a> Listing<'a> {
+    fn new(fs: &'a Ext4, top: &'a Toc) -> Listing<'a> {
+        let mut wanted: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for e in &top.entries {
+            wanted
+                .entry(path::parent(&e.path))
+                .or_default()
+                .insert(path::base(&e.path));
+        }
+        Listing {
+            fs,
+            wanted,
+            found: HashMap::new(),
+        }
+    }
+
+    /// The inode at `p`, `None` if there is none.
+    fn stat(&mut self, p: &'a str) -> Result<Option<Metadata>> {
+        if p.is_empty() {
+            return self
+                .fs
+                .symlink_metadata("/")
+                .map(Some)
+                .map_err(|e| mismatch(p, e));
+        }
+        let dir = path::parent(p);
+        if !self.found.contains_key(dir) {
+            let names = self.wanted.get(dir);
+            let mut found = HashMap::new();
+            match self.fs.read_dir(format!("/{dir}").as_str()) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let entry = entry.map_err(|e| mismatch(dir, e))?;
+                        let name = entry.file_name();
+                        let name = name.as_str().map_err(|e| mismatch(dir, e))?;
+                        if names.is_some_and(|n| n.contains(name)) {
+                            let m = entry.metadata().map_err(|e| mismatch(p, e))?;
+                            found.insert(name.to_owned(), m);
+                        }
+                    }
+                }
+                Err(ext4_view::Ext4Error::NotFound | ext4_view::Ext4Error::NotADirectory) => {}
+                Err(e) => return Err(mismatch(dir, e)),
+            }
+            self.found.insert(dir, found);
+        }
+        Ok(self
+            .found
+            .get(dir)
+            .and_then(|f| f.get(path::base(p)))
+            .cloned())
     }
 }
 
@@ -80,13 +139,14 @@ pub fn check_applied(raw: &Path, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<R
     let source = FsContent::of_raw(raw.to_path_buf());
     let fs = source.load()?;
     let mut pass = source.pass()?;
+    let mut listing = Listing::new(&fs, top);
     let mut stats = ReadBack::default();
     for e in &top.entries {
         let p = e.path.as_str();
         stats.paths += 1;
         match e.kind {
             EntryKind::Whiteout => {
-                if view.get(p).is_none() && stat(&fs, p)?.is_some() {
+                if view.get(p).is_none() && listing.stat(p)?.is_some() {
                     return Err(mismatch(p, "whited out, but present"));
                 }
                 continue;
@@ -126,7 +186,7 @@ pub fn check_applied(raw: &Path, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<R
             // A later entry of the layer removed it again.
             continue;
         };
-        let Some(m) = stat(&fs, p)? else {
+        let Some(m) = listing.stat(p)? else {
             return Err(mismatch(p, "missing"));
         };
         let Some(want) = view.content_of(node) else {
@@ -196,6 +256,9 @@ pub fn check_applied(raw: &Path, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<R
                 let Some(content) = node.content else {
                     continue;
                 };
+                if want.size == 0 {
+                    continue;
+                }
                 let mut body = Checked::new(pass.open(p, content, want)?, want);
                 stats.bytes += io::copy(&mut body, &mut io::sink()).map_err(|e| mismatch(p, e))?;
                 body.finish().map_err(|e| mismatch(p, e))?;
