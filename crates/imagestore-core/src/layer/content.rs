@@ -142,13 +142,9 @@ struct TarPass<'a, S: ?Sized> {
     readers: HashMap<usize, Box<dyn LayerReader>>,
 }
 
-impl<S: LayerSource + ?Sized> ContentPass for TarPass<'_, S> {
-    fn open(
-        &mut self,
-        _path: &str,
-        content: EntryRef,
-        entry: &TocEntry,
-    ) -> Result<Box<dyn Read + '_>> {
+impl<S: LayerSource + ?Sized> TarPass<'_, S> {
+    /// The reader of the layer holding `content`, positioned at `entry`'s data.
+    fn at_data(&mut self, content: EntryRef, entry: &TocEntry) -> Result<&mut dyn LayerReader> {
         let layer = content.layer as usize;
         let reader = match self.readers.entry(layer) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -157,7 +153,19 @@ impl<S: LayerSource + ?Sized> ContentPass for TarPass<'_, S> {
         reader
             .skip_to(entry.data_offset)
             .map_err(|err| corrupt_data(entry, err))?;
-        Ok(Box::new(SparseBody::new(reader.as_mut(), entry)))
+        Ok(reader.as_mut())
+    }
+}
+
+impl<S: LayerSource + ?Sized> ContentPass for TarPass<'_, S> {
+    fn open(
+        &mut self,
+        _path: &str,
+        content: EntryRef,
+        entry: &TocEntry,
+    ) -> Result<Box<dyn Read + '_>> {
+        let reader = self.at_data(content, entry)?;
+        Ok(Box::new(SparseBody::new(reader, entry)))
     }
 
     fn open_stored(
@@ -166,16 +174,9 @@ impl<S: LayerSource + ?Sized> ContentPass for TarPass<'_, S> {
         content: EntryRef,
         entry: &TocEntry,
     ) -> Result<Box<dyn Read + '_>> {
-        let layer = content.layer as usize;
-        let reader = match self.readers.entry(layer) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.source.open(layer)?),
-        };
-        reader
-            .skip_to(entry.data_offset)
-            .map_err(|err| corrupt_data(entry, err))?;
+        let reader = self.at_data(content, entry)?;
         // In the tar the stored segments follow each other: exactly the bytes wanted.
-        Ok(Box::new(reader.as_mut().take(entry.stored_len())))
+        Ok(Box::new(reader.take(entry.stored_len())))
     }
 }
 
