@@ -163,25 +163,7 @@ mod tests {
     use super::*;
 
     fn entry(kind: RawKind) -> RawEntry {
-        RawEntry {
-            header_offset: 0,
-            data_offset: 0,
-            name: "e".into(),
-            link: None,
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 0,
-            mtime_nsec: 0,
-            dev: None,
-            size: 0,
-            stored: 0,
-            sparse: None,
-            xattrs: BTreeMap::new(),
-        }
+        RawEntry::bare("e", kind, None)
     }
 
     fn reason(r: Result<()>) -> String {

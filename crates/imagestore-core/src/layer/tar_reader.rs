@@ -115,6 +115,32 @@ pub struct RawEntry {
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
+#[cfg(test)]
+impl RawEntry {
+    /// A bare entry for tests: `name` of `kind`, mode 0644, everything else zero or empty.
+    pub(crate) fn bare(name: &str, kind: RawKind, link: Option<&str>) -> RawEntry {
+        RawEntry {
+            header_offset: 0,
+            data_offset: 0,
+            name: name.into(),
+            link: link.map(String::from),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            uname: None,
+            gname: None,
+            mtime: 0,
+            mtime_nsec: 0,
+            dev: None,
+            size: 0,
+            stored: 0,
+            sparse: None,
+            xattrs: BTreeMap::new(),
+        }
+    }
+}
+
 /// Reads entries from an uncompressed tar stream.
 #[derive(Debug)]
 pub struct TarReader<R> {

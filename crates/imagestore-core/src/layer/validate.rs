@@ -294,28 +294,9 @@ fn fill_meta(t: &mut TocEntry, e: &RawEntry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn raw(name: &str, kind: RawKind, link: Option<&str>) -> RawEntry {
-        RawEntry {
-            header_offset: 0,
-            data_offset: 0,
-            name: name.into(),
-            link: link.map(String::from),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 0,
-            mtime_nsec: 0,
-            dev: None,
-            size: 0,
-            stored: 0,
-            sparse: None,
-            xattrs: BTreeMap::new(),
-        }
+        RawEntry::bare(name, kind, link)
     }
 
     struct Lower(Vec<(&'static str, NodeKind)>);
