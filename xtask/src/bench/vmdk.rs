@@ -46,6 +46,17 @@ fn write_cmd(bin: &Path, url: &str, parent: &str, id: &str, layer: &Path) -> Res
     Ok(cmd)
 }
 
+/// The peer: `mke2fs -d TREE` into raw image `raw`, `qemu-img convert` of it into `disk`,
+/// `sync` of the disk. The paths reach the shell as positional arguments, never as script text.
+fn peer_cmd(tree: &Path, raw: &Path, disk: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"mke2fs -q -F -t ext4 -d "$1" "$2" 8000000k && qemu-img convert -O vmdk "$2" "$3" && sync "$3""#)
+        .arg("sh")
+        .args([tree, raw, disk]);
+    cmd
+}
+
 /// Checks the tools and builds the release CLI with the disk backends; its path.
 fn release_cli() -> Result<PathBuf> {
     need("qemu-img", "qemu-utils")?;
@@ -104,14 +115,7 @@ pub fn bench_dir(sizes: &[&str]) -> Result<()> {
         let raw = dir.join("peer.raw");
         let disk = dir.join("peer.vmdk");
         sync();
-        let peer = timed(Command::new("sh").arg("-c").arg(format!(
-            "mke2fs -q -F -t ext4 -d '{}' '{}' 8000000k && qemu-img convert -O vmdk '{}' '{}' && sync '{}'",
-            tree.display(),
-            raw.display(),
-            raw.display(),
-            disk.display(),
-            disk.display()
-        )))?;
+        let peer = timed(&mut peer_cmd(&tree, &raw, &disk))?;
         report(
             &format!("vmdk-dir-{n}"),
             ours.secs,
@@ -157,14 +161,7 @@ pub fn bench() -> Result<()> {
         let _ = std::fs::remove_file(&raw);
         let _ = std::fs::remove_file(&peer_disk);
         sync();
-        let t = timed(Command::new("sh").arg("-c").arg(format!(
-            "mke2fs -q -F -t ext4 -d '{}' '{}' 8000000k && qemu-img convert -O vmdk '{}' '{}' && sync '{}'",
-            fx.rootfs.display(),
-            raw.display(),
-            raw.display(),
-            peer_disk.display(),
-            peer_disk.display()
-        )))?;
+        let t = timed(&mut peer_cmd(&fx.rootfs, &raw, &peer_disk))?;
         peer.push(t.secs);
         let _ = std::fs::remove_file(&raw);
     }
