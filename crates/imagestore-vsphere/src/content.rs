@@ -239,7 +239,6 @@ impl Inner {
         id: &ImageId,
         staged: &Path,
         toc: Toc,
-        work: &Path,
     ) -> Result<()> {
         let sp = self.open_store(s)?;
         let record = self.writable_record(s, &sp, id)?;
@@ -261,7 +260,6 @@ impl Inner {
             &lower,
             top.clone(),
             LayerData::Staged(staged),
-            work,
         )?;
         self.ds.put_file(&disk, &w.disk(n))?;
         self.ds.write(&w.toc(n), &top.to_bytes()?)?;

@@ -1,6 +1,6 @@
 //! Reading files out of the ext4 inside the disks, with `ext4-view`: straight through a disk
-//! chain's grains for export, diff and checkout (nothing is materialised), or from a raw image
-//! in the work folder while a layer is built.
+//! chain's grains for export, diff, checkout and the read-back of a new disk (nothing is
+//! materialised).
 //!
 //! [`FsContent`] is the layer engine's [`ContentSource`] for these backends: the engine plans
 //! an export from the TOCs, and the data of each file is read at its path in the image's own
@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ext4_view::{Ext4, Ext4Read};
@@ -33,19 +32,10 @@ impl Ext4Read for ChainBytes {
     }
 }
 
-/// Where a filesystem's bytes are.
-#[derive(Clone)]
-enum Bytes {
-    /// Through a disk chain.
-    Chain(Arc<Chain>),
-    /// A raw image file.
-    Raw(PathBuf),
-}
-
-/// The files of the ext4 filesystem in a disk chain or a raw image, as a [`ContentSource`].
+/// The files of the ext4 filesystem in a disk chain, as a [`ContentSource`].
 #[derive(Clone)]
 pub struct FsContent {
-    bytes: Bytes,
+    chain: Arc<Chain>,
     /// How the filesystem is named in errors (an image, a raw file).
     what: String,
 }
@@ -62,16 +52,8 @@ impl FsContent {
     /// The filesystem of the chain whose top disk is an image's (or writable layer's) disk.
     pub fn of_chain(chain: Arc<Chain>, what: impl Into<String>) -> FsContent {
         FsContent {
-            bytes: Bytes::Chain(chain),
+            chain,
             what: what.into(),
-        }
-    }
-
-    /// The filesystem in raw image `raw`.
-    pub fn of_raw(raw: PathBuf) -> FsContent {
-        FsContent {
-            what: raw.display().to_string(),
-            bytes: Bytes::Raw(raw),
         }
     }
 
@@ -82,10 +64,7 @@ impl FsContent {
     /// Loads the filesystem (superblock, group descriptors, journal) for reading on this
     /// thread.
     pub fn load(&self) -> Result<Ext4> {
-        let reader: Box<dyn Ext4Read> = match &self.bytes {
-            Bytes::Chain(c) => Box::new(ChainBytes(c.clone())),
-            Bytes::Raw(p) => Box::new(std::fs::File::open(p).map_err(|e| self.fail(e))?),
-        };
+        let reader: Box<dyn Ext4Read> = Box::new(ChainBytes(self.chain.clone()));
         Ext4::load(reader).map_err(|e| self.fail(e))
     }
 

@@ -1,10 +1,11 @@
 //! Building the disks of a chain in a local folder: the scratch base disk, and one delta disk
-//! per layer. Each build works on a sparse raw image in a work folder (the parent chain's
-//! contents), changes it with [`crate::ext4`], reads every path the layer names back
-//! ([`crate::verify`]), and keeps only the grains that changed
-//! ([`crate::disk::delta_from_raw`]); the parent disks are only read.
+//! per layer. The ext4 writer ([`crate::ext4`]) works on the new disk itself, over its parent
+//! chain ([`crate::vmdk::overlay`]): blocks it reads come from the chain's grains, blocks it
+//! writes go into the new disk's, and the parent disks are only read. Before the disk is
+//! handed on, every path the layer names is read back through the new chain
+//! ([`crate::verify`]).
 
-use std::fs;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,26 +15,38 @@ use tracing::debug;
 use imagestore_core::Result;
 use imagestore_core::layer::toc::Toc;
 
-use crate::disk::{self, DiskStats};
+use crate::disk::{self, DiskStats, descriptor, new_cid};
 use crate::error::IoContext;
 use crate::ext4::{self, ApplyStats, LayerData};
+use crate::fsread::FsContent;
+use crate::vmdk::SECTOR;
 use crate::vmdk::chain::Chain;
+use crate::vmdk::overlay::Overlay;
+use crate::vmdk::sparse::SparseDisk;
+use crate::vmdk::writer::SparseWriter;
 
 /// VIC's default scratch capacity: 8,000,000 KiB.
 pub const DEFAULT_CAPACITY_KIB: u64 = 8_000_000;
 
 /// Writes the scratch disk at `out` (stored as `file_name`): a thin base disk of
-/// `capacity_kib` KiB holding ext4 labelled `containerfs` with VIC's skeleton.
-pub fn build_scratch(
-    out: &Path,
-    file_name: &str,
-    capacity_kib: u64,
-    work: &Path,
-) -> Result<DiskStats> {
-    let dir = WorkDir::create(work)?;
-    let raw = dir.path().join("scratch.raw");
-    ext4::make_scratch(&raw, capacity_kib * 1024, dir.path())?;
-    disk::base_from_raw(&raw, out, file_name).at(out)
+/// `capacity_kib` KiB holding ext4 labelled `containerfs` with VIC's skeleton, made in
+/// process.
+pub fn build_scratch(out: &Path, file_name: &str, capacity_kib: u64) -> Result<DiskStats> {
+    let size = capacity_kib * 1024;
+    let cid = new_cid();
+    let d = descriptor(size / SECTOR, file_name, cid, None);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .at(out)?;
+    let w = SparseWriter::create(f, &d, &out.display().to_string()).at(out)?;
+    let overlay = Overlay::new(None, w, size).at(out)?;
+    let overlay = ext4::make_scratch(overlay)?;
+    let grains = overlay.grains() as u64;
+    let (_, bytes) = overlay.finish().at(out)?;
+    Ok(DiskStats { cid, grains, bytes })
 }
 
 /// What building a layer disk did.
@@ -56,10 +69,9 @@ pub fn build_layer(
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
     top_data: LayerData<'_>,
-    work: &Path,
 ) -> Result<LayerStats> {
     let chain = disk::open_chain(parent).at(parent)?;
-    build_layer_on(&chain, parent_hint, out, lower, top, top_data, work)
+    build_layer_on(&chain, parent_hint, out, lower, top, top_data)
 }
 
 /// [`build_layer`] on an opened parent chain.
@@ -70,7 +82,6 @@ pub fn build_layer_on(
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
     top_data: LayerData<'_>,
-    work: &Path,
 ) -> Result<LayerStats> {
     let file_name = file_name_of(out);
     if top.entries.is_empty() {
@@ -81,7 +92,7 @@ pub fn build_layer_on(
             apply: ApplyStats::default(),
         });
     }
-    build_delta(chain, chain, parent_hint, out, lower, top, top_data, work)
+    build_delta(chain, chain, parent_hint, out, lower, top, top_data)
 }
 
 /// Writes the disk of a writable layer after an import at `out`: the contents of `current`
@@ -96,21 +107,12 @@ pub fn build_import(
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
     top_data: LayerData<'_>,
-    work: &Path,
 ) -> Result<LayerStats> {
-    build_delta(
-        current,
-        parent,
-        parent_hint,
-        out,
-        lower,
-        top,
-        top_data,
-        work,
-    )
+    build_delta(current, parent, parent_hint, out, lower, top, top_data)
 }
 
-/// The contents of `source` with `top` applied, as a delta disk on the top of `base`.
+/// The contents of `source` with `top` applied, as a delta disk on the top of `base`
+/// (`source` is `base`, or `base` with more disks on top whose grains the new disk takes).
 #[allow(clippy::too_many_arguments)]
 fn build_delta(
     source: &Chain,
@@ -120,32 +122,57 @@ fn build_delta(
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
     top_data: LayerData<'_>,
-    work: &Path,
 ) -> Result<LayerStats> {
     let file_name = file_name_of(out);
-    let dir = WorkDir::create(work)?;
-    let raw = dir.path().join("layer.raw");
     let started = Instant::now();
-    disk::chain_to_raw(source, &raw).at(&raw)?;
-    let copied = started.elapsed();
-    let apply = if top.entries.is_empty() {
-        ApplyStats::default()
-    } else {
-        let mut view = vec![Arc::new(ext4::skeleton())];
-        view.extend(lower.iter().cloned());
-        let stats = ext4::apply(&raw, &view, top.clone(), top_data, dir.path())?;
-        crate::verify::check_applied(&raw, &view, &top)?;
-        stats
-    };
+    let base_disks = base.disks().to_vec();
+    let cid = new_cid();
+    let d = descriptor(
+        base.capacity(),
+        &file_name,
+        cid,
+        Some((base.top_cid(), parent_hint)),
+    );
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .at(out)?;
+    let w = SparseWriter::create(f, &d, &out.display().to_string()).at(out)?;
+    let lower_chain = Arc::new(Chain::new(base_disks.clone()).at(out)?);
+    let mut overlay = Overlay::new(Some(lower_chain.clone()), w, base.size_bytes()).at(out)?;
+    overlay.seed(source, base_disks.len()).at(out)?;
+    let source_content = FsContent::of_chain(
+        Arc::new(Chain::new(source.disks().to_vec()).at(out)?),
+        out.display().to_string(),
+    );
+    let mut view = vec![Arc::new(ext4::skeleton())];
+    view.extend(lower.iter().cloned());
+    let mut fs = ext4::fs::Fs::open(overlay)?;
+    let apply = ext4::apply(&mut fs, &view, top.clone(), top_data, Some(&source_content))?;
+    let overlay = fs.close(false)?;
     let applied = started.elapsed();
-    let disk = disk::delta_from_raw(base, &raw, out, &file_name, parent_hint).at(out)?;
+    let grains = overlay.grains() as u64;
+    let (file, bytes) = overlay.finish().at(out)?;
+    let disk = DiskStats { cid, grains, bytes };
+    // The read-back, through the chain with the new disk on top.
+    let new_top = SparseDisk::open(Arc::new(file), &out.display().to_string()).at(out)?;
+    let mut disks = base_disks;
+    disks.push(Arc::new(new_top));
+    let chain = Arc::new(Chain::new(disks).at(out)?);
+    crate::verify::check_applied(
+        &FsContent::of_chain(chain, out.display().to_string()),
+        &view,
+        &top,
+    )?;
     debug!(
         disk = %out.display(),
         grains = disk.grains,
-        commands = apply.commands,
-        copy_ms = copied.as_millis(),
-        apply_ms = (applied - copied).as_millis(),
-        delta_ms = (started.elapsed() - applied).as_millis(),
+        inodes = apply.inodes,
+        directories = apply.directories,
+        apply_ms = applied.as_millis(),
+        check_ms = (started.elapsed() - applied).as_millis(),
         "built a delta disk"
     );
     Ok(LayerStats { disk, apply })

@@ -37,7 +37,6 @@ pub mod fsread;
 pub mod layer;
 pub mod layout;
 pub mod local_ds;
-pub mod script;
 pub mod store;
 mod sweep;
 pub mod verify;

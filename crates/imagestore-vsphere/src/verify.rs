@@ -7,13 +7,12 @@
 //! a committed image always reads back (`docs/security.md`, invariant 10).
 //!
 //! Extended attributes and device numbers are not read back: `ext4-view` does not expose
-//! them. They are written by whole-value commands whose failure debugfs reports. A symlink
+//! them. They are written by whole-value library calls whose failure fails the write. A symlink
 //! target with a component longer than 255 bytes (legal, but not a path `ext4-view` reads) is
 //! checked by its length only.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 use ext4_view::{Ext4, FileType, Metadata};
@@ -130,13 +129,12 @@ impl<'a> Listing<'a> {
     }
 }
 
-/// Reads the ext4 in raw image `raw` back after `top` was applied over `lower` (lowest
-/// first, the skeleton included) and checks every path `top` names.
-pub fn check_applied(raw: &Path, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<ReadBack> {
+/// Reads the ext4 of `source` (the new disk's chain) back after `top` was applied over
+/// `lower` (lowest first, the skeleton included) and checks every path `top` names.
+pub fn check_applied(source: &FsContent, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<ReadBack> {
     let mut all = lower.to_vec();
     all.push(top.clone());
     let view = MergedView::build(all);
-    let source = FsContent::of_raw(raw.to_path_buf());
     let fs = source.load()?;
     let mut pass = source.pass()?;
     let mut listing = Listing::new(&fs, top);

@@ -125,12 +125,7 @@ pub(crate) fn create_scratch(inner: &Inner, sp: &StorePaths) -> Result<()> {
     ds.write(&sp.usage(), b"0")?;
     let work = WorkDir::create(&ds.work_dir())?;
     let disk = work.path().join("scratch.vmdk");
-    let stats = build_scratch(
-        &disk,
-        "scratch.vmdk",
-        inner.options.capacity_kib,
-        work.path(),
-    )?;
+    let stats = build_scratch(&disk, "scratch.vmdk", inner.options.capacity_kib)?;
     let toc = read_toc(
         &skeleton_tar()?[..],
         &ChainView::new(Vec::new()),
@@ -278,7 +273,6 @@ impl BlockingBackend for DiskStore {
                 &lower.tocs,
                 top.clone(),
                 LayerData::Staged(&staged),
-                work.path(),
             )
             .map_err(parent_gone)?;
             let toc = top.to_bytes()?;
@@ -333,7 +327,7 @@ impl BlockingBackend for DiskStore {
         let ingested = ingest_tapped(tar, None, &mut NullSink, lower, limits, Some(tap)).await?;
         let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
         let (s, id) = (store.clone(), id.clone());
-        self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc, work.path()))
+        self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc))
             .await?;
         Ok(summary)
     }

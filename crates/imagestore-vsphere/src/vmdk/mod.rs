@@ -7,11 +7,13 @@
 //! * [`sparse`] — opening one disk: its grain directory and tables as a grain map;
 //! * [`writer`] — writing a monolithicSparse disk from a set of 64 KiB grains;
 //! * [`chain`] — reading through a disk and its parents;
+//! * [`overlay`] — a new disk written block by block over its parent chain;
 //! * [`stream`] — writing a flattened stream-optimized disk.
 
 pub mod chain;
 pub mod descriptor;
 pub mod header;
+pub mod overlay;
 pub mod sparse;
 pub mod stream;
 pub mod writer;

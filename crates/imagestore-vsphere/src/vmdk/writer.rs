@@ -69,6 +69,37 @@ impl SparseWriter {
         Ok(())
     }
 
+    /// Gives grain `g` a place in the file, in any order, and returns its byte offset there.
+    /// Nothing is written: the grain reads as zeros until its bytes are written at that
+    /// offset (through [`SparseWriter::file`]). Fails if `g` is out of range or placed already.
+    pub fn allocate(&mut self, g: u32) -> io::Result<u64> {
+        if u64::from(g) >= grains_of(self.header.capacity) || self.gt[g as usize] != 0 {
+            return Err(bad(
+                &self.name,
+                format!("grain {g} out of range or allocated twice"),
+            ));
+        }
+        let sector = u32::try_from(self.next_sector)
+            .map_err(|_| bad(&self.name, "disk larger than 2 TiB"))?;
+        self.gt[g as usize] = sector;
+        self.next_sector += GRAIN_SECTORS;
+        self.last_grain = self.last_grain.max(Some(g));
+        Ok(u64::from(sector) * SECTOR)
+    }
+
+    /// The byte offset of grain `g` in the file, if it has been given one.
+    pub fn grain_offset(&self, g: u32) -> Option<u64> {
+        match self.gt.get(g as usize) {
+            Some(s) if *s != 0 => Some(u64::from(*s) * SECTOR),
+            _ => None,
+        }
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Number of grains written.
     pub fn grains(&self) -> usize {
         self.gt.iter().filter(|s| **s != 0).count()

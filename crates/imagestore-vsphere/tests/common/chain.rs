@@ -162,7 +162,7 @@ impl Chain {
         let dir = root.join("scratch");
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("scratch.vmdk");
-        build_scratch(&disk, "scratch.vmdk", capacity_kib, &root.join("work"))?;
+        build_scratch(&disk, "scratch.vmdk", capacity_kib)?;
         qemu_check(&disk)?;
         Ok(Chain {
             root: root.to_path_buf(),
@@ -213,7 +213,6 @@ impl Chain {
             &self.tocs,
             toc.clone(),
             LayerData::Tar(&tar_file),
-            &self.root.join("work"),
         )?;
         std::fs::remove_file(&tar_file)?;
         self.tocs.push(toc);

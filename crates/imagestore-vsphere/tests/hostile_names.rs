@@ -1,10 +1,11 @@
-//! Layers that try to smuggle commands into the debugfs script that writes a layer's ext4:
-//! a line longer than debugfs reads whole, whose rest would run as a shell command (`!...`)
-//! or, cut twice, write a host file (`dump ...`) — both shapes ran on the debugfs script
-//! writer before its lines were checked; line breaks, carriage returns and NULs in names and
-//! link targets; extended attribute names read as options (`-f HOSTFILE`). Each is refused
-//! with a typed error before debugfs starts; no command runs, no file appears outside the
-//! work folder, and the datastore is unchanged.
+//! Layers that once smuggled commands into the debugfs script that wrote a layer's ext4 (a
+//! line longer than debugfs reads whole, whose rest ran as a shell command (`!...`) or, cut
+//! twice, wrote a host file (`dump ...`); line breaks and carriage returns in names and link
+//! targets; extended attribute names read as options (`-f HOSTFILE`)). The writer is now a
+//! library API without a command language: each layer is written as plain data or refused
+//! with a typed error, no command runs, no file appears outside the store, and a refused
+//! layer leaves the datastore unchanged. Names and targets with line breaks are checked
+//! against `debugfs`'s own read-back of the disk.
 
 mod common;
 
@@ -15,6 +16,7 @@ use anyhow::{Result, bail};
 use common::*;
 use imagestore::{Digest, Error, ImageId, ImageStorerExt, Metadata, StoreName};
 use tar::{EntryType, Header};
+use tokio::io::AsyncReadExt;
 
 /// debugfs reads its command file in lines of at most 8,191 bytes: what follows is read as
 /// the next line.
@@ -111,8 +113,8 @@ fn snapshot(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn script_injection_is_refused_before_debugfs_runs() -> Result<()> {
-    if !have(&["debugfs", "mke2fs"]) {
+async fn layers_that_smuggled_commands_are_plain_data() -> Result<()> {
+    if !have(&["debugfs", "qemu-img"]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -134,43 +136,58 @@ async fn script_injection_is_refused_before_debugfs_runs() -> Result<()> {
 
     let shell = format!("!touch {} #", marker.display());
     let dump = format!("dump /etc/hostname {}", dumped.display());
-    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    // (what, layer, must be accepted)
+    let mut cases: Vec<(&str, Vec<u8>, bool)> = Vec::new();
     let (p, t) = overflowing_symlink(&shell)?;
-    cases.push(("line overflow into a shell command", symlink_tar(&p, &t)?));
-    // A whole line of the target, quote-free, between two cuts: it parses cleanly.
+    cases.push((
+        "line overflow into a shell command",
+        symlink_tar(&p, &t)?,
+        true,
+    ));
     let (p, t) = overflowing_symlink(&format!("{dump:<DEBUGFS_LINE$}x"))?;
-    cases.push(("line overflow into dump", symlink_tar(&p, &t)?));
+    // Its target is longer than Linux holds: refused by the engine on every backend.
+    cases.push(("line overflow into dump", symlink_tar(&p, &t)?, false));
     let broken = format!("x\n{shell}");
-    cases.push(("line break in a link target", symlink_tar("l", &broken)?));
+    cases.push((
+        "line break in a link target",
+        symlink_tar("l", &broken)?,
+        true,
+    ));
     let cr = format!("x\r{shell}");
-    cases.push(("carriage return in a link target", symlink_tar("l", &cr)?));
+    cases.push((
+        "carriage return in a link target",
+        symlink_tar("l", &cr)?,
+        true,
+    ));
     let name = format!("n\n{shell}");
-    cases.push(("line break in a name", symlink_tar(&name, "t")?));
+    cases.push(("line break in a name", symlink_tar(&name, "t")?, true));
     let host = outside.join("secret");
     std::fs::write(&host, b"host secret")?;
     let opt = format!("-f{}", host.display());
-    cases.push(("xattr name read as an option", xattr_tar("f", &opt, b"v")?));
+    cases.push((
+        "xattr name read as an option",
+        xattr_tar("f", &opt, b"v")?,
+        false,
+    ));
     cases.push((
         "xattr name with a line break",
         xattr_tar("f", &format!("user.a\n{shell}"), b"v")?,
+        false,
     ));
 
-    let before = snapshot(&ds)?;
-    for (what, tar) in cases {
+    for (n, (what, tar, must_accept)) in cases.into_iter().enumerate() {
+        let before = snapshot(&ds)?;
         let sum = Digest::sha256_of(&tar);
-        let err = match store
+        let id = ImageId::new(format!("evil-{n}"))?;
+        let r = store
             .write_image(
                 &scratch,
-                &ImageId::new("evil")?,
+                &id,
                 Metadata::new(),
                 &sum,
                 imagestore::byte_stream(std::io::Cursor::new(tar)),
             )
-            .await
-        {
-            Ok(_) => bail!("{what}: the layer was accepted"),
-            Err(e) => e,
-        };
+            .await;
         if marker.exists() {
             bail!("{what}: a shell command ran");
         }
@@ -181,21 +198,64 @@ async fn script_injection_is_refused_before_debugfs_runs() -> Result<()> {
             .map(|e| e.map(|e| e.file_name()))
             .collect::<std::io::Result<_>>()?;
         if left.len() != 1 {
-            bail!("{what}: files appeared outside the work folder: {left:?}");
+            bail!("{what}: files appeared outside the store: {left:?}");
         }
-        if snapshot(&ds)? != before {
-            bail!("{what}: the datastore changed");
-        }
-        if !matches!(err, Error::InvalidArgument(_) | Error::BadArchive { .. }) {
-            bail!("{what}: not a typed refusal: {err:?}");
+        match r {
+            Ok(_) => {
+                // The image reads back: its changes export with their data.
+                let mut tar = Vec::new();
+                store
+                    .export(&s, &id, None, &imagestore::FilterSpec::all(), true)
+                    .await?
+                    .read_to_end(&mut tar)
+                    .await?;
+            }
+            Err(e) if !must_accept => {
+                if !matches!(e, Error::InvalidArgument(_) | Error::BadArchive { .. }) {
+                    bail!("{what}: not a typed refusal: {e:?}");
+                }
+                if snapshot(&ds)? != before {
+                    bail!("{what}: the datastore changed");
+                }
+            }
+            Err(e) => bail!("{what}: a legal layer was refused: {e:?}"),
         }
     }
     Ok(())
 }
 
+/// Names and link targets holding line breaks and quotes are stored byte for byte: the chain
+/// passes `e2fsck` and `debugfs` reads back what the engine says the image holds.
+#[test]
+fn names_with_line_breaks_read_back_through_debugfs() -> Result<()> {
+    if !have(&["debugfs", "e2fsck", "qemu-img"]) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut chain = chain::Chain::new(dir.path(), 65536)?;
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, target) in [
+        ("d/n\nx", "t\r!touch /tmp/x"),
+        ("d/q\"uote", "\"\"\""),
+        ("d/-f", "-R"),
+    ] {
+        let pax = [("path", path.as_bytes()), ("linkpath", target.as_bytes())];
+        b.append_pax_extensions(pax)?;
+        let mut h = header(true, EntryType::Symlink, 0);
+        h.set_path("placeholder")?;
+        h.set_link_name("placeholder")?;
+        h.set_cksum();
+        b.append(&h, std::io::empty())?;
+    }
+    chain.push("names", b.into_inner()?)?;
+    Ok(())
+}
+
+/// A symlink and path far longer than a debugfs script line are written (they were refused
+/// while the writer spoke debugfs' command language).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_too_long_for_debugfs_is_an_invalid_argument() -> Result<()> {
-    if !have(&["debugfs", "mke2fs"]) {
+async fn paths_longer_than_a_debugfs_line_are_written() -> Result<()> {
+    if !have(&["qemu-img"]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -206,7 +266,7 @@ async fn a_line_too_long_for_debugfs_is_an_invalid_argument() -> Result<()> {
     let scratch = store.scratch(&s).await?;
     let (p, t) = overflowing_symlink("tail")?;
     let tar = symlink_tar(&p, &t)?;
-    let err = store
+    store
         .write_image(
             &scratch,
             &ImageId::new("long")?,
@@ -214,11 +274,7 @@ async fn a_line_too_long_for_debugfs_is_an_invalid_argument() -> Result<()> {
             &Digest::sha256_of(&tar),
             imagestore::byte_stream(std::io::Cursor::new(tar)),
         )
-        .await;
-    match err {
-        Err(Error::InvalidArgument(m)) if m.contains("debugfs line") => {}
-        other => bail!("expected an InvalidArgument naming the line limit, got {other:?}"),
-    }
-    assert!(store.list_images(&s, &[]).await?.is_empty());
+        .await?;
+    assert_eq!(store.list_images(&s, &[]).await?.len(), 1);
     Ok(())
 }
