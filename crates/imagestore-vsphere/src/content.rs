@@ -7,7 +7,7 @@
 //! a new version of that disk (`<n>.vmdk`, a child of the parent, holding everything imported
 //! so far), and its TOC (`<n>.toc`) is written last, which completes the import.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use imagestore_core::layer::chain::{ChainView, LayerToc, MemoryToc};
@@ -22,7 +22,7 @@ use crate::disk::new_cid;
 use crate::error::disk_err;
 use crate::ext4::LayerData;
 use crate::fsread::FsContent;
-use crate::layer::WorkDir;
+use crate::layer::{DeltaBuild, WorkDir};
 use crate::layout::{self, StorePaths, WritablePaths};
 use crate::store::{Inner, image_name};
 use crate::vmdk::chain::Chain;
@@ -230,16 +230,10 @@ impl Inner {
         self.ds.remove_all(&w.dir)
     }
 
-    /// Applies an ingested import (its files staged in `staged`, its TOC `toc`) to writable
-    /// layer `id`:
-    /// a new disk holding everything imported so far, then the import's TOC.
-    pub(crate) fn apply_import(
-        &self,
-        s: &StoreName,
-        id: &ImageId,
-        staged: &Path,
-        toc: Toc,
-    ) -> Result<()> {
+    /// Starts the next disk of writable layer `id` for an import: a new disk over the
+    /// layer's parent chain holding everything imported so far, ready for the import's
+    /// files to stream into.
+    pub(crate) fn start_import(&self, s: &StoreName, id: &ImageId) -> Result<ImportBuild> {
         let sp = self.open_store(s)?;
         let record = self.writable_record(s, &sp, id)?;
         let (layers, imports, chain) = self.writable_layers(s, &sp, id, &record)?;
@@ -248,26 +242,45 @@ impl Inner {
         let parent_chain = self.open_chain(&sp, &layers.ids)?;
         let mut lower = layers.tocs;
         lower.extend(imports);
-        let top = Arc::new(toc);
         let outbox = WorkDir::create(&self.ds.outbox_dir())?;
         let disk = outbox.path().join(format!("{n}.vmdk"));
         let hint = layout::parent_hint(&w.dir, &sp.image(&record.parent));
-        crate::layer::build_import(
-            &chain,
-            &parent_chain,
-            &hint,
-            &disk,
-            &lower,
-            top.clone(),
-            LayerData::Staged(staged),
-        )?;
-        self.ds.put_file(&disk, &w.disk(n))?;
-        self.ds.write(&w.toc(n), &top.to_bytes()?)?;
-        if n > 0 {
-            self.ds.remove_file(&w.disk(n - 1))?;
+        let build = DeltaBuild::start(&chain, &parent_chain, &hint, &disk)?;
+        Ok(ImportBuild {
+            build,
+            outbox,
+            disk,
+            lower,
+            n,
+            w,
+        })
+    }
+
+    /// Finishes an import started by [`Inner::start_import`] whose layer had TOC `toc`: the
+    /// new disk replaces the layer's previous one, then the import's TOC is recorded.
+    pub(crate) fn finish_import(&self, b: ImportBuild, toc: Toc) -> Result<()> {
+        let top = Arc::new(toc);
+        b.build.finish(&b.lower, top.clone(), LayerData::Streamed)?;
+        self.ds.put_file(&b.disk, &b.w.disk(b.n))?;
+        self.ds.write(&b.w.toc(b.n), &top.to_bytes()?)?;
+        if b.n > 0 {
+            self.ds.remove_file(&b.w.disk(b.n - 1))?;
         }
+        drop(b.outbox);
         Ok(())
     }
+}
+
+/// An import into a writable layer under way ([`Inner::start_import`]).
+#[derive(Debug)]
+pub(crate) struct ImportBuild {
+    /// The new disk.
+    pub build: DeltaBuild,
+    outbox: WorkDir,
+    disk: PathBuf,
+    lower: Vec<Arc<Toc>>,
+    n: u32,
+    w: WritablePaths,
 }
 
 impl Inner {

@@ -35,13 +35,7 @@ pub fn build_scratch(out: &Path, file_name: &str, capacity_kib: u64) -> Result<D
     let size = capacity_kib * 1024;
     let cid = new_cid();
     let d = descriptor(size / SECTOR, file_name, cid, None);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .at(out)?;
-    let w = SparseWriter::create(f, &d, &out.display().to_string()).at(out)?;
+    let w = new_disk(out, &d)?;
     let overlay = Overlay::new(None, w, size).at(out)?;
     let overlay = ext4::make_scratch(overlay)?;
     let grains = overlay.grains() as u64;
@@ -71,111 +65,127 @@ pub fn build_layer(
     top_data: LayerData<'_>,
 ) -> Result<LayerStats> {
     let chain = disk::open_chain(parent).at(parent)?;
-    build_layer_on(&chain, parent_hint, out, lower, top, top_data)
+    DeltaBuild::start(&chain, &chain, parent_hint, out)?.finish(lower, top, top_data)
 }
 
-/// [`build_layer`] on an opened parent chain.
-pub fn build_layer_on(
-    chain: &Chain,
-    parent_hint: &str,
-    out: &Path,
-    lower: &[Arc<Toc>],
-    top: Arc<Toc>,
-    top_data: LayerData<'_>,
-) -> Result<LayerStats> {
-    let file_name = file_name_of(out);
-    if top.entries.is_empty() {
-        // Nothing changes: an empty delta, without a copy of the chain or a debugfs run.
-        let disk = disk::empty_delta(chain, out, &file_name, parent_hint).at(out)?;
-        return Ok(LayerStats {
-            disk,
-            apply: ApplyStats::default(),
-        });
+/// A delta disk being built: created at `out` over its parent chain with the filesystem open
+/// on it ([`DeltaBuild::start`]); the layer's files may stream into it while the layer is
+/// ingested ([`DeltaBuild::tap`]); [`DeltaBuild::finish`] applies the layer, writes the disk
+/// out and reads it back. Dropped unfinished, it leaves a partial file at `out` for the
+/// caller's work folder to remove.
+#[derive(Debug)]
+pub struct DeltaBuild {
+    out: PathBuf,
+    cid: u32,
+    base: Vec<Arc<SparseDisk>>,
+    source: FsContent,
+    stream: ext4::Stream,
+    started: Instant,
+}
+
+impl DeltaBuild {
+    /// Starts the disk at `out` holding the contents of `source`, as a delta on the top of
+    /// `base` (named `parent_hint`): `source` is `base`, or `base` with more disks on top
+    /// (earlier imports into a writable layer) whose grains the new disk takes.
+    pub fn start(
+        source: &Chain,
+        base: &Chain,
+        parent_hint: &str,
+        out: &Path,
+    ) -> Result<DeltaBuild> {
+        let started = Instant::now();
+        let file_name = file_name_of(out);
+        let cid = new_cid();
+        let d = descriptor(
+            base.capacity(),
+            &file_name,
+            cid,
+            Some((base.top_cid(), parent_hint)),
+        );
+        let w = new_disk(out, &d)?;
+        let base_disks = base.disks().to_vec();
+        let lower_chain = Arc::new(Chain::new(base_disks.clone()).at(out)?);
+        let mut overlay = Overlay::new(Some(lower_chain), w, base.size_bytes()).at(out)?;
+        overlay.seed(source, base_disks.len()).at(out)?;
+        let source = FsContent::of_chain(
+            Arc::new(Chain::new(source.disks().to_vec()).at(out)?),
+            out.display().to_string(),
+        );
+        let fs = ext4::fs::Fs::open(overlay)?;
+        Ok(DeltaBuild {
+            out: out.to_path_buf(),
+            cid,
+            base: base_disks,
+            source,
+            stream: ext4::Stream::new(fs),
+            started,
+        })
     }
-    build_delta(chain, chain, parent_hint, out, lower, top, top_data)
+
+    /// A tap writing each regular file of the layer being ingested straight into the
+    /// filesystem; [`DeltaBuild::finish`] then takes them with [`LayerData::Streamed`].
+    pub fn tap(&self) -> Box<dyn imagestore_core::layer::ingest::FileTap> {
+        Box::new(self.stream.tap())
+    }
+
+    /// Applies layer `top` over `lower` (the TOCs below it, lowest first, scratch's skeleton
+    /// not included), writes the disk out, and reads every path `top` names back through
+    /// the chain with the new disk on top.
+    pub fn finish(
+        self,
+        lower: &[Arc<Toc>],
+        top: Arc<Toc>,
+        top_data: LayerData<'_>,
+    ) -> Result<LayerStats> {
+        let out = self.out;
+        let mut view = vec![Arc::new(ext4::skeleton())];
+        view.extend(lower.iter().cloned());
+        let (mut fs, streamed) = self.stream.into_parts()?;
+        let top_data = match top_data {
+            LayerData::Streamed => LayerData::Files(&streamed),
+            other => other,
+        };
+        let apply = ext4::apply(&mut fs, &view, top.clone(), top_data, Some(&self.source))?;
+        let overlay = fs.close(false)?;
+        let applied = self.started.elapsed();
+        let grains = overlay.grains() as u64;
+        let (file, bytes) = overlay.finish().at(&out)?;
+        let disk = DiskStats {
+            cid: self.cid,
+            grains,
+            bytes,
+        };
+        let new_top = SparseDisk::open(Arc::new(file), &out.display().to_string()).at(&out)?;
+        let mut disks = self.base;
+        disks.push(Arc::new(new_top));
+        let chain = Arc::new(Chain::new(disks).at(&out)?);
+        crate::verify::check_applied(
+            &FsContent::of_chain(chain, out.display().to_string()),
+            &view,
+            &top,
+        )?;
+        debug!(
+            disk = %out.display(),
+            grains = disk.grains,
+            inodes = apply.inodes,
+            directories = apply.directories,
+            apply_ms = applied.as_millis(),
+            check_ms = (self.started.elapsed() - applied).as_millis(),
+            "built a delta disk"
+        );
+        Ok(LayerStats { disk, apply })
+    }
 }
 
-/// Writes the disk of a writable layer after an import at `out`: the contents of `current`
-/// (the parent's chain, plus the layer's disk after the earlier imports) with `top` applied,
-/// as a delta on the top of `parent` (named `parent_hint`). `lower` are the TOCs below `top`.
-#[allow(clippy::too_many_arguments)]
-pub fn build_import(
-    current: &Chain,
-    parent: &Chain,
-    parent_hint: &str,
-    out: &Path,
-    lower: &[Arc<Toc>],
-    top: Arc<Toc>,
-    top_data: LayerData<'_>,
-) -> Result<LayerStats> {
-    build_delta(current, parent, parent_hint, out, lower, top, top_data)
-}
-
-/// The contents of `source` with `top` applied, as a delta disk on the top of `base`
-/// (`source` is `base`, or `base` with more disks on top whose grains the new disk takes).
-#[allow(clippy::too_many_arguments)]
-fn build_delta(
-    source: &Chain,
-    base: &Chain,
-    parent_hint: &str,
-    out: &Path,
-    lower: &[Arc<Toc>],
-    top: Arc<Toc>,
-    top_data: LayerData<'_>,
-) -> Result<LayerStats> {
-    let file_name = file_name_of(out);
-    let started = Instant::now();
-    let base_disks = base.disks().to_vec();
-    let cid = new_cid();
-    let d = descriptor(
-        base.capacity(),
-        &file_name,
-        cid,
-        Some((base.top_cid(), parent_hint)),
-    );
+/// Creates a fresh disk file at `out` with descriptor `d`, ready for grains.
+fn new_disk(out: &Path, d: &crate::vmdk::descriptor::Descriptor) -> Result<SparseWriter> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(out)
         .at(out)?;
-    let w = SparseWriter::create(f, &d, &out.display().to_string()).at(out)?;
-    let lower_chain = Arc::new(Chain::new(base_disks.clone()).at(out)?);
-    let mut overlay = Overlay::new(Some(lower_chain.clone()), w, base.size_bytes()).at(out)?;
-    overlay.seed(source, base_disks.len()).at(out)?;
-    let source_content = FsContent::of_chain(
-        Arc::new(Chain::new(source.disks().to_vec()).at(out)?),
-        out.display().to_string(),
-    );
-    let mut view = vec![Arc::new(ext4::skeleton())];
-    view.extend(lower.iter().cloned());
-    let mut fs = ext4::fs::Fs::open(overlay)?;
-    let apply = ext4::apply(&mut fs, &view, top.clone(), top_data, Some(&source_content))?;
-    let overlay = fs.close(false)?;
-    let applied = started.elapsed();
-    let grains = overlay.grains() as u64;
-    let (file, bytes) = overlay.finish().at(out)?;
-    let disk = DiskStats { cid, grains, bytes };
-    // The read-back, through the chain with the new disk on top.
-    let new_top = SparseDisk::open(Arc::new(file), &out.display().to_string()).at(out)?;
-    let mut disks = base_disks;
-    disks.push(Arc::new(new_top));
-    let chain = Arc::new(Chain::new(disks).at(out)?);
-    crate::verify::check_applied(
-        &FsContent::of_chain(chain, out.display().to_string()),
-        &view,
-        &top,
-    )?;
-    debug!(
-        disk = %out.display(),
-        grains = disk.grains,
-        inodes = apply.inodes,
-        directories = apply.directories,
-        apply_ms = applied.as_millis(),
-        check_ms = (started.elapsed() - applied).as_millis(),
-        "built a delta disk"
-    );
-    Ok(LayerStats { disk, apply })
+    SparseWriter::create(f, d, &out.display().to_string()).at(out)
 }
 
 /// The file name a disk built at `out` records in its descriptor.

@@ -33,9 +33,8 @@ use imagestore_core::{
 };
 
 use crate::datastore::{Datastore, DsLock};
-use crate::error::IoContext;
-use crate::ext4::{LayerData, StageTap};
-use crate::layer::{WorkDir, build_layer_on, build_scratch};
+use crate::ext4::LayerData;
+use crate::layer::{DeltaBuild, WorkDir, build_scratch};
 use crate::layout::{self, ImagePaths, StorePaths};
 use crate::store::{DiskStore, Inner, MAX_CHAIN_DEPTH, Precheck, image_name};
 
@@ -245,13 +244,30 @@ impl BlockingBackend for DiskStore {
             })
             .await?;
         let view: Arc<dyn LowerView> = Arc::new(crate::content::view_of(&lower.tocs));
-        // The files are staged for debugfs as the layer is parsed; the tar itself is not kept.
-        let work = WorkDir::create(&self.inner.ds.work_dir())?;
-        let staged = work.path().join("files");
-        std::fs::create_dir(&staged).at(&staged)?;
-        let tap = Box::new(StageTap::new(staged.clone()));
+        // The new disk is started over the parent's chain before the layer is read, so its
+        // files stream straight into the filesystem as the layer is parsed; the tar itself
+        // is not kept.
+        let (s, sp2, pr, i, ids) = (
+            store.clone(),
+            sp.clone(),
+            parent_rec.clone(),
+            id.clone(),
+            lower.ids.clone(),
+        );
+        let (outbox, disk, build) = self
+            .run(move |inner| {
+                let parent_gone = |e| inner.unless_parent_gone(e, &s, &sp2, &pr.id, &i);
+                let outbox = WorkDir::create(&inner.ds.outbox_dir())?;
+                let disk = outbox.path().join(format!("{i}.vmdk"));
+                let chain = inner.open_chain(&sp2, &ids).map_err(parent_gone)?;
+                let hint = layout::parent_hint(&sp2.image(&i).dir, &sp2.image(&pr.id));
+                let build = DeltaBuild::start(&chain, &chain, &hint, &disk)?;
+                Ok((outbox, disk, build))
+            })
+            .await?;
         let limits = self.inner.options.ingest_limits();
         let started = Instant::now();
+        let tap = build.tap();
         let ingested =
             ingest_tapped(body, sum.as_ref(), &mut NullSink, view, limits, Some(tap)).await?;
         let ingest_ms = started.elapsed().as_millis();
@@ -260,21 +276,11 @@ impl BlockingBackend for DiskStore {
         self.run(move |inner| {
             let parent_gone = |e| inner.unless_parent_gone(e, &s, &sp, &parent_rec.id, &id);
             let top = Arc::new(ingested.toc);
-            let outbox = WorkDir::create(&inner.ds.outbox_dir())?;
-            let disk = outbox.path().join(format!("{id}.vmdk"));
-            let chain = inner.open_chain(&sp, &lower.ids).map_err(parent_gone)?;
-            let parent_paths = sp.image(&parent_rec.id);
             let p = sp.image(&id);
-            let hint = layout::parent_hint(&p.dir, &parent_paths);
-            let stats = build_layer_on(
-                &chain,
-                &hint,
-                &disk,
-                &lower.tocs,
-                top.clone(),
-                LayerData::Staged(&staged),
-            )
-            .map_err(parent_gone)?;
+            let stats = build
+                .finish(&lower.tocs, top.clone(), LayerData::Streamed)
+                .map_err(parent_gone)?;
+            let _outbox = &outbox;
             let toc = top.to_bytes()?;
             let built = Built {
                 disk,
@@ -320,14 +326,12 @@ impl BlockingBackend for DiskStore {
         tar: ByteStream,
         limits: IngestLimits,
     ) -> Result<ImportSummary> {
-        let work = WorkDir::create(&self.inner.ds.work_dir())?;
-        let staged = work.path().join("files");
-        std::fs::create_dir(&staged).at(&staged)?;
-        let tap = Box::new(StageTap::new(staged.clone()));
+        let (s, i) = (store.clone(), id.clone());
+        let import = self.run(move |inner| inner.start_import(&s, &i)).await?;
+        let tap = import.build.tap();
         let ingested = ingest_tapped(tar, None, &mut NullSink, lower, limits, Some(tap)).await?;
         let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |inner| inner.apply_import(&s, &id, &staged, ingested.toc))
+        self.run(move |inner| inner.finish_import(import, ingested.toc))
             .await?;
         Ok(summary)
     }

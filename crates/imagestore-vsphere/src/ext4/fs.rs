@@ -674,12 +674,17 @@ impl File<'_> {
     }
 
     /// Sets the length and closes the file.
-    pub fn finish(mut self, size: u64) -> Result<()> {
+    pub fn finish(self, size: u64) -> Result<()> {
         // SAFETY: `self.f` is open.
         let code = unsafe { ffi::ext2fs_file_set_size2(self.f, size as i64) };
         self.fs.check(code, || {
             format!("cannot set the size of inode {}", self.ino)
         })?;
+        self.close()
+    }
+
+    /// Closes the file, writing out what it buffers.
+    pub fn close(mut self) -> Result<()> {
         let f = std::mem::replace(&mut self.f, std::ptr::null_mut());
         // SAFETY: `f` is open and closed once.
         let code = unsafe { ffi::ext2fs_file_close(f) };

@@ -18,15 +18,15 @@ pub mod fs;
 mod inode;
 mod plan;
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use imagestore_core::Result;
 use imagestore_core::layer::ingest::FileTap;
 use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 
-use crate::error::IoContext;
+use fs::Fs;
 
 pub use plan::{ApplyStats, apply, make_scratch};
 
@@ -89,45 +89,129 @@ pub enum LayerData<'a> {
     None,
     /// In the layer's tar, compressed as its TOC says.
     Tar(&'a Path),
-    /// In a folder holding each regular file's contents as `f<entry index>`, written by a
-    /// [`StageTap`] while the layer was ingested.
-    Staged(&'a Path),
+    /// Already in the filesystem: streamed in while the layer was ingested, through the tap
+    /// of the build ([`crate::layer::DeltaBuild::tap`]).
+    Streamed,
+    /// Already in the filesystem, as these inodes ([`Stream::into_parts`]).
+    Files(&'a Streamed),
 }
 
-/// Writes each regular file of a layer being ingested into a folder as `f<entry index>`,
-/// with its holes, to be copied into the filesystem after the ingest ([`LayerData::Staged`]).
-#[derive(Debug)]
-pub struct StageTap {
-    dir: PathBuf,
-    file: Option<(File, PathBuf, u64)>,
+/// The regular files a [`Stream`] wrote: unlinked inodes by TOC entry index, linked into
+/// place (or freed) by [`apply`].
+#[derive(Debug, Default)]
+pub struct Streamed {
+    files: HashMap<u32, u32>,
 }
 
-impl StageTap {
-    /// A tap writing into `dir`, which must exist.
-    pub fn new(dir: PathBuf) -> StageTap {
-        StageTap { dir, file: None }
+impl Streamed {
+    /// The inode holding the data of the layer's entry `index`.
+    pub fn inode(&self, index: u32) -> Option<u32> {
+        self.files.get(&index).copied()
+    }
+
+    /// Every inode written, by entry index.
+    pub fn all(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.files.iter().map(|(i, n)| (*i, *n))
     }
 }
 
-impl FileTap for StageTap {
+/// The filesystem of a disk being built, with the files streamed into it so far.
+#[derive(Debug)]
+struct StreamState {
+    fs: Fs,
+    files: Streamed,
+    /// The file being written: entry index, inode, length.
+    current: Option<(u32, u32, u64)>,
+}
+
+/// A filesystem the regular files of a layer stream into as the layer is ingested, each as a
+/// new inode linked nowhere yet ([`Stream::tap`]); [`apply`] links them into place. No file
+/// content is staged anywhere else.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    state: Arc<Mutex<Option<StreamState>>>,
+}
+
+impl Stream {
+    /// A stream into `fs`.
+    pub fn new(fs: Fs) -> Stream {
+        Stream {
+            state: Arc::new(Mutex::new(Some(StreamState {
+                fs,
+                files: Streamed::default(),
+                current: None,
+            }))),
+        }
+    }
+
+    /// A tap for the layer's ingest.
+    pub fn tap(&self) -> StreamTap {
+        StreamTap {
+            stream: self.clone(),
+        }
+    }
+
+    /// The filesystem and the files written into it.
+    pub fn into_parts(self) -> Result<(Fs, Streamed)> {
+        let state = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .ok_or_else(|| fs::fail("the filesystem being written was lost"))?;
+        Ok((state.fs, state.files))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut StreamState) -> Result<T>) -> Result<T> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| fs::fail("the filesystem being written is poisoned"))?;
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| fs::fail("the filesystem being written is closed"))?;
+        f(state)
+    }
+}
+
+/// The [`FileTap`] of a [`Stream`].
+#[derive(Debug)]
+pub struct StreamTap {
+    stream: Stream,
+}
+
+impl FileTap for StreamTap {
     fn file(&mut self, index: usize, entry: &TocEntry) -> Result<()> {
-        let p = self.dir.join(format!("f{index}"));
-        let f = File::create(&p).at(&p)?;
-        self.file = Some((f, p, entry.size));
-        Ok(())
+        let index = u32::try_from(index).map_err(|_| fs::fail("too many entries"))?;
+        self.stream.with(|s| {
+            let mode = inode::type_bits(EntryKind::File) | (entry.mode & 0o7777) as u16;
+            let ino = s.fs.new_inode(dirs::ROOT, mode)?;
+            let i = s.fs.blank_inode(mode, true);
+            s.fs.write_inode(ino, &i)?;
+            s.files.files.insert(index, ino);
+            s.current = Some((index, ino, entry.size));
+            Ok(())
+        })
     }
 
     fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
-        match &self.file {
-            Some((f, p, _)) => f.write_all_at(bytes, offset).at(p),
-            None => Err(fs::fail("file data without a file")),
-        }
+        self.stream.with(|s| {
+            let (_, ino, _) = s
+                .current
+                .ok_or_else(|| fs::fail("file data without a file"))?;
+            let mut f = s.fs.file(ino)?;
+            f.write_at(offset, bytes)?;
+            f.close()
+        })
     }
 
     fn end_file(&mut self) -> Result<()> {
-        match self.file.take() {
-            Some((f, p, size)) => f.set_len(size).at(&p),
-            None => Ok(()),
-        }
+        self.stream.with(|s| {
+            let (_, ino, size) = s.current.take().ok_or_else(|| fs::fail("no file to end"))?;
+            if size > 0 {
+                s.fs.file(ino)?.finish(size)?;
+            }
+            Ok(())
+        })
     }
 }

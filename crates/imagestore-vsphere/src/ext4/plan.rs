@@ -1,10 +1,9 @@
 //! Applying a layer to the open filesystem: removals, creations, hardlinks, then file data,
 //! then the changed directories written back once ([`super::dirs`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use imagestore_core::layer::chain::{ChainView, Change, LayerToc, MemoryToc, diff};
@@ -18,7 +17,7 @@ use imagestore_core::{Error, Result};
 use super::dirs::{Dirs, ROOT};
 use super::fs::{Fs, MkfsParams, fail};
 use super::inode::{Inode, dirent_type, type_bits};
-use super::{LABEL, LayerData, disk_mtime, skeleton};
+use super::{LABEL, LayerData, Streamed, disk_mtime, skeleton};
 use crate::error::IoContext;
 use crate::fsread::FsContent;
 use crate::vmdk::overlay::Overlay;
@@ -75,6 +74,10 @@ struct Writer<'a> {
     dirs: Dirs,
     fills: Vec<Fill>,
     stats: ApplyStats,
+    /// Files of the layer already in the filesystem, and which of them are linked.
+    streamed: Option<&'a Streamed>,
+    taken: HashSet<u32>,
+    top: u32,
 }
 
 fn name_of(p: &str) -> &str {
@@ -227,6 +230,19 @@ impl Writer<'_> {
                 self.fs.write_inode(ino, &i)?;
                 ino
             }
+            EntryKind::File | EntryKind::Hardlink
+                if let Some(ino) = content.and_then(|c| self.streamed_inode(c)) =>
+            {
+                if !self.taken.insert(ino) {
+                    // Two names for one streamed file: a hardlink.
+                    return self.hardlink(p, ino);
+                }
+                let mut i = self.fs.read_inode(ino)?;
+                Self::stamp(&mut i, e);
+                i.set_links(1);
+                self.fs.write_inode(ino, &i)?;
+                ino
+            }
             EntryKind::File | EntryKind::Hardlink => {
                 let ino = self.fs.new_inode(parent, mode)?;
                 let mut i = self.fs.blank_inode(mode, true);
@@ -270,6 +286,14 @@ impl Writer<'_> {
         self.xattrs(ino, e)?;
         self.dirs
             .add(self.fs, parent, name_of(p), ino, dirent_type(mode))
+    }
+
+    /// The inode a streamed file of the layer was written to.
+    fn streamed_inode(&self, c: EntryRef) -> Option<u32> {
+        if c.layer != self.top {
+            return None;
+        }
+        self.streamed.and_then(|s| s.inode(c.entry))
     }
 
     /// Gives existing directory `ino` the metadata of `e`.
@@ -322,6 +346,12 @@ pub fn apply(
         dirs: Dirs::default(),
         fills: Vec::new(),
         stats: ApplyStats::default(),
+        streamed: match top_data {
+            LayerData::Files(s) => Some(s),
+            _ => None,
+        },
+        taken: HashSet::new(),
+        top: top_index as u32,
     };
     // Markers first: they remove from the lower image only. They are taken from the layer
     // itself, because the change list leaves out paths the lower image only implies.
@@ -389,6 +419,15 @@ pub fn apply(
             }
         }
     }
+    // Streamed files no path took (an entry a later one of the same path replaced).
+    if let Some(streamed) = w.streamed {
+        for (_, ino) in streamed.all() {
+            if !w.taken.contains(&ino) {
+                let mut i = w.fs.read_inode(ino)?;
+                w.fs.free_inode(ino, &mut i)?;
+            }
+        }
+    }
     let fills = std::mem::take(&mut w.fills);
     w.stats.bytes = write_contents(w.fs, &all, fills, top_data, &lower_view, lower_data)?;
     w.stats.directories = w.dirs.flush(w.fs)?;
@@ -446,26 +485,10 @@ fn write_contents(
                 file.finish(e.size)?;
             }
         }
-        LayerData::Staged(dir) => {
-            for f in &from_top {
-                let e = entry(f.content);
-                let p = dir.join(format!("f{}", f.content.entry));
-                let staged = File::open(&p).at(&p)?;
-                let mut file = fs.file(f.ino)?;
-                for (off, len) in segments(e) {
-                    let mut left = len;
-                    let mut at = off;
-                    while left > 0 {
-                        let n = (buf.len() as u64).min(left) as usize;
-                        staged.read_exact_at(&mut buf[..n], at).at(&p)?;
-                        file.write_at(at, &buf[..n])?;
-                        left -= n as u64;
-                        at += n as u64;
-                    }
-                    bytes += len;
-                }
-                file.finish(e.size)?;
-            }
+        LayerData::Streamed | LayerData::Files(_) => {
+            return Err(fail(
+                "a streamed file of the layer is missing from the filesystem",
+            ));
         }
     }
     if !from_lower.is_empty() {
