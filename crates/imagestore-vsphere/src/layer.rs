@@ -150,6 +150,7 @@ impl DeltaBuild {
         let applied = self.started.elapsed();
         let grains = overlay.grains() as u64;
         let (file, bytes) = overlay.finish().at(&out)?;
+        let synced = self.started.elapsed();
         let disk = DiskStats {
             cid: self.cid,
             grains,
@@ -170,7 +171,8 @@ impl DeltaBuild {
             inodes = apply.inodes,
             directories = apply.directories,
             apply_ms = applied.as_millis(),
-            check_ms = (self.started.elapsed() - applied).as_millis(),
+            sync_ms = (synced - applied).as_millis(),
+            check_ms = (self.started.elapsed() - synced).as_millis(),
             "built a delta disk"
         );
         Ok(LayerStats { disk, apply })

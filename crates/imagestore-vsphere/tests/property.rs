@@ -43,7 +43,9 @@ fn data(rng: &mut StdRng) -> Vec<u8> {
         _ => rng.random_range(100..4000),
     };
     let fill: u8 = rng.random();
-    (0..len).map(|i| fill.wrapping_add((i % 251) as u8)).collect()
+    (0..len)
+        .map(|i| fill.wrapping_add((i % 251) as u8))
+        .collect()
 }
 
 /// One random layer over the image `model` describes; updates the model.
@@ -65,10 +67,14 @@ fn layer(rng: &mut StdRng, model: &mut BTreeMap<String, Kind>) -> Vec<u8> {
         }
         let existing: Vec<String> = model
             .keys()
-            .filter(|p| !touched.iter().any(|t| t == *p || p.starts_with(&format!("{t}/"))))
+            .filter(|p| {
+                !touched
+                    .iter()
+                    .any(|t| t == *p || p.starts_with(&format!("{t}/")))
+            })
             .cloned()
             .collect();
-        let op = rng.random_range(0..10);
+        let op = rng.random_range(0..11);
         match op {
             0 if !existing.is_empty() => {
                 let victim = existing[rng.random_range(0..existing.len())].clone();
@@ -108,6 +114,17 @@ fn layer(rng: &mut StdRng, model: &mut BTreeMap<String, Kind>) -> Vec<u8> {
             6 => {
                 l = l.dir(&path);
                 model.insert(path.clone(), Kind::Dir);
+            }
+            7 => {
+                // A directory of hundreds of names: more than a block, so an indexed one;
+                // its names may be whited out or overwritten by later layers.
+                l = l.dir(&path);
+                model.insert(path.clone(), Kind::Dir);
+                for k in 0..rng.random_range(100..400) {
+                    let name = format!("{path}/many-{k:04}-{}", "x".repeat(k % 40));
+                    l = l.file(&name, b"");
+                    model.insert(name, Kind::File);
+                }
             }
             _ => {
                 let mode = [0o644, 0o755, 0o4755, 0o600][rng.random_range(0..4)];
@@ -227,7 +244,12 @@ async fn run_case(seed: u64, case: u64) -> Result<(u64, u64)> {
     }
     let want = dir.path().join("local-checkout");
     local
-        .checkout(&s, &local_top.id, &want, &CheckoutOptions { rootless: false })
+        .checkout(
+            &s,
+            &local_top.id,
+            &want,
+            &CheckoutOptions { rootless: false },
+        )
         .await?;
     let disk = if top.id == ImageId::scratch() {
         ds.join("VIC/prop/images/scratch/scratch.vmdk")

@@ -182,63 +182,111 @@ fn read_dir(fs: &mut Fs, ino: u32) -> Result<Dir> {
     Ok(dir)
 }
 
-/// Writes directory `ino` as a linear directory holding `d`'s entries.
-fn write_dir(fs: &mut Fs, ino: u32, d: &Dir) -> Result<()> {
-    let bs = fs.blocksize;
-    let tail = if fs.has_csum() { 12 } else { 0 };
-    let room = bs - tail;
-    let filetype = fs.has_filetype();
-    let mut blocks: Vec<Vec<u8>> = Vec::new();
-    let mut block = vec![0u8; bs];
-    // The last entry written in the current block, to stretch to the block's end.
-    let mut last: Option<usize> = None;
-    let mut at = 0usize;
-    let put = |block: &mut Vec<u8>,
-               blocks: &mut Vec<Vec<u8>>,
-               at: &mut usize,
-               last: &mut Option<usize>,
-               name: &[u8],
-               e_ino: u32,
-               ftype: u8| {
-        let need = rec_len(name.len());
-        if *at + need > room {
-            close_block(block, *last, *at, room, tail);
-            blocks.push(std::mem::replace(block, vec![0u8; bs]));
-            *at = 0;
+/// Packs directory entries into leaf blocks, each ending in the checksum tail when the
+/// filesystem has one.
+struct Leaves {
+    bs: usize,
+    tail: usize,
+    filetype: bool,
+    blocks: Vec<Vec<u8>>,
+    block: Vec<u8>,
+    /// Where the next entry goes in `block`, and where the last one written starts.
+    at: usize,
+    last: Option<usize>,
+}
+
+impl Leaves {
+    fn new(fs: &Fs) -> Leaves {
+        let bs = fs.blocksize;
+        Leaves {
+            bs,
+            tail: if fs.has_csum() { 12 } else { 0 },
+            filetype: fs.has_filetype(),
+            blocks: Vec::new(),
+            block: vec![0u8; bs],
+            at: 0,
+            last: None,
         }
-        let b = &mut block[*at..*at + need];
-        b[0..4].copy_from_slice(&e_ino.to_le_bytes());
+    }
+
+    /// True if an entry named `name` does not fit in the current block.
+    fn full(&self, name: &[u8]) -> bool {
+        self.at + rec_len(name.len()) > self.bs - self.tail
+    }
+
+    /// Ends the current block and starts a new one.
+    fn next_block(&mut self) {
+        let done = std::mem::replace(&mut self.block, vec![0u8; self.bs]);
+        self.blocks.push(close_block(done, self.last, self.tail));
+        self.at = 0;
+        self.last = None;
+    }
+
+    /// Adds an entry, in a new block if the current one is full.
+    fn put(&mut self, name: &[u8], ino: u32, ftype: u8) {
+        if self.full(name) {
+            self.next_block();
+        }
+        let need = rec_len(name.len());
+        let b = &mut self.block[self.at..self.at + need];
+        b[0..4].copy_from_slice(&ino.to_le_bytes());
         b[4..6].copy_from_slice(&(need as u16).to_le_bytes());
         b[6] = name.len() as u8;
-        b[7] = if filetype { ftype } else { 0 };
+        b[7] = if self.filetype { ftype } else { 0 };
         b[8..8 + name.len()].copy_from_slice(name);
-        *last = Some(*at);
-        *at += need;
-    };
-    put(&mut block, &mut blocks, &mut at, &mut last, b".", ino, 2);
-    put(
-        &mut block,
-        &mut blocks,
-        &mut at,
-        &mut last,
-        b"..",
-        d.parent,
-        2,
-    );
-    for (name, e_ino, ftype) in d.entries.iter().flatten() {
-        put(
-            &mut block,
-            &mut blocks,
-            &mut at,
-            &mut last,
-            name,
-            *e_ino,
-            *ftype,
-        );
+        self.last = Some(self.at);
+        self.at += need;
     }
-    close_block(&mut block, last, at, room, tail);
-    blocks.push(block);
 
+    /// The blocks, the current one ended.
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        self.next_block();
+        self.blocks
+    }
+}
+
+/// Stretches the last entry of a block to the end of its room and adds the checksum tail.
+fn close_block(mut block: Vec<u8>, last: Option<usize>, tail: usize) -> Vec<u8> {
+    let room = block.len() - tail;
+    match last {
+        Some(l) => {
+            let len = (room - l) as u16;
+            block[l + 4..l + 6].copy_from_slice(&len.to_le_bytes());
+        }
+        None => {
+            // An empty block: one unused entry spanning it.
+            block[4..6].copy_from_slice(&(room as u16).to_le_bytes());
+        }
+    }
+    if tail > 0 {
+        let t = &mut block[room..room + 12];
+        t.fill(0);
+        t[4..6].copy_from_slice(&12u16.to_le_bytes());
+        t[6..8].copy_from_slice(&0xde00u16.to_le_bytes());
+    }
+    block
+}
+
+/// Writes directory `ino` holding `d`'s entries: one block as a linear directory; more, on a
+/// filesystem with `dir_index`, as a hash-indexed directory ([`htree`]) the kernel and every
+/// reader look names up in without scanning.
+fn write_dir(fs: &mut Fs, ino: u32, d: &Dir) -> Result<()> {
+    let bs = fs.blocksize;
+    let mut linear = Leaves::new(fs);
+    linear.put(b".", ino, 2);
+    linear.put(b"..", d.parent, 2);
+    for (name, e_ino, ftype) in d.entries.iter().flatten() {
+        linear.put(name, *e_ino, *ftype);
+    }
+    let mut blocks = linear.finish();
+    let mut indexed = false;
+    if blocks.len() > 1
+        && fs.has_dir_index()
+        && let Some(tree) = htree(fs, ino, d)?
+    {
+        blocks = tree;
+        indexed = true;
+    }
     let mut inode = fs.read_inode(ino)?;
     let old_blocks = inode.size().div_ceil(bs as u64);
     for (lblk, b) in blocks.iter_mut().enumerate() {
@@ -254,26 +302,112 @@ fn write_dir(fs: &mut Fs, ino: u32, d: &Dir) -> Result<()> {
     // Re-read: mapping and truncating updated the inode on disk.
     let mut inode = fs.read_inode(ino)?;
     inode.set_size(n * bs as u64);
-    inode.set_flags(inode.flags() & !INDEX_FL);
+    if indexed {
+        inode.set_flags(inode.flags() | INDEX_FL);
+    } else {
+        inode.set_flags(inode.flags() & !INDEX_FL);
+    }
     fs.write_inode(ino, &inode)
 }
 
-/// Stretches the last entry of a block to the end of its room and adds the checksum tail.
-fn close_block(block: &mut [u8], last: Option<usize>, at: usize, room: usize, tail: usize) {
-    match last {
-        Some(l) if l < at => {
-            let len = (room - l) as u16;
-            block[l + 4..l + 6].copy_from_slice(&len.to_le_bytes());
-        }
-        _ => {
-            // An empty block: one unused entry spanning it.
-            block[4..6].copy_from_slice(&(room as u16).to_le_bytes());
-        }
+/// The blocks of directory `ino` as an HTree: block 0 the root (`.`, `..` and the index),
+/// then, when the leaves outnumber what the root indexes, one level of index nodes, then
+/// the leaves holding the entries in hash order. `None` when the directory needs more than
+/// two index levels (the `largedir` feature, which this writer does not set): it stays
+/// linear.
+fn htree(fs: &Fs, ino: u32, d: &Dir) -> Result<Option<Vec<Vec<u8>>>> {
+    let bs = fs.blocksize;
+    let csum = if fs.has_csum() { 8 } else { 0 };
+    let (version, seed) = fs.hash_params();
+    let mut hashed: Vec<(u32, u32, &[u8], u32, u8)> = Vec::with_capacity(d.entries.len());
+    for (name, e_ino, ftype) in d.entries.iter().flatten() {
+        let (hash, minor) = fs.dirhash(version, &seed, name)?;
+        hashed.push((hash, minor, name, *e_ino, *ftype));
     }
-    if tail > 0 {
-        let t = &mut block[room..room + 12];
-        t.fill(0);
-        t[4..6].copy_from_slice(&12u16.to_le_bytes());
-        t[6..8].copy_from_slice(&0xde00u16.to_le_bytes());
+    hashed.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    // The leaves, and the hash each starts at (odd when it continues the previous leaf's
+    // last hash: a collision the lookup must follow into this block).
+    let mut leaves = Leaves::new(fs);
+    let mut starts: Vec<u32> = vec![0];
+    let mut prev: Option<u32> = None;
+    for (hash, _, name, e_ino, ftype) in &hashed {
+        if leaves.full(name) {
+            leaves.next_block();
+            starts.push(if prev == Some(*hash) { hash | 1 } else { *hash });
+        }
+        leaves.put(name, *e_ino, *ftype);
+        prev = Some(*hash);
+    }
+    let leaves = leaves.finish();
+    let root_limit = (bs - 32 - csum) / 8;
+    let node_limit = (bs - 8 - csum) / 8;
+    let levels = if leaves.len() <= root_limit {
+        0
+    } else if leaves.len() <= root_limit * node_limit {
+        1
+    } else {
+        return Ok(None);
+    };
+    let mut root = vec![0u8; bs];
+    let dot = |b: &mut [u8], at: usize, ino: u32, name: &[u8], len: u16| {
+        b[at..at + 4].copy_from_slice(&ino.to_le_bytes());
+        b[at + 4..at + 6].copy_from_slice(&len.to_le_bytes());
+        b[at + 6] = name.len() as u8;
+        b[at + 7] = 2;
+        b[at + 8..at + 8 + name.len()].copy_from_slice(name);
+    };
+    dot(&mut root, 0, ino, b".", 12);
+    dot(&mut root, 12, d.parent, b"..", (bs - 12) as u16);
+    // dx_root_info: reserved, hash version, info length 8, indirect levels, flags.
+    root[28] = version as u8;
+    root[29] = 8;
+    root[30] = levels;
+    let mut blocks = Vec::new();
+    if levels == 0 {
+        let children: Vec<(u32, u32)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (*h, 1 + i as u32))
+            .collect();
+        put_index(&mut root, 32, root_limit, &children);
+        blocks.push(root);
+        blocks.extend(leaves);
+    } else {
+        let nodes = leaves.len().div_ceil(node_limit);
+        let first_leaf = 1 + nodes as u32;
+        let mut root_children = Vec::new();
+        let mut node_blocks = Vec::new();
+        for n in 0..nodes {
+            let range = n * node_limit..((n + 1) * node_limit).min(leaves.len());
+            let children: Vec<(u32, u32)> = range
+                .clone()
+                .map(|i| (starts[i], first_leaf + i as u32))
+                .collect();
+            root_children.push((starts[range.start], 1 + n as u32));
+            let mut node = vec![0u8; bs];
+            // A fake entry spanning the block hides the index from linear readers.
+            node[4..6].copy_from_slice(&(bs as u16).to_le_bytes());
+            put_index(&mut node, 8, node_limit, &children);
+            node_blocks.push(node);
+        }
+        put_index(&mut root, 32, root_limit, &root_children);
+        blocks.push(root);
+        blocks.extend(node_blocks);
+        blocks.extend(leaves);
+    }
+    Ok(Some(blocks))
+}
+
+/// Writes an index (`limit`, `count`, then `(hash, block)` pairs, the first hash implied)
+/// at byte `at` of an index block.
+fn put_index(b: &mut [u8], at: usize, limit: usize, children: &[(u32, u32)]) {
+    b[at..at + 2].copy_from_slice(&(limit as u16).to_le_bytes());
+    b[at + 2..at + 4].copy_from_slice(&(children.len() as u16).to_le_bytes());
+    for (i, (hash, block)) in children.iter().enumerate() {
+        let e = at + 8 * i;
+        if i > 0 {
+            b[e..e + 4].copy_from_slice(&hash.to_le_bytes());
+        }
+        b[e + 4..e + 8].copy_from_slice(&block.to_le_bytes());
     }
 }

@@ -231,6 +231,16 @@ unsafe extern "C" {
         flags: c_int,
         ino: ext2_ino_t,
     ) -> errcode_t;
+    pub fn ext2fs_dirhash2(
+        version: c_int,
+        name: *const c_char,
+        len: c_int,
+        charset: *const c_void,
+        hash_flags: c_int,
+        seed: *const u32,
+        ret_hash: *mut u32,
+        ret_minor_hash: *mut u32,
+    ) -> errcode_t;
     pub fn ext2fs_lookup(
         fs: ext2_filsys,
         dir: ext2_ino_t,

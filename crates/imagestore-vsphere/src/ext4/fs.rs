@@ -586,6 +586,53 @@ impl Fs {
         })
     }
 
+    /// True when large directories may be hash-indexed (`dir_index`).
+    pub fn has_dir_index(&self) -> bool {
+        let sb = self.superblock();
+        u32::from_le_bytes([sb[0x5c], sb[0x5d], sb[0x5e], sb[0x5f]]) & 0x0020 != 0
+    }
+
+    /// The directory hash version new indexes record and the seed, from the superblock.
+    pub fn hash_params(&self) -> (i32, [u32; 4]) {
+        let sb = self.superblock();
+        let mut seed = [0u32; 4];
+        for (i, w) in seed.iter_mut().enumerate() {
+            let at = 0xec + 4 * i;
+            *w = u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+        }
+        (i32::from(sb[0xfc]), seed)
+    }
+
+    /// The hash and minor hash of directory entry `name` under hash `version` (as an index
+    /// records it: the unsigned variant is used when the superblock says so).
+    pub fn dirhash(&self, version: i32, seed: &[u32; 4], name: &[u8]) -> Result<(u32, u32)> {
+        let sb = self.superblock();
+        let flags = u32::from_le_bytes([sb[0x160], sb[0x161], sb[0x162], sb[0x163]]);
+        // Legacy, half-MD4 and TEA have unsigned variants 3 numbers up.
+        let alg = if version <= 2 && flags & 0x0002 != 0 {
+            version + 3
+        } else {
+            version
+        };
+        let (mut hash, mut minor) = (0u32, 0u32);
+        // SAFETY: `name` is passed with its length, `seed` holds four words, the results
+        // are plain out-parameters; no charset (no casefolding).
+        let code = unsafe {
+            ffi::ext2fs_dirhash2(
+                alg,
+                name.as_ptr() as *const c_char,
+                name.len() as c_int,
+                std::ptr::null(),
+                0,
+                seed.as_ptr(),
+                &mut hash,
+                &mut minor,
+            )
+        };
+        self.check(code, || "cannot hash a directory entry".into())?;
+        Ok((hash, minor))
+    }
+
     /// True when directory blocks end in a checksum tail (metadata_csum).
     pub fn has_csum(&self) -> bool {
         let sb = self.superblock();
