@@ -92,20 +92,63 @@ fn layers_apply_with_every_entry_kind() -> Result<()> {
     Ok(())
 }
 
+/// A layer with a directory of 100,000 entries is written as an indexed directory that
+/// `e2fsck` passes and `debugfs` reads back whole; a later layer removes and adds names in it.
 #[test]
-fn a_directory_of_ten_thousand_entries() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs", "mke2fs"]) {
+fn a_directory_of_a_hundred_thousand_entries() -> Result<()> {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    // 4 GiB: one inode per 16 KiB gives room for the entries.
+    let mut c = Chain::new(dir.path(), 4 << 20)?;
+    let mut t = TarB::default().dir("many", 0o755)?;
+    for i in 0..100_000 {
+        let body = if i % 10_000 == 0 {
+            format!("{i}")
+        } else {
+            String::new()
+        };
+        t = t.file(&format!("many/entry-{i:06}"), body.as_bytes())?;
+    }
+    c.push("big", t.done()?)?;
+    let raw = c.root.join("top.raw");
+    let dump = debugfs(&raw, "htree_dump /many")?;
+    assert!(dump.contains("Root node dump"), "not indexed: {dump:.300}");
+    let t = TarB::default()
+        .file("many/.wh.entry-000042", b"")?
+        .file("many/entry-100000", b"new")?
+        .file("many/entry-050000", b"replaced")?
+        .done()?;
+    c.push("less", t)?;
+    let raw = c.root.join("top.raw");
+    assert_eq!(debugfs(&raw, "cat /many/entry-050000")?, "replaced");
+    Ok(())
+}
+
+/// The longest names Linux takes: a 255-byte file name, and a symlink target of 4,095 bytes
+/// (stored in a block, not in the inode).
+#[test]
+fn the_longest_names_and_link_targets() -> Result<()> {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
     let mut c = Chain::new(dir.path(), 1 << 20)?;
-    let mut t = TarB::default().dir("many", 0o755)?;
-    for i in 0..10_000 {
-        t = t.file(&format!("many/f{i:05}"), format!("{i}").as_bytes())?;
-    }
-    c.push("big", t.done()?)?;
-    let t = TarB::default().file("many/.wh.f00042", b"")?.done()?;
-    c.push("less", t)?;
+    let name = "n".repeat(255);
+    let target: String = (0..4095)
+        .map(|i| if i % 100 == 99 { '/' } else { 't' })
+        .collect();
+    let t = TarB::default()
+        .file(&format!("d/{name}"), b"long name")?
+        .link("d/long-link", EntryType::Symlink, &target)?
+        .link(&format!("d/{}", "l".repeat(255)), EntryType::Symlink, "short")?
+        .done()?;
+    c.push("long", t)?;
+    let raw = c.root.join("top.raw");
+    assert_eq!(debugfs(&raw, &format!("cat /d/{name}"))?, "long name");
+    let s = stat(&raw, "/d/long-link")?;
+    assert!(s.contains("Size: 4095"), "{s}");
     Ok(())
 }
 

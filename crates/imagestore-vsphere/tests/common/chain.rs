@@ -76,15 +76,13 @@ impl TarB {
         h.set_uid(uid);
         h.set_gid(gid);
         h.set_size(data.len() as u64);
-        h.set_cksum();
-        self.b.append(&h, data)?;
+        // Paths longer than the header holds go in GNU long-name entries.
+        self.b.append_data(&mut h, p, data)?;
         Ok(self)
     }
     pub fn link(mut self, p: &str, t: EntryType, target: &str) -> Result<Self> {
         let mut h = Self::header(p, t, 0o777);
-        h.set_link_name(target)?;
-        h.set_cksum();
-        self.b.append(&h, &[][..])?;
+        self.b.append_link(&mut h, p, target)?;
         Ok(self)
     }
     pub fn dev(mut self, p: &str, t: EntryType, major: u32, minor: u32) -> Result<Self> {
