@@ -17,18 +17,65 @@ use imagestore_core::layer::content::{ContentPass, ContentSource};
 use imagestore_core::layer::toc::TocEntry;
 use imagestore_core::{Error, Result};
 
+use crate::vmdk::GRAIN;
 use crate::vmdk::chain::Chain;
 
-/// The ext4 bytes of a chain, as `ext4-view` reads them.
-struct ChainBytes(Arc<Chain>);
+/// The ext4 bytes of a chain, as `ext4-view` reads them. The reader asks for one block at a
+/// time; when it reads on from where it stopped (a file's data), the rest of the grain is
+/// read along and kept, so reading a file costs one read per grain (64 KiB) instead of one
+/// per block, while scattered metadata reads fetch only what they ask for.
+struct ChainBytes {
+    chain: Arc<Chain>,
+    /// The grain in `cache`, if any.
+    cached: Option<u64>,
+    cache: Vec<u8>,
+    /// Where the last read ended.
+    next: u64,
+}
+
+impl ChainBytes {
+    fn new(chain: Arc<Chain>) -> ChainBytes {
+        ChainBytes {
+            chain,
+            cached: None,
+            cache: vec![0; GRAIN as usize],
+            next: u64::MAX,
+        }
+    }
+}
 
 impl Ext4Read for ChainBytes {
     fn read(
         &mut self,
-        start_byte: u64,
-        dst: &mut [u8],
+        mut start: u64,
+        mut dst: &mut [u8],
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        self.0.read_at(start_byte, dst).map_err(Into::into)
+        let sequential = start == self.next;
+        self.next = start.saturating_add(dst.len() as u64);
+        if !sequential && (start / GRAIN) != self.cached.unwrap_or(u64::MAX) {
+            return self.chain.read_at(start, dst).map_err(Into::into);
+        }
+        let size = self.chain.size_bytes();
+        while !dst.is_empty() {
+            let g = start / GRAIN;
+            let within = (start % GRAIN) as usize;
+            let n = (GRAIN as usize - within).min(dst.len());
+            let (now, rest) = dst.split_at_mut(n);
+            if self.cached != Some(g) {
+                let base = g * GRAIN;
+                let len = (size.saturating_sub(base)).min(GRAIN) as usize;
+                if within + n > len {
+                    return Err("read past the end of the disk".into());
+                }
+                self.cached = None;
+                self.chain.read_at(base, &mut self.cache[..len])?;
+                self.cached = Some(g);
+            }
+            now.copy_from_slice(&self.cache[within..within + n]);
+            dst = rest;
+            start += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -57,6 +104,11 @@ impl FsContent {
         }
     }
 
+    /// The chain the filesystem is read through.
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
+    }
+
     fn fail(&self, e: impl fmt::Display) -> Error {
         Error::corrupt(format!("ext4 of {}", self.what), e.to_string())
     }
@@ -64,7 +116,7 @@ impl FsContent {
     /// Loads the filesystem (superblock, group descriptors, journal) for reading on this
     /// thread.
     pub fn load(&self) -> Result<Ext4> {
-        let reader: Box<dyn Ext4Read> = Box::new(ChainBytes(self.chain.clone()));
+        let reader: Box<dyn Ext4Read> = Box::new(ChainBytes::new(self.chain.clone()));
         Ext4::load(reader).map_err(|e| self.fail(e))
     }
 

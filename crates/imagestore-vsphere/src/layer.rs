@@ -37,8 +37,8 @@ pub fn build_scratch(out: &Path, file_name: &str, capacity_kib: u64) -> Result<D
     let d = descriptor(size / SECTOR, file_name, cid, None);
     let w = new_disk(out, &d)?;
     let overlay = Overlay::new(None, w, size).at(out)?;
-    let overlay = ext4::make_scratch(overlay)?;
-    let grains = overlay.grains() as u64;
+    let mut overlay = ext4::make_scratch(overlay)?;
+    let grains = overlay.grains().at(out)? as u64;
     let (_, bytes) = overlay.finish().at(out)?;
     Ok(DiskStats { cid, grains, bytes })
 }
@@ -145,34 +145,44 @@ impl DeltaBuild {
             LayerData::Streamed => LayerData::Files(&streamed),
             other => other,
         };
-        let apply = ext4::apply(&mut fs, &view, top.clone(), top_data, Some(&self.source))?;
-        let overlay = fs.close(false)?;
-        let applied = self.started.elapsed();
-        let grains = overlay.grains() as u64;
-        let (file, bytes) = overlay.finish().at(&out)?;
-        let synced = self.started.elapsed();
+        let applied = ext4::apply(&mut fs, &view, top.clone(), top_data, Some(&self.source))?;
+        let apply = applied.stats;
+        let mut overlay = fs.close(false)?;
+        let applied_at = self.started.elapsed();
+        let grains = overlay.grains().at(&out)? as u64;
+        let (file, bytes) = overlay.finish_unsynced().at(&out)?;
         let disk = DiskStats {
             cid: self.cid,
             grains,
             bytes,
         };
-        let new_top = SparseDisk::open(Arc::new(file), &out.display().to_string()).at(&out)?;
+        let file = Arc::new(file);
+        let new_top = SparseDisk::open(file.clone(), &out.display().to_string()).at(&out)?;
         let mut disks = self.base;
         disks.push(Arc::new(new_top));
         let chain = Arc::new(Chain::new(disks).at(&out)?);
-        crate::verify::check_applied(
-            &FsContent::of_chain(chain, out.display().to_string()),
-            &view,
-            &top,
-        )?;
+        // The disk goes to stable storage while it is read back (from the page cache).
+        let synced = std::thread::scope(|scope| {
+            let sync = scope.spawn(|| file.sync_all());
+            let checked = crate::verify::check_applied(
+                &FsContent::of_chain(chain, out.display().to_string()),
+                &view,
+                &top,
+                &applied.files,
+            );
+            let synced = sync
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")));
+            checked.and_then(|_| synced.at(&out))
+        });
+        synced?;
         debug!(
             disk = %out.display(),
             grains = disk.grains,
             inodes = apply.inodes,
             directories = apply.directories,
-            apply_ms = applied.as_millis(),
-            sync_ms = (synced - applied).as_millis(),
-            check_ms = (self.started.elapsed() - synced).as_millis(),
+            apply_ms = applied_at.as_millis(),
+            check_and_sync_ms = (self.started.elapsed() - applied_at).as_millis(),
             "built a delta disk"
         );
         Ok(LayerStats { disk, apply })

@@ -33,6 +33,7 @@ pub mod datastore;
 pub mod disk;
 pub mod error;
 pub mod ext4;
+pub mod extents;
 pub mod fsread;
 pub mod layer;
 pub mod layout;

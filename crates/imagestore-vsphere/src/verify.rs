@@ -12,17 +12,18 @@
 //! checked by its length only.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use ext4_view::{Ext4, FileType, Metadata};
 
-use imagestore_core::layer::compose::MergedView;
+use imagestore_core::layer::compose::{EntryRef, MergedView};
 use imagestore_core::layer::content::{Checked, ContentSource};
 use imagestore_core::layer::path;
 use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 use imagestore_core::{Error, Result};
 
+use crate::extents::Layout;
 use crate::fsread::FsContent;
 
 /// What a read-back checked.
@@ -131,13 +132,20 @@ impl<'a> Listing<'a> {
 
 /// Reads the ext4 of `source` (the new disk's chain) back after `top` was applied over
 /// `lower` (lowest first, the skeleton included) and checks every path `top` names.
-pub fn check_applied(source: &FsContent, lower: &[Arc<Toc>], top: &Arc<Toc>) -> Result<ReadBack> {
+/// The data of regular files whose inode the writer names in `inodes` (by path) is read by
+/// inode ([`crate::extents`]), the others by path.
+pub fn check_applied(
+    source: &FsContent,
+    lower: &[Arc<Toc>],
+    top: &Arc<Toc>,
+    inodes: &HashMap<String, u32>,
+) -> Result<ReadBack> {
     let mut all = lower.to_vec();
     all.push(top.clone());
     let view = MergedView::build(all);
     let fs = source.load()?;
-    let mut pass = source.pass()?;
     let mut listing = Listing::new(&fs, top);
+    let mut files = Vec::new();
     let mut stats = ReadBack::default();
     for e in &top.entries {
         let p = e.path.as_str();
@@ -257,12 +265,82 @@ pub fn check_applied(source: &FsContent, lower: &[Arc<Toc>], top: &Arc<Toc>) -> 
                 if want.size == 0 {
                     continue;
                 }
-                let mut body = Checked::new(pass.open(p, content, want)?, want);
-                stats.bytes += io::copy(&mut body, &mut io::sink()).map_err(|e| mismatch(p, e))?;
-                body.finish().map_err(|e| mismatch(p, e))?;
+                files.push((p, content, want));
             }
             _ => {}
         }
     }
+    stats.bytes = check_contents(source, &files, inodes)?;
     Ok(stats)
+}
+
+/// Reads every file of `files` (path, content, entry) and checks its digest; the bytes read.
+/// The files are shared between two threads (hashing is most of the work). A file whose
+/// inode is in `inodes` is read by inode, its whole extents at a time; its inode's size and
+/// type must match what the path reads as.
+fn check_contents(
+    source: &FsContent,
+    files: &[(&str, EntryRef, &TocEntry)],
+    inodes: &HashMap<String, u32>,
+) -> Result<u64> {
+    let check = |part: usize| -> Result<u64> {
+        let mut pass = None;
+        let layout = Layout::load(source.chain()).map_err(|e| mismatch("", e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0;
+        for (p, content, want) in files.iter().skip(part).step_by(2) {
+            let file;
+            let reader: Box<dyn io::Read + '_> = match inodes.get(*p) {
+                Some(ino) => {
+                    file = layout.file(*ino).map_err(|e| mismatch(p, e))?;
+                    if file.size != want.size {
+                        return Err(mismatch(
+                            p,
+                            format!("inode {ino} holds {} bytes, not {}", file.size, want.size),
+                        ));
+                    }
+                    let ranges = if want.is_sparse_form() {
+                        want.sparse.clone().unwrap_or_default()
+                    } else {
+                        vec![(0, want.size)]
+                    };
+                    Box::new(file.reader(ranges))
+                }
+                None => {
+                    if pass.is_none() {
+                        pass = Some(source.pass()?);
+                    }
+                    match pass.as_mut() {
+                        Some(pass) => pass.open(p, *content, want)?,
+                        None => continue,
+                    }
+                }
+            };
+            let mut body = if inodes.contains_key(*p) && want.is_sparse_form() {
+                Checked::stored(reader, want)?
+            } else {
+                Checked::new(reader, want)
+            };
+            loop {
+                let n = body.read(&mut buf).map_err(|e| mismatch(p, e))?;
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+            }
+            body.finish().map_err(|e| mismatch(p, e))?;
+        }
+        Ok(bytes)
+    };
+    if files.len() < 64 {
+        return check(0).and_then(|a| check(1).map(|b| a + b));
+    }
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| check(1));
+        let mine = check(0);
+        let theirs = other
+            .join()
+            .unwrap_or_else(|_| Err(Error::invalid("the read-back thread panicked")));
+        Ok(mine? + theirs?)
+    })
 }

@@ -142,7 +142,11 @@ fn the_longest_names_and_link_targets() -> Result<()> {
     let t = TarB::default()
         .file(&format!("d/{name}"), b"long name")?
         .link("d/long-link", EntryType::Symlink, &target)?
-        .link(&format!("d/{}", "l".repeat(255)), EntryType::Symlink, "short")?
+        .link(
+            &format!("d/{}", "l".repeat(255)),
+            EntryType::Symlink,
+            "short",
+        )?
         .done()?;
     c.push("long", t)?;
     let raw = c.root.join("top.raw");

@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
+use common::chain::inode_of;
 use common::*;
 use imagestore::Error;
 use imagestore_vsphere::disk::open_chain;
@@ -17,6 +18,17 @@ use imagestore_vsphere::verify::check_applied;
 fn content_of(disk: &std::path::Path) -> Result<FsContent> {
     let chain = Arc::new(open_chain(disk)?);
     Ok(FsContent::of_chain(chain, disk.display().to_string()))
+}
+
+/// `raw` converted to a standalone disk beside it.
+fn to_vmdk(raw: &std::path::Path) -> Result<std::path::PathBuf> {
+    let vmdk = raw.with_extension("vmdk");
+    let _ = std::fs::remove_file(&vmdk);
+    run(std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "vmdk"])
+        .arg(raw)
+        .arg(&vmdk))?;
+    Ok(vmdk)
 }
 
 #[test]
@@ -36,7 +48,7 @@ fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
     let top = chain.tocs[0].clone();
     let lower = vec![Arc::new(ext4::skeleton())];
     let disk = chain.disks[1].clone();
-    let checked = check_applied(&content_of(&disk)?, &lower, &top)?;
+    let checked = check_applied(&content_of(&disk)?, &lower, &top, &Default::default())?;
     if checked.bytes != 5 {
         bail!("read back {} bytes of file data, not 5", checked.bytes);
     }
@@ -55,16 +67,30 @@ fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
         run(std::process::Command::new("debugfs")
             .args(["-w", "-R", change])
             .arg(&changed))?;
-        let vmdk = dir.path().join("changed.vmdk");
-        let _ = std::fs::remove_file(&vmdk);
-        run(std::process::Command::new("qemu-img")
-            .args(["convert", "-O", "vmdk"])
-            .arg(&changed)
-            .arg(&vmdk))?;
-        match check_applied(&content_of(&vmdk)?, &lower, &top) {
+        let vmdk = to_vmdk(&changed)?;
+        match check_applied(&content_of(&vmdk)?, &lower, &top, &Default::default()) {
             Err(Error::InvalidArgument(m)) if m.contains("/app/file") && m.contains(field) => {}
             other => bail!("after {change}: expected a mismatch naming {field}, got {other:?}"),
         }
+    }
+    // The data itself, changed under the inode the writer names: read by inode, the digest
+    // no longer matches.
+    let ino: u32 = inode_of(&raw, "/app/file")?
+        .trim_matches(|c| c == '<' || c == '>')
+        .parse()?;
+    let block: u64 = debugfs(&raw, "blocks /app/file")?.trim().parse()?;
+    let changed = dir.path().join("changed.raw");
+    std::fs::copy(&raw, &changed)?;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&changed)?;
+        f.write_all_at(b"HELLO", block * 4096)?;
+    }
+    let vmdk = to_vmdk(&changed)?;
+    let inodes = [("app/file".to_owned(), ino)].into_iter().collect();
+    match check_applied(&content_of(&vmdk)?, &lower, &top, &inodes) {
+        Err(Error::InvalidArgument(m)) if m.contains("/app/file") && m.contains("digest") => {}
+        other => bail!("after changing the data: expected a digest mismatch, got {other:?}"),
     }
     Ok(())
 }

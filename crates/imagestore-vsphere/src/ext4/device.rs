@@ -165,7 +165,7 @@ fn read(ch: *mut io_channel_t, offset: u64, len: usize, data: *mut c_void) -> er
     // SAFETY: libext2fs passes a buffer of at least the requested length.
     let buf = unsafe { std::slice::from_raw_parts_mut(data as *mut u8, len) };
     let r = match p.device.lock() {
-        Ok(d) => match &d.overlay {
+        Ok(mut d) => match &mut d.overlay {
             Some(o) => o.read_at(offset, buf),
             None => Err(io::Error::other("the disk was closed")),
         },
@@ -210,7 +210,7 @@ unsafe extern "C" fn read_blk(
     data: *mut c_void,
 ) -> errcode_t {
     // SAFETY: forwarded with the caller's guarantees.
-    unsafe { read_blk64(ch, block as c_ulonglong, count, data) }
+    unsafe { read_blk64(ch, c_ulonglong::from(block), count, data) }
 }
 
 unsafe extern "C" fn write_blk64(
@@ -234,7 +234,7 @@ unsafe extern "C" fn write_blk(
     data: *const c_void,
 ) -> errcode_t {
     // SAFETY: forwarded with the caller's guarantees.
-    unsafe { write_blk64(ch, block as c_ulonglong, count, data) }
+    unsafe { write_blk64(ch, c_ulonglong::from(block), count, data) }
 }
 
 unsafe extern "C" fn write_byte(
@@ -244,7 +244,9 @@ unsafe extern "C" fn write_byte(
     data: *const c_void,
 ) -> errcode_t {
     match usize::try_from(count) {
-        Ok(len) => write(ch, offset as u64, len, data),
+        // `unsigned long` is 64 bits on every target this builds for (Linux, LP64).
+        #[allow(clippy::useless_conversion)]
+        Ok(len) => write(ch, u64::from(offset), len, data),
         Err(_) => ffi::ET_INVALID_ARGUMENT,
     }
 }

@@ -10,6 +10,7 @@
 //! linear in the entries it touches plus the directories it changes.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use imagestore_core::{Error, Result};
 
@@ -60,13 +61,10 @@ impl Dirs {
     }
 
     fn load(&mut self, fs: &mut Fs, ino: u32) -> Result<&mut Dir> {
-        if !self.dirs.contains_key(&ino) {
-            let dir = read_dir(fs, ino)?;
-            self.dirs.insert(ino, dir);
+        match self.dirs.entry(ino) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => Ok(v.insert(read_dir(fs, ino)?)),
         }
-        self.dirs
-            .get_mut(&ino)
-            .ok_or_else(|| fail("a directory vanished from the cache"))
     }
 
     /// The inode and file type of `name` in directory `dir`.

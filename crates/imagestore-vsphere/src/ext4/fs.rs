@@ -344,11 +344,16 @@ impl Fs {
                 io.map(|e| format!(" ({e})")).unwrap_or_default()
             )));
         }
-        self.device
+        let mut overlay = self
+            .device
             .lock()
             .ok()
             .and_then(|mut d| d.overlay.take())
-            .ok_or_else(|| fail("the disk was lost while the filesystem closed"))
+            .ok_or_else(|| fail("the disk was lost while the filesystem closed"))?;
+        overlay
+            .flush()
+            .map_err(|e| fail(format!("cannot write the disk: {e}")))?;
+        Ok(overlay)
     }
 
     /// Reads inode `ino`.

@@ -28,7 +28,7 @@ use imagestore_core::layer::toc::{EntryKind, Toc, TocEntry};
 
 use fs::Fs;
 
-pub use plan::{ApplyStats, apply, make_scratch};
+pub use plan::{Applied, ApplyStats, apply, make_scratch};
 
 /// The label of the scratch filesystem (VIC's `containerfs`).
 pub const LABEL: &str = "containerfs";

@@ -35,6 +35,15 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
+/// What an apply did, and where the layer's regular files are.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Counts.
+    pub stats: ApplyStats,
+    /// The inode of every regular file the apply made or linked, by path.
+    pub files: HashMap<String, u32>,
+}
+
 /// Makes the scratch filesystem on `overlay` (a base disk of `size` bytes): an empty ext4
 /// labelled `containerfs` with VIC's [`skeleton`]. Returns the disk, every superblock
 /// written.
@@ -74,6 +83,8 @@ struct Writer<'a> {
     dirs: Dirs,
     fills: Vec<Fill>,
     stats: ApplyStats,
+    /// The regular files made or linked, by path.
+    files: HashMap<String, u32>,
     /// Files of the layer already in the filesystem, and which of them are linked.
     streamed: Option<&'a Streamed>,
     taken: HashSet<u32>,
@@ -283,6 +294,9 @@ impl Writer<'_> {
             EntryKind::Whiteout | EntryKind::Opaque => return Ok(()),
         };
         self.stats.inodes += 1;
+        if matches!(e.kind, EntryKind::File | EntryKind::Hardlink) {
+            self.files.insert(p.to_owned(), ino);
+        }
         self.xattrs(ino, e)?;
         self.dirs
             .add(self.fs, parent, name_of(p), ino, dirent_type(mode))
@@ -316,6 +330,9 @@ impl Writer<'_> {
         }
         i.set_links(i.links() + 1);
         self.fs.write_inode(target, &i)?;
+        if i.mode() & 0o170000 == 0o100000 {
+            self.files.insert(p.to_owned(), target);
+        }
         self.dirs
             .add(self.fs, parent, name_of(p), target, dirent_type(i.mode()))
     }
@@ -330,7 +347,7 @@ pub fn apply(
     top: Arc<Toc>,
     top_data: LayerData<'_>,
     lower_data: Option<&FsContent>,
-) -> Result<ApplyStats> {
+) -> Result<Applied> {
     let lower_view = MergedView::build(lower.to_vec());
     let mut all: Vec<Arc<Toc>> = lower.to_vec();
     all.push(top.clone());
@@ -346,6 +363,7 @@ pub fn apply(
         dirs: Dirs::default(),
         fills: Vec::new(),
         stats: ApplyStats::default(),
+        files: HashMap::new(),
         streamed: match top_data {
             LayerData::Files(s) => Some(s),
             _ => None,
@@ -431,7 +449,10 @@ pub fn apply(
     let fills = std::mem::take(&mut w.fills);
     w.stats.bytes = write_contents(w.fs, &all, fills, top_data, &lower_view, lower_data)?;
     w.stats.directories = w.dirs.flush(w.fs)?;
-    Ok(w.stats)
+    Ok(Applied {
+        stats: w.stats,
+        files: w.files,
+    })
 }
 
 /// The stored segments of a file: its sparse map, or all of it.

@@ -107,6 +107,14 @@ impl SparseWriter {
 
     /// Writes the grain directories and tables, syncs, and returns the file and its size.
     pub fn finish(self) -> io::Result<(File, u64)> {
+        let (file, size) = self.finish_unsynced()?;
+        file.sync_all()?;
+        Ok((file, size))
+    }
+
+    /// [`SparseWriter::finish`] without the sync: the caller syncs the file before relying
+    /// on it being on disk.
+    pub fn finish_unsynced(self) -> io::Result<(File, u64)> {
         let h = self.header;
         let num_gts = gts_of(h.capacity);
         let gd_sectors = (num_gts * 4).div_ceil(SECTOR);
@@ -128,7 +136,6 @@ impl SparseWriter {
         self.file.set_len(size)?;
         let mut file = self.file;
         file.flush()?;
-        file.sync_all()?;
         Ok((file, size))
     }
 }
