@@ -411,7 +411,7 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
 
 #[test]
 fn a_vmdk_store_exports_images_as_one_disk() {
-    if !common::need("mke2fs") || !common::need("debugfs") || !common::need("qemu-img") {
+    if !common::need("debugfs") || !common::need("qemu-img") {
         return;
     }
     let mut env = Env::new();

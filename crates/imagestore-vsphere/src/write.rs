@@ -2,8 +2,9 @@
 //! importing into writable layers: the backend handle's [`BlockingBackend`] hooks.
 //!
 //! ```text
-//! id lock ─► work/build-<pid>-<n>/files/ ◄─ core ingest pipeline (hash, parse, TOC)
-//!         ─► digest ok? ─► delta disk built from the parent chain (ext4 through debugfs)
+//! id lock ─► outbox/build-<pid>-<n>/<id>.vmdk: a new disk over the parent chain, ext4 open
+//!         ─► core ingest pipeline (hash, parse, TOC); each file streams into that ext4
+//!         ─► digest ok? ─► links, removals, directories written; the disk read back
 //!         ─► image folder: imageMetadata/, <id>.toc, image.json, <id>.vmdk
 //!         ─► store lock: parent still committed? child marker, manifest, usage counter
 //! ```

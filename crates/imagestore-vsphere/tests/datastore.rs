@@ -50,7 +50,7 @@ fn check_disk(root: &Path, work: &Path, id: &str, chain: &[&str]) -> Result<std:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_on_a_local_datastore() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs", "mke2fs"]) {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -21,7 +21,7 @@ async fn debian_layers_as_delta_disks() -> Result<()> {
     let Some(fixture) = debian_fixture() else {
         return Ok(());
     };
-    if !have(&["qemu-img", "e2fsck", "debugfs", "mke2fs"]) {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

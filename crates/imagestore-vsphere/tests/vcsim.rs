@@ -59,7 +59,7 @@ async fn disks_on_the_simulator_pass_the_real_tools() -> Result<()> {
     let Some((base, dir)) = simulator() else {
         return Ok(());
     };
-    if !have(&["qemu-img", "e2fsck", "debugfs", "mke2fs"]) {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
         return Ok(());
     }
     let f = folder();
@@ -391,9 +391,6 @@ async fn transient_faults_are_retried_and_never_leave_half_an_image() -> Result<
     let Some((base, _)) = simulator() else {
         return Ok(());
     };
-    if !have(&["mke2fs", "debugfs"]) {
-        return Ok(());
-    }
     let f = folder();
     let opts = "allow_http=true&capacity_kib=65536&max_retries=10";
     let s = StoreName::new("faults")?;

@@ -13,14 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use disk::DiskHooks;
-use imagestore_conformance::{Ctx, conformance_tests, require_server, require_tool};
+use imagestore_conformance::{Ctx, conformance_tests, require_server};
 
 async fn ctx() -> Option<Ctx> {
-    for tool in ["mke2fs", "debugfs"] {
-        if !require_tool(tool) {
-            return None;
-        }
-    }
     let base = require_server("IMAGESTORE_TEST_VSPHERE")?;
     let dir = PathBuf::from(require_server("IMAGESTORE_TEST_VSPHERE_DIR")?);
     // One datastore folder and one work folder per test binary run.

@@ -70,7 +70,7 @@ pub trait StagingSink: Send {
 }
 
 /// Receives the data of each regular file while a layer is parsed, in the same pass, so a
-/// backend that needs the files one by one (the disk backends hand them to debugfs) does not
+/// backend that needs the files one by one (the disk backends stream them into the filesystem they write) does not
 /// read the layer again. Calls come in archive order: [`FileTap::file`], then
 /// [`FileTap::data`] for each chunk of stored data (sparse files: only the stored segments, at
 /// their logical offsets), then [`FileTap::end_file`]. An error fails the ingest.
