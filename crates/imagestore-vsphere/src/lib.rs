@@ -18,8 +18,9 @@
 //!   datastore;
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore, and the local one;
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
-//! * [`layer`], [`ext4`], [`script`], [`verify`], [`disk`] — building the scratch disk and
-//!   each layer's delta disk, and reading each layer back before it is committed;
+//! * [`layer`], [`ext4`], [`verify`], [`extents`], [`disk`] — building the scratch disk and
+//!   each layer's delta disk (ext4 written in-process), and reading each layer back before
+//!   it is committed;
 //! * [`fsread`] — reading files through a chain's ext4;
 //! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
 //! * [`vsphere`] — the datastore behind vCenter or ESXi (`vsphere://`): a SOAP client, the

@@ -126,6 +126,29 @@ fn a_directory_of_a_hundred_thousand_entries() -> Result<()> {
     Ok(())
 }
 
+/// Modification times keep their nanoseconds in the inode's extra field.
+#[test]
+fn times_keep_their_nanoseconds() -> Result<()> {
+    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut c = Chain::new(dir.path(), 1 << 20)?;
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("mtime", &b"1600000000.123456789"[..])])?;
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(2);
+    h.set_mtime(1_600_000_000);
+    b.append_data(&mut h, "t/precise", &b"ns"[..])?;
+    c.push("ns", b.into_inner()?)?;
+    let s = stat(&c.root.join("top.raw"), "/t/precise")?;
+    // The extra field holds the nanoseconds shifted past the two epoch bits.
+    let extra = 123_456_789u32 << 2;
+    assert!(s.contains(&format!("mtime: 0x5f5e1000:{extra:08x}")), "{s}");
+    Ok(())
+}
+
 /// The longest names Linux takes: a 255-byte file name, and a symlink target of 4,095 bytes
 /// (stored in a block, not in the inode).
 #[test]

@@ -168,7 +168,8 @@ impl Fs {
     /// Makes an empty ext4 filesystem on `overlay` (whose blocks all read as zeros): 4 KiB
     /// blocks, 256-byte inodes, one inode per 16 KiB, the features `mke2fs -t ext4` gives
     /// (journal, extents, flex_bg, 64bit, metadata checksums, directory index, ...) except
-    /// the resize inode, a root directory owned by root and `lost+found`.
+    /// the resize inode, 5 % of the blocks reserved for root, a root directory owned by root
+    /// and `lost+found`.
     pub fn create(overlay: Overlay, params: &MkfsParams) -> Result<Fs> {
         let blocks = params.size / 4096;
         if blocks < 1024 {
@@ -185,6 +186,10 @@ impl Fs {
         );
         put_u32(&mut sb, 0x04, blocks as u32);
         put_u32(&mut sb, 0x150, (blocks >> 32) as u32);
+        // 5 % reserved for root, as mke2fs reserves.
+        let reserved = blocks / 20;
+        put_u32(&mut sb, 0x08, reserved as u32);
+        put_u32(&mut sb, 0x154, (reserved >> 32) as u32);
         put_u32(&mut sb, 0x18, 2); // 4 KiB blocks
         put_u32(&mut sb, 0x1c, 2);
         put_u32(&mut sb, 0x4c, 1); // dynamic revision

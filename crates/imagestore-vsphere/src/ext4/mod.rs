@@ -1,7 +1,7 @@
 //! The ext4 filesystem inside the disks, written in-process with libext2fs
 //! (`docs/decisions/0014-ext4-in-process.md`, superseding 0007): no script, no external
 //! program. [`fs::Fs`] opens the filesystem on a [`crate::vmdk::overlay::Overlay`] through a
-//! Rust I/O manager ([`device`]), so blocks are read from the parent chain's grains and
+//! Rust I/O manager (`device`), so blocks are read from the parent chain's grains and
 //! written straight into the new delta disk's; [`apply`] applies a layer to it and
 //! [`make_scratch`] makes the scratch filesystem.
 //!

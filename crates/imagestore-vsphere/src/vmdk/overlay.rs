@@ -1,5 +1,5 @@
 //! A new disk being written block by block over a read-only lower chain: the device the
-//! in-process ext4 writer works on ([`crate::ext4::device`]).
+//! in-process ext4 writer works on ([`crate::ext4`]).
 //!
 //! Reads come from the new disk where it holds the grain, else from the lower chain (zeros
 //! without one). The first write into a grain gives it a place at the end of the new disk's
