@@ -2,8 +2,8 @@
 //!
 //! * writing the debootstrap rootfs layer into a `vmdk://` store on the default scratch disk
 //!   (`imagestore image write`: hash, TOC pass, files streamed into ext4 in-process, delta
-//!   disk, read-back, commit) against `mke2fs -t ext4 -d ROOTFS` + `qemu-img convert -O vmdk`
-//!   + `sync` of the same tree, same run. Everything is on the root disk under the project's
+//!   disk, read-back, commit) against `mke2fs -t ext4 -d ROOTFS`, `qemu-img convert -O vmdk`
+//!   and `sync` of the same tree, same run. Everything is on the root disk under the project's
 //!   target folder: the peer's intermediate raw image (ours keeps none; `VMDK_WORK` moves the
 //!   work folder) and both disks;
 //! * the size of the delta disk of a layer adding one 1 MiB file (must stay under 4 MiB).
