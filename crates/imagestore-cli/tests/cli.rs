@@ -572,3 +572,74 @@ fn an_io_error_names_its_cause_once() {
     let cause = "Not a directory (os error 20)";
     assert_eq!(e.matches(cause).count(), 1, "{e}");
 }
+
+/// A secret put in a store URL (userinfo, secret-looking or unknown query parameters) never
+/// reaches stdout or stderr, through any verb's error path, with trace logging on.
+#[test]
+fn secrets_in_store_urls_never_show() {
+    let env = Env::new();
+    let m = "Sekr1tMarker";
+    let urls = [
+        format!("file://user:{m}@localhost/tmp/x"),
+        format!("file:///tmp/x?token={m}"),
+        format!("s3://user:{m}@bucket/p"),
+        format!("s3://bucket/p?endpoint=http://127.0.0.1:9&secret_access_key={m}"),
+        format!("s3://bucket/p?endpoint=http://u:{m}@127.0.0.1:9"),
+        format!("vmdk:///tmp/x?password={m}"),
+        format!("vmdk:///tmp/x?unknown={m}"),
+        format!("vsphere://user:{m}@127.0.0.1:9/dc/ds/f"),
+        format!("vsphere://127.0.0.1:9/dc/ds/f?session={m}"),
+    ];
+    let sum = format!("sha256:{}", "0".repeat(64));
+    // Every verb, with arguments that parse (the URL is used before anything else).
+    let lines = [
+        "store create s",
+        "store ls",
+        "store rm s",
+        "store usage s",
+        "image write --store s --parent scratch --id x --sum SUM /dev/null",
+        "image ls --store s",
+        "image info --store s x",
+        "image rm --store s x",
+        "export --store s x",
+        "checkout --store s x /tmp/imagestore-nowhere",
+        "writable create --store s --parent scratch --id w",
+        "writable commit --store s w --id n",
+        "writable rm --store s w",
+        "import --store s w /dev/null",
+        "owner acquire --store s x o",
+        "owner release --store s x o",
+        "owner ls --store s x",
+        "oci import s /tmp/imagestore-nowhere",
+        "oci pull s localhost:1/x:y",
+        "oci export s x --archive /tmp/imagestore-nowhere.tar",
+        "sample",
+    ];
+    let verbs: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| {
+            l.split(' ')
+                .map(|w| if w == "SUM" { sum.as_str() } else { w })
+                .collect()
+        })
+        .collect();
+    for url in &urls {
+        for verb in &verbs {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imagestore"));
+            c.current_dir(env.dir.path())
+                .env("IMAGESTORE_LOG", "trace")
+                .arg("--url")
+                .arg(url)
+                .args(verb);
+            let out = common::run_cmd(c, None);
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // 1: the command ran and failed (2 would be a usage error, before the URL is used).
+            assert_eq!(out.status.code(), Some(1), "{url} {verb:?}: {all}");
+            assert!(!all.contains(m), "{url} {verb:?}: {all}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub mod layer;
 pub mod lock;
 pub mod names;
 pub mod record;
+pub mod redact;
 pub mod registry;
 pub mod storer;
 

@@ -15,29 +15,32 @@ impl Config {
     /// Parses `file:///absolute/path`. Query parameters are not accepted (there are none yet),
     /// so a typo is reported rather than ignored.
     pub fn from_url(url: &Url) -> Result<Config> {
+        // file:// has no options: every query value is hidden in messages.
+        let shown = imagestore_core::redact::redact_options(url, &[]);
         if url.scheme() != "file" {
-            return Err(Error::invalid(format!("{url} is not a file:// URL")));
+            return Err(Error::invalid(format!("{shown} is not a file:// URL")));
         }
         if url
             .host_str()
             .is_some_and(|h| !h.is_empty() && h != "localhost")
         {
             return Err(Error::invalid(format!(
-                "file URL {url} names host {:?}; use file:///absolute/path",
+                "file URL {shown} names host {:?}; use file:///absolute/path",
                 url.host_str().unwrap_or_default()
             )));
         }
-        if let Some(q) = url.query() {
+        if url.query().is_some() {
+            let names: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
             return Err(Error::invalid(format!(
-                "file URL {url} has unknown options {q:?}"
+                "file URL {shown} has unknown options {names:?} (file:// takes none)"
             )));
         }
         let root = url
             .to_file_path()
-            .map_err(|()| Error::invalid(format!("file URL {url} is not an absolute path")))?;
+            .map_err(|()| Error::invalid(format!("file URL {shown} is not an absolute path")))?;
         if !root.is_absolute() || root.parent().is_none() {
             return Err(Error::invalid(format!(
-                "file URL {url} must name an absolute directory other than /"
+                "file URL {shown} must name an absolute directory other than /"
             )));
         }
         Ok(Config { root })

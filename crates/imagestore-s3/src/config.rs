@@ -74,6 +74,23 @@ impl fmt::Debug for Config {
     }
 }
 
+/// The options of `s3://` URLs, none of them secret (shown in messages; a URL in `endpoint`
+/// is itself redacted).
+pub const S3_OPTIONS: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_http",
+    "virtual_hosted_style",
+    "lease_ttl",
+    "checksum",
+    "part_size",
+    "upload_concurrency",
+    "max_retries",
+    "retry_timeout",
+    "timeout",
+    "connect_timeout",
+];
+
 impl Config {
     /// A configuration for `bucket` with every option at its default.
     pub fn new(bucket: impl Into<String>) -> Config {
@@ -98,7 +115,7 @@ impl Config {
     /// Parses `s3://bucket/prefix?options`. Unknown options are refused, so a typo is reported
     /// rather than ignored; so are user names and passwords in the URL.
     pub fn from_url(url: &Url) -> Result<Config> {
-        let shown = imagestore_core::registry::redact(url.as_str());
+        let shown = imagestore_core::redact::redact_options(url, S3_OPTIONS);
         if url.scheme() != "s3" {
             return Err(Error::invalid(format!("{shown} is not an s3:// URL")));
         }
@@ -127,8 +144,10 @@ impl Config {
         }
         cfg.prefix = segments.join("/");
         for (k, v) in url.query_pairs() {
-            let bad =
-                |what: &str| Error::invalid(format!("s3 URL {shown}: option {k}={v:?}: {what}"));
+            let bad = |what: &str| {
+                let v = imagestore_core::redact::option_value(&k, &v, S3_OPTIONS);
+                Error::invalid(format!("s3 URL {shown}: option {k}={v:?}: {what}"))
+            };
             match k.as_ref() {
                 "endpoint" => {
                     let e = Url::parse(&v).map_err(|e| bad(&e.to_string()))?;

@@ -80,6 +80,7 @@ pub struct Config {
 
 /// The `work=` option: an absolute local directory.
 pub fn work_option(url: &Url, value: &str) -> Result<PathBuf> {
+    let url = imagestore_core::redact::redact_url(url);
     let p = PathBuf::from(value);
     if !p.is_absolute() {
         return Err(Error::invalid(format!(
@@ -89,16 +90,20 @@ pub fn work_option(url: &Url, value: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The options of `vmdk://` URLs, none of them secret (shown in messages).
+pub const VMDK_OPTIONS: &[&str] = &["capacity_kib", "work"];
+
 impl Config {
     /// Parses `vmdk:///absolute/path[?capacity_kib=N][&work=/dir]`; unknown options are
     /// refused, so a typo is reported rather than ignored.
     pub fn from_url(url: &Url) -> Result<Config> {
+        let shown = imagestore_core::redact::redact_options(url, VMDK_OPTIONS);
         if url.scheme() != "vmdk" {
-            return Err(Error::invalid(format!("{url} is not a vmdk:// URL")));
+            return Err(Error::invalid(format!("{shown} is not a vmdk:// URL")));
         }
         if url.host_str().is_some_and(|h| !h.is_empty()) {
             return Err(Error::invalid(format!(
-                "vmdk URL {url} names a host; use vmdk:///absolute/path"
+                "vmdk URL {shown} names a host; use vmdk:///absolute/path"
             )));
         }
         let (options, rest) = Options::from_query(url)?;
@@ -108,18 +113,18 @@ impl Config {
                 "work" => work = Some(work_option(url, &v)?),
                 _ => {
                     return Err(Error::invalid(format!(
-                        "vmdk URL {url} has unknown option {k:?} (known: capacity_kib, work)"
+                        "vmdk URL {shown} has unknown option {k:?} (known: capacity_kib, work)"
                     )));
                 }
             }
         }
         let root = PathBuf::from(
             percent_decode(url.path())
-                .ok_or_else(|| Error::invalid(format!("vmdk URL {url}: bad path encoding")))?,
+                .ok_or_else(|| Error::invalid(format!("vmdk URL {shown}: bad path encoding")))?,
         );
         if !root.is_absolute() || root.parent().is_none() {
             return Err(Error::invalid(format!(
-                "vmdk URL {url} must name an absolute directory other than /"
+                "vmdk URL {shown} must name an absolute directory other than /"
             )));
         }
         Ok(Config {

@@ -35,9 +35,20 @@ pub use disks::DiskInfo;
 pub use store::VsphereStore;
 pub use vms::JoinedDisk;
 
-/// `url` without a password, for messages.
+/// The options of `vsphere://` URLs, none of them secret (shown in messages).
+pub const VSPHERE_OPTIONS: &[&str] = &[
+    "allow_http",
+    "insecure",
+    "capacity_kib",
+    "work",
+    "cache_mib",
+    "max_retries",
+];
+
+/// `url` for messages: no password, and only the values of [`VSPHERE_OPTIONS`]
+/// ([`imagestore_core::redact`]).
 pub fn redacted(url: &Url) -> String {
-    imagestore_core::registry::redact(url.as_str())
+    imagestore_core::redact::redact_options(url, VSPHERE_OPTIONS)
 }
 
 /// The morefs of the service content this client uses.
