@@ -4,6 +4,7 @@
 //! wrote the filesystem) and `ext4-view` (which reads metadata by path), and fast, since it
 //! reads whole extents instead of one block per call after a lookup per path component.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use crate::vmdk::chain::Chain;
@@ -18,6 +19,53 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The magic of an extended-attribute area (in the inode) or block.
+const XATTR_MAGIC: u32 = 0xea02_0000;
+
+/// The name prefixes of extended-attribute name indexes.
+fn xattr_prefix(index: u8) -> Option<&'static str> {
+    Some(match index {
+        0 => "",
+        1 => "user.",
+        2 => "system.posix_acl_access",
+        3 => "system.posix_acl_default",
+        4 => "trusted.",
+        6 => "security.",
+        7 => "system.",
+        8 => "system.richacl",
+        _ => return None,
+    })
+}
+
+/// Reads the attribute entries of `area` from byte `at` on (values at offsets into `values`)
+/// into `out`.
+fn read_entries(
+    area: &[u8],
+    mut at: usize,
+    values: &[u8],
+    out: &mut BTreeMap<String, Vec<u8>>,
+) -> io::Result<()> {
+    while at + 16 <= area.len() && u32_at(area, at) != 0 {
+        let name_len = usize::from(area[at]);
+        let prefix = xattr_prefix(area[at + 1])
+            .ok_or_else(|| bad(format!("unknown attribute name index {}", area[at + 1])))?;
+        let offs = usize::from(u16_at(area, at + 2));
+        let inum = u32_at(area, at + 4);
+        let size = u32_at(area, at + 8) as usize;
+        let name_end = at + 16 + name_len;
+        if name_end > area.len() || inum != 0 || offs + size > values.len() {
+            return Err(bad("a bad extended-attribute entry"));
+        }
+        let name = format!(
+            "{prefix}{}",
+            String::from_utf8_lossy(&area[at + 16..name_end])
+        );
+        out.insert(name, values[offs..offs + size].to_vec());
+        at = (name_end + 3) & !3;
+    }
+    Ok(())
 }
 
 /// Extent trees deeper than this are refused (ext4 stops at 5).
@@ -97,8 +145,8 @@ impl<'a> Layout<'a> {
         self.chain.read_at(at, buf)
     }
 
-    /// The data of regular file `ino`.
-    pub fn file(&self, ino: u32) -> io::Result<FileData<'_>> {
+    /// The bytes of inode `ino`, as long as the filesystem's inodes.
+    pub fn inode(&self, ino: u32) -> io::Result<Vec<u8>> {
         let index = ino.checked_sub(1).ok_or_else(|| bad("inode 0"))?;
         let group = u64::from(index / self.inodes_per_group);
         let mut desc = vec![0u8; self.desc_size];
@@ -108,8 +156,51 @@ impl<'a> Layout<'a> {
             table |= u64::from(u32_at(&desc, 0x28)) << 32;
         }
         let within = u64::from(index % self.inodes_per_group) * self.inode_size as u64;
-        let mut inode = vec![0u8; 160.min(self.inode_size)];
+        let mut inode = vec![0u8; self.inode_size];
         self.read(table * self.block_size + within, &mut inode)?;
+        Ok(inode)
+    }
+
+    /// The extended attributes of inode `ino`, in the inode and in its attribute block, by
+    /// full name (`user.x`; POSIX ACLs as `system.posix_acl_access` / `_default`, their values
+    /// in ext4's own encoding).
+    pub fn xattrs(&self, ino: u32) -> io::Result<BTreeMap<String, Vec<u8>>> {
+        let inode = self.inode(ino)?;
+        let mut out = BTreeMap::new();
+        if inode.len() > 132 {
+            let start = 128 + usize::from(u16_at(&inode, 128));
+            if start + 4 <= inode.len() && u32_at(&inode, start) == XATTR_MAGIC {
+                // Values are placed relative to the first entry.
+                let region = &inode[start + 4..];
+                read_entries(region, 0, region, &mut out)?;
+            }
+        }
+        let block = u64::from(u32_at(&inode, 104)) | u64::from(u16_at(&inode, 118)) << 32;
+        if block != 0 {
+            let mut b = vec![0u8; self.block_size as usize];
+            self.read(block * self.block_size, &mut b)?;
+            if u32_at(&b, 0) != XATTR_MAGIC {
+                return Err(bad(format!("inode {ino}: bad attribute block {block}")));
+            }
+            read_entries(&b, 32, &b, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The device numbers `(major, minor)` of device inode `ino`.
+    pub fn device(&self, ino: u32) -> io::Result<(u32, u32)> {
+        let inode = self.inode(ino)?;
+        let old = u32_at(&inode, 40);
+        if old != 0 {
+            return Ok(((old >> 8) & 0xff, old & 0xff));
+        }
+        let new = u32_at(&inode, 44);
+        Ok(((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00)))
+    }
+
+    /// The data of regular file `ino`.
+    pub fn file(&self, ino: u32) -> io::Result<FileData<'_>> {
+        let inode = self.inode(ino)?;
         let mode = u16_at(&inode, 0);
         let size = u64::from(u32_at(&inode, 4)) | u64::from(u32_at(&inode, 108)) << 32;
         let flags = u32_at(&inode, 32);

@@ -168,7 +168,7 @@ impl DeltaBuild {
                 &FsContent::of_chain(chain, out.display().to_string()),
                 &view,
                 &top,
-                &applied.files,
+                &applied.inodes,
             );
             let synced = sync
                 .join()

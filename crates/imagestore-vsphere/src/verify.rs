@@ -6,8 +6,9 @@
 //! A layer the filesystem could not take exactly is refused here, before it is committed, so
 //! a committed image always reads back (`docs/security.md`, invariant 10).
 //!
-//! Extended attributes and device numbers are not read back: `ext4-view` does not expose
-//! them. They are written by whole-value library calls whose failure fails the write. A symlink
+//! Extended attributes (POSIX ACLs aside, which ext4 stores in its own encoding) and device
+//! numbers, which `ext4-view` does not expose, are read from the inode the writer gave the
+//! path, by [`crate::extents`]. A symlink
 //! target with a component longer than 255 bytes (legal, but not a path `ext4-view` reads) is
 //! checked by its length only.
 
@@ -144,6 +145,7 @@ pub fn check_applied(
     all.push(top.clone());
     let view = MergedView::build(all);
     let fs = source.load()?;
+    let layout = Layout::load(source.chain()).map_err(|e| mismatch("", e))?;
     let mut listing = Listing::new(&fs, top);
     let mut files = Vec::new();
     let mut stats = ReadBack::default();
@@ -234,6 +236,9 @@ pub fn check_applied(
         if mtime != want_mtime {
             return Err(mismatch(p, format!("mtime {mtime}, not {want_mtime}")));
         }
+        if let Some(ino) = inodes.get(p) {
+            check_inode(&layout, p, *ino, want)?;
+        }
         match kind {
             FileType::Symlink => {
                 let want_link = want.link.as_deref().unwrap_or_default();
@@ -272,6 +277,37 @@ pub fn check_applied(
     }
     stats.bytes = check_contents(source, &files, inodes)?;
     Ok(stats)
+}
+
+/// Checks what `ext4-view` does not show of path `p`, on the inode `ino` the writer gave it:
+/// device numbers, and every extended attribute the entry has (POSIX ACLs aside: ext4 keeps
+/// them in an encoding of its own).
+fn check_inode(layout: &Layout<'_>, p: &str, ino: u32, want: &TocEntry) -> Result<()> {
+    if matches!(want.kind, EntryKind::Char | EntryKind::Block) {
+        let got = layout.device(ino).map_err(|e| mismatch(p, e))?;
+        let w = want.dev.unwrap_or((0, 0));
+        if got != w {
+            return Err(mismatch(
+                p,
+                format!("device {}:{}, not {}:{}", got.0, got.1, w.0, w.1),
+            ));
+        }
+    }
+    if want.xattrs.is_empty() {
+        return Ok(());
+    }
+    let got = layout.xattrs(ino).map_err(|e| mismatch(p, e))?;
+    for (name, value) in &want.xattrs {
+        if name.starts_with("system.posix_acl_") {
+            continue;
+        }
+        match got.get(name) {
+            Some(v) if v == value => {}
+            Some(_) => return Err(mismatch(p, format!("xattr {name:?} holds other bytes"))),
+            None => return Err(mismatch(p, format!("xattr {name:?} missing"))),
+        }
+    }
+    Ok(())
 }
 
 /// Reads every file of `files` (path, content, entry) and checks its digest; the bytes read.

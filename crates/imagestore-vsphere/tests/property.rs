@@ -1,5 +1,6 @@
 //! Property: any sequence of layers (files created and overwritten, whiteouts, opaque
-//! directories, paths replaced by another kind, hardlinks, sparse files, symlinks, FIFOs)
+//! directories, paths replaced by another kind, hardlinks, sparse files, symlinks, FIFOs,
+//! extended attributes)
 //! written through `vmdk://` leaves a filesystem equal to `file://`'s checkout of the same
 //! layers. After every sequence the top disk passes `e2fsck -fn`, `debugfs rdump` of it
 //! equals the local checkout (modes, owners, contents, links; devices and set-id bits by
@@ -74,7 +75,7 @@ fn layer(rng: &mut StdRng, model: &mut BTreeMap<String, Kind>) -> Vec<u8> {
             })
             .cloned()
             .collect();
-        let op = rng.random_range(0..11);
+        let op = rng.random_range(0..12);
         match op {
             0 if !existing.is_empty() => {
                 let victim = existing[rng.random_range(0..existing.len())].clone();
@@ -114,6 +115,12 @@ fn layer(rng: &mut StdRng, model: &mut BTreeMap<String, Kind>) -> Vec<u8> {
             6 => {
                 l = l.dir(&path);
                 model.insert(path.clone(), Kind::Dir);
+            }
+            8 => {
+                let v: Vec<u8> = (0..rng.random_range(0..300)).map(|i| i as u8).collect();
+                l = l.file_xattrs(&path, &data(rng), &[("user.k", &v), ("trusted.t", b"1")]);
+                files_here.push(path.clone());
+                model.insert(path.clone(), Kind::File);
             }
             7 => {
                 // A directory of hundreds of names: more than a block, so an indexed one;

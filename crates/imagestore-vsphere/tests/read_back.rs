@@ -38,13 +38,11 @@ fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut chain = chain::Chain::new(dir.path(), 65536)?;
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_mode(0o644);
-    h.set_size(5);
-    h.set_mtime(1_600_000_000);
-    b.append_data(&mut h, "app/file", &b"hello"[..])?;
-    chain.push("layer", b.into_inner()?)?;
+    let layer = chain::TarB::default()
+        .file_as("app/file", b"hello", 0o644, 0, 0, &[("user.tag", b"v1")])?
+        .dev("dev/c", tar::EntryType::Char, 1, 3)?
+        .done()?;
+    chain.push("layer", layer)?;
     let top = chain.tocs[0].clone();
     let lower = vec![Arc::new(ext4::skeleton())];
     let disk = chain.disks[1].clone();
@@ -91,6 +89,30 @@ fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
     match check_applied(&content_of(&vmdk)?, &lower, &top, &inodes) {
         Err(Error::InvalidArgument(m)) if m.contains("/app/file") && m.contains("digest") => {}
         other => bail!("after changing the data: expected a digest mismatch, got {other:?}"),
+    }
+    // What ext4-view does not show, checked on the inodes the writer names.
+    let dev: u32 = inode_of(&raw, "/dev/c")?
+        .trim_matches(|c| c == '<' || c == '>')
+        .parse()?;
+    let inodes: std::collections::HashMap<String, u32> =
+        [("app/file".to_owned(), ino), ("dev/c".to_owned(), dev)]
+            .into_iter()
+            .collect();
+    check_applied(&content_of(&disk)?, &lower, &top, &inodes)?;
+    for (change, path, field) in [
+        ("ea_set /app/file user.tag v2", "/app/file", "xattr"),
+        ("ea_rm /app/file user.tag", "/app/file", "xattr"),
+        ("sif /dev/c block[0] 0x0104", "/dev/c", "device"),
+    ] {
+        let changed = dir.path().join("changed.raw");
+        std::fs::copy(&raw, &changed)?;
+        run(std::process::Command::new("debugfs")
+            .args(["-w", "-R", change])
+            .arg(&changed))?;
+        match check_applied(&content_of(&to_vmdk(&changed)?)?, &lower, &top, &inodes) {
+            Err(Error::InvalidArgument(m)) if m.contains(path) && m.contains(field) => {}
+            other => bail!("after {change}: expected a mismatch naming {field}, got {other:?}"),
+        }
     }
     Ok(())
 }

@@ -35,13 +35,13 @@ pub struct ApplyStats {
     pub bytes: u64,
 }
 
-/// What an apply did, and where the layer's regular files are.
+/// What an apply did, and the inodes of the paths it wrote.
 #[derive(Debug, Default)]
 pub struct Applied {
     /// Counts.
     pub stats: ApplyStats,
-    /// The inode of every regular file the apply made or linked, by path.
-    pub files: HashMap<String, u32>,
+    /// The inode of every path the apply made, linked or restamped.
+    pub inodes: HashMap<String, u32>,
 }
 
 /// Makes the scratch filesystem on `overlay` (a base disk of `size` bytes): an empty ext4
@@ -83,8 +83,8 @@ struct Writer<'a> {
     dirs: Dirs,
     fills: Vec<Fill>,
     stats: ApplyStats,
-    /// The regular files made or linked, by path.
-    files: HashMap<String, u32>,
+    /// The paths made, linked or restamped, and their inodes.
+    inodes: HashMap<String, u32>,
     /// Files of the layer already in the filesystem, and which of them are linked.
     streamed: Option<&'a Streamed>,
     taken: HashSet<u32>,
@@ -294,9 +294,7 @@ impl Writer<'_> {
             EntryKind::Whiteout | EntryKind::Opaque => return Ok(()),
         };
         self.stats.inodes += 1;
-        if matches!(e.kind, EntryKind::File | EntryKind::Hardlink) {
-            self.files.insert(p.to_owned(), ino);
-        }
+        self.inodes.insert(p.to_owned(), ino);
         self.xattrs(ino, e)?;
         self.dirs
             .add(self.fs, parent, name_of(p), ino, dirent_type(mode))
@@ -311,7 +309,8 @@ impl Writer<'_> {
     }
 
     /// Gives existing directory `ino` the metadata of `e`.
-    fn restamp_dir(&mut self, ino: u32, e: &TocEntry) -> Result<()> {
+    fn restamp_dir(&mut self, p: &str, ino: u32, e: &TocEntry) -> Result<()> {
+        self.inodes.insert(p.to_owned(), ino);
         let mut i = self.fs.read_inode(ino)?;
         Self::stamp(&mut i, e);
         self.fs.write_inode(ino, &i)?;
@@ -330,9 +329,7 @@ impl Writer<'_> {
         }
         i.set_links(i.links() + 1);
         self.fs.write_inode(target, &i)?;
-        if i.mode() & 0o170000 == 0o100000 {
-            self.files.insert(p.to_owned(), target);
-        }
+        self.inodes.insert(p.to_owned(), target);
         self.dirs
             .add(self.fs, parent, name_of(p), target, dirent_type(i.mode()))
     }
@@ -363,7 +360,7 @@ pub fn apply(
         dirs: Dirs::default(),
         fills: Vec::new(),
         stats: ApplyStats::default(),
-        files: HashMap::new(),
+        inodes: HashMap::new(),
         streamed: match top_data {
             LayerData::Files(s) => Some(s),
             _ => None,
@@ -402,7 +399,7 @@ pub fn apply(
                 if e.kind == EntryKind::Dir
                     && let Some((ino, 2)) = existing
                 {
-                    w.restamp_dir(ino, e)?;
+                    w.restamp_dir(p, ino, e)?;
                     continue;
                 }
                 if existing.is_some() {
@@ -451,7 +448,7 @@ pub fn apply(
     w.stats.directories = w.dirs.flush(w.fs)?;
     Ok(Applied {
         stats: w.stats,
-        files: w.files,
+        inodes: w.inodes,
     })
 }
 
@@ -464,7 +461,7 @@ fn segments(e: &TocEntry) -> Vec<(u64, u64)> {
 }
 
 /// Writes the data of every file made: those of the new layer from where `top_data` says
-/// (a tar read once forward, or the staged files), and the few that come from lower layers
+/// (streamed in already, or a tar read once forward), and the few that come from lower layers
 /// from `lower_data`.
 fn write_contents(
     fs: &mut Fs,
