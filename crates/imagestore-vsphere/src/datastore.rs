@@ -191,7 +191,7 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     /// held by someone else.
     fn lock(&self, path: &DsPath, range: u64, wait: bool) -> Result<Option<DsLock>>;
 
-    /// A local directory for building layers (raw images, staged files).
+    /// A local directory for building layers (each new disk while it is written).
     fn work_dir(&self) -> PathBuf;
 
     /// A local directory where finished files (disks) are written before

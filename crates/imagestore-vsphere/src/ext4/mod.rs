@@ -37,10 +37,10 @@ fn entry(p: &str, kind: EntryKind, mode: u32) -> TocEntry {
     TocEntry::new(p, kind, mode)
 }
 
-/// VIC's base structure of the scratch filesystem (`lost+found` comes with the filesystem, [`fs::Fs::create`]): dirs
-/// `/etc`, `/lib/modules`, `/proc`, `/sys`, `/run`, `/.tether`; empty `/etc/hostname`,
-/// `/etc/hosts`, `/etc/resolv.conf`; `/etc/mtab -> /proc/mounts`. It is the lowest layer of
-/// every apply, never part of an image's exported contents.
+/// VIC's base structure of the scratch filesystem (`lost+found` comes with the filesystem,
+/// [`fs::Fs::create`]): dirs `/etc`, `/lib/modules`, `/proc`, `/sys`, `/run`, `/.tether`;
+/// empty `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`; `/etc/mtab -> /proc/mounts`. It
+/// is the lowest layer of every apply, never part of an image's exported contents.
 pub fn skeleton() -> Toc {
     let mut mtab = entry("etc/mtab", EntryKind::Symlink, 0o777);
     mtab.link = Some("/proc/mounts".into());
