@@ -37,14 +37,21 @@ fn header(path_len_ok: bool, kind: EntryType, size: u64) -> Header {
 
 /// A tar holding one symlink `path -> target`, written with PAX records so any bytes fit.
 fn symlink_tar(path: &str, target: &str) -> Result<Vec<u8>> {
+    symlinks_tar(&[(path, target)])
+}
+
+/// A tar holding symlinks `path -> target`, written with PAX records so any bytes fit.
+fn symlinks_tar(links: &[(&str, &str)]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    let pax = [("path", path.as_bytes()), ("linkpath", target.as_bytes())];
-    b.append_pax_extensions(pax)?;
-    let mut h = header(true, EntryType::Symlink, 0);
-    h.set_path("placeholder")?;
-    h.set_link_name("placeholder")?;
-    h.set_cksum();
-    b.append(&h, std::io::empty())?;
+    for (path, target) in links {
+        let pax = [("path", path.as_bytes()), ("linkpath", target.as_bytes())];
+        b.append_pax_extensions(pax)?;
+        let mut h = header(true, EntryType::Symlink, 0);
+        h.set_path("placeholder")?;
+        h.set_link_name("placeholder")?;
+        h.set_cksum();
+        b.append(&h, std::io::empty())?;
+    }
     Ok(b.into_inner()?)
 }
 
@@ -233,21 +240,12 @@ fn names_with_line_breaks_read_back_through_debugfs() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut chain = chain::Chain::new(dir.path(), 65536)?;
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, target) in [
+    let tar = symlinks_tar(&[
         ("d/n\nx", "t\r!touch /tmp/x"),
         ("d/q\"uote", "\"\"\""),
         ("d/-f", "-R"),
-    ] {
-        let pax = [("path", path.as_bytes()), ("linkpath", target.as_bytes())];
-        b.append_pax_extensions(pax)?;
-        let mut h = header(true, EntryType::Symlink, 0);
-        h.set_path("placeholder")?;
-        h.set_link_name("placeholder")?;
-        h.set_cksum();
-        b.append(&h, std::io::empty())?;
-    }
-    chain.push("names", b.into_inner()?)?;
+    ])?;
+    chain.push("names", tar)?;
     Ok(())
 }
 

@@ -269,23 +269,7 @@ async fn run_case(seed: u64, case: u64) -> Result<(u64, u64)> {
     let got = dir.path().join("rdump");
     std::fs::create_dir(&got)?;
     debugfs(&raw, &format!("rdump / {}", got.display()))?;
-    let skeleton: BTreeSet<String> = [
-        "lost+found",
-        "etc",
-        "etc/hostname",
-        "etc/hosts",
-        "etc/resolv.conf",
-        "etc/mtab",
-        "lib",
-        "lib/modules",
-        "proc",
-        "sys",
-        "run",
-        ".tether",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
+    let skeleton = common::chain::skeleton_paths();
     compare(&raw, &got, &want, &skeleton)?;
     for group in link_groups(&want)? {
         let inodes: BTreeSet<String> = group

@@ -130,35 +130,45 @@ impl Fs {
         }))
     }
 
-    /// Opens the filesystem on `overlay` for writing.
-    pub fn open(overlay: Overlay) -> Result<Fs> {
+    /// Hands `overlay` to libext2fs through `call` (which opens or makes a filesystem on the
+    /// device named in the thread-local slot, storing the handle where it is given); `what`
+    /// names the step in errors.
+    fn start(
+        overlay: Overlay,
+        what: &str,
+        call: impl FnOnce(*mut ext2_filsys) -> errcode_t,
+    ) -> Result<Fs> {
         let device = Self::new_device(overlay);
         let mut fs: ext2_filsys = std::ptr::null_mut();
-        let name = c"imagestore";
-        let code = device::with_device(device.clone(), || {
+        let code = device::with_device(device.clone(), || call(&mut fs));
+        if code != 0 {
+            let io = device.lock().ok().and_then(|mut d| d.error.take());
+            return Err(fail(format!(
+                "cannot {what} the filesystem: {}{}",
+                message(code),
+                io.map(|e| format!(" ({e})")).unwrap_or_default()
+            )));
+        }
+        Ok(Fs::wrap(fs, device))
+    }
+
+    /// Opens the filesystem on `overlay` for writing.
+    pub fn open(overlay: Overlay) -> Result<Fs> {
+        let me = Self::start(overlay, "open", |fs| {
             // SAFETY: the name is a static C string, the manager a static table, and `fs` a
             // valid place for the result.
             unsafe {
                 ffi::ext2fs_open2(
-                    name.as_ptr(),
+                    c"imagestore".as_ptr(),
                     std::ptr::null(),
                     ffi::FLAG_RW | ffi::FLAG_64BITS | ffi::FLAG_SKIP_MMP,
                     0,
                     0,
                     &device::MANAGER,
-                    &mut fs,
+                    fs,
                 )
             }
-        });
-        if code != 0 {
-            let io = device.lock().ok().and_then(|mut d| d.error.take());
-            return Err(fail(format!(
-                "cannot open the filesystem: {}{}",
-                message(code),
-                io.map(|e| format!(" ({e})")).unwrap_or_default()
-            )));
-        }
-        let me = Fs::wrap(fs, device);
+        })?;
         // SAFETY: `me.fs` is open.
         let code = unsafe { ffi::ext2fs_read_bitmaps(me.fs) };
         me.check(code, || "cannot read the allocation bitmaps".into())?;
@@ -207,29 +217,19 @@ impl Fs {
         );
         sb[0x174] = 4; // 16 groups per flex group
         put_u16(&mut sb, 0xfe, 64); // 64-bit group descriptors
-        let device = Self::new_device(overlay);
-        let mut fs: ext2_filsys = std::ptr::null_mut();
-        let name = c"imagestore";
-        let code = device::with_device(device.clone(), || {
+        let mut me = Self::start(overlay, "make", |fs| {
             // SAFETY: `sb` is a 1,024-byte superblock image the call only reads; the name is
             // a static C string, the manager a static table, `fs` a place for the result.
             unsafe {
                 ffi::ext2fs_initialize(
-                    name.as_ptr(),
+                    c"imagestore".as_ptr(),
                     ffi::FLAG_64BITS,
                     sb.as_mut_ptr(),
                     &device::MANAGER,
-                    &mut fs,
+                    fs,
                 )
             }
-        });
-        if code != 0 {
-            return Err(fail(format!(
-                "cannot make the filesystem: {}",
-                message(code)
-            )));
-        }
-        let mut me = Fs::wrap(fs, device);
+        })?;
         let label = params.label.as_bytes();
         let n = label.len().min(16);
         me.superblock_mut()[0x78..0x78 + n].copy_from_slice(&label[..n]);

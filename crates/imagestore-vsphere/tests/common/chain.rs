@@ -266,23 +266,7 @@ impl Chain {
             &want,
             &CheckoutOptions::default(),
         )?;
-        let skeleton: BTreeSet<String> = [
-            "lost+found",
-            "etc",
-            "lib",
-            "lib/modules",
-            "proc",
-            "sys",
-            "run",
-            ".tether",
-            "etc/hostname",
-            "etc/hosts",
-            "etc/resolv.conf",
-            "etc/mtab",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
+        let skeleton = skeleton_paths();
         compare(&raw, &got, &want, &skeleton)?;
         // The same image checked out with its file data read through the disk chain.
         let top = self.disks.last().cloned().unwrap_or_default();
@@ -305,6 +289,15 @@ impl Chain {
         }
         Ok(raw)
     }
+}
+
+/// The paths of VIC's skeleton, which the disks hold and an image's checkout does not.
+pub fn skeleton_paths() -> BTreeSet<String> {
+    imagestore_vsphere::ext4::skeleton()
+        .entries
+        .into_iter()
+        .map(|e| e.path)
+        .collect()
 }
 
 pub fn stat(raw: &Path, p: &str) -> Result<String> {
