@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use imagestore::layer::checkout::CheckoutOptions;
 use imagestore::{
-    FilterSpec, FilterType, ImageId, ImageStorer, ImageStorerExt, OwnerName, StoreName,
+    ByteStream, FilterSpec, FilterType, ImageId, ImageStorer, ImageStorerExt, OwnerName, StoreName,
 };
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -35,6 +35,29 @@ fn filter(
     Ok(FilterSpec::from_types(items)?)
 }
 
+/// The image as one VMDK disk: only the disk backends keep images as disks.
+#[cfg(feature = "vsphere")]
+async fn vmdk(store: &dyn ImageStorer, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
+    use imagestore::vsphere::{DiskStore, VmdkExport};
+    match store.as_any().downcast_ref::<DiskStore>() {
+        Some(disks) => Ok(disks.export_vmdk(s, id).await?),
+        None => Err(unsupported_vmdk(store).into()),
+    }
+}
+
+/// The image as one VMDK disk: this build links no disk backend.
+#[cfg(not(feature = "vsphere"))]
+async fn vmdk(store: &dyn ImageStorer, _s: &StoreName, _id: &ImageId) -> Result<ByteStream> {
+    Err(unsupported_vmdk(store).into())
+}
+
+fn unsupported_vmdk(store: &dyn ImageStorer) -> imagestore::Error {
+    imagestore::Error::Unsupported {
+        operation: "VMDK export (only the disk backends keep images as disks)",
+        backend: store.scheme(),
+    }
+}
+
 /// `export`: a tar to stdout or a file.
 pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let s = StoreName::new(&a.store)?;
@@ -42,7 +65,7 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let mut stream = if a.raw {
         store.export_raw(&s, &id).await?
     } else if a.vmdk {
-        store.export_vmdk(&s, &id).await?
+        vmdk(store, &s, &id).await?
     } else {
         let ancestor = a.ancestor.as_deref().map(ImageId::new).transpose()?;
         let f = filter(&a.include, &a.exclude, &a.rebase, &a.strip)?;

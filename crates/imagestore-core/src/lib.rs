@@ -8,15 +8,12 @@
 
 #![deny(missing_docs)]
 
-pub mod blocking;
-pub mod cache;
+pub mod backend;
 pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
-pub mod lock;
 pub mod names;
-pub mod record;
 pub mod redact;
 pub mod registry;
 pub mod storer;

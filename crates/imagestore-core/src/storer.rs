@@ -159,11 +159,6 @@ pub trait Exporter: Send + Sync {
     /// `Unsupported` on backends without [`Capabilities::raw_layers`].
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
 
-    /// Image `id` flattened into one stream-optimized VMDK disk holding its ext4 filesystem
-    /// (the form vSphere imports through OVF). `Unsupported` on backends that do not keep
-    /// their images as disks.
-    async fn export_vmdk(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
-
     /// Materialises image (or writable layer) `id` into directory `dest`, which must be empty
     /// or absent. Nothing is ever written outside `dest`.
     async fn checkout(
@@ -184,6 +179,10 @@ pub trait Exporter: Send + Sync {
 ///   committed on a parent a concurrent delete removed.
 #[async_trait]
 pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug {
+    /// The backend as [`std::any::Any`], so a caller can reach what only one backend offers
+    /// (for example the disk backends' VMDK export) by downcasting to its type.
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// The URL scheme this backend serves (`file`, `s3`, `vmdk`, `vsphere`).
     fn scheme(&self) -> &'static str;
 

@@ -1,168 +1,67 @@
-//! Where everything lives under a local root (documented in `docs/layouts.md`).
+//! The `file://` layout (documented in `docs/layouts.md`): the catalogue's files under
+//! `stores/`, and the layer files this backend keeps beside them.
+//!
+//! ```text
+//! imagestore-local.json                     the root's format and version
+//! root.lock                                 store creation and deletion locks
+//! stores/<store>/store.lock, usage, ...     the catalogue (imagestore_core::backend::catalog)
+//! stores/<store>/images/<id>/layer          the layer's bytes exactly as received
+//! stores/<store>/images/<id>/toc, toc.idx   its TOC, and the TOC's index by path
+//! stores/<store>/images/<id>/COMMITTED      written last: the image is committed
+//! stores/<store>/writable/<id>/imports/<n>/ import n (six digits): layer, toc.idx, toc last
+//! ```
 
-use std::path::PathBuf;
+use imagestore_core::backend::catalog::{ImagePaths, Layout, WritablePaths};
+use imagestore_core::backend::storage::StoragePath;
 
-use imagestore_core::{ImageId, OwnerName, StoreName};
+/// The root's format file.
+pub const FORMAT_FILE: &str = "imagestore-local.json";
 
-/// Name of the file that marks a committed image or writable layer; written last.
-pub const COMMITTED: &str = "COMMITTED";
+/// The catalogue's names in this layout.
+pub fn layout() -> Layout {
+    Layout {
+        stores: StoragePath::root().child("stores"),
+        root_lock: StoragePath::root().child("root.lock"),
+        store_lock: "store.lock",
+        marker: "COMMITTED",
+    }
+}
 
-/// Paths under a backend root.
+/// The files of one stored layer: an image's, or one import's of a writable layer.
 #[derive(Debug, Clone)]
-pub struct Root {
-    /// The root directory.
-    pub dir: PathBuf,
+pub struct LayerFiles {
+    /// The folder holding them.
+    pub dir: StoragePath,
 }
 
-impl Root {
-    /// The root's format file.
-    pub fn format_file(&self) -> PathBuf {
-        self.dir.join("imagestore-local.json")
-    }
-    /// Lock file for store creation.
-    pub fn lock_file(&self) -> PathBuf {
-        self.dir.join("root.lock")
-    }
-    /// Directory of all stores.
-    pub fn stores(&self) -> PathBuf {
-        self.dir.join("stores")
-    }
-    /// Staging area for store creation.
-    pub fn tmp(&self) -> PathBuf {
-        self.dir.join("tmp")
-    }
-    /// Deleted stores on their way out.
-    pub fn trash(&self) -> PathBuf {
-        self.dir.join("trash")
-    }
-    /// One store.
-    pub fn store(&self, s: &StoreName) -> StoreDir {
-        StoreDir {
-            dir: self.stores().join(s.as_str()),
-        }
-    }
-}
-
-/// Paths inside one store.
-#[derive(Debug, Clone)]
-pub struct StoreDir {
-    /// The store directory.
-    pub dir: PathBuf,
-}
-
-impl StoreDir {
-    /// The store's lock file (metadata lock and per-id write locks).
-    pub fn lock_file(&self) -> PathBuf {
-        self.dir.join("store.lock")
-    }
-    /// The usage counter.
-    pub fn usage(&self) -> PathBuf {
-        self.dir.join("usage")
-    }
-    /// Present while the usage counter is being changed; recomputed at open if found.
-    pub fn usage_pending(&self) -> PathBuf {
-        self.dir.join("usage.pending")
-    }
-    /// Committed images.
-    pub fn images(&self) -> PathBuf {
-        self.dir.join("images")
-    }
-    /// Writable layers.
-    pub fn writables(&self) -> PathBuf {
-        self.dir.join("writable")
-    }
-    /// In-flight writes.
-    pub fn staging(&self) -> PathBuf {
-        self.dir.join("staging")
-    }
-    /// Deleted images on their way out.
-    pub fn trash(&self) -> PathBuf {
-        self.dir.join("trash")
-    }
-    /// One image.
-    pub fn image(&self, id: &ImageId) -> ImageDir {
-        ImageDir {
-            dir: self.images().join(id.as_str()),
-        }
-    }
-    /// One writable layer.
-    pub fn writable(&self, id: &ImageId) -> WritableDir {
-        WritableDir {
-            dir: self.writables().join(id.as_str()),
-        }
-    }
-}
-
-/// Paths inside one image directory.
-#[derive(Debug, Clone)]
-pub struct ImageDir {
-    /// The image directory.
-    pub dir: PathBuf,
-}
-
-impl ImageDir {
+impl LayerFiles {
     /// The layer's raw bytes.
-    pub fn layer(&self) -> PathBuf {
-        self.dir.join("layer")
+    pub fn layer(&self) -> StoragePath {
+        self.dir.child("layer")
     }
-    /// The layer's TOC.
-    pub fn toc(&self) -> PathBuf {
-        self.dir.join("toc")
+    /// The layer's TOC; written last in an import, so its presence completes it.
+    pub fn toc(&self) -> StoragePath {
+        self.dir.child("toc")
     }
-    /// The layer's TOC index (sorted by path; see `imagestore_core::layer::index`).
-    pub fn toc_index(&self) -> PathBuf {
-        self.dir.join("toc.idx")
-    }
-    /// The image record.
-    pub fn record(&self) -> PathBuf {
-        self.dir.join("image.json")
-    }
-    /// Child links (one empty file per child image or writable layer).
-    pub fn children(&self) -> PathBuf {
-        self.dir.join("children")
-    }
-    /// One child link.
-    pub fn child(&self, id: &ImageId) -> PathBuf {
-        self.children().join(id.as_str())
-    }
-    /// Owner registrations.
-    pub fn owners(&self) -> PathBuf {
-        self.dir.join("owners")
-    }
-    /// One owner registration.
-    pub fn owner(&self, o: &OwnerName) -> PathBuf {
-        self.owners().join(o.as_str())
-    }
-    /// The commit marker.
-    pub fn committed(&self) -> PathBuf {
-        self.dir.join(COMMITTED)
+    /// The TOC's index by path (see `imagestore_core::layer::index`).
+    pub fn toc_index(&self) -> StoragePath {
+        self.dir.child("toc.idx")
     }
 }
 
-/// Paths inside one writable layer directory.
-#[derive(Debug, Clone)]
-pub struct WritableDir {
-    /// The writable layer's directory.
-    pub dir: PathBuf,
+/// The layer files of an image.
+pub fn image_files(p: &ImagePaths) -> LayerFiles {
+    LayerFiles { dir: p.dir.clone() }
 }
 
-impl WritableDir {
-    /// The writable layer's record.
-    pub fn record(&self) -> PathBuf {
-        self.dir.join("writable.json")
-    }
-    /// Imported tars, one directory each (`0`, `1`, ...), holding `layer` and `toc`.
-    pub fn imports(&self) -> PathBuf {
-        self.dir.join("imports")
-    }
-    /// One import.
-    pub fn import(&self, n: u32) -> ImageDir {
-        ImageDir {
-            dir: self.imports().join(format!("{n:06}")),
-        }
-    }
-    /// The commit marker.
-    pub fn committed(&self) -> PathBuf {
-        self.dir.join(COMMITTED)
+/// The folder of a writable layer's imports.
+pub fn imports(w: &WritablePaths) -> StoragePath {
+    w.dir.child("imports")
+}
+
+/// The layer files of import `n` of a writable layer.
+pub fn import_files(w: &WritablePaths, n: u32) -> LayerFiles {
+    LayerFiles {
+        dir: imports(w).child(&format!("{n:06}")),
     }
 }

@@ -1,10 +1,10 @@
 //! The `file://` backend of imagestore: image stores in a directory on local disk.
 //!
-//! Each image keeps its layer's bytes exactly as received, its TOC, a JSON record and a
-//! `COMMITTED` marker written last; the layout is described in `docs/layouts.md`. Writes are
-//! staged inside the store, fsynced, verified and renamed into place; open-file-description
-//! locks make the store safe for many threads and processes at once; leftovers of crashes are
-//! swept when a store is first used.
+//! Each image keeps its layer's bytes exactly as received and its TOC beside the shared
+//! catalogue's files (`imagestore_core::backend::catalog`: a JSON record, child and owner
+//! links, and a `COMMITTED` marker written last); the layout is described in
+//! `docs/layouts.md`. Open-file-description locks make the store safe for many threads and
+//! processes at once; leftovers of crashes are swept when a store is first used.
 //!
 //! ```no_run
 //! # async fn demo() -> imagestore_core::Result<()> {
@@ -18,13 +18,8 @@
 mod config;
 mod content;
 mod error;
-mod fsx;
 mod layout;
-mod lock;
-mod record;
-mod scratch;
 mod store;
-mod sweep;
 mod tocs;
 mod write;
 
@@ -34,7 +29,7 @@ use imagestore_core::registry::{Backend, OpenFuture};
 use imagestore_core::{ImageStorer, Url};
 
 pub use config::Config;
-pub use store::{LocalStore, MAX_CHAIN_DEPTH};
+pub use store::{LocalLayers, LocalStore, MAX_CHAIN_DEPTH};
 
 /// The scheme this crate registers.
 pub const SCHEME: &str = "file";

@@ -1,60 +1,46 @@
-//! Layer TOCs on disk: a cache of decoded TOCs, and the [`LayerToc`] the layer engine reads,
-//! which answers single-path questions from the `toc.idx` index without loading the TOC.
+//! [`LocalLayerToc`]: a stored layer's TOC for the layer engine, which answers single-path
+//! questions from the `toc.idx` index without loading the TOC, and loads whole TOCs through
+//! the catalogue's cache.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use imagestore_core::Result;
-use imagestore_core::cache::Cache;
+use imagestore_core::backend::cache::Cache;
 use imagestore_core::layer::chain::{LayerToc, MemoryToc};
 use imagestore_core::layer::index::IndexReader;
 use imagestore_core::layer::toc::{Toc, TocEntry};
 
 use crate::error::IoContext;
-use crate::layout::ImageDir;
-
-/// Largest number of TOCs kept in memory per backend instance.
-const ENTRIES: usize = 4096;
-
-/// Decoded TOCs by a key that identifies immutable content (`store/id@sum`, or an import's path).
-#[derive(Debug)]
-pub struct TocCache(Cache<Arc<Toc>>);
-
-impl Default for TocCache {
-    fn default() -> Self {
-        TocCache(Cache::new(ENTRIES))
-    }
-}
-
-impl TocCache {
-    /// The TOC in `dir`, from the cache or the disk.
-    pub fn get(&self, key: &str, dir: &ImageDir, what: &str) -> Result<Arc<Toc>> {
-        self.0.get_or_load(key, || {
-            let path = dir.toc();
-            let f = std::fs::File::open(&path).at(&path)?;
-            Ok(Arc::new(Toc::decode(std::io::BufReader::new(f), what)?))
-        })
-    }
-}
 
 /// One stored layer's TOC for the engine.
 #[derive(Debug)]
 pub struct LocalLayerToc {
-    cache: Arc<TocCache>,
+    cache: Arc<Cache<Arc<Toc>>>,
     key: String,
     what: String,
-    dir: ImageDir,
+    toc: PathBuf,
+    index_file: PathBuf,
     index: OnceLock<Option<IndexReader<std::fs::File>>>,
     memory: OnceLock<MemoryToc>,
 }
 
 impl LocalLayerToc {
-    /// The layer stored in `dir`; `key` identifies its content for the cache.
-    pub fn new(cache: Arc<TocCache>, key: String, what: String, dir: ImageDir) -> Self {
+    /// The layer whose TOC is file `toc` with index `index_file`; `key` identifies its
+    /// content in `cache`, `what` names it in errors.
+    pub fn new(
+        cache: Arc<Cache<Arc<Toc>>>,
+        key: String,
+        what: String,
+        toc: PathBuf,
+        index_file: PathBuf,
+    ) -> Self {
         LocalLayerToc {
             cache,
             key,
             what,
-            dir,
+            toc,
+            index_file,
             index: OnceLock::new(),
             memory: OnceLock::new(),
         }
@@ -63,7 +49,7 @@ impl LocalLayerToc {
     fn index(&self) -> Option<&IndexReader<std::fs::File>> {
         self.index
             .get_or_init(|| {
-                let f = std::fs::File::open(self.dir.toc_index()).ok()?;
+                let f = std::fs::File::open(&self.index_file).ok()?;
                 IndexReader::open(f, &self.what).ok()
             })
             .as_ref()
@@ -72,7 +58,13 @@ impl LocalLayerToc {
 
 impl LayerToc for LocalLayerToc {
     fn toc(&self) -> Result<Arc<Toc>> {
-        self.cache.get(&self.key, &self.dir, &self.what)
+        self.cache.get_or_load(&self.key, || {
+            let f = std::fs::File::open(&self.toc).at(&self.toc)?;
+            Ok(Arc::new(Toc::decode(
+                std::io::BufReader::new(f),
+                &self.what,
+            )?))
+        })
     }
 
     fn lookup(&self, path: &str) -> Result<Vec<(u32, TocEntry)>> {

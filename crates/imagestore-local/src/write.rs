@@ -1,133 +1,66 @@
-//! Writing a layer (stage, verify, commit) and importing into a writable layer: the
-//! backend handle's [`BlockingBackend`] hooks.
+//! Writing a layer and importing into a writable layer: the handle's [`BlockingBackend`]
+//! hooks.
 //!
 //! ```text
-//! id lock ─► staging/<id>.<nonce>/layer ◄─ core ingest pipeline (hash, parse, TOC)
-//!         ─► digest ok? ─► toc + image.json, fsync files and staging dir
-//!         ─► store lock: parent still committed? child link, rename into images/<id>,
-//!            fsync images/, COMMITTED marker, fsync, usage counter
+//! id lock ─► images/<id>/layer ◄─ core ingest pipeline (hash, parse, TOC), fsynced
+//!         ─► digest ok? ─► toc, toc.idx ─► the catalogue's commit (record, child link,
+//!            COMMITTED, usage counter)
 //! ```
 //! The id lock makes concurrent writers of one id (threads or processes) queue: the first
 //! writes, the others find the committed image and return it without reading their body.
-//! The store lock makes a commit and a delete of its parent mutually exclusive.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use imagestore_core::blocking::{BlockingBackend, BlockingCatalog};
+use imagestore_core::backend::blocking::{BlockingBackend, BlockingCatalog};
+use imagestore_core::backend::catalog::{Begin, begin_write};
+use imagestore_core::backend::record::ImageRecord;
+use imagestore_core::backend::storage::{Storage, StorageLock};
 use imagestore_core::layer::index;
-use imagestore_core::layer::ingest::{IngestLimits, ingest};
+use imagestore_core::layer::ingest::{IngestLimits, Ingested, ingest};
 use imagestore_core::layer::sink::FileSink;
+use imagestore_core::layer::toc::Toc;
 use imagestore_core::layer::validate::LowerView;
-use imagestore_core::storer::{check_depth, check_existing_write};
 use imagestore_core::{
-    ByteStream, Capabilities, Digest, Error, Image, ImageId, ImportSummary, Metadata, ObjectKind,
-    Result, StoreName,
+    ByteStream, Capabilities, Digest, Image, ImageId, ImportSummary, Metadata, Result, StoreName,
 };
 
-use crate::error::{BACKEND, IoContext};
-use crate::fsx;
-use crate::layout::{ImageDir, StoreDir};
-use crate::lock::{self, LockGuard};
-use crate::record::ImageRecord;
-use crate::store::{Inner, LocalStore, MAX_CHAIN_DEPTH};
+use crate::error::BACKEND;
+use crate::layout::{self, LayerFiles};
+use crate::store::{LocalStore, MAX_CHAIN_DEPTH};
 
-/// Removes a staging directory when dropped, unless disarmed.
-pub(crate) struct StagingDir {
-    pub(crate) dir: PathBuf,
-    armed: bool,
-}
-
-impl StagingDir {
-    pub(crate) fn create(sd: &StoreDir, id: &ImageId) -> Result<StagingDir> {
-        let dir = sd.staging().join(format!("{id}.{}", fsx::nonce()));
-        fsx::mkdir(&dir, false)?;
-        Ok(StagingDir { dir, armed: true })
-    }
-
-    pub(crate) fn layout(&self) -> ImageDir {
-        ImageDir {
-            dir: self.dir.clone(),
-        }
-    }
-
-    pub(crate) fn disarm(&mut self) {
-        self.armed = false;
+impl LocalStore {
+    /// Streams `body` into the layer file of `files` (a folder that exists and holds no
+    /// layer yet), checking it against `sum` and `lower`; the layer is fsynced.
+    async fn ingest_into(
+        &self,
+        files: &LayerFiles,
+        body: ByteStream,
+        sum: Option<&Digest>,
+        lower: Arc<dyn LowerView>,
+        limits: IngestLimits,
+    ) -> Result<Ingested> {
+        let path = self.cat.rep().local(&files.layer());
+        let mut sink = FileSink::create(BACKEND, path)?;
+        let ingested = ingest(body, sum, &mut sink, lower, limits).await?;
+        sink.finish().await?;
+        Ok(ingested)
     }
 }
 
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fsx::remove_all(&self.dir);
-        }
-    }
+/// Writes a layer's TOC index, then its TOC.
+fn write_tocs(storage: &dyn Storage, files: &LayerFiles, toc: &Toc) -> Result<()> {
+    storage.write(&files.toc_index(), &index::build(toc)?)?;
+    storage.write(&files.toc(), &toc.to_bytes()?)
 }
 
-/// What to do about an id that may already exist.
-fn existing_or_conflict(
-    inner: &Inner,
-    s: &StoreName,
-    sd: &StoreDir,
-    id: &ImageId,
-    parent: &ImageId,
-    sum: Option<&Digest>,
-) -> Result<Option<Image>> {
-    if inner.writable_exists(sd, id)? {
-        return Err(Error::Conflict {
-            kind: ObjectKind::Image,
-            name: format!("{s}/{id}"),
-            reason: "a writable layer has this id".to_owned(),
-        });
-    }
-    let Some(r) = inner.find_record(sd, id)? else {
-        return Ok(None);
-    };
-    check_existing_write(
-        format!("{s}/{id}"),
-        r.parent.as_ref(),
-        r.sum.as_ref(),
-        parent,
-        sum,
-    )?;
-    Ok(Some(inner.image_of(s, &r)?))
-}
-
-/// Outcome of the checks made before a write.
-enum Precheck {
-    /// The image exists already: return it.
-    Found(Image),
-    /// Go ahead: the store's directory and the parent's record.
-    Write(StoreDir, ImageRecord),
-}
-
-fn precheck(
-    inner: &Inner,
-    s: &StoreName,
-    p: &ImageId,
-    id: &ImageId,
-    sum: Option<&Digest>,
-) -> Result<Precheck> {
-    let sd = inner.open_store(s)?;
-    let parent = inner.find_record(&sd, p)?.ok_or_else(|| {
-        Error::not_found(ObjectKind::Image, format!("{s}/{p} (the parent of {id})"))
-    })?;
-    if let Some(img) = existing_or_conflict(inner, s, &sd, id, p, sum)? {
-        return Ok(Precheck::Found(img));
-    }
-    check_depth(parent.depth, MAX_CHAIN_DEPTH)?;
-    Ok(Precheck::Write(sd, parent))
-}
-
-/// The local handle; core derives the storage traits from it and `Inner`'s catalogue.
 #[async_trait]
 impl BlockingBackend for LocalStore {
-    type IdLock = LockGuard;
+    type IdLock = StorageLock;
 
     fn catalog(&self) -> Arc<dyn BlockingCatalog> {
-        self.inner.clone()
+        self.cat.clone()
     }
 
     fn scheme(&self) -> &'static str {
@@ -138,10 +71,9 @@ impl BlockingBackend for LocalStore {
         Capabilities::new(true, MAX_CHAIN_DEPTH, true)
     }
 
-    async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<LockGuard> {
-        let s = store.clone();
-        let sd = self.run(move |i| i.open_store(&s)).await?;
-        lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await
+    async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<StorageLock> {
+        let (s, id) = (store.clone(), id.clone());
+        self.run(move |c| c.id_lock(&c.open_store(&s)?, &id)).await
     }
 
     async fn write_layer(
@@ -153,67 +85,38 @@ impl BlockingBackend for LocalStore {
         sum: Option<Digest>,
         body: ByteStream,
     ) -> Result<Image> {
-        // Cheap checks first: a hit returns at once without touching the body.
-        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
-        let sd = match self
-            .run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref()))
-            .await?
-        {
-            Precheck::Found(img) => return Ok(img),
-            Precheck::Write(sd, _) => sd,
+        let slot = match begin_write(&self.cat, store, parent, id, sum.as_ref()).await? {
+            Begin::Found(img) => return Ok(img),
+            Begin::Write(slot) => slot,
         };
-        let _id_lock = lock::lock_async(sd.lock_file(), lock::range_for(id.as_str())).await?;
-        // Someone may have committed while we waited for the lock.
-        let (s, p, i, sm) = (store.clone(), parent.clone(), id.clone(), sum.clone());
-        let parent_rec = match self
-            .run(move |inner| precheck(inner, &s, &p, &i, sm.as_ref()))
-            .await?
-        {
-            Precheck::Found(img) => return Ok(img),
-            Precheck::Write(_, r) => r,
-        };
-
         let (s, p) = (store.clone(), parent.clone());
-        let stack = self.run(move |inner| inner.stack_sync(&s, &p)).await?;
-        let lower: Arc<dyn LowerView> = Arc::new(stack.chain());
-        let mut staging = StagingDir::create(&sd, id)?;
-        let staged = staging.layout();
-        let mut sink = FileSink::create(BACKEND, staged.layer())?;
-        let ingested = ingest(
-            body,
-            sum.as_ref(),
-            &mut sink,
-            lower,
-            IngestLimits::default(),
-        )
-        .await?;
-        sink.finish().await?;
-
-        let record = ImageRecord::new(
-            id.clone(),
-            Some(parent.clone()),
-            Some(ingested.digest.clone()),
-            ingested.size,
-            parent_rec.depth + 1,
-            &meta,
+        let lower: Arc<dyn LowerView> = Arc::new(
+            self.run(move |c| crate::content::stack(c, &s, &p))
+                .await?
+                .chain(),
         );
-        let toc = ingested.toc.to_bytes()?;
-        let toc_index = index::build(&ingested.toc)?;
-        let (s, p, i) = (store.clone(), parent.clone(), id.clone());
-        let staged_dir = staging.dir.clone();
-        let image = self
-            .run(move |inner| {
-                fsx::write_new_synced(&staged.toc(), &toc)?;
-                fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
-                fsx::write_new_synced(&staged.record(), &imagestore_core::record::encode(&record))?;
-                fsx::mkdir(&staged.children(), false)?;
-                fsx::mkdir(&staged.owners(), false)?;
-                fsx::sync_dir(&staged_dir)?;
-                commit(inner, &s, &sd, &p, &i, &staged_dir, &record)
-            })
-            .await?;
-        staging.disarm();
-        Ok(image)
+        let staged = slot.stage(&self.cat, id).await?;
+        let files = layout::image_files(&staged.paths);
+        let depth = staged.parent.depth + 1;
+        let filled = async {
+            let ingested = self
+                .ingest_into(&files, body, sum.as_ref(), lower, IngestLimits::default())
+                .await?;
+            let (digest, size, toc) = (ingested.digest, ingested.size, ingested.toc);
+            self.run(move |c| write_tocs(c.storage(), &files, &toc))
+                .await?;
+            let record = ImageRecord::new(
+                id.clone(),
+                Some(parent.clone()),
+                Some(digest),
+                size,
+                depth,
+                &meta,
+            );
+            Ok((record, meta))
+        }
+        .await;
+        staged.finish(store, filled).await
     }
 
     async fn import_layer(
@@ -224,75 +127,29 @@ impl BlockingBackend for LocalStore {
         tar: ByteStream,
         limits: IngestLimits,
     ) -> Result<ImportSummary> {
-        let s = store.clone();
-        let sd = self.run(move |i| i.open_store(&s)).await?;
-        let mut staging = StagingDir::create(&sd, id)?;
-        let staged = staging.layout();
-        let mut sink = FileSink::create(BACKEND, staged.layer())?;
-        let ingested = ingest(tar, None, &mut sink, lower, limits).await?;
-        sink.finish().await?;
-        let toc = ingested.toc.to_bytes()?;
-        let toc_index = index::build(&ingested.toc)?;
+        // The caller holds the id lock, so no one else changes this layer's imports.
+        let (s, i) = (store.clone(), id.clone());
+        let files = self
+            .run(move |c| {
+                let w = c.open_store(&s)?.writable(&i);
+                let files = layout::import_files(&w, c.imports(&w)?);
+                c.storage().mkdir(&layout::imports(&w))?;
+                c.storage().remove_all(&files.dir)?;
+                c.storage().mkdir(&files.dir)?;
+                Ok(files)
+            })
+            .await?;
+        let ingested = match self.ingest_into(&files, tar, None, lower, limits).await {
+            Ok(i) => i,
+            Err(e) => {
+                let dir = files.dir.clone();
+                let _ = self.run(move |c| c.storage().remove_all(&dir)).await;
+                return Err(e);
+            }
+        };
         let summary = ImportSummary::of_toc(&ingested.toc, ingested.size);
-        let (s, id2, staged_dir) = (store.clone(), id.clone(), staging.dir.clone());
-        self.run(move |inner| {
-            fsx::write_new_synced(&staged.toc(), &toc)?;
-            fsx::write_new_synced(&staged.toc_index(), &toc_index)?;
-            fsx::sync_dir(&staged_dir)?;
-            let _guard = inner.store_lock(&sd)?;
-            inner.writable_record(&s, &sd, &id2)?;
-            let wd = sd.writable(&id2);
-            let n = fsx::list_names(&wd.imports())?
-                .iter()
-                .filter(|n| !n.starts_with('.'))
-                .count() as u32;
-            let target = wd.import(n);
-            std::fs::rename(&staged_dir, &target.dir).at(&target.dir)?;
-            fsx::sync_dir(&wd.imports())
-        })
-        .await?;
-        staging.disarm();
+        self.run(move |c| write_tocs(c.storage(), &files, &ingested.toc))
+            .await?;
         Ok(summary)
     }
-}
-
-/// Makes a staged image visible. Takes the store lock.
-fn commit(
-    inner: &Inner,
-    s: &StoreName,
-    sd: &StoreDir,
-    parent: &ImageId,
-    id: &ImageId,
-    staged: &std::path::Path,
-    record: &ImageRecord,
-) -> Result<Image> {
-    let _guard = inner.store_lock(sd)?;
-    if inner.find_record(sd, parent)?.is_none() {
-        // The parent was deleted while we wrote: never leave a dangling child.
-        return Err(Error::not_found(
-            ObjectKind::Image,
-            format!("{s}/{parent} (the parent of {id}, deleted during the write)"),
-        ));
-    }
-    let pd = sd.image(parent);
-    let d = sd.image(id);
-    inner.usage_begin(sd)?;
-    fsx::mkdir(&pd.children(), true)?;
-    if !fsx::exists(&pd.child(id))? {
-        fsx::write_new_synced(&pd.child(id), b"")?;
-    }
-    fsx::sync_dir(&pd.children())?;
-    if fsx::exists(&d.dir)? {
-        // An uncommitted leftover (its writer crashed): it is ours to replace.
-        let doomed = sd.trash().join(format!("{id}.{}", fsx::nonce()));
-        std::fs::rename(&d.dir, &doomed).at(&d.dir)?;
-        fsx::remove_all(&doomed)?;
-    }
-    std::fs::rename(staged, &d.dir).at(&d.dir)?;
-    fsx::sync_dir(&sd.images())?;
-    fsx::write_new_synced(&d.committed(), b"")?;
-    fsx::sync_dir(&d.dir)?;
-    inner.usage_add(sd, i128::from(record.size))?;
-    inner.usage_end(sd)?;
-    inner.image_of(s, record)
 }

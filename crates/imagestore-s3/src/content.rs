@@ -442,13 +442,6 @@ impl Exporter for S3Store {
         stack.export_since(ancestor, id, filter, data)
     }
 
-    async fn export_vmdk(&self, _store: &StoreName, _id: &ImageId) -> Result<ByteStream> {
-        Err(Error::Unsupported {
-            operation: "VMDK export (images are kept as layer tars, not disks)",
-            backend: crate::error::BACKEND,
-        })
-    }
-
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
         let st = self.open_store(store).await?;
         let r = self.record(&st, id).await?;

@@ -45,7 +45,7 @@ pub struct LayerRef {
 pub struct ImageRecord {
     /// What every backend records of an image.
     #[serde(flatten)]
-    pub image: imagestore_core::record::ImageRecord,
+    pub image: imagestore_core::backend::record::ImageRecord,
     /// The write attempt that stored the layer (names `layers/<id>/<nonce>/`).
     pub nonce: String,
     /// The ancestors, scratch first, parent last (empty for scratch): a stack is read without
@@ -55,7 +55,7 @@ pub struct ImageRecord {
 }
 
 impl std::ops::Deref for ImageRecord {
-    type Target = imagestore_core::record::ImageRecord;
+    type Target = imagestore_core::backend::record::ImageRecord;
 
     fn deref(&self) -> &Self::Target {
         &self.image
@@ -76,7 +76,9 @@ impl ImageRecord {
         meta: &Metadata,
     ) -> Self {
         ImageRecord {
-            image: imagestore_core::record::ImageRecord::new(id, parent, sum, size, depth, meta),
+            image: imagestore_core::backend::record::ImageRecord::new(
+                id, parent, sum, size, depth, meta,
+            ),
             nonce,
             chain,
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use imagestore_core::cache::Cache;
+use imagestore_core::backend::cache::Cache;
 use imagestore_core::image::{store_url, validate_metadata};
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::storer::check_write_id;
@@ -577,6 +577,10 @@ impl S3Store {
 
 #[async_trait]
 impl ImageStorer for S3Store {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn scheme(&self) -> &'static str {
         BACKEND
     }

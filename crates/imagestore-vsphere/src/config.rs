@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use imagestore_core::backend::storage::decode_name;
 use imagestore_core::layer::ingest::IngestLimits;
 use imagestore_core::{Error, Result, Url};
 
@@ -119,7 +120,7 @@ impl Config {
             }
         }
         let root = PathBuf::from(
-            percent_decode(url.path())
+            decode_name(url.path())
                 .ok_or_else(|| Error::invalid(format!("vmdk URL {shown}: bad path encoding")))?,
         );
         if !root.is_absolute() || root.parent().is_none() {
@@ -133,23 +134,6 @@ impl Config {
             options,
         })
     }
-}
-
-/// Decodes `%XX` escapes of a URL path.
-pub fn percent_decode(p: &str) -> Option<String> {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(p.get(i + 1..i + 3)?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

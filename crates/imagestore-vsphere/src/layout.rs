@@ -21,10 +21,10 @@
 //! holds its id. Deleting removes `manifest` first, then the disk, then the folder, so a
 //! delete that stops half way leaves an uncommitted folder, which the next sweep removes.
 
-use imagestore_core::names::SCRATCH_ID;
-use imagestore_core::{ImageId, OwnerName, Result, StoreName};
+use imagestore_core::backend::catalog::{ImagePaths, Layout, WritablePaths};
+use imagestore_core::backend::storage::{decode_name, encode_name};
 
-use crate::datastore::{Datastore, DsPath};
+use crate::datastore::DsPath;
 
 /// The commit marker's file name.
 pub const MANIFEST: &str = "manifest";
@@ -36,158 +36,51 @@ pub fn vic() -> DsPath {
     DsPath::root().child("VIC")
 }
 
-/// The lock file of store creation and deletion.
-pub fn root_lock() -> DsPath {
-    vic().child(".lock")
-}
-
-/// Paths of one store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorePaths {
-    /// `VIC/<store>`.
-    pub dir: DsPath,
-}
-
-impl StorePaths {
-    /// The paths of store `s` (a validated name, so a valid path segment).
-    pub fn new(s: &StoreName) -> StorePaths {
-        StorePaths {
-            dir: vic().child(s.as_str()),
-        }
-    }
-    /// The store's lock file.
-    pub fn lock(&self) -> DsPath {
-        self.dir.child(".lock")
-    }
-    /// The usage counter.
-    pub fn usage(&self) -> DsPath {
-        self.dir.child("usage")
-    }
-    /// Present while the usage counter is being changed.
-    pub fn usage_pending(&self) -> DsPath {
-        self.dir.child("usage.pending")
-    }
-    /// The images folder.
-    pub fn images(&self) -> DsPath {
-        self.dir.child("images")
-    }
-    /// The writable layers folder.
-    pub fn writables(&self) -> DsPath {
-        self.dir.child("writable")
-    }
-    /// One image.
-    pub fn image(&self, id: &ImageId) -> ImagePaths {
-        let dir = self.images().child(id.as_str());
-        ImagePaths {
-            disk: dir.child(&format!("{id}.vmdk")),
-            dir,
-            id: id.clone(),
-        }
-    }
-    /// The scratch image.
-    pub fn scratch(&self) -> ImagePaths {
-        self.image(&ImageId::scratch())
-    }
-    /// One writable layer.
-    pub fn writable(&self, id: &ImageId) -> WritablePaths {
-        WritablePaths {
-            dir: self.writables().child(id.as_str()),
-        }
+/// The catalogue's names in VIC's layout.
+pub fn layout() -> Layout {
+    Layout {
+        stores: vic(),
+        root_lock: vic().child(".lock"),
+        store_lock: ".lock",
+        marker: MANIFEST,
     }
 }
 
-/// Paths of one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImagePaths {
-    /// `VIC/<store>/images/<id>`.
-    pub dir: DsPath,
-    /// `<id>.vmdk`.
-    pub disk: DsPath,
-    id: ImageId,
+/// `<id>.vmdk`: the image's disk (scratch: the base disk; layers: deltas).
+pub fn disk(p: &ImagePaths) -> DsPath {
+    p.dir.child(&format!("{}.vmdk", p.id))
 }
 
-impl ImagePaths {
-    /// `imageMetadata`.
-    pub fn metadata(&self) -> DsPath {
-        self.dir.child(METADATA)
-    }
-    /// `<id>.toc`.
-    pub fn toc(&self) -> DsPath {
-        self.dir.child(&format!("{}.toc", self.id))
-    }
-    /// `image.json`.
-    pub fn record(&self) -> DsPath {
-        self.dir.child("image.json")
-    }
-    /// `children`.
-    pub fn children(&self) -> DsPath {
-        self.dir.child("children")
-    }
-    /// The marker of child `c`.
-    pub fn child(&self, c: &ImageId) -> DsPath {
-        self.children().child(c.as_str())
-    }
-    /// `owners`.
-    pub fn owners(&self) -> DsPath {
-        self.dir.child("owners")
-    }
-    /// The marker of owner `o`.
-    pub fn owner(&self, o: &OwnerName) -> DsPath {
-        self.owners().child(o.as_str())
-    }
-    /// `manifest`.
-    pub fn manifest(&self) -> DsPath {
-        self.dir.child(MANIFEST)
-    }
+/// `<id>.toc`: the layer's table of contents.
+pub fn toc(p: &ImagePaths) -> DsPath {
+    p.dir.child(&format!("{}.toc", p.id))
 }
 
-/// Paths of one writable layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WritablePaths {
-    /// `VIC/<store>/writable/<id>`.
-    pub dir: DsPath,
+/// `imageMetadata`: one file per metadata key.
+pub fn metadata(p: &ImagePaths) -> DsPath {
+    p.dir.child(METADATA)
 }
 
-impl WritablePaths {
-    /// `writable.json`: written last when the layer is created, first removed when deleted.
-    pub fn record(&self) -> DsPath {
-        self.dir.child("writable.json")
-    }
-    /// The TOC of import `n`; present once the import is complete.
-    pub fn toc(&self, n: u32) -> DsPath {
-        self.dir.child(&format!("{n}.toc"))
-    }
-    /// The disk holding the layer after import `n`.
-    pub fn disk(&self, n: u32) -> DsPath {
-        self.dir.child(&format!("{n}.vmdk"))
-    }
+/// The TOC of import `n` of a writable layer; present once the import is complete.
+pub fn import_toc(w: &WritablePaths, n: u32) -> DsPath {
+    w.dir.child(&format!("{n}.toc"))
+}
+
+/// The disk holding a writable layer after import `n`.
+pub fn import_disk(w: &WritablePaths, n: u32) -> DsPath {
+    w.dir.child(&format!("{n}.vmdk"))
 }
 
 /// The `parentFileNameHint` of a disk in image folder or writable folder `child_dir` whose
 /// parent is the disk of image `parent` (relative to the child's folder, as VIC's are).
 pub fn parent_hint(child_dir: &DsPath, parent: &ImagePaths) -> String {
+    let parent_disk = disk(parent);
     let from: Vec<&str> = child_dir.as_str().split('/').collect();
-    let to: Vec<&str> = parent.disk.as_str().split('/').collect();
+    let to: Vec<&str> = parent_disk.as_str().split('/').collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
     let mut parts = vec![".."; from.len() - common];
     parts.extend(&to[common..]);
     parts.join("/")
-}
-
-/// Percent-encodes a metadata key into a file name: keys made of letters, digits, `_`, `-`
-/// and non-leading `.` are kept verbatim (as VIC stores them); anything else is `%XX`. The
-/// result can be longer than a file name may be; [`metadata_file`] handles that.
-pub fn metadata_file_name(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for (i, b) in key.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
-        if plain {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The prefix of the file names of keys too long to be their own file names.
@@ -199,7 +92,7 @@ const LONG_KEY: &str = "%%";
 /// is valid, and encoding can triple it) is stored as `%%<sha256 of the key>` holding the
 /// encoded key, a line break, then the value; [`metadata_entry`] reads both forms.
 pub fn metadata_file(key: &str, value: &[u8]) -> (String, Vec<u8>) {
-    let name = metadata_file_name(key);
+    let name = encode_name(key);
     if name.len() <= crate::datastore::MAX_FILE_NAME {
         return (name, value.to_vec());
     }
@@ -227,48 +120,27 @@ pub fn metadata_entry(file: &str, bytes: Vec<u8>) -> Option<(String, Vec<u8>)> {
     Some((metadata_key(file)?, bytes))
 }
 
-/// The metadata key a file name of [`metadata_file_name`] stands for; `None` for names it
+/// The metadata key a file name of [`encode_name`] stands for; `None` for names it
 /// cannot have made.
 pub fn metadata_key(file: &str) -> Option<String> {
-    crate::config::percent_decode(file).filter(|k| !k.is_empty())
-}
-
-/// True if `name` (an entry of a store's `images` folder) is an image id other than scratch.
-pub fn is_layer_folder(name: &str) -> bool {
-    name != SCRATCH_ID && ImageId::new(name).is_ok()
-}
-
-/// True if image `p` is committed: its `manifest` exists.
-pub fn is_committed(ds: &dyn Datastore, p: &ImagePaths) -> Result<bool> {
-    Ok(ds.stat(&p.manifest())?.is_some())
+    decode_name(file).filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
+    use imagestore_core::{ImageId, Result, StoreName};
+
     use super::*;
 
     #[test]
     fn hints_climb_out_of_the_child_folder() -> Result<()> {
-        let s = StorePaths::new(&StoreName::new("s1")?);
+        let s = layout().store(&StoreName::new("s1")?);
         let parent = s.image(&ImageId::new("p")?);
         let child = s.image(&ImageId::new("c")?);
         assert_eq!(parent_hint(&child.dir, &parent), "../p/p.vmdk");
         let w = s.writable(&ImageId::new("w")?);
         assert_eq!(parent_hint(&w.dir, &parent), "../../images/p/p.vmdk");
         Ok(())
-    }
-
-    #[test]
-    fn metadata_keys_round_trip_through_file_names() {
-        for k in [
-            "metaData", "a/b", ".hidden", "..", "x y", "ü", "a.b-c_d", "%",
-        ] {
-            let f = metadata_file_name(k);
-            assert!(!f.contains('/') && f != "." && f != ".." && !f.starts_with('.'));
-            assert_eq!(metadata_key(&f).as_deref(), Some(k), "{k}");
-        }
-        assert_eq!(metadata_file_name("metaData"), "metaData");
-        assert_eq!(metadata_key("%zz"), None);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! # let _ = store; Ok(()) }
 //! ```
 //!
-//! * [`store`] (with the private `write`, `content` and `sweep`) — the `ImageStorer` on any
-//!   datastore;
+//! * [`store`] (with the private `write` and `content`) — the `ImageStorer` on any datastore:
+//!   the shared catalogue with layers kept as delta disks, and the VMDK export
+//!   ([`VmdkExport`]);
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore, and the local one;
 //! * [`layout`] — VIC's folders and commit protocol on a datastore;
 //! * [`layer`], [`ext4`], [`verify`], [`extents`], [`disk`] — building the scratch disk and
@@ -40,7 +41,6 @@ pub mod layer;
 pub mod layout;
 pub mod local_ds;
 pub mod store;
-mod sweep;
 pub mod verify;
 pub mod vmdk;
 pub mod vsphere;
@@ -52,7 +52,8 @@ use imagestore_core::registry::{Backend, OpenFuture};
 use imagestore_core::{ImageStorer, Result, Url};
 
 pub use config::{Config, Options};
-pub use store::{DiskStore, MAX_CHAIN_DEPTH};
+pub use content::VmdkExport;
+pub use store::{DiskLayers, DiskStore, MAX_CHAIN_DEPTH};
 
 /// The scheme of the local-datastore backend.
 pub const SCHEME: &str = "vmdk";

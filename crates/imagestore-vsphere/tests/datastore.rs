@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{Result, ensure};
 use common::chain::TarB;
 use common::*;
+use imagestore::vsphere::VmdkExport;
 use imagestore::{
     Digest, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, StoreName, byte_stream,
 };
@@ -103,8 +104,13 @@ async fn images_on_a_local_datastore() -> Result<()> {
     ensure!(b.locator.as_str().ends_with("/VIC/s1/images/l2/l2.vmdk"));
 
     // The image flattened into one stream-optimized disk holds the same bytes as the chain.
+    // It is the disk backends' own operation, reached through their type.
+    let disks = store
+        .as_any()
+        .downcast_ref::<imagestore::vsphere::DiskStore>()
+        .ok_or_else(|| anyhow::anyhow!("vmdk:// is a DiskStore"))?;
     let mut flat = Vec::new();
-    store
+    disks
         .export_vmdk(&s, &b.id)
         .await?
         .read_to_end(&mut flat)

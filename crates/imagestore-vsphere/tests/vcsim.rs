@@ -20,7 +20,7 @@ use imagestore::{
     Url, byte_stream,
 };
 use imagestore_conformance::{faults, require_server};
-use imagestore_vsphere::datastore::{Datastore, DsPath};
+use imagestore_vsphere::datastore::{DsPath, Storage};
 use imagestore_vsphere::vsphere::VsphereStore;
 use imagestore_vsphere::vsphere::config::{PASSWORD_ENV, USER_ENV, VsphereConfig};
 use tokio::io::AsyncReadExt;

@@ -21,6 +21,7 @@
 )]
 
 pub mod cases;
+pub mod catalog_files;
 pub mod corpus;
 pub mod crash;
 pub mod differential;
@@ -174,6 +175,8 @@ macro_rules! conformance_tests {
             delete_parent_racing_child_write,
             reopen_sees_every_image,
             leftover_is_swept,
+            dropped_write_leaves_nothing,
+            dropped_import_leaves_nothing,
             // Contents: export and diff
             export_merges_layers,
             whiteouts_delete_lower_entries,

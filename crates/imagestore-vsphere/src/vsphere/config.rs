@@ -7,7 +7,8 @@ use imagestore_core::{Error, Result, Url};
 
 use super::retry::DEFAULT_MAX_RETRIES;
 use super::soap::Credentials;
-use crate::config::{Options, percent_decode, work_option};
+use crate::config::{Options, work_option};
+use imagestore_core::backend::storage::decode_name as percent_decode;
 
 /// The environment variable holding the user name.
 pub const USER_ENV: &str = "IMAGESTORE_VSPHERE_USER";
@@ -18,7 +19,7 @@ pub const PASSWORD_ENV: &str = "IMAGESTORE_VSPHERE_PASSWORD";
 /// the user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`; the temporary directory
 /// only when neither is known), `<id>` naming the server and datastore folder.
 pub fn default_work(base_url: &Url) -> PathBuf {
-    let id = imagestore_core::lock::range_for(base_url.as_str());
+    let id = imagestore_core::backend::lock::range_for(base_url.as_str());
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use imagestore_core::{Error, ObjectKind, Result, Url};
 use tokio::io::AsyncWriteExt;
 
-use crate::datastore::{Datastore, DsLock, DsPath, Stat};
+use crate::datastore::{Datastore, DsLock, DsPath, Stat, Storage};
 use crate::vmdk::ReadAt;
 use cache::DiskCache;
 use config::VsphereConfig;
@@ -488,7 +488,7 @@ fn read_service(soap: &Soap) -> Result<Service> {
     })
 }
 
-impl Datastore for VsphereDatastore {
+impl Storage for VsphereDatastore {
     fn scheme(&self) -> &'static str {
         BACKEND
     }
@@ -518,7 +518,7 @@ impl Datastore for VsphereDatastore {
         }
         let rest: Vec<String> = segs[base.len()..]
             .iter()
-            .map(|s| crate::config::percent_decode(s))
+            .map(|s| imagestore_core::backend::storage::decode_name(s))
             .collect::<Option<_>>()?;
         DsPath::parse(&rest.join("/")).ok()
     }
@@ -586,23 +586,6 @@ impl Datastore for VsphereDatastore {
         self.put_then_move(path, &make, bytes.len() as u64, false)
     }
 
-    fn put_file(&self, local: &Path, path: &DsPath) -> Result<u64> {
-        let size = std::fs::metadata(local)
-            .map_err(|e| Error::io(BACKEND, local, e))?
-            .len();
-        let make = || {
-            let file =
-                block(tokio::fs::File::open(local))?.map_err(|e| Error::io(BACKEND, local, e))?;
-            Ok(reqwest::Body::wrap_stream(
-                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
-            ))
-        };
-        self.put_then_move(path, &make, size, true)?;
-        // The disk just uploaded is what the next layer's build reads first.
-        self.cache.adopt(local, &self.ds_path(path))?;
-        Ok(size)
-    }
-
     fn list(&self, path: &DsPath) -> Result<Vec<String>> {
         let name = self.ds_path(path);
         let body = format!(
@@ -627,17 +610,6 @@ impl Datastore for VsphereDatastore {
         Ok(names)
     }
 
-    fn open(&self, path: &DsPath) -> Result<Arc<dyn ReadAt>> {
-        let name = self.ds_path(path);
-        let (head, size) = self
-            .head_bytes(path, cache::HEAD_BYTES)?
-            .ok_or_else(|| Error::not_found(ObjectKind::Path, &name))?;
-        let file = self
-            .cache
-            .get_or_fetch(&name, &head, size, |to| self.download(path, to))?;
-        Ok(Arc::new(file))
-    }
-
     fn remove_file(&self, path: &DsPath) -> Result<bool> {
         self.delete(path)
     }
@@ -648,6 +620,37 @@ impl Datastore for VsphereDatastore {
 
     fn lock(&self, path: &DsPath, range: u64, wait: bool) -> Result<Option<DsLock>> {
         Ok(locks::lock(format!("{}#{range}", self.url(path)), wait))
+    }
+}
+
+/// Disks are uploaded whole and read through the local disk cache.
+impl Datastore for VsphereDatastore {
+    fn put_file(&self, local: &Path, path: &DsPath) -> Result<u64> {
+        let size = std::fs::metadata(local)
+            .map_err(|e| Error::io(BACKEND, local, e))?
+            .len();
+        let make = || {
+            let file =
+                block(tokio::fs::File::open(local))?.map_err(|e| Error::io(BACKEND, local, e))?;
+            Ok(reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+            ))
+        };
+        self.put_then_move(path, &make, size, true)?;
+        // The disk just uploaded is what the next layer's build reads first.
+        self.cache.adopt(local, &self.ds_path(path))?;
+        Ok(size)
+    }
+
+    fn open(&self, path: &DsPath) -> Result<Arc<dyn ReadAt>> {
+        let name = self.ds_path(path);
+        let (head, size) = self
+            .head_bytes(path, cache::HEAD_BYTES)?
+            .ok_or_else(|| Error::not_found(ObjectKind::Path, &name))?;
+        let file = self
+            .cache
+            .get_or_fetch(&name, &head, size, |to| self.download(path, to))?;
+        Ok(Arc::new(file))
     }
 
     fn work_dir(&self) -> PathBuf {

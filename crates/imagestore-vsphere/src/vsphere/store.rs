@@ -8,7 +8,7 @@ use imagestore_core::{ImageId, ImageStorer, Result, StoreName};
 
 use super::config::VsphereConfig;
 use super::{DiskInfo, JoinedDisk, VsphereDatastore};
-use crate::store::DiskStore;
+use crate::store::{DiskStore, image_disk};
 
 /// A `vsphere://` image store.
 #[derive(Debug, Clone)]
@@ -65,16 +65,16 @@ impl VsphereStore {
             self.ds.clone(),
         );
         self.store
-            .run(move |inner| {
-                let sp = inner.open_store(&s)?;
-                let _guard = inner.store_lock(&sp)?;
-                inner.record(&s, &sp, &id)?;
+            .run(move |cat| {
+                let sp = cat.open_store(&s)?;
+                let _guard = cat.store_lock(&sp)?;
+                cat.record(&s, &sp, &id)?;
                 let child = sp
                     .dir
                     .child("containers")
                     .child(disk.as_str())
                     .child(&format!("{disk}.vmdk"));
-                ds.join_disk(&vm, &sp.image(&id).disk, &child)
+                ds.join_disk(&vm, &image_disk(&sp, &id), &child)
             })
             .await
     }
@@ -84,10 +84,10 @@ impl VsphereStore {
     pub async fn disk_chain(&self, store: &StoreName, id: &ImageId) -> Result<Vec<DiskInfo>> {
         let (s, id, ds) = (store.clone(), id.clone(), self.ds.clone());
         self.store
-            .run(move |inner| {
-                let sp = inner.open_store(&s)?;
-                inner.record(&s, &sp, &id)?;
-                ds.disk_chain(&sp.image(&id).disk)
+            .run(move |cat| {
+                let sp = cat.open_store(&s)?;
+                cat.record(&s, &sp, &id)?;
+                ds.disk_chain(&image_disk(&sp, &id))
             })
             .await
     }

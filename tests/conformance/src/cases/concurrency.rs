@@ -8,7 +8,7 @@ use anyhow::{Result, bail, ensure};
 use imagestore::{Digest, Error, ImageId, ImageStorerExt, Metadata, byte_stream};
 
 use super::{fresh, put};
-use crate::tars::{Counted, Layer, stream, sum};
+use crate::tars::{Counted, Layer, parse, read_all, stream, sum};
 use crate::{Ctx, expect_err};
 
 /// VIC's TestParallel: ten layers written at once on one parent all succeed.
@@ -210,6 +210,89 @@ pub async fn leftover_is_swept(ctx: &Ctx) -> Result<()> {
         .await?;
     ensure!(
         other.image_storage_usage(&s).await? == kept.size + other.get_image(&s, &ghost).await?.size
+    );
+    Ok(())
+}
+
+/// A body that yields `prefix` and then stalls, as a client that stops sending mid-layer;
+/// the returned writer keeps the stall going while it lives.
+async fn stalled_body(prefix: &[u8]) -> Result<(tokio::io::DuplexStream, imagestore::ByteStream)> {
+    // The pipe holds the whole prefix, so writing it needs no reader.
+    let (mut tx, rx) = tokio::io::duplex(prefix.len() + 1);
+    tokio::io::AsyncWriteExt::write_all(&mut tx, prefix).await?;
+    Ok((tx, Box::pin(rx)))
+}
+
+/// A write whose future is dropped mid-stream (its caller gave up) leaves nothing visible:
+/// the image is absent, the usage unchanged, and the id can be written again at once.
+pub async fn dropped_write_leaves_nothing(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let layer = Layer::new()
+        .file("a", &vec![1u8; 1 << 20])
+        .file("b", &vec![2u8; 1 << 20])
+        .build();
+    let id = ImageId::new("dropped")?;
+    let (_sender, body) = stalled_body(&layer[..layer.len() / 2]).await?;
+    let digest = sum(&layer);
+    let write = ctx
+        .store
+        .write_image(&scratch, &id, Metadata::new(), &digest, body);
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(500), write)
+            .await
+            .is_err(),
+        "a write whose body stalls cannot finish"
+    );
+    expect_err!(ctx.store.get_image(&s, &id).await, Error::NotFound { .. });
+    ensure!(ctx.store.list_images(&s, &[]).await?.is_empty());
+    ensure!(ctx.store.image_storage_usage(&s).await? == 0);
+    let again = tokio::time::timeout(
+        Duration::from_secs(60),
+        put(ctx, &scratch, "dropped", &layer),
+    )
+    .await??;
+    ensure!(ctx.store.list_images(&s, &[]).await? == vec![again.clone()]);
+    ensure!(ctx.store.image_storage_usage(&s).await? == again.size);
+    Ok(())
+}
+
+/// An import whose future is dropped mid-stream leaves the writable layer as it was, and the
+/// next import into it works.
+pub async fn dropped_import_leaves_nothing(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let base = put(
+        ctx,
+        &scratch,
+        "base",
+        &Layer::new().file("keep", b"k").build(),
+    )
+    .await?;
+    let w = ImageId::new("w-dropped")?;
+    ctx.store.create_writable(&base, &w).await?;
+    let layer = Layer::new().file("big", &vec![3u8; 2 << 20]).build();
+    let (_sender, body) = stalled_body(&layer[..layer.len() / 2]).await?;
+    let all = imagestore::FilterSpec::all();
+    let import = ctx.store.import(&s, &w, &all, body);
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(500), import)
+            .await
+            .is_err(),
+        "an import whose body stalls cannot finish"
+    );
+    ensure!(ctx.store.get_writable(&s, &w).await?.imports == 0);
+    let small = Layer::new().file("new", b"n").build();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        ctx.store.import(&s, &w, &all, stream(&small)),
+    )
+    .await??;
+    ensure!(summary.entries >= 1);
+    ensure!(ctx.store.get_writable(&s, &w).await?.imports == 1);
+    let exported = read_all(ctx.store.export(&s, &w, None, &all, false).await?).await?;
+    let names: Vec<String> = parse(&exported)?.into_iter().map(|e| e.path).collect();
+    ensure!(
+        names.iter().any(|n| n == "new") && !names.iter().any(|n| n == "big"),
+        "{names:?}"
     );
     Ok(())
 }

@@ -10,21 +10,12 @@ use anyhow::{Result, bail};
 use async_trait::async_trait;
 use imagestore::{Image, ImageId, StoreName};
 use imagestore_conformance::Hooks;
+use imagestore_conformance::catalog_files::{self, names};
 
 /// The folder holding `VIC/`, and the backend's local work folder.
 pub struct DiskHooks {
     root: PathBuf,
     work: PathBuf,
-}
-
-fn names(dir: &Path) -> Result<Vec<String>> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => Ok(rd
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Build folders in `work` whose process is gone.
@@ -62,16 +53,7 @@ impl Hooks for DiskHooks {
     /// folder, its child marker in scratch, a usage change in flight, a writable layer that
     /// was never recorded, and the build folder of a process that is gone.
     async fn leave_crashed_write(&self, s: &StoreName, id: &ImageId) -> Result<()> {
-        let sd = self.store(s);
-        let img = sd.join("images").join(id.as_str());
-        std::fs::create_dir_all(img.join("imageMetadata"))?;
-        std::fs::write(img.join(format!("{id}.vmdk")), b"half a disk")?;
-        std::fs::write(img.join("image.json"), b"{}")?;
-        let children = sd.join("images/scratch/children");
-        std::fs::create_dir_all(&children)?;
-        std::fs::write(children.join(id.as_str()), b"")?;
-        std::fs::write(sd.join("usage.pending"), b"")?;
-        std::fs::create_dir_all(sd.join("writable").join(format!("{id}-w")))?;
+        catalog_files::leave_crashed_write(&self.store(s), id, &format!("{id}.vmdk"))?;
         let build = self.work.join("build-4194399-0123456789abcdef");
         std::fs::create_dir_all(&build)?;
         std::fs::write(build.join("layer.tar"), b"half a layer")?;
@@ -80,32 +62,7 @@ impl Hooks for DiskHooks {
 
     /// Leftovers of crashed writes in store `s`, and dead build folders.
     async fn leftovers(&self, s: &StoreName) -> Result<usize> {
-        let sd = self.store(s);
-        let images = sd.join("images");
-        let mut n = 0;
-        for name in names(&images)? {
-            let dir = images.join(&name);
-            if !dir.join("manifest").exists() {
-                n += 1;
-            }
-            for c in names(&dir.join("children"))? {
-                let live = images.join(&c).join("manifest").exists()
-                    || sd.join("writable").join(&c).join("writable.json").exists();
-                if !live {
-                    n += 1;
-                }
-            }
-        }
-        for name in names(&sd.join("writable"))? {
-            let dir = sd.join("writable").join(&name);
-            if !dir.join("writable.json").exists() {
-                n += 1;
-            }
-        }
-        if sd.join("usage.pending").exists() {
-            n += 1;
-        }
-        Ok(n + dead_builds(&self.work)?)
+        Ok(catalog_files::leftovers(&self.store(s), "manifest")? + dead_builds(&self.work)?)
     }
 
     /// A digest of everything stored for `s`, byte for byte.

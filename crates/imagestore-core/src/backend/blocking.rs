@@ -81,8 +81,6 @@ pub trait BlockingCatalog: Send + Sync {
     fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()>;
     /// [`Exporter::export_raw`].
     fn raw_layer(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
-    /// [`Exporter::export_vmdk`].
-    fn flat_vmdk(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
 }
 
 /// The handle of a blocking backend: the part of the storage traits that is not a plain
@@ -159,7 +157,11 @@ where
 }
 
 #[async_trait]
-impl<B: BlockingBackend> ImageStorer for B {
+impl<B: BlockingBackend + 'static> ImageStorer for B {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn scheme(&self) -> &'static str {
         BlockingBackend::scheme(self)
     }
@@ -330,11 +332,6 @@ impl<B: BlockingBackend> Exporter for B {
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
         let (s, id) = (store.clone(), id.clone());
         run(self, move |c| c.raw_layer(&s, &id)).await
-    }
-
-    async fn export_vmdk(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
-        let (s, id) = (store.clone(), id.clone());
-        run(self, move |c| c.flat_vmdk(&s, &id)).await
     }
 
     async fn checkout(
