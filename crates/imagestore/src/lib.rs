@@ -31,7 +31,15 @@
 
 use std::sync::Arc;
 
-pub use imagestore_core::*;
+// What a library user needs: opening by URL, the traits, the types, the errors, the layer
+// engine's options. What only backend authors need stays in `imagestore_core::backend`.
+pub use imagestore_core::{
+    Algorithm, ByteStream, Capabilities, Digest, Error, Exporter, FilterSpec, FilterType, Image,
+    ImageId, ImageLink, ImageStorer, ImageStorerExt, ImportSummary, Importer, Metadata,
+    ObjectKind, OwnerName, Resolver, Result, StoreName, Url, Writable, byte_stream,
+    is_image_in_use,
+};
+pub use imagestore_core::{digest, error, image, layer, names, redact, registry, storer};
 
 /// The local-disk backend (feature `local`).
 #[cfg(feature = "local")]
