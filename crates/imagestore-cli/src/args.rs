@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use imagestore::StoreName;
 
 /// Store container image layers as verified chains, on local disk, S3 or vSphere.
 #[derive(Debug, Parser)]
@@ -24,6 +25,22 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The store a command acts on: the one declaration of `--store`, flattened into every
+/// verb that works inside a store, so they all name it the same way.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArg {
+    /// Store name.
+    #[arg(long)]
+    pub store: String,
+}
+
+impl StoreArg {
+    /// The store name, validated.
+    pub fn name(&self) -> imagestore::Result<StoreName> {
+        StoreName::new(&self.store)
+    }
 }
 
 /// Top-level commands.
@@ -95,8 +112,8 @@ pub enum OciCmd {
     /// Layers are written base first, each as the image named by its OCI chain id; what is
     /// already stored is skipped. The store is created if it does not exist.
     Import {
-        /// Store name.
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The layout directory or archive file.
         path: PathBuf,
         /// Which image, when the source holds several (a layout's ref name or a repo tag).
@@ -111,8 +128,8 @@ pub enum OciCmd {
     /// The password is read from standard input with --password-stdin, or from
     /// IMAGESTORE_REGISTRY_PASSWORD; it is never printed.
     Pull {
-        /// Store name.
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image reference: [REGISTRY[:PORT]/]REPOSITORY[:TAG][@DIGEST].
         reference: String,
         /// Speak plain HTTP to the registry (for a local registry without TLS).
@@ -137,8 +154,8 @@ pub enum OciCmd {
     /// Export an image's chain as an OCI layout directory, or an oci-archive with --archive.
     #[command(group(clap::ArgGroup::new("dest-or-archive").required(true).args(["dest", "archive"])))]
     Export {
-        /// Store name.
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id (or a unique prefix of it, or the reference it was imported under).
         id: String,
         /// Layout directory (created; an existing layout gets the image added).
@@ -179,9 +196,8 @@ pub enum StoreCmd {
 pub enum ImageCmd {
     /// Write an image: a parent plus one layer tar (plain, gzip or zstd) verified against a sum.
     Write {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Parent image id (`scratch` for a base layer).
         #[arg(long)]
         parent: String,
@@ -199,23 +215,20 @@ pub enum ImageCmd {
     },
     /// List images.
     Ls {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Show one image.
     Info {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id.
         id: String,
     },
     /// Delete an image (refused while it has children or owners).
     Rm {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id.
         id: String,
     },
@@ -224,9 +237,8 @@ pub enum ImageCmd {
 /// `export` arguments.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Store name.
-    #[arg(long)]
-    pub store: String,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Image or writable layer id.
     pub id: String,
     /// Only the changes since this ancestor.
@@ -262,9 +274,8 @@ pub struct ExportArgs {
 /// `checkout` arguments.
 #[derive(Debug, Args)]
 pub struct CheckoutArgs {
-    /// Store name.
-    #[arg(long)]
-    pub store: String,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Image or writable layer id.
     pub id: String,
     /// Destination directory (absent or empty).
@@ -279,9 +290,8 @@ pub struct CheckoutArgs {
 pub enum WritableCmd {
     /// Create a writable layer on an image.
     Create {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The image it builds on.
         #[arg(long)]
         parent: String,
@@ -291,9 +301,8 @@ pub enum WritableCmd {
     },
     /// Turn a writable layer into an immutable image.
     Commit {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The writable layer.
         writable: String,
         /// The new image's id.
@@ -305,9 +314,8 @@ pub enum WritableCmd {
     },
     /// Discard a writable layer.
     Rm {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The writable layer.
         writable: String,
     },
@@ -316,9 +324,8 @@ pub enum WritableCmd {
 /// `import` arguments.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Store name.
-    #[arg(long)]
-    pub store: String,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// The writable layer.
     pub writable: String,
     /// Tar file, or - for standard input.
@@ -342,9 +349,8 @@ pub struct ImportArgs {
 pub enum OwnerCmd {
     /// Register a user of an image.
     Acquire {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id.
         id: String,
         /// Owner name.
@@ -352,9 +358,8 @@ pub enum OwnerCmd {
     },
     /// Remove a user of an image.
     Release {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id.
         id: String,
         /// Owner name.
@@ -362,10 +367,81 @@ pub enum OwnerCmd {
     },
     /// List the users of an image.
     Ls {
-        /// Store name.
-        #[arg(long)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// Image id.
         id: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Commands that take no `--store`: those whose subject is a store (given by name) or no
+    /// store at all.
+    const WITHOUT_STORE: [&str; 6] = [
+        "store create",
+        "store ls",
+        "store rm",
+        "store usage",
+        "completions",
+        "man",
+    ];
+
+    /// Every runnable command (a command without subcommands), as its space-separated path.
+    fn leaves(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let path = format!("{prefix}{}", sub.get_name());
+            if sub.has_subcommands() {
+                leaves(sub, &format!("{path} "), out);
+            } else {
+                out.push((path, sub.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_in_a_store_names_it_with_the_store_option() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut all = Vec::new();
+        leaves(&cli, "", &mut all);
+        let mut without = Vec::new();
+        for (path, cmd) in &all {
+            let store = cmd.get_arguments().find(|a| a.get_id() == "store");
+            match store {
+                Some(a) => {
+                    assert!(!a.is_positional(), "{path}: the store is positional");
+                    assert_eq!(a.get_long(), Some("store"), "{path}");
+                }
+                None => without.push(path.as_str()),
+            }
+            // A store given under another name must be the subject of a `store` command.
+            for a in cmd.get_arguments().filter(|a| a.is_positional()) {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                if help.to_lowercase().contains("store name") {
+                    assert!(
+                        path.starts_with("store "),
+                        "{path}: positional {} is a store name; use --store",
+                        a.get_id()
+                    );
+                }
+            }
+        }
+        without.sort_unstable();
+        let mut expected = WITHOUT_STORE.to_vec();
+        expected.sort_unstable();
+        assert_eq!(
+            without, expected,
+            "a command without --store must act on no store, or on the store it names"
+        );
+        // The oci commands are among those that take it.
+        for oci in ["oci import", "oci pull", "oci export"] {
+            assert!(all.iter().any(|(p, _)| p == oci), "{oci} missing");
+            assert!(!without.contains(&oci), "{oci}");
+        }
+    }
 }

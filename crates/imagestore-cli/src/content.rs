@@ -60,7 +60,7 @@ fn unsupported_vmdk(store: &dyn ImageStorer) -> imagestore::Error {
 
 /// `export`: a tar to stdout or a file.
 pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
-    let s = StoreName::new(&a.store)?;
+    let s = a.store.name()?;
     let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let mut stream = if a.raw {
         store.export_raw(&s, &id).await?
@@ -99,7 +99,7 @@ pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
 
 /// `checkout`.
 pub async fn checkout(store: &dyn ImageStorer, a: CheckoutArgs, json: bool) -> Result<()> {
-    let s = StoreName::new(&a.store)?;
+    let s = a.store.name()?;
     let id = crate::oci::resolve_id(store, &s, &a.id).await?;
     let report = store
         .checkout(
@@ -135,7 +135,7 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
             parent,
             id,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let parent = store.get_image(&s, &ImageId::new(parent)?).await?;
             let w = store.create_writable(&parent, &ImageId::new(id)?).await?;
             if json {
@@ -150,7 +150,7 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
             id,
             meta,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let img = store
                 .commit_writable(
                     &s,
@@ -173,7 +173,7 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
             }
         }
         WritableCmd::Rm { store: s, writable } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             store.delete_writable(&s, &ImageId::new(&writable)?).await?;
             if json {
                 output::json(&json!({ "deleted": writable }))?;
@@ -187,7 +187,7 @@ pub async fn writable(store: &dyn ImageStorer, cmd: WritableCmd, json: bool) -> 
 
 /// `import`.
 pub async fn import(store: &dyn ImageStorer, a: ImportArgs, json: bool) -> Result<()> {
-    let s = StoreName::new(&a.store)?;
+    let s = a.store.name()?;
     let f = filter(&a.include, &a.exclude, &a.rebase, &a.strip)?;
     let summary = store
         .import(&s, &ImageId::new(&a.writable)?, &f, input(&a.file).await?)
@@ -213,11 +213,7 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
             id,
             owner,
         } => {
-            let (s, id, o) = (
-                StoreName::new(s)?,
-                ImageId::new(id)?,
-                OwnerName::new(owner)?,
-            );
+            let (s, id, o) = (s.name()?, ImageId::new(id)?, OwnerName::new(owner)?);
             store.acquire(&s, &id, &o).await?;
             if !json {
                 println!("{o} now uses {s}/{id}");
@@ -230,11 +226,7 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
             id,
             owner,
         } => {
-            let (s, id, o) = (
-                StoreName::new(s)?,
-                ImageId::new(id)?,
-                OwnerName::new(owner)?,
-            );
+            let (s, id, o) = (s.name()?, ImageId::new(id)?, OwnerName::new(owner)?);
             store.release(&s, &id, &o).await?;
             if !json {
                 println!("{o} released {s}/{id}");
@@ -243,7 +235,7 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
             }
         }
         OwnerCmd::Ls { store: s, id } => {
-            let (s, id) = (StoreName::new(s)?, ImageId::new(id)?);
+            let (s, id) = (s.name()?, ImageId::new(id)?);
             let url = store.url(&s, &id).await?;
             let owners = store.owners(&url).await?;
             if json {

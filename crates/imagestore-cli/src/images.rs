@@ -1,7 +1,7 @@
 //! `imagestore image ...`.
 
 use anyhow::{Context, Result};
-use imagestore::{ByteStream, Digest, ImageId, ImageStorer, Metadata, StoreName, byte_stream};
+use imagestore::{ByteStream, Digest, ImageId, ImageStorer, Metadata, byte_stream};
 
 use crate::args::ImageCmd;
 use crate::output::{self, ImageView};
@@ -41,7 +41,7 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
             meta,
             file,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let parent = store.get_image(&s, &ImageId::new(parent)?).await?;
             let id = ImageId::new(id)?;
             let sum = Digest::parse(&sum)?;
@@ -61,7 +61,7 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
             }
         }
         ImageCmd::Ls { store: s } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let images = store.list_images(&s, &[]).await?;
             if json {
                 output::json(&images.iter().map(ImageView::from).collect::<Vec<_>>())?;
@@ -70,7 +70,7 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
             }
         }
         ImageCmd::Info { store: s, id } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let img = store.get_image(&s, &ImageId::new(id)?).await?;
             let view = ImageView::from(&img);
             if json {
@@ -89,7 +89,7 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
             }
         }
         ImageCmd::Rm { store: s, id } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let img = store.get_image(&s, &ImageId::new(id)?).await?;
             let gone = store.delete_image(&img).await?;
             if json {

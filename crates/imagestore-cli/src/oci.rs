@@ -119,7 +119,10 @@ async fn report(store: &dyn ImageStorer, done: &Imported, what: &str, json: bool
         "  imagestore checkout --store {s} {} /tmp/rootfs --rootless",
         done.top
     );
-    println!("  imagestore oci export {s} {} /tmp/layout", done.top);
+    println!(
+        "  imagestore oci export --store {s} {} /tmp/layout",
+        done.top
+    );
     Ok(())
 }
 
@@ -160,7 +163,7 @@ pub async fn run(
             tag,
             platform: p,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let done = import_path(
                 store,
                 &s,
@@ -182,7 +185,7 @@ pub async fn run(
             concurrency,
             tmp_dir,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let password = read_password(password_stdin)?;
             let credentials = match (username, password) {
                 (Some(u), Some(p)) => Some(Credentials::new(u, p)),
@@ -215,7 +218,7 @@ pub async fn run(
             archive,
             tag,
         } => {
-            let s = StoreName::new(s)?;
+            let s = s.name()?;
             let id = resolve_id(store, &s, &id).await?;
             let target = match (dest, archive) {
                 (_, Some(f)) => Target::Archive(f),

@@ -247,11 +247,17 @@ fn errors_are_one_line_naming_what_failed() {
         "/tmp/x-imagestore-never",
     ]);
     assert!(e.contains("nope"), "{e}");
-    let e = env.fails(&["oci", "import", "s", "/definitely/not/here.tar"]);
+    let e = env.fails(&["oci", "import", "--store", "s", "/definitely/not/here.tar"]);
     assert!(e.contains("/definitely/not/here.tar"), "{e}");
     let bogus = env.path("bogus.tar");
     std::fs::write(&bogus, tar_of(&[("hello", b"x")])).expect("write");
-    let e = env.fails(&["oci", "import", "s", bogus.to_str().expect("utf8")]);
+    let e = env.fails(&[
+        "oci",
+        "import",
+        "--store",
+        "s",
+        bogus.to_str().expect("utf8"),
+    ]);
     assert!(
         e.contains("bogus.tar") && e.contains("not an OCI layout"),
         "{e}"
@@ -288,6 +294,11 @@ fn errors_are_one_line_naming_what_failed() {
     // Bad usage is exit code 2.
     let out = env.run_with(&["store", "frobnicate"], None);
     assert_eq!(out.status.code(), Some(2));
+    // The store given positionally, as the oci verbs once took it, is bad usage naming --store.
+    let out = env.run_with(&["oci", "import", "s", "/tmp/imagestore-nowhere"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--store"), "{e}");
 }
 
 #[test]
@@ -312,6 +323,26 @@ fn completions_and_man_pages_are_generated() {
         "imagestore-checkout.1",
     ] {
         assert!(dir.join(page).is_file(), "{page} missing");
+    }
+    // The oci pages show the store as the option every other verb takes.
+    for page in [
+        "imagestore-oci-import.1",
+        "imagestore-oci-pull.1",
+        "imagestore-oci-export.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(page)).expect("read");
+        assert!(text.contains("\\-\\-store"), "{page}: {text}");
+    }
+    // And bash completes --store for them.
+    let bash = env.ok(&["completions", "bash"]);
+    for verb in ["import", "pull", "export"] {
+        let case = format!("imagestore__subcmd__oci__subcmd__{verb})");
+        let opts = bash
+            .split(&case)
+            .nth(1)
+            .and_then(|rest| rest.lines().find(|l| l.trim_start().starts_with("opts=")))
+            .unwrap_or_default();
+        assert!(opts.contains(" --store "), "oci {verb}: {opts:?}");
     }
 }
 
@@ -344,18 +375,18 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
         "{text}"
     );
     assert!(env.path("data/imagestore/stores/sample").is_dir());
-    let out = first(&["oci", "import", "sample", sample_s]);
+    let out = first(&["oci", "import", "--store", "sample", sample_s]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 layer(s) written, 3 already stored"));
 
     // Same again with --json in a store of our own.
-    let v = env.json(&["oci", "import", "s", sample_s]);
+    let v = env.json(&["oci", "import", "--store", "s", sample_s]);
     assert_eq!(v["result"]["written"], 3);
     let ids = chain_ids(&v);
     assert_eq!(ids.len(), 3);
     let top = v["result"]["top"].as_str().expect("top").to_owned();
     assert_eq!(ids.last(), Some(&top));
-    let again = env.json(&["oci", "import", "s", sample_s]);
+    let again = env.json(&["oci", "import", "--store", "s", sample_s]);
     assert_eq!(
         (
             again["result"]["written"].clone(),
@@ -367,7 +398,14 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
 
     // Export: the same layer digests and config as the committed layout.
     let out = env.path("exported");
-    let ex = env.json(&["oci", "export", "s", &top, out.to_str().expect("utf8")]);
+    let ex = env.json(&[
+        "oci",
+        "export",
+        "--store",
+        "s",
+        &top,
+        out.to_str().expect("utf8"),
+    ]);
     assert_eq!(ex["config_preserved"], true);
     assert_eq!(
         layout_layers(&out, "latest"),
@@ -378,12 +416,19 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
     env.ok(&[
         "oci",
         "export",
+        "--store",
         "s",
         &top[..12],
         "--archive",
         archive.to_str().expect("utf8"),
     ]);
-    let v2 = env.json(&["oci", "import", "s2", archive.to_str().expect("utf8")]);
+    let v2 = env.json(&[
+        "oci",
+        "import",
+        "--store",
+        "s2",
+        archive.to_str().expect("utf8"),
+    ]);
     assert_eq!(chain_ids(&v2), ids);
 
     // Checkout: busybox from layer 1, tzdata from layer 2, the whiteouts of layer 3 applied.
@@ -610,9 +655,9 @@ fn secrets_in_store_urls_never_show() {
         "owner acquire --store s x o",
         "owner release --store s x o",
         "owner ls --store s x",
-        "oci import s /tmp/imagestore-nowhere",
-        "oci pull s localhost:1/x:y",
-        "oci export s x --archive /tmp/imagestore-nowhere.tar",
+        "oci import --store s /tmp/imagestore-nowhere",
+        "oci pull --store s localhost:1/x:y",
+        "oci export --store s x --archive /tmp/imagestore-nowhere.tar",
         "sample",
     ];
     let verbs: Vec<Vec<&str>> = lines

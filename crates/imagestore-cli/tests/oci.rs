@@ -26,7 +26,7 @@ fn s(p: &Path) -> &str {
 fn the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op() {
     let Some(fx) = fixture() else { return };
     let env = Env::new();
-    let from_docker = env.json(&["oci", "import", "a", s(&fx.join("docker.tar"))]);
+    let from_docker = env.json(&["oci", "import", "--store", "a", s(&fx.join("docker.tar"))]);
     assert_eq!(from_docker["result"]["written"], 3);
     assert_eq!(
         from_docker["result"]["reference"],
@@ -35,17 +35,25 @@ fn the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op() {
     let ids = chain_ids(&from_docker);
     assert_eq!(ids.len(), 3);
 
-    let from_layout = env.json(&["oci", "import", "b", s(&fx.join("oci")), "--tag", "latest"]);
+    let from_layout = env.json(&[
+        "oci",
+        "import",
+        "--store",
+        "b",
+        s(&fx.join("oci")),
+        "--tag",
+        "latest",
+    ]);
     assert_eq!(chain_ids(&from_layout), ids);
     assert_eq!(from_layout["result"]["written"], 3);
     // Into the same store, the archive forms write nothing.
     for form in ["oci.tar", "docker.tar"] {
-        let v = env.json(&["oci", "import", "b", s(&fx.join(form))]);
+        let v = env.json(&["oci", "import", "--store", "b", s(&fx.join(form))]);
         assert_eq!(chain_ids(&v), ids, "{form}");
         assert_eq!(v["result"]["written"], 0, "{form}");
         assert_eq!(v["result"]["skipped"], 3, "{form}");
     }
-    let from_archive = env.json(&["oci", "import", "c", s(&fx.join("oci.tar"))]);
+    let from_archive = env.json(&["oci", "import", "--store", "c", s(&fx.join("oci.tar"))]);
     assert_eq!(chain_ids(&from_archive), ids);
     // The layout's manifest digest and config are kept.
     assert_eq!(
@@ -80,10 +88,10 @@ fn exports_are_accepted_by_skopeo_and_keep_layer_digests() {
         return;
     }
     let env = Env::new();
-    let v = env.json(&["oci", "import", "s", s(&fx.join("oci"))]);
+    let v = env.json(&["oci", "import", "--store", "s", s(&fx.join("oci"))]);
     let top = v["result"]["top"].as_str().expect("top").to_owned();
     let out = env.path("layout");
-    let ex = env.json(&["oci", "export", "s", &top, s(&out)]);
+    let ex = env.json(&["oci", "export", "--store", "s", &top, s(&out)]);
     assert_eq!(ex["config_preserved"], true);
     assert_eq!(
         layout_layers(&out, "latest"),
@@ -131,6 +139,7 @@ fn exports_are_accepted_by_skopeo_and_keep_layer_digests() {
     env.ok(&[
         "oci",
         "export",
+        "--store",
         "s",
         &top,
         "--archive",
@@ -162,11 +171,11 @@ fn exports_are_accepted_by_skopeo_and_keep_layer_digests() {
 
     // Imported from the docker-archive (uncompressed layers), exported: the same digests
     // as the archive's layers.
-    let v = env.json(&["oci", "import", "d", s(&fx.join("docker.tar"))]);
+    let v = env.json(&["oci", "import", "--store", "d", s(&fx.join("docker.tar"))]);
     let top_d = v["result"]["top"].as_str().expect("top").to_owned();
     assert_eq!(top_d, top);
     let out_d = env.path("layout-d");
-    env.ok(&["oci", "export", "d", &top_d, s(&out_d)]);
+    env.ok(&["oci", "export", "--store", "d", &top_d, s(&out_d)]);
     let diff_ids: Vec<String> = {
         let manifest: serde_json::Value = serde_json::from_str(&tool(
             "tar",
@@ -262,10 +271,10 @@ fn umoci_unpack_of_an_export_equals_our_checkout() {
         return;
     }
     let env = Env::new();
-    let v = env.json(&["oci", "import", "s", s(&fx.join("docker.tar"))]);
+    let v = env.json(&["oci", "import", "--store", "s", s(&fx.join("docker.tar"))]);
     let top = v["result"]["top"].as_str().expect("top").to_owned();
     let layout = env.path("layout");
-    env.ok(&["oci", "export", "s", &top, s(&layout)]);
+    env.ok(&["oci", "export", "--store", "s", &top, s(&layout)]);
     let bundle = env.path("bundle");
     tool(
         "umoci",
@@ -335,9 +344,9 @@ fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
     let reg = Registry::start(None);
     reg.push(&fx.join("oci"), "latest", "test/rootfs", None);
     let env = Env::new();
-    let imported = env.json(&["oci", "import", "i", s(&fx.join("oci"))]);
+    let imported = env.json(&["oci", "import", "--store", "i", s(&fx.join("oci"))]);
     let reference = format!("{}/test/rootfs:latest", reg.host());
-    let pulled = env.json(&["oci", "pull", "p", &reference, "--insecure"]);
+    let pulled = env.json(&["oci", "pull", "--store", "p", &reference, "--insecure"]);
     assert_eq!(chain_ids(&pulled), chain_ids(&imported));
     assert_eq!(pulled["result"]["written"], 3);
     assert_eq!(
@@ -346,7 +355,7 @@ fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
     );
     // Pulling again, or into the store the import filled, writes nothing.
     for store in ["p", "i"] {
-        let again = env.json(&["oci", "pull", store, &reference, "--insecure"]);
+        let again = env.json(&["oci", "pull", "--store", store, &reference, "--insecure"]);
         assert_eq!(again["result"]["written"], 0, "{store}");
         assert_eq!(chain_ids(&again), chain_ids(&imported));
     }
@@ -361,6 +370,7 @@ fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
     env.json(&[
         "oci",
         "pull",
+        "--store",
         "q",
         &by_digest,
         "--insecure",
@@ -371,6 +381,7 @@ fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
     let e = env.fails(&[
         "oci",
         "pull",
+        "--store",
         "p",
         &format!("{}/test/rootfs:nope", reg.host()),
         "--insecure",
@@ -396,7 +407,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
     );
     let env = Env::new();
     let reference = format!("{}/sample:latest", reg.host());
-    let e = env.fails(&["oci", "pull", "s", &reference, "--insecure"]);
+    let e = env.fails(&["oci", "pull", "--store", "s", &reference, "--insecure"]);
     assert!(
         e.contains("authentication failed") && e.contains("--username"),
         "{e}"
@@ -405,6 +416,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
         &[
             "oci",
             "pull",
+            "--store",
             "s",
             &reference,
             "--insecure",
@@ -422,6 +434,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
             "--json",
             "oci",
             "pull",
+            "--store",
             "s",
             &reference,
             "--insecure",
@@ -445,6 +458,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
         "json",
         "oci",
         "pull",
+        "--store",
         "t",
         &reference,
         "--insecure",
@@ -461,7 +475,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
     for stream in [&out.stdout, &out.stderr] {
         assert!(!String::from_utf8_lossy(stream).contains(password));
     }
-    let imported = env.json(&["oci", "import", "u", s(&sample_layout())]);
+    let imported = env.json(&["oci", "import", "--store", "u", s(&sample_layout())]);
     assert_eq!(chain_ids(&v), chain_ids(&imported));
 }
 
@@ -475,7 +489,7 @@ fn token_auth_and_an_interrupted_download_is_resumed() {
     let proxy = Proxy::start(reg.port, "bob", "tok-pass");
     let env = Env::new();
     let reference = format!("{}/sample:latest", proxy.host());
-    let e = env.fails(&["oci", "pull", "s", &reference, "--insecure"]);
+    let e = env.fails(&["oci", "pull", "--store", "s", &reference, "--insecure"]);
     assert!(
         e.contains("authentication failed") && e.contains("token endpoint"),
         "{e}"
@@ -487,6 +501,7 @@ fn token_auth_and_an_interrupted_download_is_resumed() {
             "json",
             "oci",
             "pull",
+            "--store",
             "s",
             &reference,
             "--insecure",
@@ -530,6 +545,6 @@ fn token_auth_and_an_interrupted_download_is_resumed() {
             .iter()
             .any(|e| e["event"] == "finish" && e["phase"] == "download")
     );
-    let imported = env.json(&["oci", "import", "u", s(&sample_layout())]);
+    let imported = env.json(&["oci", "import", "--store", "u", s(&sample_layout())]);
     assert_eq!(chain_ids(&v), chain_ids(&imported));
 }

@@ -42,7 +42,7 @@ pub fn bench() -> Result<()> {
         sync();
         let t = timed(
             Command::new(&bin)
-                .args(["--url", &url, "oci", "import", "bench"])
+                .args(["--url", &url, "oci", "import", "--store", "bench"])
                 .arg(&archive),
         )?;
         ours.push(t.secs);

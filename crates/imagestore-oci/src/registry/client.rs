@@ -22,6 +22,9 @@ use crate::spec::{Descriptor, MAX_JSON, media};
 /// How often a blob download is tried before giving up.
 pub const MAX_ATTEMPTS: u32 = 5;
 
+/// Most bytes of an error answer read for its error document; a longer body is not read on.
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
+
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
@@ -170,10 +173,9 @@ impl Client {
                 ),
             });
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.net_err(&format!("token response from {realm}"), &e))?;
+        let body = self
+            .read_limited(resp, &format!("token response from {realm}"), MAX_JSON)
+            .await?;
         let doc: TokenDoc = serde_json::from_slice(&body).map_err(|e| Error::Auth {
             registry: self.registry.clone(),
             message: format!("token response from {realm} is not JSON: {e}"),
@@ -274,7 +276,11 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        let body = resp.bytes().await.unwrap_or_default();
+        // The error document is a courtesy: a body too long, or cut, is not read on.
+        let body = self
+            .read_limited(resp, what, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         let detail = serde_json::from_slice::<ErrorDoc>(&body)
             .ok()
             .and_then(|d| d.errors.into_iter().next())
@@ -479,6 +485,95 @@ impl Client {
                 actual,
             });
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// What a hostile registry announces and would send: 1 GiB.
+    const HUGE: u64 = 1 << 30;
+
+    /// A loopback registry whose error answers and token endpoint send [`HUGE`] bodies;
+    /// returns its address and the bytes it got to send.
+    fn hostile_registry() -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent = Arc::new(AtomicU64::new(0));
+        let (realm, counter) = (format!("http://{addr}/token"), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (realm, counter) = (realm.clone(), Arc::clone(&counter));
+                std::thread::spawn(move || {
+                    let mut head = String::new();
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+                    let answer = if head.contains("/manifests/needs-token") {
+                        format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer \
+                             realm=\"{realm}\",service=\"t\"\r\nContent-Length: 0\r\n\
+                             Connection: close\r\n\r\n"
+                        )
+                    } else if head.starts_with("GET /token") {
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n")
+                    } else {
+                        format!("HTTP/1.1 404 Not Found\r\nContent-Length: {HUGE}\r\n\r\n")
+                    };
+                    if conn.write_all(answer.as_bytes()).is_err() || answer.contains(" 401 ") {
+                        return;
+                    }
+                    let chunk = vec![b' '; 64 << 10];
+                    let mut n = 0;
+                    while n < HUGE && conn.write_all(&chunk).is_ok() {
+                        n += chunk.len() as u64;
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        (addr, sent)
+    }
+
+    /// Neither an error document nor a token response is read past its bound, however long
+    /// the body the registry announces.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn answers_from_a_registry_are_read_within_bounds() -> Result<()> {
+        let (addr, sent) = hostile_registry();
+        let reference = Reference::parse(&format!("{addr}/r:latest"))?;
+        let options = ClientOptions {
+            insecure: true,
+            credentials: None,
+        };
+        let bound = 64 << 20;
+
+        let client = Client::new(&reference, &options)?;
+        let e = client.manifest("latest").await.expect_err("404");
+        assert!(
+            matches!(e, Error::NotFound(ref m) if m.contains("manifest latest")),
+            "{e}"
+        );
+        assert!(sent.load(Ordering::Relaxed) < bound, "{sent:?} bytes sent");
+
+        let client = Client::new(&reference, &options)?;
+        let e = client.manifest("needs-token").await.expect_err("token");
+        assert!(
+            matches!(e, Error::Registry { ref message, .. }
+                if message.contains("token response") && message.contains("larger than")),
+            "{e}"
+        );
+        assert!(
+            sent.load(Ordering::Relaxed) < 2 * bound,
+            "{sent:?} bytes sent"
+        );
         Ok(())
     }
 }
