@@ -89,18 +89,28 @@ pub trait Resolver: Send + Sync {
     /// A backend-native URL that locates the image's storage without further context
     /// (a directory, an object prefix, a VMDK path). Fails with `NotFound` if the image does
     /// not exist.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url>;
 
     /// Everything that currently uses the image at `url` (a URL from [`Resolver::url`]):
     /// registered owners, plus whatever the backend itself knows (VMs on vSphere).
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn owners(&self, url: &Url) -> Result<Vec<OwnerName>>;
 
     /// Registers `owner` as a user of the image; while any owner is registered the image
     /// cannot be deleted. Acquiring twice is the same as once. `NotFound` if the image does
     /// not exist.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it (file-like
+    /// backends finish it on the blocking pool).
     async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()>;
 
     /// Removes `owner` from the image's users. `NotFound` if it was not registered.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it (file-like
+    /// backends finish it on the blocking pool).
     async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()>;
 }
 
@@ -109,14 +119,22 @@ pub trait Resolver: Send + Sync {
 pub trait Importer: Send + Sync {
     /// Creates an empty writable layer `id` on `parent`. `AlreadyExists` if an image or a
     /// writable layer with that id exists; `NotFound` if the parent does not.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it (file-like
+    /// backends finish it on the blocking pool).
     async fn create_writable(&self, parent: &Image, id: &ImageId) -> Result<Writable>;
 
     /// Reads a writable layer's description.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn get_writable(&self, store: &StoreName, id: &ImageId) -> Result<Writable>;
 
     /// Applies `tar` to writable layer `id`: entries replace what is there, whiteouts and opaque
     /// markers delete, the filter selects, strips and rebases paths. A hostile or malformed
     /// tar is refused as a whole with `BadArchive` and changes nothing.
+    ///
+    /// Dropped mid-way: before the import's last file is written nothing of it is applied (the
+    /// writable layer stays as it was and the next import works at once); after, it is applied.
     async fn import(
         &self,
         store: &StoreName,
@@ -127,6 +145,9 @@ pub trait Importer: Send + Sync {
 
     /// Turns writable layer `id` into a new immutable image `new_id` whose layer is the
     /// difference from the parent (its digest is computed). The writable layer is removed.
+    ///
+    /// Dropped mid-way: as [`ImageStorer::write_image`] for the new image; the writable layer is
+    /// discarded only after the image is committed.
     async fn commit_writable(
         &self,
         store: &StoreName,
@@ -136,6 +157,9 @@ pub trait Importer: Send + Sync {
     ) -> Result<Image>;
 
     /// Discards writable layer `id` and everything imported into it.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it (file-like
+    /// backends finish it on the blocking pool).
     async fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()>;
 }
 
@@ -146,6 +170,8 @@ pub trait Exporter: Send + Sync {
     /// with it, only the changes since that ancestor (with `.wh.` whiteouts for deletions and
     /// opaque markers for replaced directories). `data = false` gives headers only.
     /// `InvalidArgument` if `ancestor` is not an ancestor of `id`.
+    ///
+    /// Dropped mid-way (or the stream dropped before its end): nothing changes.
     async fn export(
         &self,
         store: &StoreName,
@@ -157,10 +183,14 @@ pub trait Exporter: Send + Sync {
 
     /// The exact bytes image `id`'s layer was written with; their digest equals its sum.
     /// `Unsupported` on backends without [`Capabilities::raw_layers`].
+    ///
+    /// Dropped mid-way (or the stream dropped before its end): nothing changes.
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
 
     /// Materialises image (or writable layer) `id` into directory `dest`, which must be empty
     /// or absent. Nothing is ever written outside `dest`.
+    ///
+    /// Dropped mid-way: the store is unchanged; `dest` may hold part of the tree.
     async fn checkout(
         &self,
         store: &StoreName,
@@ -171,6 +201,9 @@ pub trait Exporter: Send + Sync {
 }
 
 /// An image store backend: named stores holding chains of immutable images.
+///
+/// Every async method may be dropped mid-way (a caller that times out or disconnects); each
+/// says what then remains, and `docs/reliability.md` has the rules behind it.
 ///
 /// The contract, checked by the conformance suite on every backend:
 /// * a reader never sees a partial image, whatever crashes or concurrent writers do;
@@ -191,17 +224,27 @@ pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug
 
     /// Creates store `name` with its `scratch` root image and returns the store's URL.
     /// `AlreadyExists` if the store exists. On failure nothing of the store remains.
+    ///
+    /// Dropped mid-way: the store is created whole or not at all (a half-made one is invisible and
+    /// replaced by the next creation).
     async fn create_image_store(&self, name: &StoreName) -> Result<Url>;
 
     /// Deletes store `name`. Refused with `Conflict` (naming the images) while it holds
     /// images or writable layers other than scratch. `NotFound` if it does not exist.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it (file-like
+    /// backends finish it on the blocking pool).
     async fn delete_image_store(&self, name: &StoreName) -> Result<()>;
 
     /// The URL of store `name`; `NotFound` if it does not exist. The first call for a store in
     /// a process sweeps leftovers of crashed writes.
+    ///
+    /// Dropped mid-way: nothing visible changes (a first call may have swept leftovers).
     async fn get_image_store(&self, name: &StoreName) -> Result<Url>;
 
     /// The URLs of every store, sorted by name.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn list_image_stores(&self) -> Result<Vec<Url>>;
 
     /// Writes image `id` = `parent` + the layer read from `body`, which must hash to `sum`.
@@ -212,6 +255,10 @@ pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug
     /// * `DigestMismatch` if the bytes do not hash to `sum`; `BadArchive` if they are not a
     ///   safe tar (plain, gzip or zstd). Either way nothing is visible and a retry may succeed.
     /// * `LimitExceeded` if the chain would be deeper than [`Capabilities::max_chain_depth`].
+    ///
+    /// Dropped mid-way: before the commit point nothing is visible and the id can be written again
+    /// at once (its staged data is removed); after it, the image is committed and a retry returns
+    /// it.
     async fn write_image(
         &self,
         parent: &Image,
@@ -222,21 +269,31 @@ pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug
     ) -> Result<Image>;
 
     /// Image `id` of store `store`; `NotFound` if absent.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn get_image(&self, store: &StoreName, id: &ImageId) -> Result<Image>;
 
     /// With `ids` empty, every image of the store except scratch, sorted by id; otherwise the
     /// images of `ids` that exist, in the order given (missing ids are skipped).
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn list_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>>;
 
     /// Deletes one image and returns it. `ImageInUse` while it has children, writable layers or
     /// owners; `InvalidArgument` for scratch; `NotFound` if absent.
+    ///
+    /// Dropped mid-way: the image is deleted or still there whole; never half of it.
     async fn delete_image(&self, image: &Image) -> Result<Image>;
 
     /// Exact bytes used by the store's images, scratch excluded; answered without walking the
     /// store.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn image_storage_usage(&self, store: &StoreName) -> Result<u64>;
 
     /// Bytes used by one image's layer.
+    ///
+    /// Dropped mid-way: nothing changes (it only reads).
     async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64>;
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use imagestore_core::backend::blocking::{BlockingBackend, BlockingCatalog};
-use imagestore_core::backend::catalog::{Begin, begin_write};
+use imagestore_core::backend::catalog::{Begin, begin_write, lock_id};
 use imagestore_core::backend::record::ImageRecord;
 use imagestore_core::backend::storage::{Storage, StorageLock};
 use imagestore_core::layer::index;
@@ -72,8 +72,7 @@ impl BlockingBackend for LocalStore {
     }
 
     async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<StorageLock> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |c| c.id_lock(&c.open_store(&s)?, &id)).await
+        lock_id(&self.cat, store, id).await
     }
 
     async fn write_layer(

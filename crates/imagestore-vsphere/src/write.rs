@@ -20,7 +20,9 @@ use tracing::debug;
 use async_trait::async_trait;
 
 use imagestore_core::backend::blocking::{BlockingBackend, BlockingCatalog};
-use imagestore_core::backend::catalog::{Begin, ImagePaths, StorePaths, begin_write, image_name};
+use imagestore_core::backend::catalog::{
+    Begin, ImagePaths, StorePaths, begin_write, image_name, lock_id,
+};
 use imagestore_core::backend::record::ImageRecord;
 use imagestore_core::backend::storage::StorageLock;
 use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped};
@@ -127,8 +129,7 @@ impl BlockingBackend for DiskStore {
     }
 
     async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<StorageLock> {
-        let (s, id) = (store.clone(), id.clone());
-        self.run(move |c| c.id_lock(&c.open_store(&s)?, &id)).await
+        lock_id(&self.cat, store, id).await
     }
 
     async fn write_layer(

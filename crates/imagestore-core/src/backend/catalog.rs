@@ -273,6 +273,20 @@ pub enum Begin {
     Write(WriteSlot),
 }
 
+/// Waits for and takes the id lock of `id` in store `s` (`NotFound` if the store does not
+/// exist), on the blocking pool: the `lock_id` of every catalogue backend.
+pub async fn lock_id<R: Representation>(
+    cat: &Arc<Catalog<R>>,
+    s: &StoreName,
+    id: &ImageId,
+) -> Result<StorageLock> {
+    let (s, id) = (s.clone(), id.clone());
+    run_blocking(cat.scheme(), cat.clone(), move |c| {
+        c.id_lock(&c.open_store(&s)?, &id)
+    })
+    .await
+}
+
 /// Checks a write of `id` on `parent` expecting `sum`, takes the id lock and checks again (a
 /// writer that held the lock may have committed): the start of every image write. A hit
 /// returns at once, without touching the body.
