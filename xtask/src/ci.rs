@@ -45,7 +45,7 @@ const FEATURE_SETS: &[(&[&str], bool)] = &[
         false,
     ),
     (
-        &["--no-default-features", "--features", "vsphere", "--tests"],
+        &["--no-default-features", "--features", "vmdk", "--tests"],
         false,
     ),
     (&[], true),

@@ -50,7 +50,7 @@ inventory::collect!(Backend);
 pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("file", "local"),
     ("s3", "s3"),
-    ("vmdk", "vsphere"),
+    ("vmdk", "vmdk"),
     ("vsphere", "vsphere"),
 ];
 

@@ -22,7 +22,7 @@ use imagestore_core::{ByteStream, Error, ImageId, ObjectKind, Result, StoreName}
 
 use crate::datastore::DsPath;
 use crate::disk::new_cid;
-use crate::error::disk_err;
+use crate::error::{disk_err, in_backend};
 use crate::ext4::LayerData;
 use crate::fsread::FsContent;
 use crate::layer::{DeltaBuild, WorkDir};
@@ -220,11 +220,11 @@ impl VmdkExport for DiskStore {
             let r = cat.record(&s, &sp, &id)?;
             let layers = image_layers(cat, &s, r)?;
             let chain = open_chain(cat.rep(), &sp, &layers.ids)?;
-            let name = format!("{id}.vmdk");
+            let (name, scheme) = (format!("{id}.vmdk"), cat.scheme());
             Ok(spawn_producer(move |w| {
                 write_stream_optimized(&chain, &name, new_cid(), w)
                     .map(|_| ())
-                    .map_err(|e| disk_err(&name, e))
+                    .map_err(|e| in_backend(disk_err(&name, e), scheme))
             }))
         })
         .await

@@ -18,6 +18,25 @@ pub fn disk_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::backend(BACKEND, format!("{what}: {e}"), false)
 }
 
+/// `e`, naming backend `scheme` where it names [`BACKEND`]: the disk and ext4 code is shared by
+/// `vmdk://` and `vsphere://`, and an error reaching a `vsphere://` caller names `vsphere`.
+pub fn in_backend(e: Error, scheme: &'static str) -> Error {
+    match e {
+        Error::Backend {
+            backend,
+            message,
+            retryable,
+            source,
+        } if backend == BACKEND => Error::Backend {
+            backend: scheme,
+            message,
+            retryable,
+            source,
+        },
+        other => other,
+    }
+}
+
 /// Extension for attaching the path to `io::Result`s.
 pub trait IoContext<T> {
     /// Maps the error to a backend error naming `path`.
@@ -27,5 +46,18 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: &Path) -> Result<T, Error> {
         self.map_err(|e| io_err(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_of_shared_disk_code_name_the_backend_in_use() {
+        let e = in_backend(disk_err("a.vmdk", "bad grain"), "vsphere");
+        assert!(e.to_string().starts_with("vsphere backend: a.vmdk"), "{e}");
+        let other = in_backend(Error::backend("file", "x", false), "vsphere");
+        assert!(other.to_string().starts_with("file backend"), "{other}");
     }
 }

@@ -24,8 +24,8 @@
 //!   it is committed;
 //! * [`fsread`] — reading files through a chain's ext4;
 //! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
-//! * [`vsphere`] — the datastore behind vCenter or ESXi (`vsphere://`): a SOAP client, the
-//!   `/folder` HTTP endpoint, VMs that use images.
+//! * `vsphere` (feature `vcenter`) — the datastore behind vCenter or ESXi (`vsphere://`): a
+//!   SOAP client, the `/folder` HTTP endpoint, VMs that use images.
 
 #![deny(missing_docs)]
 
@@ -43,6 +43,7 @@ pub mod local_ds;
 pub mod store;
 pub mod verify;
 pub mod vmdk;
+#[cfg(feature = "vcenter")]
 pub mod vsphere;
 mod write;
 
@@ -81,6 +82,7 @@ fn open(url: Url) -> OpenFuture {
     })
 }
 
+#[cfg(feature = "vcenter")]
 fn open_vsphere(url: Url) -> OpenFuture {
     Box::pin(async move {
         let config = vsphere::config::VsphereConfig::from_url(&url)?;
@@ -88,6 +90,7 @@ fn open_vsphere(url: Url) -> OpenFuture {
     })
 }
 
+#[cfg(feature = "vcenter")]
 inventory::submit! {
     Backend {
         scheme: VSPHERE_SCHEME,
@@ -100,7 +103,7 @@ inventory::submit! {
 inventory::submit! {
     Backend {
         scheme: SCHEME,
-        feature: "vsphere",
+        feature: "vmdk",
         description: "VMDK delta disks holding ext4 in VIC's layout, on a local datastore folder (vmdk:///absolute/path)",
         open,
     }

@@ -23,6 +23,7 @@ use imagestore_core::{ByteStream, Error, ImageId, Metadata, Result, StoreName};
 
 use crate::config::Options;
 use crate::datastore::{Datastore, DsPath};
+use crate::error::in_backend;
 use crate::layer::{WorkDir, build_scratch};
 use crate::layout;
 
@@ -76,7 +77,10 @@ impl DiskStore {
         T: Send + 'static,
         F: FnOnce(&Catalog<DiskLayers>) -> Result<T> + Send + 'static,
     {
-        run_blocking(self.cat.scheme(), self.cat.clone(), f).await
+        let scheme = self.cat.scheme();
+        run_blocking(scheme, self.cat.clone(), f)
+            .await
+            .map_err(|e| in_backend(e, scheme))
     }
 }
 
@@ -120,14 +124,10 @@ impl DiskLayers {
     }
 }
 
-impl Representation for DiskLayers {
-    fn max_chain_depth(&self) -> u32 {
-        MAX_CHAIN_DEPTH
-    }
-
-    /// A base disk of the configured capacity holding ext4 with VIC's skeleton, beside the
-    /// skeleton's TOC.
-    fn write_scratch(&self, _cat: &Catalog<Self>, p: &ImagePaths) -> Result<u64> {
+impl DiskLayers {
+    /// The scratch image's files: a base disk of the configured capacity holding ext4 with
+    /// VIC's skeleton, beside the skeleton's TOC.
+    fn scratch_files(&self, p: &ImagePaths) -> Result<u64> {
         let work = WorkDir::create(&self.ds.work_dir())?;
         let disk = work.path().join("scratch.vmdk");
         let stats = build_scratch(&disk, "scratch.vmdk", self.options.capacity_kib)?;
@@ -143,12 +143,8 @@ impl Representation for DiskLayers {
         Ok(stats.bytes + toc.len() as u64)
     }
 
-    fn locator(&self, p: &ImagePaths) -> DsPath {
-        layout::disk(p)
-    }
-
     /// The files of `imageMetadata`.
-    fn metadata(&self, _cat: &Catalog<Self>, p: &ImagePaths) -> Result<Option<Metadata>> {
+    fn read_metadata(&self, p: &ImagePaths) -> Result<Metadata> {
         let mut out = Metadata::new();
         let dir = layout::metadata(p);
         for name in self.ds.list(&dir)? {
@@ -162,7 +158,29 @@ impl Representation for DiskLayers {
                 out.insert(key, value);
             }
         }
-        Ok(Some(out))
+        Ok(out)
+    }
+}
+
+impl Representation for DiskLayers {
+    fn max_chain_depth(&self) -> u32 {
+        MAX_CHAIN_DEPTH
+    }
+
+    /// A base disk of the configured capacity holding ext4 with VIC's skeleton, beside the
+    /// skeleton's TOC.
+    fn write_scratch(&self, cat: &Catalog<Self>, p: &ImagePaths) -> Result<u64> {
+        self.scratch_files(p)
+            .map_err(|e| in_backend(e, cat.scheme()))
+    }
+
+    fn locator(&self, p: &ImagePaths) -> DsPath {
+        layout::disk(p)
+    }
+
+    /// The files of `imageMetadata`.
+    fn metadata(&self, _cat: &Catalog<Self>, p: &ImagePaths) -> Result<Option<Metadata>> {
+        self.read_metadata(p).map(Some)
     }
 
     fn import_marker(&self, w: &WritablePaths, n: u32) -> DsPath {
@@ -185,7 +203,7 @@ impl Representation for DiskLayers {
     }
 
     fn stack(&self, cat: &Catalog<Self>, s: &StoreName, id: &ImageId) -> Result<Stack> {
-        crate::content::stack(cat, s, id)
+        crate::content::stack(cat, s, id).map_err(|e| in_backend(e, cat.scheme()))
     }
 
     fn raw_layer(&self, cat: &Catalog<Self>, _s: &StoreName, _id: &ImageId) -> Result<ByteStream> {

@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`), `vmdk://`
-//! (feature `vsphere`). [`schemes`] lists what this build can open.
+//! (feature `vmdk`), `vsphere://` (feature `vsphere`, which includes `vmdk`). [`schemes`]
+//! lists what this build can open.
 
 #![deny(missing_docs)]
 
@@ -48,8 +49,8 @@ pub use imagestore_local as local;
 #[cfg(feature = "s3")]
 pub use imagestore_s3 as s3;
 
-/// The VMDK backends (feature `vsphere`).
-#[cfg(feature = "vsphere")]
+/// The VMDK backends (feature `vmdk`; `vsphere` adds the vCenter/ESXi client).
+#[cfg(feature = "vmdk")]
 pub use imagestore_vsphere as vsphere;
 
 /// Makes sure every backend compiled into this build is linked, so its registration is
@@ -59,7 +60,7 @@ fn link_backends() {
     std::hint::black_box(imagestore_local::SCHEME);
     #[cfg(feature = "s3")]
     std::hint::black_box(imagestore_s3::SCHEME);
-    #[cfg(feature = "vsphere")]
+    #[cfg(feature = "vmdk")]
     std::hint::black_box(imagestore_vsphere::SCHEME);
 }
 

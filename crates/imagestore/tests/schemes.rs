@@ -9,8 +9,10 @@ fn registered_schemes_match_features() {
     if cfg!(feature = "s3") {
         expected.push("s3");
     }
-    if cfg!(feature = "vsphere") {
+    if cfg!(feature = "vmdk") {
         expected.push("vmdk");
+    }
+    if cfg!(feature = "vsphere") {
         expected.push("vsphere");
     }
     expected.sort();

@@ -35,6 +35,14 @@ pub fn leave_crashed_write(store: &Path, id: &ImageId, file: &str) -> Result<()>
     Ok(())
 }
 
+/// Leaves in store folder `store` a child link from `parent` to `child`, which does not exist.
+pub fn leave_dangling_child(store: &Path, parent: &ImageId, child: &ImageId) -> Result<()> {
+    let children = store.join("images").join(parent.as_str()).join("children");
+    std::fs::create_dir_all(&children)?;
+    std::fs::write(children.join(child.as_str()), b"")?;
+    Ok(())
+}
+
 /// Leftovers of crashed writes in store folder `store` whose images are committed by the file
 /// `marker`: uncommitted image folders, child links of children that do not exist,
 /// unrecorded writable layers, and a pending usage change.

@@ -42,6 +42,14 @@ pub trait Hooks: Send + Sync {
     /// Leaves behind what a write of `id` that crashed before its commit would leave
     /// (staged bytes, an uncommitted image).
     async fn leave_crashed_write(&self, store: &StoreName, id: &ImageId) -> Result<()>;
+    /// Leaves a link from `parent` to a child `child` that does not exist, as a writer that
+    /// died between linking the child and committing it does.
+    async fn leave_dangling_child(
+        &self,
+        store: &StoreName,
+        parent: &ImageId,
+        child: &ImageId,
+    ) -> Result<()>;
     /// Counts leftovers of crashed writes in `store`.
     async fn leftovers(&self, store: &StoreName) -> Result<usize>;
     /// A digest of everything stored for `store`, byte for byte.
@@ -175,6 +183,7 @@ macro_rules! conformance_tests {
             delete_parent_racing_child_write,
             reopen_sees_every_image,
             leftover_is_swept,
+            dangling_child_link_keeps_nothing_in_use,
             dropped_write_leaves_nothing,
             dropped_import_leaves_nothing,
             // Contents: export and diff

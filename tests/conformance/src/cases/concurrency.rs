@@ -214,6 +214,20 @@ pub async fn leftover_is_swept(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A child link left by a writer that died before committing (no child image, no writable
+/// layer) keeps nothing in use: its parent can be deleted at once, before any sweep.
+pub async fn dangling_child_link_keeps_nothing_in_use(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let a = put(ctx, &scratch, "a", &Layer::new().file("a", b"1").build()).await?;
+    ctx.hooks
+        .leave_dangling_child(&s, &a.id, &ImageId::new("never-committed")?)
+        .await?;
+    ctx.store.delete_image(&a).await?;
+    expect_err!(ctx.store.get_image(&s, &a.id).await, Error::NotFound { .. });
+    ensure!(ctx.store.image_storage_usage(&s).await? == 0);
+    Ok(())
+}
+
 /// A body that yields `prefix` and then stalls, as a client that stops sending mid-layer;
 /// the returned writer keeps the stall going while it lives.
 async fn stalled_body(prefix: &[u8]) -> Result<(tokio::io::DuplexStream, imagestore::ByteStream)> {

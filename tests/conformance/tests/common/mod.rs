@@ -303,6 +303,17 @@ impl Hooks for S3Hooks {
         Ok(l.len())
     }
 
+    /// A link object as a child writer writes it before its lease is released; no lease, no
+    /// record and no writable layer stand behind it.
+    async fn leave_dangling_child(&self, s: &StoreName, p: &ImageId, c: &ImageId) -> Result<()> {
+        let base = self.base(s).await?;
+        self.put(
+            &format!("{base}/children/{p}/{c}"),
+            br#"{"nonce":"dead00000000beef","kind":"image","parent_nonce":"0"}"#,
+        )
+        .await
+    }
+
     async fn fingerprint(&self, s: &StoreName) -> Result<String> {
         let mut h = Sha256::new();
         let mut all: BTreeMap<String, (u64, String)> = BTreeMap::new();

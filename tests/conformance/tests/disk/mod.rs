@@ -60,6 +60,10 @@ impl Hooks for DiskHooks {
         Ok(())
     }
 
+    async fn leave_dangling_child(&self, s: &StoreName, p: &ImageId, c: &ImageId) -> Result<()> {
+        catalog_files::leave_dangling_child(&self.store(s), p, c)
+    }
+
     /// Leftovers of crashed writes in store `s`, and dead build folders.
     async fn leftovers(&self, s: &StoreName) -> Result<usize> {
         Ok(catalog_files::leftovers(&self.store(s), "manifest")? + dead_builds(&self.work)?)
