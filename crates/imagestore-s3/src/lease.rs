@@ -24,7 +24,7 @@ use imagestore_core::{ImageId, Result};
 
 use crate::error::backend;
 use crate::objects::{Created, Objects, Updated};
-use crate::record::{RECORD_VERSION, decode, encode};
+use crate::record::{RECORD_VERSION, Versioned, decode, encode};
 
 /// Slack added to a TTL before a lease counts as dead: `last_modified` has a resolution of one
 /// second on most servers.
@@ -86,6 +86,13 @@ pub struct LeaseRecord {
     /// until release so that a resolver that dies is resolved in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Box<LeaseRecord>>,
+}
+
+impl Versioned for LeaseRecord {
+    const NAME: &'static str = "lease record";
+    fn version(&self) -> u32 {
+        self.version
+    }
 }
 
 impl LeaseRecord {

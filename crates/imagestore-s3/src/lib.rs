@@ -34,6 +34,7 @@ mod store;
 mod sweep;
 mod upload;
 mod write;
+mod xml;
 
 use std::sync::Arc;
 

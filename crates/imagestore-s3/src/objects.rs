@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
-use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequestBody, HttpResponseBody, ReqwestConnector,
+};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -31,7 +33,11 @@ use tracing::debug;
 use imagestore_core::Result;
 
 use crate::config::Config;
-use crate::error::{backend, is_transient, map};
+use crate::error::{Failure, Refusal, backend, classify, is_transient, map};
+use crate::xml::{BadAnswer, MAX_ERROR_BODY, MAX_LISTING_PAGE, UploadsPage, parse_uploads};
+
+/// The request [`Objects::list_uploads`] makes, for errors.
+const LIST_UPLOADS: &str = "ListMultipartUploads";
 
 /// Outer attempts for a request that failed transiently after `object_store`'s own retries.
 const OUTER_ATTEMPTS: u32 = 4;
@@ -385,12 +391,13 @@ impl Objects {
         Ok((r.objects, dirs))
     }
 
-    /// A stream of an object's bytes from `offset` on.
+    /// A stream of an object's bytes from `offset` on; `None` when `offset` is at or past the
+    /// object's end (the server refuses the range).
     pub async fn read_from(
         &self,
         rel: &str,
         offset: u64,
-    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+    ) -> Result<Option<BoxStream<'static, object_store::Result<Bytes>>>> {
         let path = self.path(rel);
         let r = self
             .retry(|| async {
@@ -400,14 +407,15 @@ impl Objects {
                 };
                 self.s3.get_opts(&path, opts).await
             })
-            .await
-            .map_err(|e| {
-                map(
-                    format!("reading {} from offset {offset}", self.show(rel)),
-                    e,
-                )
-            })?;
-        Ok(r.into_stream())
+            .await;
+        match r {
+            Ok(r) => Ok(Some(r.into_stream())),
+            Err(e) if offset > 0 && classify(&e) == Failure::PastEnd => Ok(None),
+            Err(e) => Err(map(
+                format!("reading {} from offset {offset}", self.show(rel)),
+                e,
+            )),
+        }
     }
 
     /// Starts a multipart upload.
@@ -507,95 +515,63 @@ impl Objects {
                 &SignedUrlOptions::default().with_query(query),
             )
             .await?;
-        let generic = |msg: String| object_store::Error::Generic {
+        let generic = |e: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
             store: "S3",
-            source: msg.into(),
+            source: e,
         };
         let req = http::Request::builder()
             .method(http::Method::GET)
             .uri(url.as_str())
             .body(HttpRequestBody::empty())
-            .map_err(|e| generic(format!("building the ListMultipartUploads request: {e}")))?;
+            .map_err(|e| generic(Box::new(e)))?;
         let resp = self
             .http
             .execute(req)
             .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(e),
-            })?;
+            .map_err(|e| generic(Box::new(e)))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .bytes()
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(e),
-            })?;
+        // Not the URL in errors: its query holds the signature.
         if !status.is_success() {
-            // Not the URL: its query holds the signature.
-            let text = String::from_utf8_lossy(&body);
-            let code = xml_field(&text, "Code").unwrap_or_default();
-            return Err(generic(format!(
-                "ListMultipartUploads: Server returned non-2xx status code: {status} {code}"
-            )));
+            let body = read_capped(resp.into_body(), MAX_ERROR_BODY)
+                .await
+                .map_err(|e| generic(Box::new(e)))?;
+            return Err(generic(Box::new(Refusal::new(LIST_UPLOADS, status, &body))));
         }
-        parse_uploads(&String::from_utf8_lossy(&body))
-            .ok_or_else(|| generic("ListMultipartUploads: unreadable answer".to_owned()))
+        let body = read_capped(resp.into_body(), MAX_LISTING_PAGE)
+            .await
+            .map_err(|e| generic(Box::new(e)))?;
+        if body.len() >= MAX_LISTING_PAGE {
+            return Err(generic(Box::new(BadAnswer {
+                request: LIST_UPLOADS,
+                reason: format!("more than {MAX_LISTING_PAGE} bytes"),
+            })));
+        }
+        std::str::from_utf8(&body)
+            .map_err(|e| BadAnswer {
+                request: LIST_UPLOADS,
+                reason: e.to_string(),
+            })
+            .and_then(parse_uploads)
+            .map_err(|e| generic(Box::new(e)))
     }
 }
 
-#[derive(Debug, Default)]
-struct UploadsPage {
-    uploads: Vec<Upload>,
-    truncated: bool,
-    next_key: Option<String>,
-    next_id: Option<String>,
-}
-
-fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
-/// The text of the first `<name>` element in `xml`.
-fn xml_field(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&close)?;
-    Some(xml_unescape(&xml[start..end]))
-}
-
-fn parse_uploads(xml: &str) -> Option<UploadsPage> {
-    if !xml.contains("ListMultipartUploadsResult") {
-        return None;
+/// The first `cap` bytes of a body (the rest is not read).
+async fn read_capped(
+    body: HttpResponseBody,
+    cap: usize,
+) -> std::result::Result<Vec<u8>, HttpError> {
+    let mut out = Vec::new();
+    let mut chunks = body.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        let take = chunk.len().min(cap - out.len());
+        out.extend_from_slice(&chunk[..take]);
+        if out.len() == cap {
+            break;
+        }
     }
-    let mut page = UploadsPage {
-        truncated: xml_field(xml, "IsTruncated").is_some_and(|t| t == "true"),
-        next_key: xml_field(xml, "NextKeyMarker").filter(|s| !s.is_empty()),
-        next_id: xml_field(xml, "NextUploadIdMarker").filter(|s| !s.is_empty()),
-        ..UploadsPage::default()
-    };
-    let mut rest = xml;
-    while let Some(start) = rest.find("<Upload>") {
-        let after = &rest[start + "<Upload>".len()..];
-        let end = after.find("</Upload>")?;
-        let block = &after[..end];
-        page.uploads.push(Upload {
-            key: xml_field(block, "Key")?,
-            id: xml_field(block, "UploadId")?,
-            initiated: xml_field(block, "Initiated")
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.with_timezone(&Utc)),
-        });
-        rest = &after[end..];
-    }
-    Some(page)
+    Ok(out)
 }
 
 /// A backend error for a failed upload step.
@@ -606,27 +582,4 @@ pub fn upload_error(what: String, e: object_store::Error) -> imagestore_core::Er
 /// A backend error for a missing piece of a committed image.
 pub fn missing(rel: &str) -> imagestore_core::Error {
     backend(format!("{rel} is missing"), false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_list_multipart_uploads() {
-        let xml = r#"<?xml version="1.0"?><ListMultipartUploadsResult><Bucket>b</Bucket>
-<IsTruncated>true</IsTruncated><NextKeyMarker>p/k2</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
-<Upload><Key>p/k1</Key><UploadId>a+b/c=</UploadId><Initiated>2026-11-29T10:00:00.000Z</Initiated></Upload>
-<Upload><Key>p/k&amp;2</Key><UploadId>u2</UploadId><Initiated>bad</Initiated></Upload>
-</ListMultipartUploadsResult>"#;
-        let p = parse_uploads(xml).expect("parses");
-        assert!(p.truncated);
-        assert_eq!(p.next_key.as_deref(), Some("p/k2"));
-        assert_eq!(p.uploads.len(), 2);
-        assert_eq!(p.uploads[0].id, "a+b/c=");
-        assert!(p.uploads[0].initiated.is_some());
-        assert_eq!(p.uploads[1].key, "p/k&2");
-        assert!(p.uploads[1].initiated.is_none());
-        assert!(parse_uploads("<Error><Code>AccessDenied</Code></Error>").is_none());
-    }
 }

@@ -75,8 +75,8 @@ impl ObjectReader {
                     .handle
                     .block_on(async move { objects.read_from(&key, pos).await })
                 {
-                    Ok(s) => self.stream = Some(s),
-                    Err(e) if is_past_end(&e) => {
+                    Ok(Some(s)) => self.stream = Some(s),
+                    Ok(None) => {
                         self.eof = true;
                         return Ok(false);
                     }
@@ -106,11 +106,6 @@ impl ObjectReader {
         }
         Ok(true)
     }
-}
-
-/// A range starting at or past the end of an object is refused by S3 (416).
-fn is_past_end(e: &imagestore_core::Error) -> bool {
-    e.to_string().contains("416")
 }
 
 impl Read for ObjectReader {

@@ -1,34 +1,13 @@
 //! The JSON records stored in the bucket: stores, images, writable layers, links, owners and
-//! leases. Every record carries a version; decoders refuse versions they do not know.
+//! leases, encoded and decoded with core's record codec ([`imagestore_core::record`]). Stores,
+//! images, writable layers and leases carry a format version that decoding checks; links and
+//! owners are small fixed shapes under a versioned store.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use imagestore_core::record::decode_unversioned;
+pub use imagestore_core::record::{RECORD_VERSION, Versioned, decode, encode};
 use imagestore_core::{Digest, Error, ImageId, Metadata, Result, StoreName};
-
-/// Version of every record format.
-pub const RECORD_VERSION: u32 = 1;
-
-/// Decodes a record stored at `key`.
-pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(key, format!("bad record: {e}")))
-}
-
-/// Encodes a record.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn check_version(key: &str, v: u32) -> Result<()> {
-    if v == RECORD_VERSION {
-        Ok(())
-    } else {
-        Err(Error::corrupt(
-            key,
-            format!("record version {v} is not supported"),
-        ))
-    }
-}
 
 /// One layer of a chain: an image id and the nonce of the write that stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +41,13 @@ impl std::ops::Deref for ImageRecord {
     }
 }
 
+impl Versioned for ImageRecord {
+    const NAME: &'static str = "image record";
+    fn version(&self) -> u32 {
+        self.image.version
+    }
+}
+
 impl ImageRecord {
     /// A record for a new image.
     #[allow(clippy::too_many_arguments)]
@@ -87,7 +73,6 @@ impl ImageRecord {
     /// Decodes and checks a record stored at `key`.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<ImageRecord> {
         let r: ImageRecord = decode(key, bytes)?;
-        check_version(key, r.version)?;
         if r.chain.len() != r.depth as usize || r.chain.last().map(|l| &l.id) != r.parent.as_ref() {
             return Err(Error::corrupt(key, "chain does not match parent and depth"));
         }
@@ -124,12 +109,17 @@ pub struct StoreRecord {
     pub scratch: ImageRecord,
 }
 
+impl Versioned for StoreRecord {
+    const NAME: &'static str = "store record";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
 impl StoreRecord {
     /// Decodes and checks a store record.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<StoreRecord> {
-        let r: StoreRecord = decode(key, bytes)?;
-        check_version(key, r.version)?;
-        Ok(r)
+        decode(key, bytes)
     }
 }
 
@@ -148,12 +138,17 @@ pub struct WritableRecord {
     pub chain: Vec<LayerRef>,
 }
 
+impl Versioned for WritableRecord {
+    const NAME: &'static str = "writable record";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
 impl WritableRecord {
     /// Decodes and checks a writable record.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<WritableRecord> {
-        let r: WritableRecord = decode(key, bytes)?;
-        check_version(key, r.version)?;
-        Ok(r)
+        decode(key, bytes)
     }
 }
 
@@ -179,9 +174,124 @@ pub struct LinkRecord {
     pub parent_nonce: String,
 }
 
+impl LinkRecord {
+    /// Decodes a link stored at `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<LinkRecord> {
+        decode_unversioned(key, "link record", bytes)
+    }
+}
+
 /// `owners/<id>/<owner>`: an owner registration, valid for one incarnation of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerRecord {
     /// The image's nonce when the owner registered.
     pub image_nonce: String,
+}
+
+impl OwnerRecord {
+    /// Decodes an owner registration stored at `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<OwnerRecord> {
+        decode_unversioned(key, "owner record", bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: ImageId, chain: Vec<LayerRef>) -> ImageRecord {
+        let parent = chain.last().map(|l| l.id.clone());
+        let depth = u32::try_from(chain.len()).unwrap_or(u32::MAX);
+        ImageRecord::new(
+            id,
+            "n1".into(),
+            parent,
+            chain,
+            None,
+            7,
+            depth,
+            &Metadata::new(),
+        )
+    }
+
+    #[test]
+    fn image_records_round_trip_and_are_checked() -> Result<()> {
+        let scratch = LayerRef {
+            id: ImageId::scratch(),
+            nonce: "s".into(),
+        };
+        let r = image(ImageId::new("a")?, vec![scratch]);
+        assert_eq!(ImageRecord::parse("k", &encode(&r))?, r);
+        // Records written before they were pretty-printed read the same.
+        let compact = serde_json::to_vec(&r).map_err(|e| Error::invalid(e.to_string()))?;
+        assert_eq!(ImageRecord::parse("k", &compact)?, r);
+
+        let text = String::from_utf8_lossy(&compact).into_owned();
+        let newer = text.replace("\"version\":1", "\"version\":2");
+        match ImageRecord::parse("k", newer.as_bytes()) {
+            Err(Error::Corrupt { reason, .. }) => {
+                assert_eq!(reason, "image record version 2 is not supported");
+            }
+            other => panic!("{other:?}"),
+        }
+        let no_chain = text.replace(r#""chain":[{"id":"scratch","nonce":"s"}]"#, r#""chain":[]"#);
+        assert_ne!(no_chain, text);
+        assert!(matches!(
+            ImageRecord::parse("k", no_chain.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn versioned_records_refuse_other_versions() -> Result<()> {
+        let w = WritableRecord {
+            version: RECORD_VERSION,
+            id: ImageId::new("w")?,
+            nonce: "n".into(),
+            parent: ImageId::scratch(),
+            chain: Vec::new(),
+        };
+        assert_eq!(WritableRecord::parse("k", &encode(&w))?, w);
+        let newer = WritableRecord { version: 9, ..w };
+        assert!(matches!(
+            WritableRecord::parse("k", &encode(&newer)),
+            Err(Error::Corrupt { .. })
+        ));
+        let s = StoreRecord {
+            version: 9,
+            store: StoreName::new("s")?,
+            generation: "g".into(),
+            scratch: image(ImageId::scratch(), Vec::new()),
+        };
+        assert!(matches!(
+            StoreRecord::parse("k", &encode(&s)),
+            Err(Error::Corrupt { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn links_and_owners_decode_with_core() -> Result<()> {
+        let l = LinkRecord {
+            nonce: "n".into(),
+            kind: LinkKind::Writable,
+            parent_nonce: "p".into(),
+        };
+        assert_eq!(LinkRecord::parse("k", &encode(&l))?, l);
+        assert_eq!(
+            LinkRecord::parse(
+                "k",
+                br#"{"nonce":"n","kind":"writable","parent_nonce":"p"}"#
+            )?,
+            l
+        );
+        match OwnerRecord::parse("owners/a/o", b"{}") {
+            Err(Error::Corrupt { reason, .. }) => {
+                assert!(reason.starts_with("bad owner record: "), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
 }

@@ -390,7 +390,7 @@ impl S3Store {
             let name = layout::last_segment(&rel).to_owned();
             match o.get(&rel).await? {
                 Some(got)
-                    if crate::record::decode::<OwnerRecord>(&rel, &got.bytes)
+                    if OwnerRecord::parse(&rel, &got.bytes)
                         .is_ok_and(|r| r.image_nonce == rec.nonce) =>
                 {
                     users.push(format!("owner {name}"));
@@ -533,8 +533,9 @@ impl S3Store {
         if !acquire {
             let rec = self.record(&st, id).await?;
             let registered = match o.get(&key).await? {
-                Some(got) => crate::record::decode::<OwnerRecord>(&key, &got.bytes)
-                    .is_ok_and(|r| r.image_nonce == rec.nonce),
+                Some(got) => {
+                    OwnerRecord::parse(&key, &got.bytes).is_ok_and(|r| r.image_nonce == rec.nonce)
+                }
                 None => false,
             };
             if !registered {
@@ -679,8 +680,7 @@ impl Resolver for S3Store {
                 continue;
             };
             if let Some(got) = o.get(&rel).await?
-                && crate::record::decode::<OwnerRecord>(&rel, &got.bytes)
-                    .is_ok_and(|r| r.image_nonce == rec.nonce)
+                && OwnerRecord::parse(&rel, &got.bytes).is_ok_and(|r| r.image_nonce == rec.nonce)
             {
                 out.push(name);
             }

@@ -16,7 +16,7 @@ use imagestore_core::{Error, ImageId, Result, StoreName};
 
 use crate::layout::{self, StoreKeys};
 use crate::lease::{self, LeaseOp, LeaseRecord, Observed, SLACK};
-use crate::record::{LinkRecord, OwnerRecord, decode, encode};
+use crate::record::{LinkRecord, OwnerRecord, encode};
 use crate::store::{S3Store, StoreCtx};
 
 /// The server's current time: the `last_modified` of an object written (and removed) under
@@ -90,7 +90,7 @@ async fn unlink(
     let Some(got) = o.get(&key).await? else {
         return Ok(());
     };
-    let link: LinkRecord = match decode(&key, &got.bytes) {
+    let link = match LinkRecord::parse(&key, &got.bytes) {
         Ok(l) => l,
         Err(_) => return o.delete(&key).await,
     };
@@ -165,7 +165,7 @@ pub(crate) async fn finish_delete(
     for m in o.list(&st.keys.owners_dir(id)).await? {
         let rel = o.rel(&m.location);
         if let Some(got) = o.get(&rel).await?
-            && decode::<OwnerRecord>(&rel, &got.bytes).is_ok_and(|r| r.image_nonce != nonce)
+            && OwnerRecord::parse(&rel, &got.bytes).is_ok_and(|r| r.image_nonce != nonce)
         {
             continue;
         }

@@ -18,8 +18,7 @@ pub const RECORD_VERSION: u32 = 1;
 
 /// Decodes a versioned record stored at `what` (a path or key, for errors).
 pub fn decode<T: DeserializeOwned + Versioned>(what: &str, bytes: &[u8]) -> Result<T> {
-    let r: T = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(what, format!("bad {}: {e}", T::NAME)))?;
+    let r: T = decode_unversioned(what, T::NAME, bytes)?;
     if r.version() != RECORD_VERSION {
         return Err(Error::corrupt(
             what,
@@ -27,6 +26,13 @@ pub fn decode<T: DeserializeOwned + Versioned>(what: &str, bytes: &[u8]) -> Resu
         ));
     }
     Ok(r)
+}
+
+/// Decodes a record without a format version of its own (one whose format is fixed by the
+/// versioned records or root marker it belongs to) stored at `what`; `name` says what it is in
+/// errors.
+pub fn decode_unversioned<T: DeserializeOwned>(what: &str, name: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, format!("bad {name}: {e}")))
 }
 
 /// Encodes a record as JSON.
@@ -163,6 +169,20 @@ mod tests {
             decode::<ImageRecord>("a.json", newer.as_bytes()),
             Err(Error::Corrupt { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn unversioned_records_decode_and_name_themselves_in_errors() -> Result<()> {
+        let m: BTreeMap<String, String> = decode_unversioned("k", "map", br#"{"a":"b"}"#)?;
+        assert_eq!(m.get("a").map(String::as_str), Some("b"));
+        match decode_unversioned::<BTreeMap<String, String>>("k", "link record", b"[") {
+            Err(Error::Corrupt { object, reason }) => {
+                assert_eq!(object, "k");
+                assert!(reason.starts_with("bad link record: "), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         Ok(())
     }
 }
