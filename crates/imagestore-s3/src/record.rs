@@ -1,12 +1,12 @@
 //! The JSON records stored in the bucket: stores, images, writable layers, links, owners and
-//! leases, encoded and decoded with core's record codec ([`imagestore_core::record`]). Stores,
+//! leases, encoded and decoded with core's record codec ([`imagestore_core::backend::record`]). Stores,
 //! images, writable layers and leases carry a format version that decoding checks; links and
 //! owners are small fixed shapes under a versioned store.
 
 use serde::{Deserialize, Serialize};
 
-use imagestore_core::record::decode_unversioned;
-pub use imagestore_core::record::{RECORD_VERSION, Versioned, decode, encode};
+use imagestore_core::backend::record::decode_unversioned;
+pub use imagestore_core::backend::record::{RECORD_VERSION, Versioned, decode, encode};
 use imagestore_core::{Digest, Error, ImageId, Metadata, Result, StoreName};
 
 /// One layer of a chain: an image id and the nonce of the write that stored it.
