@@ -5,10 +5,12 @@
 //! two threads of one process that open the lock file separately exclude each other exactly as
 //! two processes do, and the kernel drops a lock when its holder dies. One file per store
 //! carries many independent locks: byte 0 is the store's metadata lock, and each image id
-//! hashes to its own byte (its write lock). Linux only.
+//! hashes to its own byte (its write lock). Linux only: elsewhere taking a lock fails with an
+//! error that says so.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,7 @@ pub struct LockGuard {
     _file: File,
 }
 
+#[cfg(target_os = "linux")]
 fn ofd_lock(file: &File, range: u64, wait: bool) -> io::Result<bool> {
     // SAFETY: `flock` is a plain C struct; all-zero is a valid value that is then filled in.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -60,6 +63,16 @@ fn ofd_lock(file: &File, range: u64, wait: bool) -> io::Result<bool> {
             _ => return Err(err),
         }
     }
+}
+
+/// Elsewhere there are no open-file-description locks, and process-wide POSIX locks would not
+/// exclude two threads of one process: the stores that need these locks are not offered.
+#[cfg(not(target_os = "linux"))]
+fn ofd_lock(_file: &File, _range: u64, _wait: bool) -> io::Result<bool> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "open-file-description locks are Linux's; local stores need them",
+    ))
 }
 
 fn open_lock_file(backend: &'static str, path: &Path) -> Result<File> {
