@@ -11,6 +11,7 @@
 
 mod bench;
 mod ci;
+mod deps;
 mod differential;
 mod dist;
 mod fixture;
@@ -26,6 +27,7 @@ const HELP: &str = "\
 cargo xtask <command>
 
   ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
+  unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
   conformance vmdk   run the conformance suite and the crash test against vmdk://
@@ -61,6 +63,7 @@ fn main() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["ci"] => ci::ci(),
+        ["unused-deps"] => deps::unused_deps(),
         ["conformance", backend] => ci::conformance(backend),
         ["vcsim"] => ci::vcsim_shell(),
         ["differential"] => differential::differential(),

@@ -23,7 +23,7 @@ use imagestore::{Digest, ImageId, ImageStorerExt, Metadata, StoreName, byte_stre
 use imagestore_conformance::tars::Layer;
 use imagestore_conformance::tree;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// What a path holds in the model of the image, enough to pick targets.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -8,7 +8,7 @@
 //! rebuilt from the two numbers.
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const BLOCK: usize = 512;
 
