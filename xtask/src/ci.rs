@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 use crate::fixture;
 use crate::s3::{self, S3Servers};
-use crate::util::{cargo, have, root, run};
+use crate::util::{cargo, have, run};
 use crate::vcsim::{self, Vcsim};
 
 pub use imagestore_test_support::in_ci;
@@ -127,7 +127,7 @@ pub fn ci() -> Result<()> {
     // It shares the workspace's target folder, so the dependencies checked for clippy serve.
     run(cargo()
         .args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"])
-        .env("CARGO_TARGET_DIR", root().join("target")))?;
+        .env("CARGO_TARGET_DIR", crate::util::target_dir()?))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
