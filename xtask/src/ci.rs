@@ -5,16 +5,13 @@ use anyhow::{Result, bail};
 
 use crate::fixture;
 use crate::s3::{self, S3Servers};
-use crate::util::{cargo, have, root, run};
+use crate::util::{cargo, have, run};
 use crate::vcsim::{self, Vcsim};
 
-/// True when running under CI (`CI=true`), where nothing may be skipped.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+pub use imagestore_test_support::in_ci;
 
 /// Generates the Debian image fixture the interop tests use, when the tools are there. Under
-/// CI missing tools are an error; elsewhere the tests that need the fixture skip.
+/// CI missing tools are an error; elsewhere the tests that need the fixture are ignored.
 fn fixtures() -> Result<()> {
     let tools = ["debootstrap", "umoci", "skopeo"];
     if tools.iter().all(|t| have(t)) {
@@ -26,7 +23,7 @@ fn fixtures() -> Result<()> {
         );
     } else {
         eprintln!(
-            "ci: no {} here; the interop tests will skip",
+            "ci: no {} here; the interop tests will be reported as ignored",
             tools.join("/")
         );
     }
@@ -53,28 +50,28 @@ const FEATURE_SETS: &[(&[&str], bool)] = &[
     (&["--features", "full"], false),
 ];
 
-/// The S3 servers if they are installed; otherwise the S3 tests skip (and fail under
+/// The S3 servers if they are installed; otherwise the S3 tests are ignored (and fail under
 /// `CI=true`).
 fn s3_servers() -> Result<Option<S3Servers>> {
     if s3::available() {
         Ok(Some(S3Servers::start()?))
     } else {
         eprintln!(
-            "ci: moto/SeaweedFS not installed, S3 tests will skip (fail under CI=true); install: {}",
+            "ci: moto/SeaweedFS not installed, S3 tests will be reported as ignored (fail under CI=true); install: {}",
             s3::INSTALL_HINT
         );
         Ok(None)
     }
 }
 
-/// vcsim if it can be built here; otherwise the vSphere tests skip (and fail under
+/// vcsim if it can be built here; otherwise the vSphere tests are ignored (and fail under
 /// `CI=true`).
 fn vcsim_server() -> Result<Option<Vcsim>> {
     if vcsim::available() {
         Ok(Some(Vcsim::start()?))
     } else {
         eprintln!(
-            "ci: vcsim cannot be built here, vSphere tests will skip (fail under CI=true); install: {}",
+            "ci: vcsim cannot be built here, vSphere tests will be reported as ignored (fail under CI=true); install: {}",
             vcsim::INSTALL_HINT
         );
         Ok(None)
@@ -130,7 +127,7 @@ pub fn ci() -> Result<()> {
     // It shares the workspace's target folder, so the dependencies checked for clippy serve.
     run(cargo()
         .args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"])
-        .env("CARGO_TARGET_DIR", root().join("target")))?;
+        .env("CARGO_TARGET_DIR", crate::util::target_dir()?))?;
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;

@@ -49,7 +49,7 @@ pub fn for_ci() -> Result<Option<PathBuf>> {
         bail!("CI needs Go for the differential tar test; install: {INSTALL_HINT}");
     }
     eprintln!(
-        "ci: Go is not installed, the differential tar test will skip; install: {INSTALL_HINT}"
+        "ci: Go is not installed, the differential tar test will be reported as ignored; install: {INSTALL_HINT}"
     );
     Ok(None)
 }

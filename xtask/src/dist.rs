@@ -7,18 +7,11 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::util::{cargo, root, run};
+use crate::util::root;
 
 /// Builds `target/dist/imagestore-<version>-<target>.tar.gz` and a `.sha256` beside it.
 pub fn dist() -> Result<()> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "imagestore-cli",
-        "--features",
-        "full",
-    ]))?;
+    let bin = crate::util::release_cli(Some("full"))?;
     let version = env!("CARGO_PKG_VERSION");
     let name = format!("imagestore-{version}-{}-linux", std::env::consts::ARCH);
     let dist = root().join("target").join("dist");
@@ -30,7 +23,6 @@ pub fn dist() -> Result<()> {
         flate2::Compression::best(),
     ));
     tar.mode(tar::HeaderMode::Deterministic);
-    let bin = root().join("target/release/imagestore");
     tar.append_path_with_name(&bin, format!("{name}/bin/imagestore"))
         .context("adding the binary")?;
     for doc in ["README.md", "LICENSE"] {

@@ -14,7 +14,43 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Scratch space for xtask (under `target/`, never committed).
+/// Cargo's target directory, where its build outputs are: `CARGO_TARGET_DIR` if set (relative
+/// to the workspace root when relative), else the `target_directory` of `cargo metadata`
+/// (which honours `build.target-dir` in cargo's configuration). Asked once per run.
+pub fn target_dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
+    let dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => root().join(d),
+        None => {
+            let out = output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+            let meta: serde_json::Value =
+                serde_json::from_str(&out).context("parsing `cargo metadata`")?;
+            meta["target_directory"]
+                .as_str()
+                .map(PathBuf::from)
+                .context("`cargo metadata` names no target_directory")?
+        }
+    };
+    Ok(DIR.get_or_init(|| dir).clone())
+}
+
+/// Builds the release CLI (`imagestore-cli`, with `features` if any) and returns the path of
+/// its binary in [`target_dir`].
+pub fn release_cli(features: Option<&str>) -> Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "imagestore-cli"]);
+    if let Some(f) = features {
+        build.args(["--features", f]);
+    }
+    run(&mut build)?;
+    Ok(target_dir()?.join("release/imagestore"))
+}
+
+/// Scratch space for xtask: `target/xtask/<name>` of the workspace, never committed. It stays
+/// there whatever `CARGO_TARGET_DIR` says, so that tests find the fixtures at a fixed path.
 pub fn work_dir(name: &str) -> Result<PathBuf> {
     let d = root().join("target").join("xtask").join(name);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -36,7 +72,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs a command and returns its standard output.
-#[allow(dead_code)]
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stderr(Stdio::inherit())

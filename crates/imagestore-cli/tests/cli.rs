@@ -2,9 +2,14 @@
 //! errors (one line naming the id or path), completions, man pages, and the committed sample
 //! image (import twice, export round trip, checkout).
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
+
+use imagestore_test_support as support;
+use std::process::ExitCode;
 
 use std::io::Read;
 
@@ -55,7 +60,6 @@ fn content_of(tar_bytes: &[u8], name: &str) -> Option<Vec<u8>> {
     None
 }
 
-#[test]
 fn every_verb_works_on_the_local_backend() {
     let env = Env::new();
     env.ok(&["store", "create", "s"]);
@@ -233,7 +237,6 @@ fn every_verb_works_on_the_local_backend() {
     env.ok(&["image", "rm", "--store", "s", "c1"]);
 }
 
-#[test]
 fn errors_are_one_line_naming_what_failed() {
     let env = Env::new();
     env.ok(&["store", "create", "s"]);
@@ -301,7 +304,6 @@ fn errors_are_one_line_naming_what_failed() {
     assert!(e.contains("--store"), "{e}");
 }
 
-#[test]
 fn completions_and_man_pages_are_generated() {
     let env = Env::new();
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
@@ -346,7 +348,6 @@ fn completions_and_man_pages_are_generated() {
     }
 }
 
-#[test]
 fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
     let env = Env::new();
     let sample = sample_layout();
@@ -454,11 +455,7 @@ fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
     assert!(co.join("etc/os-release").exists() || co.join("usr/lib/os-release").exists());
 }
 
-#[test]
 fn a_vmdk_store_exports_images_as_one_disk() {
-    if !common::need("debugfs") || !common::need("qemu-img") {
-        return;
-    }
     let mut env = Env::new();
     env.url = format!(
         "vmdk://{}?capacity_kib=1048576",
@@ -532,7 +529,6 @@ fn run_at(cwd: &std::path::Path, url: &str, args: &[&str]) -> (Option<i32>, Stri
     )
 }
 
-#[test]
 fn a_relative_file_url_is_refused_with_the_absolute_one_to_write() {
     let env = Env::new();
     for url in ["file:relative", "file:./relative"] {
@@ -556,7 +552,6 @@ fn a_relative_file_url_is_refused_with_the_absolute_one_to_write() {
     );
 }
 
-#[test]
 fn read_only_commands_create_nothing() {
     let env = Env::new();
     let root = env.path("store");
@@ -589,7 +584,6 @@ fn read_only_commands_create_nothing() {
     );
 }
 
-#[test]
 fn a_url_naming_a_file_is_one_clear_error() {
     let env = Env::new();
     let file = env.path("plain-file");
@@ -605,7 +599,6 @@ fn a_url_naming_a_file_is_one_clear_error() {
     assert_eq!(std::fs::read(&file).expect("read"), b"not a directory");
 }
 
-#[test]
 fn an_io_error_names_its_cause_once() {
     let env = Env::new();
     env.ok(&["store", "create", "s"]);
@@ -620,7 +613,6 @@ fn an_io_error_names_its_cause_once() {
 
 /// A secret put in a store URL (userinfo, secret-looking or unknown query parameters) never
 /// reaches stdout or stderr, through any verb's error path, with trace logging on.
-#[test]
 fn secrets_in_store_urls_never_show() {
     let env = Env::new();
     let m = "Sekr1tMarker";
@@ -687,4 +679,24 @@ fn secrets_in_store_urls_never_show() {
             assert!(!all.contains(m), "{url} {verb:?}: {all}");
         }
     }
+}
+
+fn main() -> ExitCode {
+    let mut trials = support::plain_trials![
+        every_verb_works_on_the_local_backend,
+        errors_are_one_line_naming_what_failed,
+        completions_and_man_pages_are_generated,
+        the_sample_image_imports_into_the_default_store_twice_and_round_trips,
+        a_relative_file_url_is_refused_with_the_absolute_one_to_write,
+        read_only_commands_create_nothing,
+        a_url_naming_a_file_is_one_clear_error,
+        an_io_error_names_its_cause_once,
+        secrets_in_store_urls_never_show,
+    ];
+    trials.push(support::trial(
+        "a_vmdk_store_exports_images_as_one_disk",
+        support::programs(&["debugfs", "qemu-img"]),
+        |()| a_vmdk_store_exports_images_as_one_disk(),
+    ));
+    support::run(trials)
 }

@@ -5,9 +5,14 @@
 //!
 //! Outside CI a missing tool or fixture skips a test with a message; under `CI=true` it fails.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
+
+use imagestore_test_support as support;
+use std::process::ExitCode;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,16 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use common::registry::{Proxy, Registry};
-use common::{Env, chain_ids, fixture, layout_layers, need, sample_layout, tool};
+use common::{Env, chain_ids, layout_layers, sample_layout, tool};
 use sha2::Digest as _;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
 }
 
-#[test]
-fn the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op() {
-    let Some(fx) = fixture() else { return };
+fn the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op(fx: PathBuf) {
     let env = Env::new();
     let from_docker = env.json(&["oci", "import", "--store", "a", s(&fx.join("docker.tar"))]);
     assert_eq!(from_docker["result"]["written"], 3);
@@ -81,12 +84,7 @@ fn the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op() {
     );
 }
 
-#[test]
-fn exports_are_accepted_by_skopeo_and_keep_layer_digests() {
-    let Some(fx) = fixture() else { return };
-    if !need("skopeo") {
-        return;
-    }
+fn exports_are_accepted_by_skopeo_and_keep_layer_digests(fx: PathBuf) {
     let env = Env::new();
     let v = env.json(&["oci", "import", "--store", "s", s(&fx.join("oci"))]);
     let top = v["result"]["top"].as_str().expect("top").to_owned();
@@ -264,12 +262,7 @@ fn walk(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
     (out, groups)
 }
 
-#[test]
-fn umoci_unpack_of_an_export_equals_our_checkout() {
-    let Some(fx) = fixture() else { return };
-    if !need("umoci") {
-        return;
-    }
+fn umoci_unpack_of_an_export_equals_our_checkout(fx: PathBuf) {
     let env = Env::new();
     let v = env.json(&["oci", "import", "--store", "s", s(&fx.join("docker.tar"))]);
     let top = v["result"]["top"].as_str().expect("top").to_owned();
@@ -335,12 +328,7 @@ fn umoci_unpack_of_an_export_equals_our_checkout() {
     );
 }
 
-#[test]
-fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
-    let Some(fx) = fixture() else { return };
-    if !need("skopeo") || !need("docker-registry") {
-        return;
-    }
+fn a_pull_from_the_registry_gives_the_same_chain_as_an_import(fx: PathBuf) {
     let reg = Registry::start(None);
     reg.push(&fx.join("oci"), "latest", "test/rootfs", None);
     let env = Env::new();
@@ -392,11 +380,7 @@ fn a_pull_from_the_registry_gives_the_same_chain_as_an_import() {
     );
 }
 
-#[test]
 fn basic_auth_credentials_are_used_and_never_printed() {
-    if !need("skopeo") || !need("docker-registry") {
-        return;
-    }
     let password = "pw-Zq81-secret";
     let reg = Registry::start(Some(("alice", password)));
     reg.push(
@@ -479,11 +463,7 @@ fn basic_auth_credentials_are_used_and_never_printed() {
     assert_eq!(chain_ids(&v), chain_ids(&imported));
 }
 
-#[test]
 fn token_auth_and_an_interrupted_download_is_resumed() {
-    if !need("skopeo") || !need("docker-registry") {
-        return;
-    }
     let reg = Registry::start(None);
     reg.push(&sample_layout(), "latest", "sample", None);
     let proxy = Proxy::start(reg.port, "bob", "tok-pass");
@@ -547,4 +527,42 @@ fn token_auth_and_an_interrupted_download_is_resumed() {
     );
     let imported = env.json(&["oci", "import", "--store", "u", s(&sample_layout())]);
     assert_eq!(chain_ids(&v), chain_ids(&imported));
+}
+
+fn main() -> ExitCode {
+    support::run(vec![
+        support::trial(
+            "the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op",
+            support::debian_fixture(),
+            the_three_forms_import_to_the_same_chain_and_reimport_is_a_no_op,
+        ),
+        support::trial(
+            "exports_are_accepted_by_skopeo_and_keep_layer_digests",
+            support::both(support::debian_fixture(), support::programs(&["skopeo"])),
+            |(fx, ())| exports_are_accepted_by_skopeo_and_keep_layer_digests(fx),
+        ),
+        support::trial(
+            "umoci_unpack_of_an_export_equals_our_checkout",
+            support::both(support::debian_fixture(), support::programs(&["umoci"])),
+            |(fx, ())| umoci_unpack_of_an_export_equals_our_checkout(fx),
+        ),
+        support::trial(
+            "a_pull_from_the_registry_gives_the_same_chain_as_an_import",
+            support::both(
+                support::debian_fixture(),
+                support::programs(&["skopeo", "docker-registry"]),
+            ),
+            |(fx, ())| a_pull_from_the_registry_gives_the_same_chain_as_an_import(fx),
+        ),
+        support::trial(
+            "basic_auth_credentials_are_used_and_never_printed",
+            support::programs(&["skopeo", "docker-registry"]),
+            |()| basic_auth_credentials_are_used_and_never_printed(),
+        ),
+        support::trial(
+            "token_auth_and_an_interrupted_download_is_resumed",
+            support::programs(&["skopeo", "docker-registry"]),
+            |()| token_auth_and_an_interrupted_download_is_resumed(),
+        ),
+    ])
 }

@@ -5,25 +5,25 @@
 //! clean. At the end the filesystem `debugfs` dumps, and the store's own checkout, both equal
 //! the local backend's checkout of the same layers.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use common::chain::compare;
 use common::*;
 use imagestore::layer::checkout::CheckoutOptions;
 use imagestore::{Digest, ImageId, ImageStorerExt, Metadata, StoreName, byte_stream};
-use imagestore_conformance::{debian_fixture, tree};
+use imagestore_conformance::support;
+use imagestore_conformance::tree;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debian_layers_as_delta_disks() -> Result<()> {
-    let Some(fixture) = debian_fixture() else {
-        return Ok(());
-    };
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
+async fn debian_layers_as_delta_disks(fixture: PathBuf) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ds = dir.path().join("ds");
     let vmdk = imagestore::open(&format!("vmdk://{}", ds.display())).await?;
@@ -96,4 +96,16 @@ async fn debian_layers_as_delta_disks() -> Result<()> {
         bail!("the vmdk checkout differs:\n{}", d.join("\n"));
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    support::run(vec![support::trial_async(
+        "debian_layers_as_delta_disks",
+        support::both(
+            support::debian_fixture(),
+            support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+        ),
+        2,
+        |(v, ())| debian_layers_as_delta_disks(v),
+    )])
 }

@@ -7,14 +7,20 @@
 //! layer leaves the datastore unchanged. Names and targets with line breaks are checked
 //! against `debugfs`'s own read-back of the disk.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use common::*;
 use imagestore::{Digest, Error, ImageId, ImageStorerExt, Metadata, StoreName};
+use imagestore_conformance::support;
 use tar::{EntryType, Header};
 use tokio::io::AsyncReadExt;
 
@@ -119,11 +125,7 @@ fn snapshot(root: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_that_smuggled_commands_are_plain_data() -> Result<()> {
-    if !have(&["debugfs", "qemu-img"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let ds = dir.path().join("ds");
     let work = dir.path().join("work");
@@ -233,11 +235,7 @@ async fn layers_that_smuggled_commands_are_plain_data() -> Result<()> {
 
 /// Names and link targets holding line breaks and quotes are stored byte for byte: the chain
 /// passes `e2fsck` and `debugfs` reads back what the engine says the image holds.
-#[test]
 fn names_with_line_breaks_read_back_through_debugfs() -> Result<()> {
-    if !have(&["debugfs", "e2fsck", "qemu-img"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut chain = chain::Chain::new(dir.path(), 65536)?;
     let tar = symlinks_tar(&[
@@ -251,11 +249,7 @@ fn names_with_line_breaks_read_back_through_debugfs() -> Result<()> {
 
 /// A symlink and path far longer than a debugfs script line are written (they were refused
 /// while the writer spoke debugfs' command language).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_longer_than_a_debugfs_line_are_written() -> Result<()> {
-    if !have(&["qemu-img"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let ds = dir.path().join("ds");
     let store = imagestore::open(&format!("vmdk://{}?capacity_kib=65536", ds.display())).await?;
@@ -275,4 +269,26 @@ async fn paths_longer_than_a_debugfs_line_are_written() -> Result<()> {
         .await?;
     assert_eq!(store.list_images(&s, &[]).await?.len(), 1);
     Ok(())
+}
+
+fn main() -> ExitCode {
+    support::run(vec![
+        support::trial_async(
+            "layers_that_smuggled_commands_are_plain_data",
+            support::programs(&["debugfs", "qemu-img"]),
+            2,
+            |()| layers_that_smuggled_commands_are_plain_data(),
+        ),
+        support::trial(
+            "names_with_line_breaks_read_back_through_debugfs",
+            support::programs(&["debugfs", "e2fsck", "qemu-img"]),
+            |()| names_with_line_breaks_read_back_through_debugfs(),
+        ),
+        support::trial_async(
+            "paths_longer_than_a_debugfs_line_are_written",
+            support::programs(&["qemu-img"]),
+            2,
+            |()| paths_longer_than_a_debugfs_line_are_written(),
+        ),
+    ])
 }

@@ -3,18 +3,20 @@
 //! ext4 that `e2fsck -fn` finds clean, and the files `debugfs` reads back are exactly the
 //! image the engine computes (core checkout of the same layers).
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use anyhow::Result;
 use common::chain::*;
 use common::*;
+use imagestore_conformance::support;
+use std::process::ExitCode;
 use tar::EntryType;
 
-#[test]
 fn layers_apply_with_every_entry_kind() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut c = Chain::new(dir.path(), 1 << 20)?;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -94,11 +96,7 @@ fn layers_apply_with_every_entry_kind() -> Result<()> {
 
 /// A layer with a directory of 100,000 entries is written as an indexed directory that
 /// `e2fsck` passes and `debugfs` reads back whole; a later layer removes and adds names in it.
-#[test]
 fn a_directory_of_a_hundred_thousand_entries() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     // 4 GiB: one inode per 16 KiB gives room for the entries.
     let mut c = Chain::new(dir.path(), 4 << 20)?;
@@ -127,11 +125,7 @@ fn a_directory_of_a_hundred_thousand_entries() -> Result<()> {
 }
 
 /// Modification times keep their nanoseconds in the inode's extra field.
-#[test]
 fn times_keep_their_nanoseconds() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut c = Chain::new(dir.path(), 1 << 20)?;
     let mut b = tar::Builder::new(Vec::new());
@@ -151,11 +145,7 @@ fn times_keep_their_nanoseconds() -> Result<()> {
 
 /// The longest names Linux takes: a 255-byte file name, and a symlink target of 4,095 bytes
 /// (stored in a block, not in the inode).
-#[test]
 fn the_longest_names_and_link_targets() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut c = Chain::new(dir.path(), 1 << 20)?;
     let name = "n".repeat(255);
@@ -179,11 +169,7 @@ fn the_longest_names_and_link_targets() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn a_multi_gib_sparse_file() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut c = Chain::new(dir.path(), 6 << 20)?;
     let size: u64 = (3 << 30) + 12345;
@@ -220,4 +206,25 @@ fn a_multi_gib_sparse_file() -> Result<()> {
     f.read_exact_at(&mut hole, 2 << 30)?;
     assert!(hole.iter().all(|b| *b == 0));
     Ok(())
+}
+
+fn main() -> ExitCode {
+    let tools = || support::programs(&["qemu-img", "e2fsck", "debugfs"]);
+    support::run(vec![
+        support::trial("layers_apply_with_every_entry_kind", tools(), |()| {
+            layers_apply_with_every_entry_kind()
+        }),
+        support::trial("a_directory_of_a_hundred_thousand_entries", tools(), |()| {
+            a_directory_of_a_hundred_thousand_entries()
+        }),
+        support::trial("times_keep_their_nanoseconds", tools(), |()| {
+            times_keep_their_nanoseconds()
+        }),
+        support::trial("the_longest_names_and_link_targets", tools(), |()| {
+            the_longest_names_and_link_targets()
+        }),
+        support::trial("a_multi_gib_sparse_file", tools(), |()| {
+            a_multi_gib_sparse_file()
+        }),
+    ])
 }

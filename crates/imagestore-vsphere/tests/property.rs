@@ -10,16 +10,22 @@
 //! Sequence `i` depends only on `(seed, i)`: `IMAGESTORE_PROPERTY_SEED` replays a run and
 //! `IMAGESTORE_PROPERTY_CASES` sets how many sequences run (default 25).
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use common::chain::compare;
 use common::*;
 use imagestore::layer::checkout::CheckoutOptions;
 use imagestore::{Digest, ImageId, ImageStorerExt, Metadata, StoreName, byte_stream};
+use imagestore_conformance::support;
 use imagestore_conformance::tars::Layer;
 use imagestore_conformance::tree;
 use rand::rngs::StdRng;
@@ -169,11 +175,7 @@ fn link_groups(root: &std::path::Path) -> Result<Vec<Vec<String>>> {
     Ok(by_ino.into_values().filter(|g| g.len() > 1).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_layers_read_back_as_the_local_checkout() -> Result<()> {
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
     let seed: u64 = match std::env::var("IMAGESTORE_PROPERTY_SEED") {
         Ok(s) => s.parse().context("IMAGESTORE_PROPERTY_SEED")?,
         Err(_) => rand::random(),
@@ -288,4 +290,13 @@ async fn run_case(seed: u64, case: u64) -> Result<(u64, u64)> {
         bail!("the vmdk checkout differs:\n{}", d.join("\n"));
     }
     Ok((written, refused))
+}
+
+fn main() -> ExitCode {
+    support::run(vec![support::trial_async(
+        "random_layers_read_back_as_the_local_checkout",
+        support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+        2,
+        |()| random_layers_read_back_as_the_local_checkout(),
+    )])
 }

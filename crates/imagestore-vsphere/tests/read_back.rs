@@ -2,14 +2,20 @@
 //! wrote and fails, naming the path and the field, when the filesystem differs from the
 //! layer (changed with `debugfs` on a copy of the disk).
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use common::chain::inode_of;
 use common::*;
 use imagestore::Error;
+use imagestore_conformance::support;
 use imagestore_vsphere::disk::open_chain;
 use imagestore_vsphere::ext4;
 use imagestore_vsphere::fsread::FsContent;
@@ -31,11 +37,7 @@ fn to_vmdk(raw: &std::path::Path) -> Result<std::path::PathBuf> {
     Ok(vmdk)
 }
 
-#[test]
 fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
-    if !have(&["debugfs", "qemu-img"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let mut chain = chain::Chain::new(dir.path(), 65536)?;
     let layer = chain::TarB::default()
@@ -115,4 +117,12 @@ fn read_back_finds_what_the_filesystem_does_not_hold() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    support::run(vec![support::trial(
+        "read_back_finds_what_the_filesystem_does_not_hold",
+        support::programs(&["debugfs", "qemu-img"]),
+        |()| read_back_finds_what_the_filesystem_does_not_hold(),
+    )])
 }

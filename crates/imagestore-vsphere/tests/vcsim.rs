@@ -7,9 +7,14 @@
 //! `IMAGESTORE_TEST_VSPHERE`, `IMAGESTORE_TEST_VSPHERE_DIR` and the login; under `CI=true`
 //! a missing simulator fails.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
@@ -19,17 +24,20 @@ use imagestore::{
     Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
     Url, byte_stream,
 };
-use imagestore_conformance::{faults, require_server};
+use imagestore_conformance::faults;
+use imagestore_conformance::support;
 use imagestore_vsphere::datastore::{DsPath, Storage};
 use imagestore_vsphere::vsphere::VsphereStore;
 use imagestore_vsphere::vsphere::config::{PASSWORD_ENV, USER_ENV, VsphereConfig};
 use tokio::io::AsyncReadExt;
 
-/// The simulator's base URL and datastore folder, or `None` (skip) outside CI.
-fn simulator() -> Option<(String, PathBuf)> {
-    let base = require_server("IMAGESTORE_TEST_VSPHERE")?;
-    let dir = require_server("IMAGESTORE_TEST_VSPHERE_DIR")?;
-    Some((base, PathBuf::from(dir)))
+/// The simulator's base URL and datastore folder, as `cargo xtask conformance vsphere`
+/// passes them.
+fn simulator() -> support::Need<(String, PathBuf)> {
+    const START: &str = "start vcsim with `cargo xtask conformance vsphere`";
+    let base = support::env("IMAGESTORE_TEST_VSPHERE", START)?;
+    let dir = support::env("IMAGESTORE_TEST_VSPHERE_DIR", START)?;
+    Ok((base, PathBuf::from(dir)))
 }
 
 fn folder() -> String {
@@ -54,14 +62,7 @@ async fn write(store: &dyn ImageStorer, parent: &Image, id: &str, layer: Vec<u8>
         .await?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disks_on_the_simulator_pass_the_real_tools() -> Result<()> {
-    let Some((base, dir)) = simulator() else {
-        return Ok(());
-    };
-    if !have(&["qemu-img", "e2fsck", "debugfs"]) {
-        return Ok(());
-    }
+async fn disks_on_the_simulator_pass_the_real_tools((base, dir): (String, PathBuf)) -> Result<()> {
     let f = folder();
     let vs = open(&format!("{base}/{f}?allow_http=true")).await?;
     let store = vs.storer();
@@ -102,11 +103,7 @@ async fn disks_on_the_simulator_pass_the_real_tools() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_session_is_logged_in_again() -> Result<()> {
-    let Some((base, _)) = simulator() else {
-        return Ok(());
-    };
+async fn a_lost_session_is_logged_in_again((base, _): (String, PathBuf)) -> Result<()> {
     let url = format!("{base}/{}?allow_http=true&capacity_kib=65536", folder());
     let vs = open(&url).await?;
     let s = StoreName::new("relogin")?;
@@ -124,11 +121,9 @@ async fn a_lost_session_is_logged_in_again() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_joined_vm_owns_the_image_until_its_disk_leaves() -> Result<()> {
-    let Some((base, dir)) = simulator() else {
-        return Ok(());
-    };
+async fn a_joined_vm_owns_the_image_until_its_disk_leaves(
+    (base, dir): (String, PathBuf),
+) -> Result<()> {
     let f = folder();
     let vs = open(&format!("{base}/{f}?allow_http=true&capacity_kib=65536")).await?;
     let store = vs.storer();
@@ -184,11 +179,7 @@ async fn a_joined_vm_owns_the_image_until_its_disk_leaves() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn datastore_faults_map_to_core_errors() -> Result<()> {
-    let Some((base, dir)) = simulator() else {
-        return Ok(());
-    };
+async fn datastore_faults_map_to_core_errors((base, dir): (String, PathBuf)) -> Result<()> {
     let f = folder();
     let vs = open(&format!("{base}/{f}?allow_http=true&capacity_kib=65536")).await?;
     let ds = vs.datastore();
@@ -230,11 +221,7 @@ async fn datastore_faults_map_to_core_errors() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_never_show() -> Result<()> {
-    let Some((base, _)) = simulator() else {
-        return Ok(());
-    };
+async fn credentials_never_show((base, _): (String, PathBuf)) -> Result<()> {
     let password = std::env::var(PASSWORD_ENV)?;
     let url = format!("{base}/{}?allow_http=true", folder());
     let vs = open(&url).await?;
@@ -263,11 +250,9 @@ async fn credentials_never_show() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn virtual_disks_are_created_copied_queried_and_deleted() -> Result<()> {
-    let Some((base, dir)) = simulator() else {
-        return Ok(());
-    };
+async fn virtual_disks_are_created_copied_queried_and_deleted(
+    (base, dir): (String, PathBuf),
+) -> Result<()> {
     let f = folder();
     let vs = open(&format!("{base}/{f}?allow_http=true&capacity_kib=65536")).await?;
     // The disk chain of an image, as vSphere reports it, is the chain the store records.
@@ -386,11 +371,9 @@ async fn check_whole(store: &dyn ImageStorer, s: &StoreName) -> Result<Vec<Image
     Ok(images)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_faults_are_retried_and_never_leave_half_an_image() -> Result<()> {
-    let Some((base, _)) = simulator() else {
-        return Ok(());
-    };
+async fn transient_faults_are_retried_and_never_leave_half_an_image(
+    (base, _): (String, PathBuf),
+) -> Result<()> {
     let f = folder();
     let opts = "allow_http=true&capacity_kib=65536&max_retries=10";
     let s = StoreName::new("faults")?;
@@ -481,4 +464,54 @@ async fn transient_faults_are_retried_and_never_leave_half_an_image() -> Result<
         }
     }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    support::run(vec![
+        support::trial_async(
+            "disks_on_the_simulator_pass_the_real_tools",
+            support::both(
+                simulator(),
+                support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+            ),
+            2,
+            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v),
+        ),
+        support::trial_async(
+            "a_lost_session_is_logged_in_again",
+            simulator(),
+            2,
+            a_lost_session_is_logged_in_again,
+        ),
+        support::trial_async(
+            "a_joined_vm_owns_the_image_until_its_disk_leaves",
+            simulator(),
+            2,
+            a_joined_vm_owns_the_image_until_its_disk_leaves,
+        ),
+        support::trial_async(
+            "datastore_faults_map_to_core_errors",
+            simulator(),
+            2,
+            datastore_faults_map_to_core_errors,
+        ),
+        support::trial_async(
+            "credentials_never_show",
+            simulator(),
+            2,
+            credentials_never_show,
+        ),
+        support::trial_async(
+            "virtual_disks_are_created_copied_queried_and_deleted",
+            simulator(),
+            2,
+            virtual_disks_are_created_copied_queried_and_deleted,
+        ),
+        support::trial_async(
+            "transient_faults_are_retried_and_never_leave_half_an_image",
+            simulator(),
+            2,
+            transient_faults_are_retried_and_never_leave_half_an_image,
+        ),
+    ])
 }

@@ -4,14 +4,20 @@
 //! stand for; disks qemu wrote read back byte for byte; the stream-optimized export holds
 //! the chain.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use common::*;
+use imagestore_conformance::support;
 use std::sync::Arc;
 
 use imagestore_vsphere::disk::{descriptor, new_cid, open_chain};
@@ -84,11 +90,7 @@ fn fill_both(raw: &std::path::Path, o: &mut Overlay, grains: &[(u64, u8)]) -> Re
     Ok(())
 }
 
-#[test]
 fn base_and_delta_disks_pass_qemu_img() -> Result<()> {
-    if !have(&["qemu-img"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     std::fs::create_dir_all(d.join("base"))?;
@@ -167,11 +169,7 @@ fn base_and_delta_disks_pass_qemu_img() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn reads_chains_qemu_wrote() -> Result<()> {
-    if !have(&["qemu-img", "qemu-io"]) {
-        return Ok(());
-    }
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let raw = d.join("q.raw");
@@ -196,4 +194,19 @@ fn reads_chains_qemu_wrote() -> Result<()> {
     to_raw(&top, &theirs)?;
     assert!(same(&mine, &theirs)?);
     Ok(())
+}
+
+fn main() -> ExitCode {
+    support::run(vec![
+        support::trial(
+            "base_and_delta_disks_pass_qemu_img",
+            support::programs(&["qemu-img"]),
+            |()| base_and_delta_disks_pass_qemu_img(),
+        ),
+        support::trial(
+            "reads_chains_qemu_wrote",
+            support::programs(&["qemu-img", "qemu-io"]),
+            |()| reads_chains_qemu_wrote(),
+        ),
+    ])
 }

@@ -1,16 +1,19 @@
 //! The conformance suite every imagestore backend must pass.
 //!
-//! Each case is a plain `pub async fn(&Ctx) -> anyhow::Result<()>` in [`cases`]; the
-//! [`conformance_tests!`] macro expands one `#[tokio::test]` per case for a context
-//! constructor, so a backend's test file is three lines:
+//! Each case is a plain `pub async fn(&Ctx) -> anyhow::Result<()>` in [`cases`]; [`trials`]
+//! makes one libtest-mimic trial per case for a backend, so a backend's test file (built with
+//! `harness = false`) is a few lines:
 //!
 //! ```text
-//! async fn ctx() -> imagestore_conformance::Ctx { /* open the backend by URL */ }
-//! imagestore_conformance::conformance_tests!(ctx);
+//! async fn ctx(url: String) -> anyhow::Result<Ctx> { /* open the backend by URL */ }
+//! fn main() -> ExitCode {
+//!     let url = support::env("IMAGESTORE_TEST_X", "start it with `cargo xtask conformance x`");
+//!     support::run(imagestore_conformance::trials("", url, ctx))
+//! }
 //! ```
 //!
 //! The store is always opened by URL through the registry. A backend whose server is missing
-//! is skipped with a message outside CI and fails under `CI=true` (see [`require_server`]).
+//! fails under `CI=true` and is reported as ignored outside CI (see [`support`]).
 
 #![allow(missing_debug_implementations)]
 #![allow(
@@ -30,11 +33,16 @@ pub mod targen;
 pub mod tars;
 pub mod tree;
 
+pub use imagestore_test_support as support;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Result;
 use async_trait::async_trait;
 use imagestore::{ImageId, ImageStorer, StoreName};
+use support::{Need, Trial};
 
 /// Backend-specific hooks the generic cases need for crash and leftover checks.
 #[async_trait]
@@ -116,30 +124,13 @@ pub fn unique_id(prefix: &str) -> ImageId {
     .expect("valid id")
 }
 
-/// Reads an environment variable naming a test server. Returns `None` (the caller skips) when
-/// it is unset outside CI; panics when it is unset under `CI=true`, so a missing server fails
-/// the run instead of passing silently.
-pub fn require_server(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("{var} is not set, but CI=true requires the server this suite tests against")
-        }
-        _ => {
-            eprintln!(
-                "skipping: {var} is not set (start the server with `cargo xtask conformance`)"
-            );
-            None
-        }
-    }
-}
+/// A conformance case, boxed so that the suite can be listed.
+pub type CaseFn = fn(Ctx) -> Pin<Box<dyn Future<Output = Result<()>>>>;
 
-/// Expands one `#[tokio::test]` per conformance case, for a context constructor
-/// `async fn() -> Option<Ctx>` (`None` skips, see [`require_server`]).
-#[macro_export]
+/// Lists every conformance case by name, as `(name, case)` pairs.
 macro_rules! conformance_tests {
-    ($ctor:path) => {
-        $crate::conformance_tests!(@cases $ctor;
+    () => {
+        conformance_tests!(@cases
             // Stores
             create_store_makes_hidden_scratch,
             create_existing_store_already_exists,
@@ -227,57 +218,53 @@ macro_rules! conformance_tests {
             // Hostile archives
             hostile_archives_rejected_unchanged,
             archive_without_end_marker_accepted,
-        );
+        )
     };
-    (@cases $ctor:path; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() -> ::anyhow::Result<()> {
-                let Some(ctx) = $ctor().await else { return Ok(()) };
-                $crate::cases::$case(&ctx).await
-            }
-        )*
+    (@cases $($case:ident),* $(,)?) => {
+        vec![$(
+            (
+                stringify!($case),
+                (|ctx: Ctx| Box::pin(async move { cases::$case(&ctx).await })) as CaseFn,
+            )
+        ),*]
     };
 }
 
-/// The generated Debian image fixture (`cargo xtask fixture debian`): its directory, from
-/// `IMAGESTORE_FIXTURE_DEBIAN` or the default `target/xtask/fixtures/debian`. `None` (skip)
-/// when it is missing outside CI; a panic when it is missing under `CI=true`.
-pub fn debian_fixture() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("IMAGESTORE_FIXTURE_DEBIAN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/xtask/fixtures/debian")
-        });
-    if dir.join("oci.done").exists() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!(
-            "the Debian fixture is missing at {} (run `cargo xtask fixture debian`), and CI=true requires it",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: no Debian fixture at {} (run `cargo xtask fixture debian`)",
-        dir.display()
-    );
-    None
+/// Every conformance case, by name, in the suite's order.
+pub fn all_cases() -> Vec<(&'static str, CaseFn)> {
+    conformance_tests!()
 }
 
-/// Fails under `CI=true` if a program is missing; otherwise says whether it is there.
-pub fn require_tool(program: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program} >/dev/null 2>&1"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{program} is not installed, and CI=true requires it");
-        }
-        eprintln!("skipping: {program} is not installed");
-    }
-    found
+/// Threads of the tokio runtime each case runs on.
+const CASE_WORKERS: usize = 4;
+
+/// One trial named `name` that opens the backend with `open(value)` (the value `need` found)
+/// on a tokio runtime of its own and runs `case` on it. When `need` is missing the trial fails
+/// under CI and is ignored outside it (see [`support::decide`]).
+pub fn case_trial<T, O, OF, C, CF>(name: String, need: Need<T>, open: O, case: C) -> Trial
+where
+    T: Send + 'static,
+    O: FnOnce(T) -> OF + Send + 'static,
+    OF: Future<Output = Result<Ctx>>,
+    C: FnOnce(Ctx) -> CF + Send + 'static,
+    CF: Future<Output = Result<()>>,
+{
+    support::trial_async(name, need, CASE_WORKERS, move |v| async move {
+        case(open(v).await?).await
+    })
+}
+
+/// The whole suite for one backend: one trial per case, named `prefix` followed by the case's
+/// name (`prefix` is empty, or a module-like `moto::`), each opening the backend with
+/// `open(value)` and running the case (see [`case_trial`]).
+pub fn trials<T, O, OF>(prefix: &str, need: Need<T>, open: O) -> Vec<Trial>
+where
+    T: Clone + Send + 'static,
+    O: Fn(T) -> OF + Clone + Send + 'static,
+    OF: Future<Output = Result<Ctx>>,
+{
+    all_cases()
+        .into_iter()
+        .map(|(name, case)| case_trial(format!("{prefix}{name}"), need.clone(), open.clone(), case))
+        .collect()
 }

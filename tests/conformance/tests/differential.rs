@@ -7,7 +7,9 @@
 //! `IMAGESTORE_DIFF_SEED` replays a run, `IMAGESTORE_DIFF_COUNT` sets how many archives are
 //! generated (default 3000), `IMAGESTORE_DIFF_OUT` is where disagreeing archives are kept.
 
-#![allow(clippy::expect_used, clippy::print_stderr)]
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::expect_used, clippy::print_stderr, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +17,7 @@ use anyhow::{Context, Result};
 use imagestore_conformance::differential::{
     Feature, TARLIST_VAR, declared_sparse_size, features, go_list, judge, our_items, plain,
 };
-use imagestore_conformance::{corpus, require_server, targen, tars::Layer};
+use imagestore_conformance::{corpus, support, targen, tars::Layer};
 
 /// Constructs our reader is known to read differently from Go (each a disagreement the tar
 /// reader must fix by refusing the construct or reading it as Go does); an archive that
@@ -100,11 +102,19 @@ fn goroot() -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()))
 }
 
-#[test]
-fn our_reader_agrees_with_go_archive_tar() -> Result<()> {
-    let Some(tarlist) = require_server(TARLIST_VAR) else {
-        return Ok(());
-    };
+fn main() -> std::process::ExitCode {
+    let tarlist = support::env(
+        TARLIST_VAR,
+        "build Go's lister and run the test with `cargo xtask differential`",
+    );
+    support::run(vec![support::trial(
+        "our_reader_agrees_with_go_archive_tar",
+        tarlist,
+        our_reader_agrees_with_go_archive_tar,
+    )])
+}
+
+fn our_reader_agrees_with_go_archive_tar(tarlist: String) -> Result<()> {
     let seed = env_u64("IMAGESTORE_DIFF_SEED").unwrap_or_else(rand::random);
     let count = env_u64("IMAGESTORE_DIFF_COUNT").unwrap_or(3000);
     eprintln!(

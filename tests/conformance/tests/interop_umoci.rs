@@ -2,6 +2,10 @@
 //! by umoci) written layer by layer through the library; our rootless checkout must equal
 //! `umoci unpack --rootless` of the same image.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use imagestore::layer::checkout::CheckoutOptions;
 use imagestore::layer::scratch::SKELETON;
 use imagestore::{Digest, ImageId, ImageStorerExt, Metadata, StoreName, byte_stream};
-use imagestore_conformance::{debian_fixture, require_tool, tree};
+use imagestore_conformance::{support, tree};
 
 /// The layer digests of `oci:latest`, in chain order.
 fn layers(oci: &Path) -> Result<Vec<Digest>> {
@@ -39,14 +43,17 @@ fn layers(oci: &Path) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkout_equals_umoci_unpack() -> Result<()> {
-    let Some(fixture) = debian_fixture() else {
-        return Ok(());
-    };
-    if !require_tool("umoci") {
-        return Ok(());
-    }
+fn main() -> std::process::ExitCode {
+    let need = support::both(support::debian_fixture(), support::program("umoci"));
+    support::run(vec![support::trial_async(
+        "checkout_equals_umoci_unpack",
+        need,
+        2,
+        |(fixture, ())| checkout_equals_umoci_unpack(fixture),
+    )])
+}
+
+async fn checkout_equals_umoci_unpack(fixture: std::path::PathBuf) -> Result<()> {
     let oci = fixture.join("oci");
     let work = tempfile::tempdir()?;
     let store =

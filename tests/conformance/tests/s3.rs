@@ -2,26 +2,20 @@
 //! Their URLs come from `IMAGESTORE_TEST_S3_MOTO` and `IMAGESTORE_TEST_S3_SEAWEED`, set by
 //! `cargo xtask conformance s3` (which starts both); under `CI=true` a missing one fails.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
 mod common;
 
-mod moto {
-    use imagestore_conformance::{Ctx, conformance_tests};
+use std::process::ExitCode;
 
-    async fn ctx() -> Option<Ctx> {
-        let url = super::common::test_url("IMAGESTORE_TEST_S3_MOTO", &[("lease_ttl", "5s")])?;
-        Some(super::common::ctx(url).await)
-    }
+use imagestore_conformance::{support, trials};
 
-    conformance_tests!(ctx);
-}
-
-mod seaweed {
-    use imagestore_conformance::{Ctx, conformance_tests};
-
-    async fn ctx() -> Option<Ctx> {
-        let url = super::common::test_url("IMAGESTORE_TEST_S3_SEAWEED", &[("lease_ttl", "10s")])?;
-        Some(super::common::ctx(url).await)
-    }
-
-    conformance_tests!(ctx);
+fn main() -> ExitCode {
+    let moto = common::test_url("IMAGESTORE_TEST_S3_MOTO", &[("lease_ttl", "5s")]);
+    let seaweed = common::test_url("IMAGESTORE_TEST_S3_SEAWEED", &[("lease_ttl", "10s")]);
+    let mut all = trials("moto::", moto, common::ctx);
+    all.extend(trials("seaweed::", seaweed, common::ctx));
+    support::run(all)
 }

@@ -6,10 +6,13 @@
 //! connection, every write must be either committed and verifiable or absent, never half
 //! visible, and a fresh instance must leave the store clean.
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use imagestore::{Digest, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Metadata, Url};
 use imagestore_conformance::faults::{self, Counts, Plan};
+use imagestore_conformance::support;
 use tokio::io::AsyncReadExt;
 
 /// Probability (in percent) that a request meets a fault.
@@ -38,10 +42,7 @@ fn layer(seed: u64, size: usize) -> Vec<u8> {
 
 /// Runs writes, deletes and writable-layer commits through the proxy, then checks the store
 /// through a clean connection.
-async fn faults_against(var: &str) -> Result<()> {
-    let Some(direct) = common::test_url(var, &[("lease_ttl", "3s"), ("part_size", "5MiB")]) else {
-        return Ok(());
-    };
+async fn faults_against(server: &str, direct: String) -> Result<()> {
     let u = Url::parse(&direct)?;
     let endpoint = u
         .query_pairs()
@@ -179,7 +180,7 @@ async fn faults_against(var: &str) -> Result<()> {
         outcomes.extend(t.await?);
     }
     eprintln!(
-        "{var}: {counts}; {} of {} writes failed",
+        "{server}: {counts}; {} of {} writes failed",
         outcomes.iter().filter(|o| !o.2).count(),
         outcomes.len(),
     );
@@ -248,12 +249,20 @@ async fn faults_against(var: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn moto_faults_leave_committed_or_nothing() -> Result<()> {
-    faults_against("IMAGESTORE_TEST_S3_MOTO").await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seaweed_faults_leave_committed_or_nothing() -> Result<()> {
-    faults_against("IMAGESTORE_TEST_S3_SEAWEED").await
+fn main() -> ExitCode {
+    let url = |var| common::test_url(var, &[("lease_ttl", "3s"), ("part_size", "5MiB")]);
+    support::run(vec![
+        support::trial_async(
+            "moto_faults_leave_committed_or_nothing",
+            url("IMAGESTORE_TEST_S3_MOTO"),
+            4,
+            |direct| faults_against("moto", direct),
+        ),
+        support::trial_async(
+            "seaweed_faults_leave_committed_or_nothing",
+            url("IMAGESTORE_TEST_S3_SEAWEED"),
+            4,
+            |direct| faults_against("seaweed", direct),
+        ),
+    ])
 }

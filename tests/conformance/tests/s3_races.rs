@@ -11,6 +11,8 @@
 //! This is a `harness = false` test: the same binary is the child process when
 //! `IMAGESTORE_RACE_CHILD` is set (its arguments come in `IMAGESTORE_RACE_ARGS` as JSON).
 
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -31,6 +33,7 @@ use imagestore::{
     Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
     byte_stream,
 };
+use imagestore_conformance::support;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
@@ -413,6 +416,44 @@ async fn run_all(server: &str, url: &str, plan: &Plan) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    if let Ok(role) = std::env::var(CHILD_VAR) {
+        return child_main(&role);
+    }
+    let url = |var| common::test_url(var, &[("lease_ttl", "4s"), ("part_size", "5MiB")]);
+    let servers = [
+        (
+            "moto",
+            "IMAGESTORE_TEST_S3_MOTO",
+            Plan {
+                writers: 6,
+                rounds: 6,
+            },
+        ),
+        (
+            "seaweed",
+            "IMAGESTORE_TEST_S3_SEAWEED",
+            Plan {
+                writers: 3,
+                rounds: 3,
+            },
+        ),
+    ];
+    let trials = servers
+        .into_iter()
+        .map(|(server, var, plan)| {
+            support::trial_async(
+                format!("{server}_races_between_processes"),
+                url(var),
+                4,
+                move |url| async move { run_all(server, &url, &plan).await },
+            )
+        })
+        .collect();
+    support::run(trials)
+}
+
+/// The child process: runs one role of a race (see `child`).
+fn child_main(role: &str) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -424,41 +465,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Ok(role) = std::env::var(CHILD_VAR) {
-        return match rt.block_on(child(&role)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("child {role}: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let servers = [
-        (
-            "moto",
-            "IMAGESTORE_TEST_S3_MOTO",
-            Plan {
-                writers: 6,
-                rounds: 6,
-            },
-        ),
-        (
-            "SeaweedFS",
-            "IMAGESTORE_TEST_S3_SEAWEED",
-            Plan {
-                writers: 3,
-                rounds: 3,
-            },
-        ),
-    ];
-    for (server, var, plan) in servers {
-        let Some(url) = common::test_url(var, &[("lease_ttl", "4s"), ("part_size", "5MiB")]) else {
-            continue;
-        };
-        if let Err(e) = rt.block_on(run_all(server, &url, &plan)) {
-            eprintln!("{server}: {e:#}");
-            return ExitCode::FAILURE;
+    match rt.block_on(child(role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("child {role}: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }

@@ -1,29 +1,29 @@
 //! The conformance suite against the `vmdk://` backend, on a datastore folder in a temporary
-//! directory. The backend writes ext4 in-process and needs no external program.
+//! directory. The backend writes ext4 in-process; the hooks check its disks with `qemu-img`.
 
-#![allow(clippy::expect_used)]
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod disk;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Result;
 use disk::DiskHooks;
-use imagestore_conformance::{Ctx, conformance_tests};
+use imagestore_conformance::{Ctx, support, trials};
 
-async fn ctx() -> Option<Ctx> {
-    // One datastore per test binary run: every case makes its own stores inside it.
-    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let root = ROOT
-        .get_or_init(|| tempfile::tempdir().expect("temp dir"))
-        .path()
-        .join("ds");
+async fn ctx(root: PathBuf) -> Result<Ctx> {
     let url = format!("vmdk://{}", root.display());
     let hooks = DiskHooks::new(&root, &root.join(".imagestore-work"));
-    Some(
-        Ctx::open(url, Arc::new(hooks))
-            .await
-            .expect("open the vmdk backend"),
-    )
+    Ctx::open(url, Arc::new(hooks)).await
 }
 
-conformance_tests!(ctx);
+fn main() -> Result<ExitCode> {
+    // One datastore per test binary run: every case makes its own stores inside it.
+    let dir = tempfile::tempdir()?;
+    let root = support::program("qemu-img").map(|()| dir.path().join("ds"));
+    Ok(support::run(trials("", root, ctx)))
+}

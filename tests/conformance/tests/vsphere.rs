@@ -5,40 +5,62 @@
 //! `IMAGESTORE_VSPHERE_PASSWORD`. Under `CI=true` a missing simulator fails the run. The
 //! hooks read VIC's layout in the simulator's datastore folder directly.
 
-#![allow(clippy::expect_used)]
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod disk;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::Result;
 use disk::DiskHooks;
-use imagestore_conformance::{Ctx, conformance_tests, require_server};
+use imagestore_conformance::{Ctx, support, trials};
 
-async fn ctx() -> Option<Ctx> {
-    let base = require_server("IMAGESTORE_TEST_VSPHERE")?;
-    let dir = PathBuf::from(require_server("IMAGESTORE_TEST_VSPHERE_DIR")?);
-    // One datastore folder and one work folder per test binary run.
-    static RUN: OnceLock<(String, tempfile::TempDir)> = OnceLock::new();
-    let (folder, work) = RUN.get_or_init(|| {
-        (
-            format!(
-                "conformance-{:012x}",
-                rand::random::<u64>() & 0xffff_ffff_ffff
-            ),
-            tempfile::tempdir().expect("temp dir"),
-        )
-    });
-    let url = format!(
-        "{base}/{folder}?allow_http=true&work={}",
-        work.path().display()
-    );
-    let hooks = DiskHooks::new(&dir.join(folder), work.path());
-    Some(
-        Ctx::open(url, Arc::new(hooks))
-            .await
-            .expect("open the vsphere backend"),
-    )
+/// Where the simulator runs, as `cargo xtask conformance vsphere` passes it.
+#[derive(Clone)]
+struct Simulator {
+    base: String,
+    dir: PathBuf,
+    /// The datastore folder of this test binary run.
+    folder: String,
+    /// The backend's local work folder of this run.
+    work: PathBuf,
 }
 
-conformance_tests!(ctx);
+async fn ctx(sim: Simulator) -> Result<Ctx> {
+    let url = format!(
+        "{}/{}?allow_http=true&work={}",
+        sim.base,
+        sim.folder,
+        sim.work.display()
+    );
+    let hooks = DiskHooks::new(&sim.dir.join(&sim.folder), &sim.work);
+    Ctx::open(url, Arc::new(hooks)).await
+}
+
+fn main() -> Result<ExitCode> {
+    const START: &str = "start vcsim with `cargo xtask conformance vsphere`";
+    // One datastore folder and one work folder per test binary run.
+    let work = tempfile::tempdir()?;
+    let folder = format!(
+        "conformance-{:012x}",
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
+    let need = support::both(
+        support::both(
+            support::env("IMAGESTORE_TEST_VSPHERE", START),
+            support::env("IMAGESTORE_TEST_VSPHERE_DIR", START),
+        ),
+        support::program("qemu-img"),
+    )
+    .map(|((base, dir), ())| Simulator {
+        base,
+        dir: PathBuf::from(dir),
+        folder,
+        work: work.path().to_owned(),
+    });
+    Ok(support::run(trials("", need, ctx)))
+}

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{report, runs};
 use crate::fixture;
-use crate::util::{cargo, median, need, run, timed, work_dir};
+use crate::util::{median, need, run, timed, work_dir};
 
 fn sha256_file(p: &Path) -> Result<String> {
     let mut f = std::fs::File::open(p)?;
@@ -50,8 +50,7 @@ fn store_with_chain(bin: &Path, dir: &Path, layers: &[PathBuf]) -> Result<Vec<St
 }
 
 fn build() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "imagestore-cli"]))?;
-    Ok(crate::util::root().join("target/release/imagestore"))
+    crate::util::release_cli(None)
 }
 
 fn sync() {

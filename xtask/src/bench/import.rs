@@ -16,7 +16,7 @@ use anyhow::{Context, Result, ensure};
 use super::containerd::Containerd;
 use super::{report, runs};
 use crate::fixture;
-use crate::util::{cargo, median, need, root, run, timed, work_dir};
+use crate::util::{median, need, timed, work_dir};
 
 fn sync() {
     let _ = Command::new("sync").status();
@@ -25,8 +25,7 @@ fn sync() {
 /// Runs the benchmark.
 pub fn bench() -> Result<()> {
     need("skopeo", "skopeo")?;
-    run(cargo().args(["build", "--release", "-p", "imagestore-cli"]))?;
-    let bin = root().join("target/release/imagestore");
+    let bin = crate::util::release_cli(None)?;
     let f = fixture::debian()?;
     let archive = f.docker_archive.clone();
     let size = std::fs::metadata(&archive)?.len();

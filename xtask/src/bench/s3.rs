@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::{report, runs};
 use crate::s3::S3Servers;
-use crate::util::{cargo, median, root, run, timed, work_dir};
+use crate::util::{cargo, median, run, target_dir, timed, work_dir};
 
 /// Images in the listed store.
 const LIST_IMAGES: usize = 10_000;
@@ -43,7 +43,7 @@ pub fn bench(parts: &[&str]) -> Result<()> {
         "--example",
         "s3bench",
     ]))?;
-    let bin = root().join("target/release/examples/s3bench");
+    let bin = target_dir()?.join("release/examples/s3bench");
     let dir = work_dir("bench-write")?;
     let src = dir.join("layer.tar");
     let size = super::write::layer(&src)?;

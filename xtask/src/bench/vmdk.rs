@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{report, runs};
 use crate::fixture;
-use crate::util::{cargo, median, need, run, timed, work_dir};
+use crate::util::{median, need, run, timed, work_dir};
 
 fn sync() {
     let _ = Command::new("sync").status();
@@ -63,15 +63,7 @@ fn peer_cmd(tree: &Path, raw: &Path, disk: &Path) -> Command {
 fn release_cli() -> Result<PathBuf> {
     need("qemu-img", "qemu-utils")?;
     need("mke2fs", "e2fsprogs")?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "imagestore-cli",
-        "--features",
-        "vsphere",
-    ]))?;
-    Ok(crate::util::root().join("target/release/imagestore"))
+    crate::util::release_cli(Some("vsphere"))
 }
 
 /// `cargo xtask bench vmdk-dir [N...]`.

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::containerd::Containerd;
 use super::{report, runs};
-use crate::util::{XorShift, cargo, median, run, timed, work_dir};
+use crate::util::{XorShift, median, run, timed, work_dir};
 
 const BIG_FILES: usize = 4;
 const BIG_SIZE: usize = 240 << 20;
@@ -84,8 +84,7 @@ fn sync() {
 
 /// Runs the benchmark.
 pub fn bench() -> Result<()> {
-    run(cargo().args(["build", "--release", "-p", "imagestore-cli"]))?;
-    let bin = crate::util::root().join("target/release/imagestore");
+    let bin = crate::util::release_cli(None)?;
     let dir = work_dir("bench-write")?;
     let src = dir.join("layer.tar");
     let size = layer(&src)?;

@@ -24,45 +24,6 @@ pub fn sample_layout() -> PathBuf {
     workspace().join("samples/debian-mini")
 }
 
-/// True under CI, where a missing tool or fixture is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// True if `program` is on the PATH; under CI a missing program fails the test.
-pub fn need(program: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()));
-    if !found {
-        assert!(
-            !in_ci(),
-            "{program} is required under CI=true (apt-get install -y {program})"
-        );
-        eprintln!("skipping: {program} is not installed");
-    }
-    found
-}
-
-/// The Debian fixture (`cargo xtask fixture debian`), if generated; under CI its absence fails.
-pub fn fixture() -> Option<PathBuf> {
-    let dir = std::env::var_os("IMAGESTORE_FIXTURE_DEBIAN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/xtask/fixtures/debian"));
-    if dir.join("oci.done").exists() {
-        return Some(dir);
-    }
-    assert!(
-        !in_ci(),
-        "the Debian fixture is missing at {} under CI=true (cargo xtask fixture debian)",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: no Debian fixture at {} (run `cargo xtask fixture debian`)",
-        dir.display()
-    );
-    None
-}
-
 /// A scratch directory with a local store URL in it.
 pub struct Env {
     /// The directory (removed on drop).

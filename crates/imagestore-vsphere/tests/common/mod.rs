@@ -8,30 +8,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// True if every tool is on PATH. Under `CI=true` a missing tool fails the test instead.
-pub fn have(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("tools missing under CI: {missing:?}");
-    }
-    eprintln!("skipping: tools missing: {missing:?}");
-    false
-}
-
 /// Runs a command, failing with its output unless it exits 0; returns stdout.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
 use imagestore::{ImageId, StoreName, Url};
-use imagestore_conformance::{Ctx, Hooks, require_server};
+use imagestore_conformance::support::{self, Missing, Need};
+use imagestore_conformance::{Ctx, Hooks};
 use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
@@ -26,13 +27,17 @@ use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{ClientOptions, ObjectStore, PutPayload};
 use sha2::{Digest as _, Sha256};
 
+/// What starts the S3 servers the tests run against.
+pub const START: &str = "start moto and SeaweedFS with `cargo xtask conformance s3`";
+
 /// The server URL in `var` with a prefix unique to this test binary run and the given
-/// options appended, or `None` (skip) outside CI when the server is not running.
-pub fn test_url(var: &str, options: &[(&str, &str)]) -> Option<String> {
+/// options appended, or what is missing when the server is not running.
+pub fn test_url(var: &str, options: &[(&str, &str)]) -> Need<String> {
     static RUN: OnceLock<String> = OnceLock::new();
     let run = RUN.get_or_init(|| format!("run-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff));
-    let base = require_server(var)?;
-    let mut u = Url::parse(&base).expect("the server URL parses");
+    let base = support::env(var, START)?;
+    let mut u = Url::parse(&base)
+        .map_err(|e| Missing::new(format!("{var} is not a URL ({base}: {e})"), START))?;
     u.set_path(&format!("/{run}"));
     {
         let mut q = u.query_pairs_mut();
@@ -40,15 +45,13 @@ pub fn test_url(var: &str, options: &[(&str, &str)]) -> Option<String> {
             q.append_pair(k, v);
         }
     }
-    Some(u.to_string())
+    Ok(u.to_string())
 }
 
 /// The conformance context for a server URL.
-pub async fn ctx(url: String) -> Ctx {
-    let hooks = S3Hooks::new(&url).expect("S3 hooks");
-    Ctx::open(url, Arc::new(hooks))
-        .await
-        .expect("open the S3 backend")
+pub async fn ctx(url: String) -> Result<Ctx> {
+    let hooks = S3Hooks::new(&url)?;
+    Ctx::open(url, Arc::new(hooks)).await
 }
 
 /// Direct access to the bucket behind a test URL.
