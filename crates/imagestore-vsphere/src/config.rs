@@ -6,7 +6,7 @@ use imagestore_core::backend::storage::decode_name;
 use imagestore_core::layer::ingest::IngestLimits;
 use imagestore_core::{Error, Result, Url};
 
-use crate::layer::DEFAULT_CAPACITY_KIB;
+use crate::build::DEFAULT_CAPACITY_KIB;
 
 /// Smallest scratch capacity accepted, in KiB (ext4 with a journal needs room).
 pub const MIN_CAPACITY_KIB: u64 = 32 * 1024;

@@ -20,12 +20,12 @@ use imagestore_core::layer::stream::spawn_producer;
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::{ByteStream, Error, ImageId, ObjectKind, Result, StoreName};
 
+use crate::build::{DeltaBuild, WorkDir};
 use crate::datastore::DsPath;
 use crate::disk::new_cid;
 use crate::error::{disk_err, in_backend};
 use crate::ext4::LayerData;
 use crate::fsread::FsContent;
-use crate::layer::{DeltaBuild, WorkDir};
 use crate::layout;
 use crate::store::{DiskLayers, DiskStore, image_disk};
 use crate::vmdk::chain::Chain;

@@ -96,8 +96,6 @@ struct Extent {
 #[derive(Debug)]
 pub struct FileData<'a> {
     layout: &'a Layout<'a>,
-    /// Its mode bits (type included).
-    pub mode: u16,
     /// Its size in bytes.
     pub size: u64,
     extents: Vec<Extent>,
@@ -217,7 +215,6 @@ impl<'a> Layout<'a> {
         extents.sort_by_key(|e| e.logical);
         Ok(FileData {
             layout: self,
-            mode,
             size,
             extents,
         })

@@ -18,31 +18,41 @@
 //!   the shared catalogue with layers kept as delta disks, and the VMDK export
 //!   ([`VmdkExport`]);
 //! * [`datastore`] / [`local_ds`] — the file operations on a datastore, and the local one;
-//! * [`layout`] — VIC's folders and commit protocol on a datastore;
-//! * [`layer`], [`ext4`], [`verify`], [`extents`], [`disk`] — building the scratch disk and
+//! * `layout` (internal) — VIC's folders on a datastore;
+//! * `build`, `ext4`, `verify`, `extents`, `disk` (internal) — building the scratch disk and
 //!   each layer's delta disk (ext4 written in-process), and reading each layer back before
-//!   it is committed;
-//! * [`fsread`] — reading files through a chain's ext4;
+//!   it is committed; `fsread` reads files through a chain's ext4;
 //! * [`vmdk`] — the sparse VMDK format, read and written by this crate;
 //! * `vsphere` (feature `vcenter`) — the datastore behind vCenter or ESXi (`vsphere://`): a
 //!   SOAP client, the `/folder` HTTP endpoint, VMs that use images.
 
 #![deny(missing_docs)]
 
+// The API: configuration, the datastore traits and the local datastore, the store, the VMDK
+// format, and (feature `vcenter`) vSphere.
 pub mod config;
-mod content;
 pub mod datastore;
-pub mod disk;
-pub mod error;
-pub mod ext4;
-pub mod extents;
-pub mod fsread;
-pub mod layer;
-pub mod layout;
 pub mod local_ds;
 pub mod store;
-pub mod verify;
 pub mod vmdk;
+
+// How layers become disks. Public only so this crate's integration tests can check each step
+// against qemu-img, e2fsck and debugfs; not API, not covered by semver.
+#[doc(hidden)]
+pub mod build;
+#[doc(hidden)]
+pub mod disk;
+#[doc(hidden)]
+pub mod ext4;
+#[doc(hidden)]
+pub mod fsread;
+#[doc(hidden)]
+pub mod verify;
+
+mod content;
+mod error;
+mod extents;
+mod layout;
 #[cfg(feature = "vcenter")]
 pub mod vsphere;
 mod write;

@@ -21,10 +21,10 @@ use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::{ByteStream, Error, ImageId, Metadata, Result, StoreName};
 
+use crate::build::{WorkDir, build_scratch};
 use crate::config::Options;
 use crate::datastore::{Datastore, DsPath};
 use crate::error::in_backend;
-use crate::layer::{WorkDir, build_scratch};
 use crate::layout;
 
 /// Longest chain of layers above scratch: each layer is one more delta disk in the chain

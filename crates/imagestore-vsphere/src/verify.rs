@@ -8,7 +8,7 @@
 //!
 //! Extended attributes (POSIX ACLs aside, which ext4 stores in its own encoding) and device
 //! numbers, which `ext4-view` does not expose, are read from the inode the writer gave the
-//! path, by [`crate::extents`]. A symlink
+//! path, by `crate::extents`. A symlink
 //! target with a component longer than 255 bytes (legal, but not a path `ext4-view` reads) is
 //! checked by its length only.
 
@@ -134,7 +134,7 @@ impl<'a> Listing<'a> {
 /// Reads the ext4 of `source` (the new disk's chain) back after `top` was applied over
 /// `lower` (lowest first, the skeleton included) and checks every path `top` names.
 /// The data of regular files whose inode the writer names in `inodes` (by path) is read by
-/// inode ([`crate::extents`]), the others by path.
+/// inode (`crate::extents`), the others by path.
 pub fn check_applied(
     source: &FsContent,
     lower: &[Arc<Toc>],

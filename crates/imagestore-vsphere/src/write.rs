@@ -31,9 +31,9 @@ use imagestore_core::{
     ByteStream, Capabilities, Digest, Image, ImageId, ImportSummary, Metadata, Result, StoreName,
 };
 
+use crate::build::{DeltaBuild, WorkDir};
 use crate::content::{ImageLayers, finish_import, image_layers, open_chain, start_import, view_of};
 use crate::ext4::LayerData;
-use crate::layer::{DeltaBuild, WorkDir};
 use crate::layout;
 use crate::store::{DiskStore, MAX_CHAIN_DEPTH};
 

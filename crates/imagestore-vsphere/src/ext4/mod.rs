@@ -90,7 +90,7 @@ pub enum LayerData<'a> {
     /// In the layer's tar, compressed as its TOC says.
     Tar(&'a Path),
     /// Already in the filesystem: streamed in while the layer was ingested, through the tap
-    /// of the build ([`crate::layer::DeltaBuild::tap`]).
+    /// of the build ([`crate::build::DeltaBuild::tap`]).
     Streamed,
     /// Already in the filesystem, as these inodes ([`Stream::into_parts`]).
     Files(&'a Streamed),

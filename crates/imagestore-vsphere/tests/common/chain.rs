@@ -14,9 +14,9 @@ use imagestore_core::layer::compose::MergedView;
 use imagestore_core::layer::export::{LayerReader, LayerSource, Plan, SeekingReader};
 use imagestore_core::layer::ingest::{IngestLimits, toc_of_slice};
 use imagestore_core::layer::toc::Toc;
+use imagestore_vsphere::build::{build_layer, build_scratch};
 use imagestore_vsphere::ext4::LayerData;
 use imagestore_vsphere::fsread::FsContent;
-use imagestore_vsphere::layer::{build_layer, build_scratch};
 use tar::{EntryType, Header};
 
 use super::*;
