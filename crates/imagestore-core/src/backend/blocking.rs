@@ -100,11 +100,12 @@ pub trait BlockingBackend: Send + Sync + fmt::Debug {
     fn capabilities(&self) -> Capabilities;
 
     /// Waits for and takes the write lock of id `id` in `store` (`NotFound` if the store does
-    /// not exist): one writer of an id works at a time.
+    /// not exist): one writer of an id works at a time. Dropped mid-way, no lock is left held.
     async fn lock_id(&self, store: &StoreName, id: &ImageId) -> Result<Self::IdLock>;
 
     /// Writes image `id` on `parent` from `body`, taking the id lock itself; with `sum`, the
-    /// bytes must hash to it. The id and metadata are already checked.
+    /// bytes must hash to it. The id and metadata are already checked. Dropped mid-way, it
+    /// must leave nothing visible and free the id (the catalogue's `StagedImage` does both).
     async fn write_layer(
         &self,
         store: &StoreName,
@@ -122,7 +123,8 @@ pub trait BlockingBackend: Send + Sync + fmt::Debug {
     }
 
     /// Applies the (already filtered) `tar` to writable layer `id` over `lower`, its current
-    /// contents; the caller holds the id lock and has checked that the layer exists.
+    /// contents; the caller holds the id lock and has checked that the layer exists. Dropped
+    /// mid-way, the layer must stay as it was: an import completes by a marker written last.
     async fn import_layer(
         &self,
         store: &StoreName,
