@@ -58,6 +58,11 @@ pub trait Hooks: Send + Sync {
         parent: &ImageId,
         child: &ImageId,
     ) -> Result<()>;
+    /// The local file holding `store`'s usage counter, on backends that keep one in a file
+    /// (the catalogue's `usage`); the default says the backend has none.
+    async fn usage_file(&self, _store: &StoreName) -> Result<std::path::PathBuf> {
+        anyhow::bail!("this backend keeps no usage counter file")
+    }
     /// Counts leftovers of crashed writes in `store`.
     async fn leftovers(&self, store: &StoreName) -> Result<usize>;
     /// A digest of everything stored for `store`, byte for byte.
@@ -252,6 +257,22 @@ where
     support::trial_async(name, need, CASE_WORKERS, move |v| async move {
         case(open(v).await?).await
     })
+}
+
+/// The cases only the catalogue backends (`file://`, `vmdk://`, `vsphere://`) run, because they
+/// reach into the catalogue's files through the hooks: named and opened as [`trials`] does.
+pub fn catalogue_trials<T, O, OF>(prefix: &str, need: Need<T>, open: O) -> Vec<Trial>
+where
+    T: Clone + Send + 'static,
+    O: Fn(T) -> OF + Clone + Send + 'static,
+    OF: Future<Output = Result<Ctx>>,
+{
+    vec![case_trial(
+        format!("{prefix}failure_after_commit_is_not_returned"),
+        need,
+        open,
+        |ctx| async move { cases::failure_after_commit_is_not_returned(&ctx).await },
+    )]
 }
 
 /// The whole suite for one backend: one trial per case, named `prefix` followed by the case's

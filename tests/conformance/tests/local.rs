@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
-use imagestore_conformance::{Ctx, case_trial, support, trials};
+use imagestore_conformance::{Ctx, case_trial, catalogue_trials, support, trials};
 use local_hooks::LocalHooks;
 
 async fn ctx(root: PathBuf) -> Result<Ctx> {
@@ -23,6 +23,7 @@ fn main() -> Result<ExitCode> {
     // One root per test binary run: every case makes its own stores inside it.
     let root = tempfile::tempdir()?;
     let mut all = trials("", Ok(root.path().to_owned()), ctx);
+    all.extend(catalogue_trials("", Ok(root.path().to_owned()), ctx));
     // Only file:// holds a 64 GiB sparse file whatever its configuration (the disk backends
     // bound files by their disks' capacity; the corpus checks that every backend refuses one
     // too big).

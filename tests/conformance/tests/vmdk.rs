@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use disk::DiskHooks;
-use imagestore_conformance::{Ctx, support, trials};
+use imagestore_conformance::{Ctx, catalogue_trials, support, trials};
 
 async fn ctx(root: PathBuf) -> Result<Ctx> {
     let url = format!("vmdk://{}", root.display());
@@ -25,5 +25,7 @@ fn main() -> Result<ExitCode> {
     // One datastore per test binary run: every case makes its own stores inside it.
     let dir = tempfile::tempdir()?;
     let root = support::program("qemu-img").map(|()| dir.path().join("ds"));
-    Ok(support::run(trials("", root, ctx)))
+    let mut all = trials("", root.clone(), ctx);
+    all.extend(catalogue_trials("", root, ctx));
+    Ok(support::run(all))
 }

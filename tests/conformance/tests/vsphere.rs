@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use disk::DiskHooks;
-use imagestore_conformance::{Ctx, support, trials};
+use imagestore_conformance::{Ctx, catalogue_trials, support, trials};
 
 /// Where the simulator runs, as `cargo xtask conformance vsphere` passes it.
 #[derive(Clone)]
@@ -62,5 +62,7 @@ fn main() -> Result<ExitCode> {
         folder,
         work: work.path().to_owned(),
     });
-    Ok(support::run(trials("", need, ctx)))
+    let mut all = trials("", need.clone(), ctx);
+    all.extend(catalogue_trials("", need, ctx));
+    Ok(support::run(all))
 }

@@ -60,6 +60,10 @@ impl Hooks for DiskHooks {
         Ok(())
     }
 
+    async fn usage_file(&self, s: &StoreName) -> Result<PathBuf> {
+        Ok(self.store(s).join("usage"))
+    }
+
     async fn leave_dangling_child(&self, s: &StoreName, p: &ImageId, c: &ImageId) -> Result<()> {
         catalog_files::leave_dangling_child(&self.store(s), p, c)
     }
