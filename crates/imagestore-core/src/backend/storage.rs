@@ -257,10 +257,7 @@ mod tests {
         let p = root.child("VIC").child("s").child("..");
         assert_eq!(p.as_str(), "VIC/s/%2E.");
         assert_eq!(p.parent().as_str(), "VIC/s");
-        assert_eq!(
-            p.strip_prefix(&root.child("VIC")),
-            Some(vec!["s", "%2E."])
-        );
+        assert_eq!(p.strip_prefix(&root.child("VIC")), Some(vec!["s", "%2E."]));
         assert_eq!(p.strip_prefix(&root.child("VI")), None);
         assert!(StoragePath::parse("a/../b").is_err());
     }
