@@ -225,12 +225,20 @@ pub enum ImageCmd {
         /// Image id.
         id: String,
     },
-    /// Delete an image (refused while it has children or owners).
+    /// Delete an image (refused while it has children or owners), or with --branch its chain
+    /// up to the first parent still in use.
     Rm {
         #[command(flatten)]
         store: StoreArg,
         /// Image id.
         id: String,
+        /// Also delete each parent that nothing else uses, walking up the chain (VIC's
+        /// DeleteBranch), until one in use, one named by --keep, or scratch.
+        #[arg(long)]
+        branch: bool,
+        /// With --branch: an image the walk must stop at (repeatable).
+        #[arg(long, requires = "branch")]
+        keep: Vec<String>,
     },
 }
 

@@ -1,7 +1,7 @@
 //! `imagestore image ...`.
 
 use anyhow::{Context, Result};
-use imagestore::{ByteStream, Digest, ImageId, ImageStorer, Metadata, byte_stream};
+use imagestore::{ByteStream, Digest, ImageId, ImageStorer, ImageStorerExt, Metadata, byte_stream};
 
 use crate::args::ImageCmd;
 use crate::output::{self, ImageView};
@@ -88,14 +88,35 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
                 }
             }
         }
-        ImageCmd::Rm { store: s, id } => {
+        ImageCmd::Rm {
+            store: s,
+            id,
+            branch,
+            keep,
+        } => {
             let s = s.name()?;
             let img = store.get_image(&s, &ImageId::new(id)?).await?;
-            let gone = store.delete_image(&img).await?;
-            if json {
-                output::json(&ImageView::from(&gone))?;
+            if branch {
+                let keep = keep
+                    .iter()
+                    .map(ImageId::new)
+                    .collect::<imagestore::Result<Vec<_>>>()?;
+                let gone = store.delete_branch(&img, &keep).await?;
+                if json {
+                    let views: Vec<ImageView> = gone.iter().map(ImageView::from).collect();
+                    output::json(&views)?;
+                } else {
+                    for g in &gone {
+                        println!("deleted {}", g.self_link());
+                    }
+                }
             } else {
-                println!("deleted {}", gone.self_link());
+                let gone = store.delete_image(&img).await?;
+                if json {
+                    output::json(&ImageView::from(&gone))?;
+                } else {
+                    println!("deleted {}", gone.self_link());
+                }
             }
         }
     }

@@ -235,6 +235,27 @@ fn every_verb_works_on_the_local_backend() {
     env.ok(&["owner", "release", "--store", "s", "c1", "container-1"]);
     assert_eq!(env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(), "");
     env.ok(&["image", "rm", "--store", "s", "c1"]);
+
+    // rm --branch: top and its parents that nothing else uses, up to --keep.
+    let gone = env.json(&[
+        "image", "rm", "--store", "s", "top", "--branch", "--keep", "base",
+    ]);
+    let ids: Vec<&str> = gone
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["top"]);
+    assert_eq!(
+        env.ok(&["image", "rm", "--store", "s", "base", "--branch"])
+            .trim(),
+        "deleted /storage/s/base"
+    );
+    assert_eq!(
+        env.json(&["image", "ls", "--store", "s"]),
+        serde_json::json!([])
+    );
 }
 
 fn errors_are_one_line_naming_what_failed() {

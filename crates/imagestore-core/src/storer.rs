@@ -324,6 +324,52 @@ pub trait ImageStorerExt: ImageStorer {
         .await
     }
 
+    /// Deletes `image` and walks up its chain deleting each parent as well, leaf first, until
+    /// a parent that is still in use (another child, a writable layer, an owner), is named in
+    /// `keep`, or is scratch (VIC's DeleteBranch). Returns the deleted images, leaf first.
+    ///
+    /// `InvalidArgument` for scratch or an image named in `keep`. If `image` itself cannot be
+    /// deleted (in use, absent) that error is returned and nothing is deleted; once one image
+    /// is deleted the walk stops quietly at the first parent it cannot delete, as VIC's does
+    /// (a failure other than "in use" is logged).
+    ///
+    /// Dropped mid-way, or after a crash: every delete is atomic and goes leaf first, so what
+    /// is gone is a prefix of the branch and no image ever loses its parent.
+    async fn delete_branch(&self, image: &Image, keep: &[ImageId]) -> Result<Vec<Image>> {
+        if image.id.is_scratch() {
+            return Err(crate::error::Error::invalid(format!(
+                "the scratch image of store {} cannot be deleted",
+                image.store
+            )));
+        }
+        if keep.contains(&image.id) {
+            return Err(crate::error::Error::invalid(format!(
+                "{}/{} is in the keep list and cannot be deleted",
+                image.store, image.id
+            )));
+        }
+        let mut deleted = vec![self.delete_image(image).await?];
+        while let Some(parent) = deleted.last().and_then(|d| d.parent.clone()) {
+            if parent.is_scratch() || keep.contains(&parent) {
+                break;
+            }
+            let step = match self.get_image(&image.store, &parent).await {
+                Ok(p) => self.delete_image(&p).await,
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(gone) => deleted.push(gone),
+                Err(e) => {
+                    if !crate::error::is_image_in_use(&e) {
+                        tracing::warn!(image = %format!("{}/{parent}", image.store), error = %e, "branch delete stopped");
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The chain from scratch to `id`, scratch first.
     async fn chain(&self, store: &StoreName, id: &ImageId) -> Result<Vec<Image>> {
         let mut out = Vec::new();

@@ -1,5 +1,6 @@
 //! The cases, one `pub async fn(&Ctx) -> anyhow::Result<()>` each, grouped by topic.
 
+mod branch;
 mod checkout;
 mod concurrency;
 mod content;
@@ -11,6 +12,7 @@ mod stores;
 mod usage;
 mod writable;
 
+pub use branch::*;
 pub use checkout::*;
 pub use concurrency::*;
 pub use content::*;
