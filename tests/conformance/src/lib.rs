@@ -269,12 +269,20 @@ where
     O: Fn(T) -> OF + Clone + Send + 'static,
     OF: Future<Output = Result<Ctx>>,
 {
-    vec![case_trial(
-        format!("{prefix}failure_after_commit_is_not_returned"),
-        need,
-        open,
-        |ctx| async move { cases::failure_after_commit_is_not_returned(&ctx).await },
-    )]
+    vec![
+        case_trial(
+            format!("{prefix}failure_after_commit_is_not_returned"),
+            need.clone(),
+            open.clone(),
+            |ctx| async move { cases::failure_after_commit_is_not_returned(&ctx).await },
+        ),
+        case_trial(
+            format!("{prefix}sweep_spares_what_a_live_writer_holds"),
+            need,
+            open,
+            |ctx| async move { cases::sweep_spares_what_a_live_writer_holds(&ctx).await },
+        ),
+    ]
 }
 
 /// The whole suite for one backend: one trial per case, named `prefix` followed by the case's

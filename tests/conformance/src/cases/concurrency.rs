@@ -247,6 +247,41 @@ pub async fn failure_after_commit_is_not_returned(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// On the catalogue backends: the sweep of a new instance spares what a live writer holds (its
+/// staged image folder, and a child link naming its id) and removes both once the writer is
+/// gone.
+pub async fn sweep_spares_what_a_live_writer_holds(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let a = put(ctx, &scratch, "a", &Layer::new().file("a", b"1").build()).await?;
+    let layer = Layer::new().file("c", &vec![7u8; 1 << 20]).build();
+    let (sender, body) = stalled_body(&layer[..layer.len() / 2]).await?;
+    let (store, parent, digest) = (ctx.store.clone(), a.clone(), sum(&layer));
+    let writer = tokio::spawn(async move {
+        store
+            .write_image(&parent, &ImageId::new("c")?, Metadata::new(), &digest, body)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.hooks
+        .leave_dangling_child(&s, &a.id, &ImageId::new("c")?)
+        .await?;
+    let before = ctx.hooks.leftovers(&s).await?;
+    ensure!(before >= 2, "a staged folder and a link: {before}");
+    ctx.reopen().await?.get_image_store(&s).await?;
+    ensure!(
+        ctx.hooks.leftovers(&s).await? == before,
+        "the sweep removed what a live writer holds"
+    );
+    writer.abort();
+    drop(sender);
+    let _ = writer.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.reopen().await?.get_image_store(&s).await?;
+    ensure!(ctx.hooks.leftovers(&s).await? == 0, "leftovers remain");
+    put(ctx, &a, "c", &layer).await?;
+    Ok(())
+}
+
 /// A body that yields `prefix` and then stalls, as a client that stops sending mid-layer;
 /// the returned writer keeps the stall going while it lives.
 async fn stalled_body(prefix: &[u8]) -> Result<(tokio::io::DuplexStream, imagestore::ByteStream)> {
