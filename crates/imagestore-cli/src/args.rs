@@ -355,7 +355,7 @@ pub struct ImportArgs {
 /// `owner` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OwnerCmd {
-    /// Register a user of an image.
+    /// Register a user of an image (with --ttl, for that long only).
     Acquire {
         #[command(flatten)]
         store: StoreArg,
@@ -363,6 +363,21 @@ pub enum OwnerCmd {
         id: String,
         /// Owner name.
         owner: String,
+        /// Protect the image for this long only (`90s`, `10m`, `2h`); renew with `owner renew`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Extend an owner's lease on an image to TTL from now.
+    Renew {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Image id.
+        id: String,
+        /// Owner name.
+        owner: String,
+        /// The new lease, from now (`90s`, `10m`, `2h`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
     },
     /// Remove a user of an image.
     Release {

@@ -58,6 +58,27 @@ fn unsupported_vmdk(store: &dyn ImageStorer) -> imagestore::Error {
     }
 }
 
+/// Reports an owner registration or renewal.
+fn lease_said(
+    json: bool,
+    what: &str,
+    o: &OwnerName,
+    s: &StoreName,
+    id: &ImageId,
+    ttl: Option<std::time::Duration>,
+) -> Result<()> {
+    let ttl_s = ttl.map(|t| t.as_secs());
+    if json {
+        output::json(&json!({ what: o.as_str(), "image": id.as_str(), "ttl_s": ttl_s }))?;
+    } else {
+        match ttl {
+            Some(t) => println!("{o} uses {s}/{id} for {}", humantime::format_duration(t)),
+            None => println!("{o} now uses {s}/{id}"),
+        }
+    }
+    Ok(())
+}
+
 /// `export`: a tar to stdout or a file.
 pub async fn export(store: &dyn ImageStorer, a: ExportArgs) -> Result<()> {
     let s = a.store.name()?;
@@ -212,14 +233,24 @@ pub async fn owner(store: &dyn ImageStorer, cmd: OwnerCmd, json: bool) -> Result
             store: s,
             id,
             owner,
+            ttl,
         } => {
             let (s, id, o) = (s.name()?, ImageId::new(id)?, OwnerName::new(owner)?);
-            store.acquire(&s, &id, &o).await?;
-            if !json {
-                println!("{o} now uses {s}/{id}");
-            } else {
-                output::json(&json!({ "acquired": o.as_str(), "image": id.as_str() }))?;
+            match ttl {
+                Some(ttl) => store.acquire_lease(&s, &id, &o, ttl).await?,
+                None => store.acquire(&s, &id, &o).await?,
             }
+            lease_said(json, "acquired", &o, &s, &id, ttl)?;
+        }
+        OwnerCmd::Renew {
+            store: s,
+            id,
+            owner,
+            ttl,
+        } => {
+            let (s, id, o) = (s.name()?, ImageId::new(id)?, OwnerName::new(owner)?);
+            store.acquire_lease(&s, &id, &o, ttl).await?;
+            lease_said(json, "renewed", &o, &s, &id, Some(ttl))?;
         }
         OwnerCmd::Release {
             store: s,

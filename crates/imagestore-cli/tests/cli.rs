@@ -234,6 +234,20 @@ fn every_verb_works_on_the_local_backend() {
     assert!(e.contains("c1") && e.contains("owner container-1"), "{e}");
     env.ok(&["owner", "release", "--store", "s", "c1", "container-1"]);
     assert_eq!(env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(), "");
+    // A lease: renewed, then left to expire.
+    env.ok(&[
+        "owner", "acquire", "--store", "s", "c1", "job-1", "--ttl", "1s",
+    ]);
+    let renewed = env.json(&[
+        "owner", "renew", "--store", "s", "c1", "job-1", "--ttl", "2s",
+    ]);
+    assert_eq!(renewed["ttl_s"], 2);
+    assert_eq!(
+        env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(),
+        "job-1"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(env.ok(&["owner", "ls", "--store", "s", "c1"]).trim(), "");
     env.ok(&["image", "rm", "--store", "s", "c1"]);
 
     // rm --branch: top and its parents that nothing else uses, up to --keep.

@@ -107,6 +107,21 @@ pub trait Resolver: Send + Sync {
     /// backends finish it on the blocking pool).
     async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()>;
 
+    /// Registers `owner` as a user of the image for `ttl` from now, or renews its
+    /// registration for that long: once the lease expires the owner no longer protects the
+    /// image (nor is it listed), so a process that died cannot pin it forever.
+    /// [`Resolver::acquire`] afterwards makes the registration permanent again. `NotFound` if
+    /// the image does not exist.
+    ///
+    /// Dropped mid-way: the change completes or does not happen; never half of it.
+    async fn acquire_lease(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        ttl: std::time::Duration,
+    ) -> Result<()>;
+
     /// Removes `owner` from the image's users. `NotFound` if it was not registered.
     ///
     /// Dropped mid-way: the change completes or does not happen; never half of it (file-like

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use imagestore_core::backend::record::decode_unversioned;
+use imagestore_core::backend::record::{OwnerLease, decode_unversioned};
 pub use imagestore_core::backend::record::{RECORD_VERSION, Versioned, decode, encode};
 use imagestore_core::{Digest, Error, ImageId, Metadata, Result, StoreName};
 
@@ -186,9 +186,20 @@ impl LinkRecord {
 pub struct OwnerRecord {
     /// The image's nonce when the owner registered.
     pub image_nonce: String,
+    /// When the registration stops protecting the image (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
 }
 
 impl OwnerRecord {
+    /// True while the registration protects its image (see core's `OwnerLease`).
+    pub fn is_live(&self) -> bool {
+        OwnerLease {
+            expires_unix_ms: self.expires_unix_ms,
+        }
+        .is_live()
+    }
+
     /// Decodes an owner registration stored at `key`.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<OwnerRecord> {
         decode_unversioned(key, "owner record", bytes)

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use imagestore_core::backend::cache::Cache;
+use imagestore_core::backend::record::OwnerLease;
 use imagestore_core::image::{store_url, validate_metadata};
 use imagestore_core::layer::toc::Toc;
 use imagestore_core::storer::check_write_id;
@@ -388,15 +389,17 @@ impl S3Store {
         for meta in o.list(&st.keys.owners_dir(id)).await? {
             let rel = o.rel(&meta.location);
             let name = layout::last_segment(&rel).to_owned();
-            match o.get(&rel).await? {
-                Some(got)
-                    if OwnerRecord::parse(&rel, &got.bytes)
-                        .is_ok_and(|r| r.image_nonce == rec.nonce) =>
-                {
-                    users.push(format!("owner {name}"));
+            if let Some(got) = o.get(&rel).await? {
+                match OwnerRecord::parse(&rel, &got.bytes) {
+                    Ok(r) if r.image_nonce == rec.nonce => {
+                        // An expired lease no longer protects the image; its owner may still
+                        // renew it, so it is left in place.
+                        if r.is_live() {
+                            users.push(format!("owner {name}"));
+                        }
+                    }
+                    _ => o.delete(&rel).await?,
                 }
-                Some(_) => o.delete(&rel).await?,
-                None => {}
             }
         }
         Ok(users)
@@ -525,12 +528,12 @@ impl S3Store {
         s: &StoreName,
         id: &ImageId,
         owner: &OwnerName,
-        acquire: bool,
+        lease: Option<OwnerLease>,
     ) -> Result<()> {
         let st = self.open_store(s).await?;
         let o = self.objects();
         let key = st.keys.owner(id, owner);
-        if !acquire {
+        let Some(lease) = lease else {
             let rec = self.record(&st, id).await?;
             let registered = match o.get(&key).await? {
                 Some(got) => {
@@ -545,7 +548,7 @@ impl S3Store {
                 ));
             }
             return o.delete(&key).await;
-        }
+        };
         let mut rec = self.record(&st, id).await?;
         for _ in 0..3 {
             // Register first, then check the image is not being deleted: a delete takes the
@@ -554,6 +557,7 @@ impl S3Store {
                 &key,
                 encode(&OwnerRecord {
                     image_nonce: rec.nonce.clone(),
+                    expires_unix_ms: lease.expires_unix_ms,
                 }),
             )
             .await?;
@@ -680,7 +684,8 @@ impl Resolver for S3Store {
                 continue;
             };
             if let Some(got) = o.get(&rel).await?
-                && OwnerRecord::parse(&rel, &got.bytes).is_ok_and(|r| r.image_nonce == rec.nonce)
+                && OwnerRecord::parse(&rel, &got.bytes)
+                    .is_ok_and(|r| r.image_nonce == rec.nonce && r.is_live())
             {
                 out.push(name);
             }
@@ -689,10 +694,22 @@ impl Resolver for S3Store {
     }
 
     async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        self.owner_change(store, id, owner, true).await
+        self.owner_change(store, id, owner, Some(OwnerLease::new(None)))
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        self.owner_change(store, id, owner, Some(OwnerLease::new(Some(ttl))))
+            .await
     }
 
     async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
-        self.owner_change(store, id, owner, false).await
+        self.owner_change(store, id, owner, None).await
     }
 }

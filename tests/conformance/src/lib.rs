@@ -168,6 +168,8 @@ macro_rules! conformance_tests {
             owners_block_delete,
             owners_listed_by_url,
             release_unknown_owner_not_found,
+            owner_lease_expires,
+            owner_lease_renewed_keeps_protecting,
             delete_branch_follows_vic,
             delete_branch_stops_at_users_and_keeps,
             // Usage and limits

@@ -32,6 +32,8 @@ use crate::layer::rewrite::filter_tar;
 use crate::layer::stack::Stack;
 use crate::layer::validate::LowerView;
 use crate::names::{ImageId, OwnerName, StoreName};
+
+use super::record::OwnerLease;
 use crate::storer::{
     ByteStream, Capabilities, Exporter, ImageStorer, ImportSummary, Importer, Resolver, Writable,
     check_write_id,
@@ -63,13 +65,14 @@ pub trait BlockingCatalog: Send + Sync {
     fn url(&self, store: &StoreName, id: &ImageId) -> Result<Url>;
     /// [`Resolver::owners`].
     fn owners(&self, url: &Url) -> Result<Vec<OwnerName>>;
-    /// [`Resolver::acquire`] (`held`) or [`Resolver::release`].
+    /// [`Resolver::acquire`] and [`Resolver::acquire_lease`] (`Some(lease)`: register or
+    /// renew), or [`Resolver::release`] (`None`).
     fn set_owner(
         &self,
         store: &StoreName,
         id: &ImageId,
         owner: &OwnerName,
-        held: bool,
+        lease: Option<OwnerLease>,
     ) -> Result<()>;
     /// The layers of image or writable layer `id`, for export, diff and checkout.
     fn stack(&self, store: &StoreName, id: &ImageId) -> Result<Stack>;
@@ -245,12 +248,29 @@ impl<B: BlockingBackend> Resolver for B {
 
     async fn acquire(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
         let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        run(self, move |c| c.set_owner(&s, &id, &o, true)).await
+        run(self, move |c| {
+            c.set_owner(&s, &id, &o, Some(OwnerLease::new(None)))
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        let (s, id, o) = (store.clone(), id.clone(), owner.clone());
+        run(self, move |c| {
+            c.set_owner(&s, &id, &o, Some(OwnerLease::new(Some(ttl))))
+        })
+        .await
     }
 
     async fn release(&self, store: &StoreName, id: &ImageId, owner: &OwnerName) -> Result<()> {
         let (s, id, o) = (store.clone(), id.clone(), owner.clone());
-        run(self, move |c| c.set_owner(&s, &id, &o, false)).await
+        run(self, move |c| c.set_owner(&s, &id, &o, None)).await
     }
 }
 

@@ -114,6 +114,56 @@ impl ImageRecord {
     }
 }
 
+/// An owner registration's lease: until when it protects its image. Without an expiry it
+/// protects the image until released. Expiry is judged against the reader's clock, so hosts
+/// sharing a store should keep their clocks in step (NTP); a skew only moves the moment the
+/// protection ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerLease {
+    /// Milliseconds since the Unix epoch after which the registration no longer counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+}
+
+impl OwnerLease {
+    /// A lease that lasts `ttl` from now, or one without expiry.
+    pub fn new(ttl: Option<std::time::Duration>) -> OwnerLease {
+        OwnerLease {
+            expires_unix_ms: ttl.map(|t| now_unix_ms().saturating_add(t.as_millis() as u64)),
+        }
+    }
+
+    /// True while the registration protects its image.
+    pub fn is_live(&self) -> bool {
+        self.expires_unix_ms.is_none_or(|t| now_unix_ms() < t)
+    }
+
+    /// The lease stored in an owner file: empty (a registration without expiry, as every
+    /// registration was before leases) or this type's JSON. A file that is neither counts as
+    /// a registration without expiry, so damage never unprotects an image.
+    pub fn from_file(bytes: &[u8]) -> OwnerLease {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return OwnerLease::default();
+        }
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    /// The bytes of an owner file holding this lease (empty without expiry).
+    pub fn to_file(&self) -> Vec<u8> {
+        if self.expires_unix_ms.is_none() {
+            return Vec::new();
+        }
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this host's clock.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A writable layer's parent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WritableRecord {
@@ -146,6 +196,19 @@ impl WritableRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_leases_expire_and_old_files_never_do() {
+        assert!(OwnerLease::from_file(b"").is_live());
+        assert!(OwnerLease::from_file(b"garbage").is_live());
+        let live = OwnerLease::new(Some(std::time::Duration::from_secs(60)));
+        assert!(OwnerLease::from_file(&live.to_file()).is_live());
+        let gone = OwnerLease {
+            expires_unix_ms: Some(now_unix_ms() - 1),
+        };
+        assert!(!OwnerLease::from_file(&gone.to_file()).is_live());
+        assert!(OwnerLease::new(None).to_file().is_empty());
+    }
 
     #[test]
     fn records_round_trip_and_refuse_other_versions() -> Result<()> {

@@ -1,6 +1,7 @@
 //! Writing, reading and deleting images; owners.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use imagestore::{
@@ -451,6 +452,74 @@ pub async fn owners_block_delete(ctx: &Ctx) -> Result<()> {
         ctx.store.acquire(&s, &img.id, &c1).await,
         Error::NotFound { .. }
     );
+    Ok(())
+}
+
+/// An owner registered with a lease protects the image until the lease expires, then no longer
+/// (nor is it listed); a permanent owner on the same image still protects it.
+pub async fn owner_lease_expires(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let img = put(
+        ctx,
+        &scratch,
+        "leased",
+        &Layer::new().file("a", b"1").build(),
+    )
+    .await?;
+    let (short, forever) = (OwnerName::new("short")?, OwnerName::new("forever")?);
+    ctx.store
+        .acquire_lease(&s, &img.id, &short, Duration::from_millis(1200))
+        .await?;
+    let url = ctx.store.url(&s, &img.id).await?;
+    ensure!(ctx.store.owners(&url).await? == vec![short.clone()]);
+    let err = ctx
+        .store
+        .delete_image(&img)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("deleted an image under a live lease"))?;
+    in_use_by(&err, "short")?;
+    ctx.store.acquire(&s, &img.id, &forever).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ensure!(ctx.store.owners(&url).await? == vec![forever.clone()]);
+    let err = ctx
+        .store
+        .delete_image(&img)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("deleted an image with an owner"))?;
+    in_use_by(&err, "forever")?;
+    ctx.store.release(&s, &img.id, &forever).await?;
+    ctx.store.delete_image(&img).await?;
+    Ok(())
+}
+
+/// Renewing a lease before it expires keeps the image protected past the first expiry; an
+/// owner made permanent again (`acquire`) never expires.
+pub async fn owner_lease_renewed_keeps_protecting(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let img = put(
+        ctx,
+        &scratch,
+        "renewed",
+        &Layer::new().file("a", b"1").build(),
+    )
+    .await?;
+    let o = OwnerName::new("worker")?;
+    ctx.store
+        .acquire_lease(&s, &img.id, &o, Duration::from_millis(1200))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.store
+        .acquire_lease(&s, &img.id, &o, Duration::from_secs(30))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    expect_err!(ctx.store.delete_image(&img).await, Error::ImageInUse { .. });
+    ctx.store.acquire(&s, &img.id, &o).await?;
+    let url = ctx.store.url(&s, &img.id).await?;
+    ensure!(ctx.store.owners(&url).await? == vec![o.clone()]);
+    ctx.store.release(&s, &img.id, &o).await?;
+    ctx.store.delete_image(&img).await?;
     Ok(())
 }
 

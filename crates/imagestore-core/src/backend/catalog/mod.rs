@@ -49,7 +49,7 @@ use crate::storer::ByteStream;
 
 use crate::backend::cache::Cache;
 use crate::backend::lock::{STORE_RANGE, range_for};
-use crate::backend::record::{self, ImageRecord, WritableRecord};
+use crate::backend::record::{self, ImageRecord, OwnerLease, WritableRecord};
 use crate::backend::storage::{Storage, StorageLock, StoragePath};
 
 /// Decoded TOCs kept in memory per backend instance.
@@ -366,6 +366,24 @@ impl<R: Representation> Catalog<R> {
             .collect())
     }
 
+    /// The owners registered on image `p` whose lease has not expired (temporary files of a
+    /// renewal in progress start with a dot and are not owners).
+    pub fn live_owners(&self, p: &ImagePaths) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for o in self.storage.list(&p.owners())? {
+            if o.starts_with('.') {
+                continue;
+            }
+            // Released between the listing and the read: not an owner.
+            if let Some(bytes) = self.storage.read(&p.owner_file(&o))?
+                && OwnerLease::from_file(&bytes).is_live()
+            {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
     /// Who uses an image: committed children, writable layers, owners, and what the storage
     /// knows (virtual machines on vSphere). A child link whose child never committed counts
     /// for nothing (the sweep removes it).
@@ -382,7 +400,7 @@ impl<R: Representation> Catalog<R> {
                 users.push(format!("child {cid}"));
             }
         }
-        for o in self.storage.list(&p.owners())? {
+        for o in self.live_owners(&p)? {
             users.push(format!("owner {o}"));
         }
         users.extend(self.storage.disk_users(&self.rep.locator(&p))?);

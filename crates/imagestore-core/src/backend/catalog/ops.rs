@@ -11,7 +11,7 @@ use crate::storer::{ByteStream, Writable, store_not_empty};
 
 use crate::backend::blocking::BlockingCatalog;
 use crate::backend::lock::range_for;
-use crate::backend::record::{self, ImageRecord, WritableRecord};
+use crate::backend::record::{self, ImageRecord, OwnerLease, WritableRecord};
 
 use super::{Catalog, Representation, image_name};
 
@@ -193,8 +193,7 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
         self.record(&s, &sp, &id)?;
         let p = sp.image(&id);
         let mut names: Vec<OwnerName> = self
-            .storage
-            .list(&p.owners())?
+            .live_owners(&p)?
             .into_iter()
             .filter_map(|n| OwnerName::new(n).ok())
             .collect();
@@ -207,15 +206,22 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
         Ok(names)
     }
 
-    fn set_owner(&self, s: &StoreName, id: &ImageId, owner: &OwnerName, held: bool) -> Result<()> {
+    fn set_owner(
+        &self,
+        s: &StoreName,
+        id: &ImageId,
+        owner: &OwnerName,
+        lease: Option<OwnerLease>,
+    ) -> Result<()> {
         let sp = self.open_store(s)?;
         let _guard = self.store_lock(&sp)?;
         self.record(s, &sp, id)?;
         let p = sp.image(id);
         let marker = p.owner(owner);
-        if held {
+        if let Some(lease) = lease {
             self.storage.mkdir(&p.owners())?;
-            self.storage.create_new(&marker, b"")?;
+            // Replacing the file renews a lease, or makes the registration permanent.
+            self.storage.write(&marker, &lease.to_file())?;
             Ok(())
         } else if self.storage.remove_file(&marker)? {
             Ok(())

@@ -110,6 +110,10 @@ impl ImagePaths {
     pub fn owner(&self, o: &OwnerName) -> StoragePath {
         self.owners().child(o.as_str())
     }
+    /// The registration file named `name` in `owners`.
+    pub fn owner_file(&self, name: &str) -> StoragePath {
+        self.owners().child(name)
+    }
     /// The commit marker.
     pub fn marker(&self) -> StoragePath {
         self.dir.child(self.marker)
