@@ -1,7 +1,8 @@
-//! The crash test every backend on local storage runs: a child process writes, deletes,
-//! imports and commits layers in a loop and is killed with SIGKILL at random moments; after
-//! each kill a fresh instance opens the store by URL and must see only complete, verifiable
-//! images, a usage counter that agrees with them, and no leftovers once the store is swept.
+//! The crash test every backend on local storage runs: a child process writes, deletes
+//! (single images and whole branches), imports and commits layers in a loop and is killed
+//! with SIGKILL at random moments; after each kill a fresh instance opens the store by URL and
+//! must see only complete, verifiable images, a usage counter that agrees with them, and no
+//! leftovers once the store is swept.
 //!
 //! A backend's test file is a `harness = false` test whose `main` calls [`run`]; the same
 //! binary is the child when `IMAGESTORE_CRASH_CHILD` is set.
@@ -70,8 +71,14 @@ async fn child(url: String) -> Result<()> {
         match r % 10 {
             _ if delete && !images.is_empty() => {
                 let victim = &images[(r as usize / 10) % images.len()];
-                match store.delete_image(victim).await {
-                    Ok(_) | Err(Error::ImageInUse { .. }) => {}
+                // Every other delete takes the victim's whole unused branch with it.
+                let done = if next() % 2 == 0 {
+                    store.delete_branch(victim, &[]).await.map(|_| ())
+                } else {
+                    store.delete_image(victim).await.map(|_| ())
+                };
+                match done {
+                    Ok(()) | Err(Error::ImageInUse { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
