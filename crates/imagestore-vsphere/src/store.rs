@@ -122,9 +122,7 @@ impl DiskLayers {
             .ok_or_else(|| Error::corrupt(&what, "the TOC is missing"))?;
         imagestore_core::layer::toc::Toc::from_bytes(&bytes, &what)
     }
-}
 
-impl DiskLayers {
     /// The scratch image's files: a base disk of the configured capacity holding ext4 with
     /// VIC's skeleton, beside the skeleton's TOC.
     fn scratch_files(&self, p: &ImagePaths) -> Result<u64> {

@@ -136,19 +136,7 @@ pub fn temp_name(name: &str) -> String {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    format!(".{}.tmp-{:016x}", &name[..end], rand_u64())
-}
-
-/// A random number for temporary names (not for secrets).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    format!(".{}.tmp-{:016x}", &name[..end], rand::random::<u64>())
 }
 
 /// What [`Storage::stat`] tells about a path.
