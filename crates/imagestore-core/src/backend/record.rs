@@ -129,7 +129,10 @@ impl OwnerLease {
     /// A lease that lasts `ttl` from now, or one without expiry.
     pub fn new(ttl: Option<std::time::Duration>) -> OwnerLease {
         OwnerLease {
-            expires_unix_ms: ttl.map(|t| now_unix_ms().saturating_add(t.as_millis() as u64)),
+            // A TTL past what u64 milliseconds hold means "until released", never a wrap.
+            expires_unix_ms: ttl.map(|t| {
+                now_unix_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+            }),
         }
     }
 
