@@ -26,6 +26,10 @@ pub enum ObjectKind {
     Owner,
     /// A path inside an image.
     Path,
+    /// A reference: a name for an image and its manifest.
+    Reference,
+    /// A content-addressed blob (a manifest or an image config).
+    Blob,
 }
 
 impl fmt::Display for ObjectKind {
@@ -36,6 +40,8 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Writable => "writable layer",
             ObjectKind::Owner => "owner",
             ObjectKind::Path => "path",
+            ObjectKind::Reference => "reference",
+            ObjectKind::Blob => "blob",
         })
     }
 }
@@ -78,13 +84,30 @@ pub enum Error {
         reason: String,
     },
 
-    /// The image cannot be deleted because child images, writable layers or owners use it.
+    /// The image cannot be deleted because child images, writable layers, writes in progress,
+    /// owners or references use it.
     #[error("image {image:?} in use by {}", users.join(", "))]
     ImageInUse {
         /// The image that was to be deleted, as `store/id`.
         image: String,
-        /// Who uses it: `child <id>`, `writable <id>` or `owner <name>`.
+        /// Who uses it: `child <id>`, `writable <id>`, `write <id>` (a write in progress on
+        /// it), `owner <name>` or `reference <name>`.
         users: Vec<String>,
+    },
+
+    /// A write would push the store's usage past its quota; nothing of it remains.
+    #[error(
+        "store {store:?} quota exceeded: {usage} bytes used + {size} bytes written > quota {quota}"
+    )]
+    QuotaExceeded {
+        /// The store.
+        store: String,
+        /// Bytes the store used before the write.
+        usage: u64,
+        /// Bytes the write would add.
+        size: u64,
+        /// The store's quota in bytes.
+        quota: u64,
     },
 
     /// The bytes received do not hash to the expected sum.

@@ -101,6 +101,10 @@ pub struct Image {
     pub size: u64,
     /// Number of layers between this image and scratch (scratch is 0).
     pub depth: u32,
+    /// When the image was committed, in milliseconds since the Unix epoch by its writer's
+    /// clock; `None` for images stored before the store recorded it (they count as old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_unix_ms: Option<u64>,
 }
 
 impl Image {

@@ -15,6 +15,7 @@ pub mod image;
 pub mod layer;
 pub mod names;
 pub mod redact;
+pub mod refs;
 pub mod registry;
 pub mod storer;
 
@@ -23,6 +24,7 @@ pub use error::{Error, ObjectKind, Result, is_image_in_use};
 pub use image::{Image, ImageLink, Metadata};
 pub use layer::filter::{FilterSpec, FilterType};
 pub use names::{ImageId, OwnerName, StoreName};
+pub use refs::{BlobInfo, Descriptor, Expect, Pin, RefName, RefTarget, Reference, References};
 pub use storer::{
     ByteStream, Capabilities, Exporter, ImageStorer, ImageStorerExt, ImportSummary, Importer,
     Resolver, Writable, byte_stream,

@@ -226,7 +226,9 @@ pub trait Exporter: Send + Sync {
 /// * an image with children, writable layers or owners cannot be deleted, and a child is never
 ///   committed on a parent a concurrent delete removed.
 #[async_trait]
-pub trait ImageStorer: Resolver + Importer + Exporter + Send + Sync + fmt::Debug {
+pub trait ImageStorer:
+    Resolver + Importer + Exporter + crate::refs::References + Send + Sync + fmt::Debug
+{
     /// The backend as [`std::any::Any`], so a caller can reach what only one backend offers
     /// (for example the disk backends' VMDK export) by downcasting to its type.
     fn as_any(&self) -> &dyn std::any::Any;

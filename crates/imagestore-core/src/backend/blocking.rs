@@ -34,6 +34,7 @@ use crate::layer::validate::LowerView;
 use crate::names::{ImageId, OwnerName, StoreName};
 
 use super::record::OwnerLease;
+use crate::refs::{BlobInfo, Expect, Pin, RefName, RefTarget, Reference, References};
 use crate::storer::{
     ByteStream, Capabilities, Exporter, ImageStorer, ImportSummary, Importer, Resolver, Writable,
     check_write_id,
@@ -84,6 +85,39 @@ pub trait BlockingCatalog: Send + Sync {
     fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()>;
     /// [`Exporter::export_raw`].
     fn raw_layer(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
+    /// [`References::set_reference`].
+    fn set_reference(
+        &self,
+        store: &StoreName,
+        name: &RefName,
+        target: &RefTarget,
+        expect: &Expect,
+    ) -> Result<Reference>;
+    /// [`References::get_reference`].
+    fn reference(&self, store: &StoreName, name: &RefName) -> Result<Reference>;
+    /// [`References::list_references`].
+    fn references(&self, store: &StoreName) -> Result<Vec<Reference>>;
+    /// [`References::delete_reference`].
+    fn delete_reference(
+        &self,
+        store: &StoreName,
+        name: &RefName,
+        expect: &Expect,
+    ) -> Result<Reference>;
+    /// [`References::put_blob`].
+    fn put_blob(&self, store: &StoreName, digest: &Digest, bytes: &[u8]) -> Result<()>;
+    /// [`References::get_blob`].
+    fn blob(&self, store: &StoreName, digest: &Digest) -> Result<Vec<u8>>;
+    /// [`References::list_blobs`].
+    fn blobs(&self, store: &StoreName) -> Result<Vec<BlobInfo>>;
+    /// [`References::delete_blob`].
+    fn delete_blob(&self, store: &StoreName, digest: &Digest) -> Result<()>;
+    /// [`References::pins`].
+    fn pins(&self, store: &StoreName) -> Result<Vec<Pin>>;
+    /// [`References::set_quota`].
+    fn set_quota(&self, store: &StoreName, quota: Option<u64>) -> Result<()>;
+    /// [`References::quota`].
+    fn quota(&self, store: &StoreName) -> Result<Option<u64>>;
 }
 
 /// The handle of a blocking backend: the part of the storage traits that is not a plain
@@ -367,5 +401,74 @@ impl<B: BlockingBackend> Exporter for B {
             .await?
             .checkout(dest.to_owned(), options.clone())
             .await
+    }
+}
+
+#[async_trait]
+impl<B: BlockingBackend> References for B {
+    async fn set_reference(
+        &self,
+        store: &StoreName,
+        name: &RefName,
+        target: &RefTarget,
+        expect: &Expect,
+    ) -> Result<Reference> {
+        let (s, n, t, e) = (store.clone(), name.clone(), target.clone(), expect.clone());
+        run(self, move |c| c.set_reference(&s, &n, &t, &e)).await
+    }
+
+    async fn get_reference(&self, store: &StoreName, name: &RefName) -> Result<Reference> {
+        let (s, n) = (store.clone(), name.clone());
+        run(self, move |c| c.reference(&s, &n)).await
+    }
+
+    async fn list_references(&self, store: &StoreName) -> Result<Vec<Reference>> {
+        let s = store.clone();
+        run(self, move |c| c.references(&s)).await
+    }
+
+    async fn delete_reference(
+        &self,
+        store: &StoreName,
+        name: &RefName,
+        expect: &Expect,
+    ) -> Result<Reference> {
+        let (s, n, e) = (store.clone(), name.clone(), expect.clone());
+        run(self, move |c| c.delete_reference(&s, &n, &e)).await
+    }
+
+    async fn put_blob(&self, store: &StoreName, digest: &Digest, bytes: Vec<u8>) -> Result<()> {
+        let (s, d) = (store.clone(), digest.clone());
+        run(self, move |c| c.put_blob(&s, &d, &bytes)).await
+    }
+
+    async fn get_blob(&self, store: &StoreName, digest: &Digest) -> Result<Vec<u8>> {
+        let (s, d) = (store.clone(), digest.clone());
+        run(self, move |c| c.blob(&s, &d)).await
+    }
+
+    async fn list_blobs(&self, store: &StoreName) -> Result<Vec<BlobInfo>> {
+        let s = store.clone();
+        run(self, move |c| c.blobs(&s)).await
+    }
+
+    async fn delete_blob(&self, store: &StoreName, digest: &Digest) -> Result<()> {
+        let (s, d) = (store.clone(), digest.clone());
+        run(self, move |c| c.delete_blob(&s, &d)).await
+    }
+
+    async fn pins(&self, store: &StoreName) -> Result<Vec<Pin>> {
+        let s = store.clone();
+        run(self, move |c| c.pins(&s)).await
+    }
+
+    async fn set_quota(&self, store: &StoreName, quota: Option<u64>) -> Result<()> {
+        let s = store.clone();
+        run(self, move |c| c.set_quota(&s, quota)).await
+    }
+
+    async fn quota(&self, store: &StoreName) -> Result<Option<u64>> {
+        let s = store.clone();
+        run(self, move |c| c.quota(&s)).await
     }
 }

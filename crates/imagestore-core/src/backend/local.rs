@@ -126,6 +126,11 @@ impl Storage for LocalStorage {
             Ok(m) => Ok(Some(Stat {
                 is_dir: m.is_dir(),
                 size: m.len(),
+                modified_unix_ms: m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64),
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => self.io(&l, Err(e)),

@@ -68,6 +68,10 @@ pub struct ImageRecord {
     /// Metadata, values in base64 (empty where the backend keeps metadata elsewhere).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// When the record was made, in milliseconds since the Unix epoch by the writer's clock
+    /// (absent in records of earlier versions, which count as old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_unix_ms: Option<u64>,
 }
 
 impl Versioned for ImageRecord {
@@ -95,6 +99,7 @@ impl ImageRecord {
             size,
             depth,
             metadata: metadata_to_base64(meta),
+            created_unix_ms: Some(now_unix_ms()),
         }
     }
 
@@ -110,6 +115,7 @@ impl ImageRecord {
             sum: self.sum.clone(),
             size: self.size,
             depth: self.depth,
+            created_unix_ms: self.created_unix_ms,
         })
     }
 }

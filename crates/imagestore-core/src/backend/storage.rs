@@ -146,6 +146,8 @@ pub struct Stat {
     pub is_dir: bool,
     /// Size in bytes (files).
     pub size: u64,
+    /// When it was last modified, in milliseconds since the Unix epoch, if the storage tells.
+    pub modified_unix_ms: Option<u64>,
 }
 
 /// A held storage lock; released when dropped.

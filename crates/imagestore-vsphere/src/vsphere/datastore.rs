@@ -311,6 +311,7 @@ impl VsphereDatastore {
                 Ok(Some(Stat {
                     is_dir: true,
                     size: 0,
+                    modified_unix_ms: None,
                 }))
             } else if s.is_success() {
                 // The header itself: a HEAD answer has no body to take a length from.
@@ -320,9 +321,15 @@ impl VsphereDatastore {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
+                let modified_unix_ms = resp
+                    .headers()
+                    .get(reqwest::header::LAST_MODIFIED)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(http_date_unix_ms);
                 Ok(Some(Stat {
                     is_dir: false,
                     size,
+                    modified_unix_ms,
                 }))
             } else {
                 Err(status_err(&what, s))
@@ -645,5 +652,67 @@ impl Datastore for VsphereDatastore {
 impl Drop for VsphereDatastore {
     fn drop(&mut self) {
         self.soap.logout_detached();
+    }
+}
+
+/// Milliseconds since the Unix epoch of an HTTP date in its preferred form
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7); `None` for anything else.
+fn http_date_unix_ms(s: &str) -> Option<u64> {
+    let mut it = s.split_ascii_whitespace().skip(1);
+    let day: u64 = it.next()?.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| Some(*m) == it.clone().next())? as u64
+        + 1;
+    it.next();
+    let year: u64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|v| v.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if it.next()? != "GMT"
+        || !(1..=31).contains(&day)
+        || year < 1970
+        || h > 23
+        || m > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(((days * 24 + h) * 60 + m) * 60_000 + sec * 1000)
+}
+
+#[cfg(test)]
+mod http_date_tests {
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(
+            super::http_date_unix_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            super::http_date_unix_ms("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(0)
+        );
+        assert_eq!(
+            super::http_date_unix_ms("Mon, 29 Feb 2016 12:00:00 GMT"),
+            Some(1_456_747_200_000)
+        );
+        assert_eq!(super::http_date_unix_ms("yesterday"), None);
+        assert_eq!(
+            super::http_date_unix_ms("Sun, 06 Nov 1994 08:49:37 PST"),
+            None
+        );
     }
 }

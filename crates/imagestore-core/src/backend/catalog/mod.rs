@@ -8,6 +8,9 @@
 //! <stores>/<store>/images/<id>/image.json   the record
 //! <stores>/<store>/images/<id>/children/<c> an image or writable layer on this one
 //! <stores>/<store>/images/<id>/owners/<o>   a registered owner
+//! <stores>/<store>/images/<id>/refs/<key>   a reference naming this image
+//! <stores>/<store>/refs/<key>, blobs/<d>    references and their manifests and configs
+//! <stores>/<store>/quota                    the store's quota in bytes
 //! <stores>/<store>/images/<id>/<marker>     written last: the image is committed
 //! <stores>/<store>/writable/<id>/writable.json  written last: the writable layer exists
 //! ```
@@ -16,18 +19,20 @@
 //!
 //! * A store exists while its scratch image is committed; creation writes scratch's marker
 //!   last, deletion removes it first.
-//! * A write takes the id lock, fills the image folder (left over folders of its id are
-//!   uncommitted, so its own), then under the store lock checks the parent is still
-//!   committed, marks the usage counter pending, links the child and writes the marker: the
+//! * A write takes the id lock and, under the store lock, links itself as a child of its
+//!   parent (which keeps the parent from being deleted while the write holds the id lock),
+//!   fills the image folder (left over folders of its id are uncommitted, so its own), then
+//!   under the store lock checks the parent is still committed and the quota, marks the usage counter pending, links the child and writes the marker: the
 //!   commit point. What fails after it is logged and left to the sweep, never returned.
-//! * A delete, under the store lock, refuses an image with committed children, writable
-//!   layers or owners; it removes the marker first (the image is gone), then tidies.
+//! * A delete, under the store lock, refuses an image with committed children, writes in
+//!   progress, writable layers, owners or references; it removes the marker first (the image is gone), then tidies.
 //! * The sweep, on the first use of a store by a backend instance and under the store lock,
 //!   removes what only a crash leaves: uncommitted folders and dangling child links whose id
 //!   lock is free, unfinished imports, and a counter left pending.
 
 mod ops;
 mod paths;
+mod refs;
 mod sweep;
 mod write;
 
@@ -384,9 +389,10 @@ impl<R: Representation> Catalog<R> {
         Ok(out)
     }
 
-    /// Who uses an image: committed children, writable layers, owners, and what the storage
-    /// knows (virtual machines on vSphere). A child link whose child never committed counts
-    /// for nothing (the sweep removes it).
+    /// Who uses an image: committed children, writes in progress on it, writable layers,
+    /// owners, references, and what the storage knows (virtual machines on vSphere). A child
+    /// link whose child never committed and whose id lock is free counts for nothing (the
+    /// sweep removes it).
     pub fn users(&self, sp: &StorePaths, id: &ImageId) -> Result<Vec<String>> {
         let p = sp.image(id);
         let mut users = Vec::new();
@@ -398,11 +404,14 @@ impl<R: Representation> Catalog<R> {
                 users.push(format!("writable {cid}"));
             } else if self.is_committed(&sp.image(&cid))? {
                 users.push(format!("child {cid}"));
+            } else if self.try_id_lock(sp, cid.as_str())?.is_none() {
+                users.push(format!("write {cid}"));
             }
         }
         for o in self.live_owners(&p)? {
             users.push(format!("owner {o}"));
         }
+        users.extend(self.ref_users(sp, &p)?);
         users.extend(self.storage.disk_users(&self.rep.locator(&p))?);
         Ok(users)
     }

@@ -3,10 +3,12 @@
 use tracing::warn;
 use url::Url;
 
+use crate::digest::Digest;
 use crate::error::{Error, ObjectKind, Result};
 use crate::image::{Image, Metadata, store_url};
 use crate::layer::stack::Stack;
 use crate::names::{ImageId, OwnerName, StoreName};
+use crate::refs::{BlobInfo, Expect, Pin, RefName, RefTarget, Reference};
 use crate::storer::{ByteStream, Writable, store_not_empty};
 
 use crate::backend::blocking::BlockingCatalog;
@@ -69,6 +71,9 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
             {
                 left.push(format!("writable {name}"));
             }
+        }
+        for r in self.all_refs(&sp)? {
+            left.push(format!("reference {}", r.name));
         }
         if !left.is_empty() {
             return Err(store_not_empty(s, &left));
@@ -296,5 +301,60 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
 
     fn raw_layer(&self, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
         self.rep.raw_layer(self, s, id)
+    }
+
+    fn set_reference(
+        &self,
+        s: &StoreName,
+        name: &RefName,
+        target: &RefTarget,
+        expect: &Expect,
+    ) -> Result<Reference> {
+        Catalog::set_reference(self, s, name, target, expect)
+    }
+
+    fn reference(&self, s: &StoreName, name: &RefName) -> Result<Reference> {
+        Catalog::reference(self, s, name)
+    }
+
+    fn references(&self, s: &StoreName) -> Result<Vec<Reference>> {
+        Catalog::references(self, s)
+    }
+
+    fn delete_reference(
+        &self,
+        s: &StoreName,
+        name: &RefName,
+        expect: &Expect,
+    ) -> Result<Reference> {
+        Catalog::delete_reference(self, s, name, expect)
+    }
+
+    fn put_blob(&self, s: &StoreName, d: &Digest, bytes: &[u8]) -> Result<()> {
+        Catalog::put_blob(self, s, d, bytes)
+    }
+
+    fn blob(&self, s: &StoreName, d: &Digest) -> Result<Vec<u8>> {
+        Catalog::blob(self, s, d)
+    }
+
+    fn blobs(&self, s: &StoreName) -> Result<Vec<BlobInfo>> {
+        Catalog::blobs(self, s)
+    }
+
+    fn delete_blob(&self, s: &StoreName, d: &Digest) -> Result<()> {
+        Catalog::delete_blob(self, s, d)
+    }
+
+    fn pins(&self, s: &StoreName) -> Result<Vec<Pin>> {
+        Catalog::pins(self, s)
+    }
+
+    fn set_quota(&self, s: &StoreName, quota: Option<u64>) -> Result<()> {
+        Catalog::set_quota(self, s, quota)
+    }
+
+    fn quota(&self, s: &StoreName) -> Result<Option<u64>> {
+        Catalog::quota(self, s)
     }
 }

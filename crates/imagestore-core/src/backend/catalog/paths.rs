@@ -50,6 +50,27 @@ impl StorePaths {
     pub fn usage_pending(&self) -> StoragePath {
         self.dir.child("usage.pending")
     }
+    /// The store's quota in bytes, absent without one.
+    pub fn quota(&self) -> StoragePath {
+        self.dir.child("quota")
+    }
+    /// The references folder.
+    pub fn refs(&self) -> StoragePath {
+        self.dir.child("refs")
+    }
+    /// The record of the reference whose key ([`crate::refs::RefName::key`]) is `key`.
+    pub fn reference(&self, key: &str) -> StoragePath {
+        self.refs().child(key)
+    }
+    /// The blobs folder.
+    pub fn blobs(&self) -> StoragePath {
+        self.dir.child("blobs")
+    }
+    /// Blob `d`, as `<algorithm>-<hex>`.
+    pub fn blob(&self, d: &crate::digest::Digest) -> StoragePath {
+        self.blobs()
+            .child(&format!("{}-{}", d.algorithm().name(), d.hex()))
+    }
     /// The images folder.
     pub fn images(&self) -> StoragePath {
         self.dir.child("images")
@@ -113,6 +134,14 @@ impl ImagePaths {
     /// The registration file named `name` in `owners`.
     pub fn owner_file(&self, name: &str) -> StoragePath {
         self.owners().child(name)
+    }
+    /// `refs`: one link per reference naming this image, by the reference's key.
+    pub fn ref_links(&self) -> StoragePath {
+        self.dir.child("refs")
+    }
+    /// The link of the reference whose key is `key`.
+    pub fn ref_link(&self, key: &str) -> StoragePath {
+        self.ref_links().child(key)
     }
     /// The commit marker.
     pub fn marker(&self) -> StoragePath {

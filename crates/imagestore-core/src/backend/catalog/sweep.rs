@@ -60,6 +60,7 @@ impl<R: Representation> Catalog<R> {
                     removed += 1;
                 }
             }
+            removed += self.sweep_ref_links(sp, &p)?;
         }
         removed += self.rep.sweep_store(self, sp)?;
         if recompute {

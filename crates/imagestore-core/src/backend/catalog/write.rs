@@ -84,11 +84,18 @@ pub async fn begin_write<R: Representation>(
     let lock = run_blocking(cat.scheme(), cat.clone(), move |c| c.id_lock(&sp2, &i)).await?;
     match check(cat).await? {
         Precheck::Found(img) => Ok(Begin::Found(img)),
-        Precheck::Write(store, parent) => Ok(Begin::Write(WriteSlot {
-            lock,
-            store,
-            parent,
-        })),
+        Precheck::Write(store, parent) => {
+            let (s, sp, p, i) = (s.clone(), store.clone(), parent.id.clone(), id.clone());
+            run_blocking(cat.scheme(), cat.clone(), move |c| {
+                c.link_writer(&s, &sp, &p, &i)
+            })
+            .await?;
+            Ok(Begin::Write(WriteSlot {
+                lock,
+                store,
+                parent,
+            }))
+        }
     }
 }
 
@@ -157,9 +164,14 @@ impl<R: Representation> StagedImage<R> {
             Err(e) => Err(e),
         };
         if published.is_err() {
-            let (p, lock) = (self.paths.clone(), self.lock.take());
+            let (sp, parent, p, lock) = (
+                self.store.clone(),
+                self.parent.id.clone(),
+                self.paths.clone(),
+                self.lock.take(),
+            );
             let _ = run_blocking(self.cat.scheme(), self.cat.clone(), move |c| {
-                c.abandon(&p);
+                c.abandon(&sp, &parent, &p);
                 drop(lock);
                 Ok(())
             })
@@ -176,9 +188,15 @@ impl<R: Representation> Drop for StagedImage<R> {
             return;
         }
         // Dropped mid-write: no one waits for the answer, so the cleanup runs on its own.
-        let (cat, p, lock) = (self.cat.clone(), self.paths.clone(), self.lock.take());
+        let (cat, sp, parent, p, lock) = (
+            self.cat.clone(),
+            self.store.clone(),
+            self.parent.id.clone(),
+            self.paths.clone(),
+            self.lock.take(),
+        );
         let clean = move || {
-            cat.abandon(&p);
+            cat.abandon(&sp, &parent, &p);
             drop(lock);
         };
         match tokio::runtime::Handle::try_current() {
@@ -227,11 +245,32 @@ impl<R: Representation> Catalog<R> {
         Ok(Precheck::Write(sp, parent_rec))
     }
 
-    /// Removes the folder of image `p` after a failed write, unless it is committed; if even
-    /// that cannot be told, the sweep removes it later.
-    pub fn abandon(&self, p: &ImagePaths) {
+    /// Links a write of `id` as a child of `parent`, under the store lock, after checking the
+    /// parent is committed: from then until the write releases its id lock, the parent is in
+    /// use ([`Catalog::users`]), so neither a delete nor garbage collection removes it.
+    pub fn link_writer(
+        &self,
+        s: &StoreName,
+        sp: &StorePaths,
+        parent: &ImageId,
+        id: &ImageId,
+    ) -> Result<()> {
+        let _guard = self.store_lock(sp)?;
+        let pp = sp.image(parent);
+        if !self.is_committed(&pp)? {
+            return Err(parent_deleted(s, parent, id));
+        }
+        self.storage.mkdir(&pp.children())?;
+        self.storage.create_new(&pp.child(id), b"")?;
+        Ok(())
+    }
+
+    /// Removes the folder of image `p` and its link on `parent` after a failed write, unless
+    /// it is committed; if even that cannot be told, the sweep removes them later.
+    pub fn abandon(&self, sp: &StorePaths, parent: &ImageId, p: &ImagePaths) {
         if let Ok(false) = self.is_committed(p) {
             let _ = self.storage.remove_all(&p.dir);
+            let _ = self.storage.remove_file(&sp.image(parent).child(&p.id));
         }
     }
 
@@ -251,7 +290,7 @@ impl<R: Representation> Catalog<R> {
     }
 
     /// Commits an image whose files are in its folder: writes its record, then, under the
-    /// store lock, checks the parent is still committed, marks the usage counter, links the
+    /// store lock, checks the parent is still committed and the store's quota, marks the usage counter, links the
     /// child and writes the marker (the commit point). `meta` is the image's metadata.
     pub fn publish(
         &self,
@@ -274,6 +313,7 @@ impl<R: Representation> Catalog<R> {
             }
             None => None,
         };
+        self.check_quota_for(s, sp, r.size)?;
         self.usage_begin(sp)?;
         if let Some(pp) = parent {
             self.storage.mkdir(&pp.children())?;
