@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod image;
 pub mod layer;
 pub mod names;
@@ -21,6 +22,7 @@ pub mod storer;
 
 pub use digest::{Algorithm, Digest};
 pub use error::{Error, ObjectKind, Result, is_image_in_use};
+pub use gc::{GcOptions, GcReport};
 pub use image::{Image, ImageLink, Metadata};
 pub use layer::filter::{FilterSpec, FilterType};
 pub use names::{ImageId, OwnerName, StoreName};

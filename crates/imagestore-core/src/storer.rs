@@ -387,6 +387,17 @@ pub trait ImageStorerExt: ImageStorer {
         Ok(deleted)
     }
 
+    /// Collects store `store`: deletes the images no reference, pin, keep list or grace
+    /// period keeps (nor any descendant of theirs), leaf first, and the blobs no reference
+    /// names ([`crate::gc`]).
+    async fn gc(
+        &self,
+        store: &StoreName,
+        opts: &crate::gc::GcOptions,
+    ) -> Result<crate::gc::GcReport> {
+        crate::gc::collect(self, store, opts).await
+    }
+
     /// The chain from scratch to `id`, scratch first.
     async fn chain(&self, store: &StoreName, id: &ImageId) -> Result<Vec<Image>> {
         let mut out = Vec::new();
