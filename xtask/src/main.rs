@@ -45,6 +45,9 @@ cargo xtask <command>
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench s3 [write|list] against moto: a 1 GiB layer through the backend vs a plain object_store
                      multipart put; listing a store of 10,000 images
+  bench gc [local|s3]  collect a store of 5,000 images of which 4,500 are unreferenced, on
+                     file:// (vs rm -rf + sync of the same folders) and moto (vs one plain
+                     DELETE per image); the dry run must list exactly what the real run deletes
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base
   bench import       import the debian fixture (docker-archive): ours vs `skopeo copy` to an

@@ -64,6 +64,12 @@ pub enum Command {
     /// Register and release users of an image.
     #[command(subcommand)]
     Owner(OwnerCmd),
+    /// Name images: list, show, set (compare-and-swap) and remove references.
+    #[command(subcommand)]
+    Ref(RefCmd),
+    /// Delete the images and blobs nothing keeps: no reference, owner, writable layer or write
+    /// in progress, not in --keep, older than --grace (and their unused parents).
+    Gc(GcArgs),
     /// Import, pull and export OCI images (layouts, oci-archives, docker-archives, registries).
     #[command(subcommand)]
     Oci(OciCmd),
@@ -176,6 +182,19 @@ pub enum StoreCmd {
     Create {
         /// Store name.
         name: String,
+        /// Most bytes the store's images may use (writes past it fail); suffixes K, M, G, T
+        /// (powers of 1024) are accepted.
+        #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+        quota: Option<u64>,
+    },
+    /// Show, set or remove a store's quota.
+    Quota {
+        /// Store name.
+        name: String,
+        /// The new quota in bytes (K, M, G, T suffixes accepted), or `none` to remove it;
+        /// without it, the quota is shown.
+        #[arg(value_name = "BYTES|none")]
+        bytes: Option<String>,
     },
     /// List stores.
     Ls,
@@ -240,6 +259,86 @@ pub enum ImageCmd {
         #[arg(long, requires = "branch")]
         keep: Vec<String>,
     },
+}
+
+/// `ref` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RefCmd {
+    /// List the store's references.
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show one reference.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Reference name (an OCI reference such as registry/repo:tag, or any name of that
+        /// grammar).
+        name: String,
+    },
+    /// Point a reference at an image (created, or moved from where it pointed).
+    Set {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Reference name.
+        name: String,
+        /// Image id.
+        id: String,
+        /// Only if the reference now names this image (compare-and-swap); `none`: only if
+        /// it does not exist.
+        #[arg(long, value_name = "ID|none")]
+        expect: Option<String>,
+    },
+    /// Remove a reference (the image stays, no longer kept by it).
+    Rm {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Reference name.
+        name: String,
+        /// Only if the reference now names this image.
+        #[arg(long, value_name = "ID")]
+        expect: Option<String>,
+    },
+}
+
+/// `gc` arguments.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// List what would be deleted and the bytes it would free; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Images committed and blobs put more recently than this stay (`1h`, `10m`, `0s`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+    /// An image that stays, with its parents (repeatable).
+    #[arg(long)]
+    pub keep: Vec<String>,
+}
+
+/// Parses a whole byte count with an optional binary suffix: `512`, `10K`, `2G`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown suffix {c:?} (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count such as 1048576 or 10G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `export` arguments.

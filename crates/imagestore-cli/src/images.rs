@@ -63,16 +63,22 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
         ImageCmd::Ls { store: s } => {
             let s = s.name()?;
             let images = store.list_images(&s, &[]).await?;
+            let refs = store.list_references(&s).await?;
             if json {
-                output::json(&images.iter().map(ImageView::from).collect::<Vec<_>>())?;
+                output::json(
+                    &images
+                        .iter()
+                        .map(|i| ImageView::from(i).with_refs(&refs))
+                        .collect::<Vec<_>>(),
+                )?;
             } else {
-                output::image_table(&images);
+                output::image_table(&images, &refs);
             }
         }
         ImageCmd::Info { store: s, id } => {
             let s = s.name()?;
             let img = store.get_image(&s, &ImageId::new(id)?).await?;
-            let view = ImageView::from(&img);
+            let view = ImageView::from(&img).with_refs(&store.list_references(&s).await?);
             if json {
                 output::json(&view)?;
             } else {
@@ -83,6 +89,9 @@ pub async fn run(store: &dyn ImageStorer, cmd: ImageCmd, json: bool) -> Result<(
                 println!("size:      {} ({})", view.size, output::human(view.size));
                 println!("depth:     {}", view.depth);
                 println!("locator:   {}", view.locator);
+                if !view.references.is_empty() {
+                    println!("refs:      {}", view.references.join(", "));
+                }
                 for (k, v) in &view.metadata {
                     println!("meta {k}: {v}");
                 }

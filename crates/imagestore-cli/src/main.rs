@@ -12,6 +12,7 @@ mod images;
 mod oci;
 mod output;
 mod progress;
+mod refs;
 mod stores;
 
 use std::process::ExitCode;
@@ -82,6 +83,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Writable(cmd) => content::writable(store.as_ref(), cmd, json).await,
         Command::Import(a) => content::import(store.as_ref(), a, json).await,
         Command::Owner(cmd) => content::owner(store.as_ref(), cmd, json).await,
+        Command::Ref(cmd) => refs::run(store.as_ref(), cmd, json).await,
+        Command::Gc(a) => refs::gc(store.as_ref(), a, json).await,
         Command::Oci(cmd) => oci::run(store.as_ref(), cmd, json, progress).await,
         Command::Sample { store: s, path } => {
             oci::sample(store.as_ref(), s, path, json, progress).await

@@ -53,6 +53,8 @@ pub struct ImageView {
     pub locator: String,
     /// Metadata (UTF-8 values as text, others as `base64:...`).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// The references naming the image (listed by `image ls` and `image info`).
+    pub references: Vec<String>,
 }
 
 impl From<&Image> for ImageView {
@@ -78,7 +80,20 @@ impl From<&Image> for ImageView {
                     )
                 })
                 .collect(),
+            references: Vec::new(),
         }
+    }
+}
+
+impl ImageView {
+    /// The view with the names of the references in `refs` that name the image.
+    pub fn with_refs(mut self, refs: &[imagestore::Reference]) -> Self {
+        self.references = refs
+            .iter()
+            .filter(|r| r.target.image.as_str() == self.id)
+            .map(|r| r.name.to_string())
+            .collect();
+        self
     }
 }
 
@@ -98,11 +113,11 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Prints images as a table.
-pub fn image_table(images: &[Image]) {
+/// Prints images as a table, with the references that name each.
+pub fn image_table(images: &[Image], refs: &[imagestore::Reference]) {
     println!(
-        "{:<24} {:<24} {:>10} {:>5}  SUM",
-        "ID", "PARENT", "SIZE", "DEPTH"
+        "{:<24} {:<24} {:>10} {:>5}  {:<19}  REFERENCES",
+        "ID", "PARENT", "SIZE", "DEPTH", "SUM"
     );
     for i in images {
         let sum = i
@@ -110,8 +125,13 @@ pub fn image_table(images: &[Image]) {
             .as_ref()
             .map(|s| short_digest(&s.to_string()))
             .unwrap_or_else(|| "-".into());
+        let names: Vec<&str> = refs
+            .iter()
+            .filter(|r| r.target.image == i.id)
+            .map(|r| r.name.as_str())
+            .collect();
         println!(
-            "{:<24} {:<24} {:>10} {:>5}  {}",
+            "{:<24} {:<24} {:>10} {:>5}  {:<19}  {}",
             short(i.id.as_str()),
             i.parent
                 .as_ref()
@@ -119,7 +139,12 @@ pub fn image_table(images: &[Image]) {
                 .unwrap_or_else(|| "-".into()),
             human(i.size),
             i.depth,
-            sum
+            sum,
+            if names.is_empty() {
+                "-".to_owned()
+            } else {
+                names.join(", ")
+            }
         );
     }
 }

@@ -4,19 +4,52 @@ use anyhow::Result;
 use imagestore::{ImageStorer, StoreName};
 use serde_json::json;
 
-use crate::args::StoreCmd;
+use crate::args::{StoreCmd, parse_bytes};
 use crate::output;
 
 /// Runs a store command.
 pub async fn run(store: &dyn ImageStorer, cmd: StoreCmd, json: bool) -> Result<()> {
     match cmd {
-        StoreCmd::Create { name } => {
+        StoreCmd::Create { name, quota } => {
             let name = StoreName::new(name)?;
             let url = store.create_image_store(&name).await?;
+            if quota.is_some() {
+                store.set_quota(&name, quota).await?;
+            }
             if json {
-                output::json(&json!({ "name": name.as_str(), "url": url.as_str() }))?;
+                output::json(
+                    &json!({ "name": name.as_str(), "url": url.as_str(), "quota": quota }),
+                )?;
             } else {
                 println!("created store {name} at {url}");
+                if let Some(q) = quota {
+                    println!("quota {q} bytes ({})", output::human(q));
+                }
+            }
+        }
+        StoreCmd::Quota { name, bytes } => {
+            let name = StoreName::new(name)?;
+            if let Some(b) = bytes {
+                let q = if b == "none" {
+                    None
+                } else {
+                    Some(parse_bytes(&b).map_err(anyhow::Error::msg)?)
+                };
+                store.set_quota(&name, q).await?;
+            }
+            let quota = store.quota(&name).await?;
+            let usage = store.image_storage_usage(&name).await?;
+            if json {
+                output::json(&json!({ "store": name.as_str(), "quota": quota, "bytes": usage }))?;
+            } else {
+                match quota {
+                    Some(q) => println!(
+                        "quota {q} bytes ({}); {usage} used ({})",
+                        output::human(q),
+                        output::human(usage)
+                    ),
+                    None => println!("no quota; {usage} bytes used ({})", output::human(usage)),
+                }
             }
         }
         StoreCmd::Ls => {
@@ -51,10 +84,18 @@ pub async fn run(store: &dyn ImageStorer, cmd: StoreCmd, json: bool) -> Result<(
         StoreCmd::Usage { name } => {
             let name = StoreName::new(name)?;
             let bytes = store.image_storage_usage(&name).await?;
+            let quota = store.quota(&name).await?;
             if json {
-                output::json(&json!({ "store": name.as_str(), "bytes": bytes }))?;
+                output::json(&json!({ "store": name.as_str(), "bytes": bytes, "quota": quota }))?;
             } else {
-                println!("{bytes} bytes ({})", output::human(bytes));
+                match quota {
+                    Some(q) => println!(
+                        "{bytes} bytes ({}) of a {q}-byte quota ({})",
+                        output::human(bytes),
+                        output::human(q)
+                    ),
+                    None => println!("{bytes} bytes ({})", output::human(bytes)),
+                }
             }
         }
     }

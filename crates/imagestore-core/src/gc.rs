@@ -7,7 +7,7 @@
 //! reference names that were last put more than the grace period ago.
 //!
 //! Collection is a plan and then ordinary deletes: each delete is the backend's atomic
-//! [`ImageStorer::delete_image`], which refuses an image that is in use at that moment (a
+//! [`ImageStorer::delete_image`] (in batches, [`ImageStorer::delete_images`]), which refuses an image that is in use at that moment (a
 //! child committed, a write begun on it, a reference moved onto it, an owner registered
 //! since the plan was made). Such an image is skipped, and so, because its child stays, is
 //! every ancestor of it. A collection therefore never deletes an image an in-flight write
@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -28,9 +27,9 @@ use crate::image::Image;
 use crate::names::{ImageId, StoreName};
 use crate::storer::ImageStorer;
 
-/// Deletes of one depth running at once: enough to hide an object store's latency, few
-/// enough not to crowd a shared server.
-const PARALLEL_DELETES: usize = 16;
+/// Images handed to [`ImageStorer::delete_images`] at once: a file-like backend holds its
+/// store lock for one batch, so writers wait at most that long.
+const BATCH: usize = 512;
 
 /// How to collect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,37 +177,30 @@ pub async fn collect<S: ImageStorer + ?Sized>(
         return Ok(report);
     }
 
-    // One depth at a time, deepest first, the images of a depth in parallel: siblings never
-    // wait for each other, a parent always waits for its children.
+    // One depth at a time, deepest first, each depth in batches: siblings never wait for
+    // each other, a parent always goes after its children.
     let mut by_depth: BTreeMap<u32, Vec<Image>> = BTreeMap::new();
     for image in plan.images {
         by_depth.entry(image.depth).or_default().push(image);
     }
     for (_, level) in by_depth.into_iter().rev() {
-        let results: Vec<(Image, Result<Image>)> = futures::stream::iter(level)
-            .map(|image| async move {
-                let r = storer.delete_image(&image).await;
-                (image, r)
-            })
-            .buffer_unordered(PARALLEL_DELETES)
-            .collect()
-            .await;
-        for (image, r) in results {
-            match r {
-                Ok(gone) => {
-                    report.freed_bytes += gone.size;
-                    report.images.push(gone);
-                    if report.images.len() % 500 == 0 {
-                        info!(store = %store, deleted = report.images.len(), "collecting");
+        for batch in level.chunks(BATCH) {
+            let results = storer.delete_images(store, batch).await?;
+            for (image, r) in batch.iter().zip(results) {
+                match r {
+                    Ok(gone) => {
+                        report.freed_bytes += gone.size;
+                        report.images.push(gone);
                     }
+                    // Gone already (another collection): nothing to free, nothing kept.
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => report.skipped.push(Skipped {
+                        id: image.id.clone(),
+                        reason: e.to_string(),
+                    }),
                 }
-                // Gone already (another collection): nothing to free, nothing kept.
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => report.skipped.push(Skipped {
-                    id: image.id,
-                    reason: e.to_string(),
-                }),
             }
+            info!(store = %store, deleted = report.images.len(), "collecting");
         }
     }
 

@@ -302,6 +302,37 @@ pub trait ImageStorer:
     /// Dropped mid-way: the image is deleted or still there whole; never half of it.
     async fn delete_image(&self, image: &Image) -> Result<Image>;
 
+    /// Deletes many images of store `store` at once, each as [`ImageStorer::delete_image`]
+    /// would: one result per image, in order. Images the list deletes earlier may be the
+    /// only users of later ones, so a chain listed leaf first goes whole. A backend may do
+    /// the batch in one step (the file-like backends take their store lock once and make
+    /// the whole batch durable together); by default the deletes run 16 at a time, which
+    /// suits a list whose images do not depend on each other.
+    ///
+    /// Dropped mid-way: each image is deleted or still there whole.
+    async fn delete_images(
+        &self,
+        store: &StoreName,
+        images: &[Image],
+    ) -> Result<Vec<Result<Image>>> {
+        use futures::StreamExt;
+        let _ = store;
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut out = Vec::with_capacity(images.len());
+        for image in images {
+            if pending.len() == 16
+                && let Some(r) = pending.next().await
+            {
+                out.push(r);
+            }
+            pending.push_back(self.delete_image(image));
+        }
+        while let Some(r) = pending.next().await {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// Exact bytes used by the store's images, scratch excluded; answered without walking the
     /// store.
     ///

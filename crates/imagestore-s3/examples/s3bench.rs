@@ -53,7 +53,8 @@ async fn ours(url: &str, file: &str, digest: &str) -> Result<()> {
     Ok(())
 }
 
-async fn plain(url: &str, file: &str) -> Result<()> {
+/// A plain `object_store` client for the bucket of `url`, with the backend's settings.
+fn client(url: &str) -> Result<object_store::aws::AmazonS3> {
     let u = Url::parse(url)?;
     let q: HashMap<String, String> = u.query_pairs().into_owned().collect();
     let mut b = AmazonS3Builder::from_env()
@@ -66,7 +67,12 @@ async fn plain(url: &str, file: &str) -> Result<()> {
     if q.get("checksum").map(String::as_str) != Some("none") {
         b = b.with_checksum_algorithm(Checksum::SHA256);
     }
-    let s3 = b.build()?;
+    Ok(b.build()?)
+}
+
+async fn plain(url: &str, file: &str) -> Result<()> {
+    let u = Url::parse(url)?;
+    let s3 = client(url)?;
     let key = Path::from(format!(
         "{}/plain-{:08x}",
         u.path().trim_matches('/'),
@@ -86,6 +92,49 @@ async fn plain(url: &str, file: &str) -> Result<()> {
     }
     w.finish().await?;
     s3.delete(&key).await?;
+    Ok(())
+}
+
+/// The peer of `bench gc`: puts `n` small objects, then deletes them one request each, 16 at
+/// a time, as a client that knows exactly what to delete would; prints `secs=` of the
+/// deletes.
+async fn deletes(url: &str, n: usize) -> Result<()> {
+    let s3 = Arc::new(client(url)?);
+    let u = Url::parse(url)?;
+    let prefix = format!(
+        "{}/peer-{:08x}",
+        u.path().trim_matches('/'),
+        rand::random::<u32>()
+    );
+    let keys: Vec<Path> = (0..n)
+        .map(|i| Path::from(format!("{prefix}/{i:05}")))
+        .collect();
+    let put: Vec<Result<()>> = futures::stream::iter(keys.clone())
+        .map(|k| {
+            let s3 = s3.clone();
+            async move {
+                s3.put(&k, vec![0u8; 64].into()).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    put.into_iter().collect::<Result<Vec<_>>>()?;
+    let t = std::time::Instant::now();
+    let del: Vec<Result<()>> = futures::stream::iter(keys)
+        .map(|k| {
+            let s3 = s3.clone();
+            async move {
+                s3.delete(&k).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    del.into_iter().collect::<Result<Vec<_>>>()?;
+    println!("secs={:.3}", t.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -146,6 +195,7 @@ async fn main() -> Result<()> {
         ["plain", url, file] => plain(url, file).await,
         ["populate", url, store, n] => populate(url, store, n.parse()?).await,
         ["list", url, store, n] => list(url, store, n.parse()?).await,
-        _ => bail!("usage: s3bench ours|plain|populate|list ..."),
+        ["deletes", url, n] => deletes(url, n.parse()?).await,
+        _ => bail!("usage: s3bench ours|plain|populate|list|deletes ..."),
     }
 }

@@ -3,6 +3,7 @@
 //! Record results in `docs/benchmarks.md` with the command that produced them.
 
 mod containerd;
+mod gc;
 mod image;
 mod import;
 mod s3;
@@ -38,9 +39,10 @@ pub fn run(which: &str, rest: &[&str]) -> Result<()> {
         "vmdk" => vmdk::bench(),
         "vmdk-dir" => vmdk::bench_dir(rest),
         "s3" => s3::bench(rest),
+        "gc" => gc::bench(rest),
         other => {
             bail!(
-                "unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, vmdk-dir, s3)"
+                "unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, vmdk-dir, s3, gc)"
             )
         }
     }

@@ -58,6 +58,8 @@ pub trait BlockingCatalog: Send + Sync {
     fn images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Image>>;
     /// [`ImageStorer::delete_image`].
     fn delete_image(&self, image: &Image) -> Result<Image>;
+    /// [`ImageStorer::delete_images`].
+    fn delete_images(&self, store: &StoreName, ids: &[ImageId]) -> Result<Vec<Result<Image>>>;
     /// [`ImageStorer::image_storage_usage`].
     fn store_usage(&self, store: &StoreName) -> Result<u64>;
     /// [`ImageStorer::image_layer_storage_usage`].
@@ -255,6 +257,16 @@ impl<B: BlockingBackend + 'static> ImageStorer for B {
     async fn delete_image(&self, image: &Image) -> Result<Image> {
         let image = image.clone();
         run(self, move |c| c.delete_image(&image)).await
+    }
+
+    async fn delete_images(
+        &self,
+        store: &StoreName,
+        images: &[Image],
+    ) -> Result<Vec<Result<Image>>> {
+        let s = store.clone();
+        let ids: Vec<ImageId> = images.iter().map(|i| i.id.clone()).collect();
+        run(self, move |c| c.delete_images(&s, &ids)).await
     }
 
     async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {

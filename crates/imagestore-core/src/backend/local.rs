@@ -217,6 +217,46 @@ impl Storage for LocalStorage {
         }
     }
 
+    /// Unlinks everything, then makes it durable with one `syncfs` of the file system (on
+    /// Linux; elsewhere one `fsync` per parent folder): a garbage collection's thousands of
+    /// removals cost two flushes instead of one each.
+    fn remove_batch(&self, paths: &[StoragePath]) -> Result<()> {
+        let mut parents = std::collections::BTreeSet::new();
+        for p in paths {
+            let l = self.local(p);
+            let r = match fs::symlink_metadata(&l) {
+                Ok(m) if m.is_dir() => fs::remove_dir_all(&l),
+                Ok(_) => fs::remove_file(&l),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => {
+                    parents.insert(self.parent_of(p));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return self.io(&l, Err(e)),
+            }
+        }
+        if parents.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let root = self.io(&self.root, File::open(&self.root))?;
+            self.io(
+                &self.root,
+                rustix::fs::syncfs(&root).map_err(io::Error::from),
+            )
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            for dir in parents {
+                self.sync(&dir)?;
+            }
+            Ok(())
+        }
+    }
+
     fn lock(&self, path: &StoragePath, range: u64, wait: bool) -> Result<Option<StorageLock>> {
         let l = self.local(path);
         if wait {

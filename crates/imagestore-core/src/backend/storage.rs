@@ -229,6 +229,23 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Removes folder `path` and everything in it; absent is fine.
     fn remove_all(&self, path: &StoragePath) -> Result<()>;
 
+    /// Removes the files and folders at `paths` (absent ones are fine); all removals are
+    /// durable when it returns, though a crash part way may leave any subset of them done.
+    /// The batch form of [`Storage::remove_file`] and [`Storage::remove_all`]: a storage may
+    /// make the whole batch durable at once instead of path by path.
+    fn remove_batch(&self, paths: &[StoragePath]) -> Result<()> {
+        for p in paths {
+            match self.stat(p)? {
+                Some(st) if st.is_dir => self.remove_all(p)?,
+                Some(_) => {
+                    self.remove_file(p)?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Takes lock `range` of lock file `path`, waiting when `wait`; `None` if not waiting and
     /// held by someone else.
     fn lock(&self, path: &StoragePath, range: u64, wait: bool) -> Result<Option<StorageLock>>;

@@ -14,6 +14,7 @@ use crate::storer::{ByteStream, Writable, store_not_empty};
 use crate::backend::blocking::BlockingCatalog;
 use crate::backend::lock::range_for;
 use crate::backend::record::{self, ImageRecord, OwnerLease, WritableRecord};
+use crate::backend::storage::StoragePath;
 
 use super::{Catalog, Representation, image_name};
 
@@ -163,6 +164,10 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
             warn!(image = %image_name(s, id), error = %e, "deleted; leftovers left to the sweep");
         }
         Ok(found)
+    }
+
+    fn delete_images(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Result<Image>>> {
+        Catalog::delete_batch(self, s, ids)
     }
 
     /// The usage counter; one a failed change left pending is recomputed first.
@@ -356,5 +361,88 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
 
     fn quota(&self, s: &StoreName) -> Result<Option<u64>> {
         Catalog::quota(self, s)
+    }
+}
+
+impl<R: Representation> Catalog<R> {
+    /// Deletes images `ids` of store `s` under one hold of the store lock: each is checked as
+    /// a single delete checks it (children deleted earlier in the batch do not count), the
+    /// markers of the deletable ones are removed and made durable together (the commit point
+    /// of every delete of the batch), then the counter and the folders are tidied together.
+    pub fn delete_batch(&self, s: &StoreName, ids: &[ImageId]) -> Result<Vec<Result<Image>>> {
+        let sp = self.open_store(s)?;
+        let _guard = self.store_lock(&sp)?;
+        let mut out: Vec<Result<Image>> = Vec::with_capacity(ids.len());
+        let mut doomed: Vec<(usize, ImageRecord)> = Vec::new();
+        let mut going: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for id in ids {
+            if id.is_scratch() {
+                out.push(Err(Error::invalid(format!(
+                    "the scratch image of store {s} cannot be deleted"
+                ))));
+                continue;
+            }
+            let r = match self.record(s, &sp, id) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let users: Vec<String> = self
+                .users(&sp, id)?
+                .into_iter()
+                .filter(|u| !u.strip_prefix("child ").is_some_and(|c| going.contains(c)))
+                .collect();
+            if !users.is_empty() {
+                out.push(Err(Error::ImageInUse {
+                    image: image_name(s, id),
+                    users,
+                }));
+                continue;
+            }
+            out.push(self.image_of(s, &sp, &r));
+            if out.last().is_some_and(Result::is_ok) {
+                going.insert(id.to_string());
+                doomed.push((out.len() - 1, r));
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(out);
+        }
+        self.usage_begin(&sp)?;
+        let markers: Vec<StoragePath> = doomed
+            .iter()
+            .map(|(_, r)| sp.image(&r.id).marker())
+            .collect();
+        if let Err(e) = self.storage.remove_batch(&markers) {
+            // Some markers may be gone: those images are deleted, the others are not.
+            let msg = e.to_string();
+            let mut kept = Vec::new();
+            for (i, r) in doomed {
+                if self.is_committed(&sp.image(&r.id))? {
+                    out[i] = Err(Error::backend(self.scheme(), msg.clone(), true));
+                } else {
+                    kept.push((i, r));
+                }
+            }
+            doomed = kept;
+        }
+        // From here the images are gone; the rest is tidying, as after a single delete.
+        let freed: i128 = doomed.iter().map(|(_, r)| i128::from(r.size)).sum();
+        if let Err(e) = self.usage_end(&sp, -freed) {
+            warn!(store = %s, error = %e, "deleted; usage counter left to recompute");
+        }
+        let mut tidy = Vec::new();
+        for (_, r) in &doomed {
+            if let Some(parent) = &r.parent {
+                tidy.push(sp.image(parent).child(&r.id));
+            }
+            tidy.push(sp.image(&r.id).dir);
+        }
+        if let Err(e) = self.storage.remove_batch(&tidy) {
+            warn!(store = %s, error = %e, "deleted; leftovers left to the sweep");
+        }
+        Ok(out)
     }
 }
