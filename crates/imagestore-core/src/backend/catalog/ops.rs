@@ -37,6 +37,7 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
             ds.write(&sp.usage(), b"0")?;
             let p = sp.scratch();
             ds.mkdir(&p.dir)?;
+            ds.mkdir(&p.children())?;
             let size = self.rep.write_scratch(self, &p)?;
             let r = ImageRecord::new(ImageId::scratch(), None, None, size, 0, &Metadata::new());
             ds.write(&p.record(), &record::encode(&r))?;

@@ -301,6 +301,8 @@ impl<R: Representation> Catalog<R> {
     ) -> Result<Image> {
         let p = sp.image(&r.id);
         self.storage.write(&p.record(), &record::encode(r))?;
+        // Made with the image, so a write on it later only adds its link.
+        self.storage.mkdir(&p.children())?;
         let _guard = self.store_lock(sp)?;
         let parent = match &r.parent {
             Some(parent) => {
