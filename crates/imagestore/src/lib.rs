@@ -39,7 +39,10 @@ pub use imagestore_core::{
     ImageId, ImageLink, ImageStorer, ImageStorerExt, ImportSummary, Importer, Metadata, ObjectKind,
     OwnerName, Resolver, Result, StoreName, Url, Writable, byte_stream, is_image_in_use,
 };
-pub use imagestore_core::{digest, error, image, layer, names, redact, registry, storer};
+pub use imagestore_core::{
+    BlobInfo, Descriptor, Expect, Pin, RefName, RefTarget, Reference, References,
+};
+pub use imagestore_core::{digest, error, image, layer, names, redact, refs, registry, storer};
 
 /// The local-disk backend (feature `local`).
 #[cfg(feature = "local")]
