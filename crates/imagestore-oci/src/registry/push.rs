@@ -115,7 +115,6 @@ impl Source<'_> {
 
 /// Puts blob `digest` into the client's repository unless it is there, mounting it from
 /// `from` when given.
-#[allow(clippy::too_many_arguments)]
 async fn push_blob(
     client: &Client,
     digest: &Digest,
