@@ -70,7 +70,8 @@ pub enum Command {
     /// Delete the images and blobs nothing keeps: no reference, owner, writable layer or write
     /// in progress, not in --keep, older than --grace (and their unused parents).
     Gc(GcArgs),
-    /// Import, pull and export OCI images (layouts, oci-archives, docker-archives, registries).
+    /// Import, pull, push and export OCI images (layouts, oci-archives, docker-archives,
+    /// registries).
     #[command(subcommand)]
     Oci(OciCmd),
     /// Import the committed sample image (a few MiB of Debian packages in three layers) and
@@ -116,7 +117,10 @@ pub enum OciCmd {
     /// Import an image from an OCI layout directory, an oci-archive or a docker-archive.
     ///
     /// Layers are written base first, each as the image named by its OCI chain id; what is
-    /// already stored is skipped. The store is created if it does not exist.
+    /// already stored is skipped. The store is created if it does not exist. The manifest and
+    /// config are kept byte for byte, and a reference is set (moved if it exists) for each
+    /// name of the image: the layout's ref name (or --tag), or each of the archive's repo
+    /// tags.
     Import {
         #[command(flatten)]
         store: StoreArg,
@@ -131,6 +135,8 @@ pub enum OciCmd {
     },
     /// Pull an image from an OCI distribution registry.
     ///
+    /// The manifest and config are kept byte for byte and the reference, as normalised
+    /// (`docker.io/library/debian:latest`), is set to the image (moved if it exists).
     /// The password is read from standard input with --password-stdin, or from
     /// IMAGESTORE_REGISTRY_PASSWORD; it is never printed.
     Pull {
@@ -157,19 +163,55 @@ pub enum OciCmd {
         #[arg(long, value_name = "DIR")]
         tmp_dir: Option<PathBuf>,
     },
+    /// Push a reference of the store to an OCI distribution registry.
+    ///
+    /// Layers, config and manifest are sent byte for byte, so the pushed manifest has the
+    /// digest the image was imported or pulled with. Blobs the repository holds are skipped,
+    /// blobs of a reference pulled from the same registry are mounted, others are uploaded
+    /// (in chunks above --chunk-threshold). Needs a backend that keeps layer bytes (file://,
+    /// s3://). Credentials as for pull.
+    Push {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The reference of the store (as `oci refs` lists it, or a unique /-suffix of it).
+        reference: String,
+        /// Destination: [REGISTRY[:PORT]/]REPOSITORY[:TAG][@DIGEST].
+        destination: String,
+        /// Speak plain HTTP to the registry (for a local registry without TLS).
+        #[arg(long)]
+        insecure: bool,
+        /// User name for the registry.
+        #[arg(long, env = "IMAGESTORE_REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Upload blobs larger than this many bytes in chunks.
+        #[arg(long, value_name = "BYTES", default_value_t = imagestore_oci::registry::push::DEFAULT_CHUNK_THRESHOLD)]
+        chunk_threshold: u64,
+        /// Bytes per chunk of a chunked upload.
+        #[arg(long, value_name = "BYTES", default_value_t = imagestore_oci::registry::push::DEFAULT_CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
+        chunk_size: u64,
+    },
     /// Export an image's chain as an OCI layout directory, or an oci-archive with --archive.
+    ///
+    /// Given a reference whose manifest and config the store keeps, on a backend that keeps
+    /// layer bytes (file://, s3://), the layout holds the original manifest, config and layers
+    /// byte for byte (the same digests). Elsewhere layers are regenerated and so are the
+    /// manifest and, when the diff ids changed, the config.
     #[command(group(clap::ArgGroup::new("dest-or-archive").required(true).args(["dest", "archive"])))]
     Export {
         #[command(flatten)]
         store: StoreArg,
-        /// Image id (or a unique prefix of it, or the reference it was imported under).
+        /// A reference of the store (or a unique /-suffix of one), an image id, or a unique
+        /// prefix of an image id.
         id: String,
         /// Layout directory (created; an existing layout gets the image added).
         dest: Option<PathBuf>,
         /// Write an oci-archive file instead of a directory.
         #[arg(long, value_name = "FILE")]
         archive: Option<PathBuf>,
-        /// Tag in the layout's index (default: the tag it was imported under, else latest).
+        /// Tag in the layout's index (default: the reference's tag, else latest).
         #[arg(long)]
         tag: Option<String>,
     },
@@ -561,7 +603,13 @@ mod tests {
             "a command without --store must act on no store, or on the store it names"
         );
         // The oci commands are among those that take it.
-        for oci in ["oci import", "oci pull", "oci export"] {
+        for oci in [
+            "oci import",
+            "oci pull",
+            "oci push",
+            "oci refs",
+            "oci export",
+        ] {
             assert!(all.iter().any(|(p, _)| p == oci), "{oci} missing");
             assert!(!without.contains(&oci), "{oci}");
         }

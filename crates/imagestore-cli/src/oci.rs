@@ -1,14 +1,14 @@
-//! `imagestore oci import | pull | export`.
+//! `imagestore oci import | pull | push | export`.
 
 use std::io::{BufRead, IsTerminal};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use imagestore::{ImageId, ImageStorer, StoreName};
-use imagestore_oci::export::{Target, export};
+use imagestore::{ImageId, ImageStorer, RefName, StoreName};
+use imagestore_oci::export::{Target, export, export_reference};
 use imagestore_oci::import::{Imported, import_path};
 use imagestore_oci::plan::META_REF;
-use imagestore_oci::registry::{ClientOptions, Credentials, PullOptions, pull};
+use imagestore_oci::registry::{ClientOptions, Credentials, PullOptions, PushOptions, pull, push};
 use imagestore_oci::{Platform, Progress};
 use serde_json::json;
 
@@ -22,14 +22,55 @@ fn platform(p: Option<&str>) -> Result<Platform> {
     })
 }
 
-/// Resolves what a user typed as an image: an id (of an image or writable layer), a unique
-/// prefix of an image id, or the reference an image was imported under. Falls back to the
+/// Resolves what a user typed as a reference of store `s`: its exact name, or the one name
+/// that ends with `/TEXT` (`test/rootfs:latest` for `127.0.0.1:5000/test/rootfs:latest`).
+/// `None` if no reference matches; an error if several do.
+pub async fn resolve_ref(
+    store: &dyn ImageStorer,
+    s: &StoreName,
+    text: &str,
+) -> Result<Option<RefName>> {
+    let Ok(name) = RefName::new(text) else {
+        return Ok(None);
+    };
+    match store.get_reference(s, &name).await {
+        Ok(r) => return Ok(Some(r.name)),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let suffix = format!("/{text}");
+    let matches: Vec<RefName> = store
+        .list_references(s)
+        .await?
+        .into_iter()
+        .map(|r| r.name)
+        .filter(|n| n.as_str().ends_with(&suffix))
+        .collect();
+    match matches.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => bail!(
+            "{text:?} matches several references in store {s}: {}",
+            many.iter()
+                .map(RefName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Resolves what a user typed as an image: an id (of an image or writable layer), a
+/// reference of the store ([`resolve_ref`]), a unique prefix of an image id, or the
+/// reference an image was imported under before stores kept references. Falls back to the
 /// text itself so that the operation reports its own not-found error.
 pub async fn resolve_id(store: &dyn ImageStorer, s: &StoreName, text: &str) -> Result<ImageId> {
     if let Ok(id) = ImageId::new(text)
         && (store.get_image(s, &id).await.is_ok() || store.get_writable(s, &id).await.is_ok())
     {
         return Ok(id);
+    }
+    if let Ok(Some(r)) = resolve_ref(store, s, text).await {
+        return Ok(store.get_reference(s, &r).await?.target.image);
     }
     let images = match store.list_images(s, &[]).await {
         Ok(i) => i,
@@ -67,6 +108,24 @@ pub async fn resolve_id(store: &dyn ImageStorer, s: &StoreName, text: &str) -> R
             )
         }
     }
+}
+
+/// The credentials given on the command line: a user name, and a password from standard
+/// input or the environment.
+fn credentials(username: Option<String>, password_stdin: bool) -> Result<Option<Credentials>> {
+    let password = read_password(password_stdin)?;
+    Ok(match (username, password) {
+        (Some(u), Some(p)) => Some(Credentials::new(u, p)),
+        (Some(u), None) => {
+            bail!(
+                "a password is needed for user {u:?}: pass --password-stdin or set IMAGESTORE_REGISTRY_PASSWORD"
+            )
+        }
+        (None, Some(_)) => {
+            bail!("a password was given without a user name: pass --username")
+        }
+        (None, None) => None,
+    })
 }
 
 fn read_password(stdin: bool) -> Result<Option<String>> {
@@ -113,6 +172,9 @@ async fn report(store: &dyn ImageStorer, done: &Imported, what: &str, json: bool
         done.skipped
     );
     println!("image {}", done.top);
+    for r in &done.references {
+        println!("reference {r} -> {}", done.top);
+    }
     crate::content::show_chain(store, s, &done.top, false).await?;
     println!("next:");
     println!(
@@ -186,19 +248,7 @@ pub async fn run(
             tmp_dir,
         } => {
             let s = s.name()?;
-            let password = read_password(password_stdin)?;
-            let credentials = match (username, password) {
-                (Some(u), Some(p)) => Some(Credentials::new(u, p)),
-                (Some(u), None) => {
-                    bail!(
-                        "a password is needed for user {u:?}: pass --password-stdin or set IMAGESTORE_REGISTRY_PASSWORD"
-                    )
-                }
-                (None, Some(_)) => {
-                    bail!("a password was given without a user name: pass --username")
-                }
-                (None, None) => None,
-            };
+            let credentials = credentials(username, password_stdin)?;
             let options = PullOptions {
                 client: ClientOptions {
                     insecure,
@@ -211,6 +261,55 @@ pub async fn run(
             let done = pull(store, &s, &reference, &options, progress).await?;
             report(store, &done, &format!("pulled {reference}"), json).await
         }
+        OciCmd::Push {
+            store: s,
+            reference,
+            destination,
+            insecure,
+            username,
+            password_stdin,
+            chunk_threshold,
+            chunk_size,
+        } => {
+            let s = s.name()?;
+            let Some(source) = resolve_ref(store, &s, &reference).await? else {
+                bail!(
+                    "no reference {reference:?} in store {s} (list them with `imagestore oci refs --store {s}`)"
+                );
+            };
+            let options = PushOptions {
+                client: ClientOptions {
+                    insecure,
+                    credentials: credentials(username, password_stdin)?,
+                },
+                chunk_threshold,
+                chunk_size,
+            };
+            let done = push(store, &s, &source, &destination, &options, progress).await?;
+            if json {
+                output::json(&json!({ "result": done }))?;
+            } else {
+                println!(
+                    "pushed {s}/{} to {}: manifest {}, {} byte(s) uploaded",
+                    done.source, done.destination, done.manifest_digest, done.bytes_uploaded
+                );
+                for (i, l) in done.layers.iter().enumerate() {
+                    println!(
+                        "  {i:>3}  {}  {:>10}  {:?}",
+                        l.digest,
+                        output::human(l.size),
+                        l.transfer
+                    );
+                }
+                println!(
+                    "  cfg  {}  {:>10}  {:?}",
+                    done.config.digest,
+                    output::human(done.config.size),
+                    done.config.transfer
+                );
+            }
+            Ok(())
+        }
         OciCmd::Export {
             store: s,
             id,
@@ -219,13 +318,29 @@ pub async fn run(
             tag,
         } => {
             let s = s.name()?;
-            let id = resolve_id(store, &s, &id).await?;
             let target = match (dest, archive) {
                 (_, Some(f)) => Target::Archive(f),
                 (Some(d), None) => Target::Layout(d),
                 (None, None) => bail!("give a destination directory or --archive FILE"),
             };
-            let done = export(store, &s, &id, &target, tag.as_deref(), progress).await?;
+            let done = match resolve_ref(store, &s, &id).await? {
+                Some(r) => {
+                    export_reference(store, &s, &r, &target, tag.as_deref(), progress).await?
+                }
+                None => {
+                    let id = resolve_id(store, &s, &id).await?;
+                    export(store, &s, &id, &target, tag.as_deref(), progress).await?
+                }
+            };
+            let id = done.reference.as_ref().map_or_else(
+                || {
+                    done.layers
+                        .last()
+                        .map(|l| l.image.to_string())
+                        .unwrap_or_default()
+                },
+                ToString::to_string,
+            );
             if json {
                 output::json(&done)?;
             } else {
@@ -239,10 +354,10 @@ pub async fn run(
                     done.tag,
                     done.manifest.digest,
                     done.layers.len(),
-                    if done.config_preserved {
-                        ", config as imported"
-                    } else {
-                        ""
+                    match (done.manifest_preserved, done.config_preserved) {
+                        (true, _) => ", manifest and config as imported",
+                        (false, true) => ", config as imported",
+                        (false, false) => "",
                     }
                 );
                 for (i, l) in done.layers.iter().enumerate() {

@@ -25,6 +25,7 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::Download => "download",
         Phase::Write => "write",
         Phase::Export => "export",
+        Phase::Upload => "upload",
     }
 }
 

@@ -357,6 +357,10 @@ fn completions_and_man_pages_are_generated() {
         "imagestore.1",
         "imagestore-oci-import.1",
         "imagestore-oci-pull.1",
+        "imagestore-oci-push.1",
+        "imagestore-ref-ls.1",
+        "imagestore-gc.1",
+        "imagestore-store-quota.1",
         "imagestore-checkout.1",
     ] {
         assert!(dir.join(page).is_file(), "{page} missing");
@@ -365,6 +369,10 @@ fn completions_and_man_pages_are_generated() {
     for page in [
         "imagestore-oci-import.1",
         "imagestore-oci-pull.1",
+        "imagestore-oci-push.1",
+        "imagestore-ref-ls.1",
+        "imagestore-gc.1",
+        "imagestore-store-quota.1",
         "imagestore-oci-export.1",
     ] {
         let text = std::fs::read_to_string(dir.join(page)).expect("read");
@@ -372,7 +380,7 @@ fn completions_and_man_pages_are_generated() {
     }
     // And bash completes --store for them.
     let bash = env.ok(&["completions", "bash"]);
-    for verb in ["import", "pull", "export"] {
+    for verb in ["import", "pull", "push", "export"] {
         let case = format!("imagestore__subcmd__oci__subcmd__{verb})");
         let opts = bash
             .split(&case)

@@ -4,9 +4,12 @@
 //! Each layer above scratch becomes one blob: on backends that keep layer bytes
 //! ([`imagestore_core::Capabilities::raw_layers`]) the exact bytes it was written with, so its
 //! digest is the sum it was imported with; elsewhere the layer's changes from its parent as an
-//! uncompressed tar. The config is the one stored on the top image when its diff ids still
-//! match, byte for byte; otherwise a config with the actual diff ids (keeping the stored
-//! config's other fields when there is one).
+//! uncompressed tar. The config is the one the image was imported with (the blob its reference
+//! names, or, for images written before stores kept references, the copy on the top image)
+//! when its diff ids still match, byte for byte; otherwise a config with the actual diff ids
+//! (keeping the original config's other fields when there is one). The manifest is the
+//! original one, byte for byte, when it describes exactly the blobs written (always the case
+//! on backends with raw layers); otherwise a new OCI manifest.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -17,7 +20,8 @@ use imagestore_core::layer::ingest::sniff;
 use imagestore_core::layer::stream::BlockingReader;
 use imagestore_core::layer::toc::Compression;
 use imagestore_core::{
-    ByteStream, Digest, FilterSpec, Image, ImageId, ImageStorer, ImageStorerExt, StoreName,
+    ByteStream, Digest, FilterSpec, Image, ImageId, ImageStorer, ImageStorerExt, RefName,
+    Reference, StoreName,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -54,6 +58,8 @@ pub struct Exported {
     pub path: PathBuf,
     /// The tag (`org.opencontainers.image.ref.name`) of the image in the layout.
     pub tag: String,
+    /// The reference of the store whose manifest and config were exported, if any.
+    pub reference: Option<RefName>,
     /// The manifest's descriptor.
     pub manifest: Descriptor,
     /// The config's descriptor.
@@ -62,16 +68,32 @@ pub struct Exported {
     pub layers: Vec<ExportedLayer>,
     /// True if the config is the one stored at import, byte for byte.
     pub config_preserved: bool,
+    /// True if the manifest is the one stored at import, byte for byte (so its digest is the
+    /// source's).
+    pub manifest_preserved: bool,
+}
+
+/// The manifest and config an image was imported with.
+#[derive(Debug, Clone)]
+struct Original {
+    manifest: Option<(Vec<u8>, String)>,
+    config: Option<Vec<u8>>,
 }
 
 /// The tag an image exports under by default: the tag of the reference it was imported
-/// under, else `latest`.
+/// under (kept on the top image by stores written before references), else `latest`.
 pub fn default_tag(top: &Image) -> String {
     let r = top
         .metadata
         .get(META_REF)
         .and_then(|v| std::str::from_utf8(v).ok())
         .unwrap_or("");
+    tag_of_reference(r)
+}
+
+/// The tag a reference name exports under: its tag (`repo:v1` → `v1`, `v1` → `v1`), else
+/// `latest`.
+pub fn tag_of_reference(r: &str) -> String {
     let last = r.rsplit('/').next().unwrap_or("");
     let last = last.split('@').next().unwrap_or("");
     let tag = match last.rsplit_once(':') {
@@ -248,10 +270,10 @@ fn layer_media_type(c: Compression) -> &'static str {
     }
 }
 
-/// The config for the exported image: the stored one if its diff ids match, else the stored
-/// one with the actual diff ids, else a minimal config.
-fn config_for(top: &Image, diff_ids: &[Digest]) -> Result<(Vec<u8>, bool)> {
-    if let Some(stored) = top.metadata.get(META_CONFIG) {
+/// The config for the exported image: the original one if its diff ids match, else the
+/// original one with the actual diff ids, else a minimal config.
+fn config_for(original: Option<&Vec<u8>>, diff_ids: &[Digest]) -> Result<(Vec<u8>, bool)> {
+    if let Some(stored) = original {
         if spec::diff_ids(stored, "stored config").is_ok_and(|d| d == diff_ids) {
             return Ok((stored.clone(), true));
         }
@@ -343,8 +365,60 @@ fn tar_layout(dir: &Path, file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The manifest and config reference `r` names, read from the store's blobs.
+async fn original_of(store: &dyn ImageStorer, name: &StoreName, r: &Reference) -> Result<Original> {
+    let manifest = match &r.target.manifest {
+        Some(d) => Some((
+            store
+                .get_blob(name, &d.digest)
+                .await
+                .map_err(|e| Error::context(format!("manifest of reference {}", r.name), e))?,
+            d.media_type.clone(),
+        )),
+        None => None,
+    };
+    let config = match &r.target.config {
+        Some(d) => Some(
+            store
+                .get_blob(name, d)
+                .await
+                .map_err(|e| Error::context(format!("config of reference {}", r.name), e))?,
+        ),
+        None => None,
+    };
+    Ok(Original { manifest, config })
+}
+
+/// Exports reference `reference` of store `name`: its image's whole chain, with the manifest
+/// and config it names byte for byte where the layers allow (see the module doc), under `tag`
+/// (default: the reference's tag, else `latest`).
+pub async fn export_reference(
+    store: &dyn ImageStorer,
+    name: &StoreName,
+    reference: &RefName,
+    target: &Target,
+    tag: Option<&str>,
+    progress: Arc<dyn Progress>,
+) -> Result<Exported> {
+    let r = store.get_reference(name, reference).await?;
+    let original = original_of(store, name, &r).await?;
+    let default = tag_of_reference(r.name.as_str());
+    export_chain(
+        store,
+        name,
+        &r.target.image,
+        (original, Some(r.name), default),
+        target,
+        tag,
+        progress,
+    )
+    .await
+}
+
 /// Exports image `id` of store `name` (its whole chain above scratch) to `target` under
-/// `tag` (default: [`default_tag`]).
+/// `tag`. The manifest and config are those of the first reference (by name) naming the image
+/// with both, else those an older store kept on the top image; the default tag is that
+/// reference's tag, else [`default_tag`].
 pub async fn export(
     store: &dyn ImageStorer,
     name: &StoreName,
@@ -353,9 +427,43 @@ pub async fn export(
     tag: Option<&str>,
     progress: Arc<dyn Progress>,
 ) -> Result<Exported> {
+    let named = store.list_references(name).await?.into_iter().find(|r| {
+        &r.target.image == id && r.target.manifest.is_some() && r.target.config.is_some()
+    });
+    let origin = match named {
+        Some(r) => {
+            let original = original_of(store, name, &r).await?;
+            let default = tag_of_reference(r.name.as_str());
+            (original, Some(r.name), default)
+        }
+        None => {
+            let top = store.get_image(name, id).await?;
+            let original = Original {
+                manifest: top.metadata.get(META_MANIFEST).map(|m| {
+                    let t = spec::sniff_manifest_type(m, None)
+                        .unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
+                    (m.clone(), t)
+                }),
+                config: top.metadata.get(META_CONFIG).cloned(),
+            };
+            (original, None, default_tag(&top))
+        }
+    };
+    export_chain(store, name, id, origin, target, tag, progress).await
+}
+
+async fn export_chain(
+    store: &dyn ImageStorer,
+    name: &StoreName,
+    id: &ImageId,
+    (original, reference, default): (Original, Option<RefName>, String),
+    target: &Target,
+    tag: Option<&str>,
+    progress: Arc<dyn Progress>,
+) -> Result<Exported> {
     let chain = store.chain(name, id).await?;
-    let (top, layers) = match chain.split_first() {
-        Some((_scratch, rest)) if !rest.is_empty() => (rest[rest.len() - 1].clone(), rest),
+    let layers = match chain.split_first() {
+        Some((_scratch, rest)) if !rest.is_empty() => rest,
         _ => {
             return Err(Error::invalid(
                 format!("{name}/{id}"),
@@ -371,7 +479,7 @@ pub async fn export(
                 "a tag is 1 to 128 of [A-Za-z0-9._-], starting with a letter, digit or '_'",
             ));
         }
-        None => default_tag(&top),
+        None => default,
     };
     let (dir, _tmp) = match target {
         Target::Layout(d) => {
@@ -453,7 +561,7 @@ pub async fn export(
         });
     }
     let diff_ids: Vec<Digest> = out.iter().map(|l| l.diff_id.clone()).collect();
-    let (config_bytes, config_preserved) = config_for(&top, &diff_ids)?;
+    let (config_bytes, config_preserved) = config_for(original.config.as_ref(), &diff_ids)?;
     let config = put_json_blob(&dir, media::OCI_CONFIG, &config_bytes)?;
     let manifest = Manifest {
         schema_version: 2,
@@ -464,12 +572,17 @@ pub async fn export(
     };
     // The manifest as imported when it describes exactly these blobs, so that its digest
     // survives the round trip too.
-    let manifest_bytes = match stored_manifest(&top, &manifest) {
-        Some(bytes) => bytes,
-        None => serde_json::to_vec(&manifest)
-            .map_err(|e| Error::invalid("manifest", format!("encoding: {e}")))?,
-    };
-    let manifest = put_json_blob(&dir, media::OCI_MANIFEST, &manifest_bytes)?;
+    let (manifest_bytes, manifest_type, manifest_preserved) =
+        match original_manifest(original.manifest.as_ref(), &manifest) {
+            Some((bytes, media_type)) => (bytes, media_type, true),
+            None => (
+                serde_json::to_vec(&manifest)
+                    .map_err(|e| Error::invalid("manifest", format!("encoding: {e}")))?,
+                media::OCI_MANIFEST.to_owned(),
+                false,
+            ),
+        };
+    let manifest = put_json_blob(&dir, &manifest_type, &manifest_bytes)?;
     update_index(&dir, &manifest, &tag)?;
     let path = match target {
         Target::Layout(d) => d.clone(),
@@ -484,25 +597,26 @@ pub async fn export(
     Ok(Exported {
         path,
         tag,
+        reference,
         manifest,
         config,
         layers: out,
         config_preserved,
+        manifest_preserved,
     })
 }
 
-/// The manifest stored on `top` at import, if it names the same config and layers (digest,
-/// size and media type) as `built`.
-fn stored_manifest(top: &Image, built: &Manifest) -> Option<Vec<u8>> {
-    let bytes = top.metadata.get(META_MANIFEST)?;
+/// The original manifest and its media type, if it is an image manifest naming the same
+/// config and layers (digest and size: the same bytes) as `built`.
+fn original_manifest(
+    original: Option<&(Vec<u8>, String)>,
+    built: &Manifest,
+) -> Option<(Vec<u8>, String)> {
+    let (bytes, media_type) = original?;
     let stored: Manifest = serde_json::from_slice(bytes).ok()?;
-    let same = |a: &Descriptor, b: &Descriptor| {
-        a.digest == b.digest && a.size == b.size && a.media_type == b.media_type
-    };
-    let matches = stored
-        .media_type
-        .as_deref()
-        .is_none_or(|m| m == media::OCI_MANIFEST)
+    let same = |a: &Descriptor, b: &Descriptor| a.digest == b.digest && a.size == b.size;
+    let matches = media::is_manifest(media_type)
+        && stored.media_type.as_deref().is_none_or(|m| m == media_type)
         && same(&stored.config, &built.config)
         && stored.layers.len() == built.layers.len()
         && stored
@@ -510,7 +624,7 @@ fn stored_manifest(top: &Image, built: &Manifest) -> Option<Vec<u8>> {
             .iter()
             .zip(&built.layers)
             .all(|(a, b)| same(a, b));
-    matches.then(|| bytes.to_vec())
+    matches.then(|| (bytes.clone(), media_type.clone()))
 }
 
 #[cfg(test)]

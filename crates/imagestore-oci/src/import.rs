@@ -8,16 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use imagestore_core::{
-    ByteStream, Error as StoreError, Image, ImageId, ImageStorer, ImageStorerExt, Metadata,
-    ObjectKind, StoreName,
+    ByteStream, Descriptor, Error as StoreError, Expect, Image, ImageId, ImageStorer,
+    ImageStorerExt, Metadata, ObjectKind, RefName, RefTarget, StoreName,
 };
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::plan::{
-    META_CONFIG, META_DIFF_ID, META_MANIFEST, META_MEDIA_TYPE, META_REF, Plan, PlannedLayer,
-    image_id,
-};
+use crate::plan::{META_DIFF_ID, META_MEDIA_TYPE, Plan, PlannedLayer, image_id};
 use crate::progress::{Event, Phase, Progress};
 use crate::source::files::Files;
 use crate::spec::Platform;
@@ -59,8 +56,10 @@ pub struct Imported {
     pub store: StoreName,
     /// The top image: the whole image's id.
     pub top: ImageId,
-    /// The reference the image came under, if any.
+    /// The reference the image came under, if any (the first of `references`).
     pub reference: Option<String>,
+    /// The references of the store set to the image, each naming its manifest and config.
+    pub references: Vec<RefName>,
     /// Digest of the manifest.
     pub manifest_digest: imagestore_core::Digest,
     /// Digest of the config.
@@ -124,24 +123,67 @@ fn check_existing(
     Ok(())
 }
 
-fn layer_metadata(plan: &Plan, index: usize, layer: &PlannedLayer) -> Metadata {
+/// What every layer keeps: its diff id and media type. The manifest and config are blobs of
+/// the store, named by the image's references (see [`set_references`]).
+fn layer_metadata(layer: &PlannedLayer) -> Metadata {
     let mut m = Metadata::new();
     m.insert(META_DIFF_ID.into(), layer.diff_id.to_string().into_bytes());
     m.insert(
         META_MEDIA_TYPE.into(),
         layer.media_type.clone().into_bytes(),
     );
-    if index + 1 == plan.layers.len() {
-        m.insert(META_CONFIG.into(), plan.config.clone());
-        m.insert(META_MANIFEST.into(), plan.manifest.clone());
-        if let Some(r) = &plan.reference {
-            m.insert(META_REF.into(), r.clone().into_bytes());
-        }
-    }
     m
 }
 
-/// Writes `plan` into store `name` (which must exist), base first, and returns what it did.
+/// The names of `plan`'s references, checked.
+pub fn reference_names(plan: &Plan) -> Result<Vec<RefName>> {
+    plan.references
+        .iter()
+        .map(|r| RefName::new(r.as_str()).map_err(|e| Error::context(&plan.source, e)))
+        .collect()
+}
+
+/// Stores `plan`'s manifest and config as blobs of store `name` (byte for byte) and points
+/// each of `names` at image `top` with them, whatever the names pointed at before.
+pub async fn set_references(
+    store: &dyn ImageStorer,
+    name: &StoreName,
+    plan: &Plan,
+    top: &ImageId,
+    names: &[RefName],
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    store
+        .put_blob(name, &plan.manifest_digest, plan.manifest.clone())
+        .await
+        .map_err(|e| Error::context(format!("manifest {}", plan.manifest_digest), e))?;
+    store
+        .put_blob(name, &plan.config_digest, plan.config.clone())
+        .await
+        .map_err(|e| Error::context(format!("config {}", plan.config_digest), e))?;
+    let target = RefTarget {
+        image: top.clone(),
+        manifest: Some(Descriptor {
+            media_type: plan.manifest_media_type.clone(),
+            digest: plan.manifest_digest.clone(),
+            size: plan.manifest.len() as u64,
+        }),
+        config: Some(plan.config_digest.clone()),
+        platform: plan.platform.clone(),
+    };
+    for r in names {
+        store
+            .set_reference(name, r, &target, &Expect::Any)
+            .await
+            .map_err(|e| Error::context(format!("reference {r}"), e))?;
+    }
+    Ok(())
+}
+
+/// Writes `plan` into store `name` (which must exist), base first, sets its references
+/// ([`set_references`]) and returns what it did.
 pub async fn write_chain(
     store: &dyn ImageStorer,
     name: &StoreName,
@@ -149,6 +191,7 @@ pub async fn write_chain(
     blobs: &dyn Blobs,
     progress: Arc<dyn Progress>,
 ) -> Result<Imported> {
+    let names = reference_names(plan)?;
     let mut parent = store.scratch(name).await?;
     let count = plan.layers.len();
     let (mut written, mut skipped, mut bytes_written) = (0, 0, 0u64);
@@ -189,7 +232,7 @@ pub async fn write_chain(
                     .then(|| (progress.clone(), i, Phase::Write)),
             },
         );
-        let meta = layer_metadata(plan, i, layer);
+        let meta = layer_metadata(layer);
         let img = match store
             .write_image(&parent, &id, meta, &layer.digest, body)
             .await
@@ -219,10 +262,12 @@ pub async fn write_chain(
         bytes_written += layer.size;
         parent = img;
     }
+    set_references(store, name, plan, &parent.id, &names).await?;
     Ok(Imported {
         store: name.clone(),
         top: parent.id,
         reference: plan.reference.clone(),
+        references: names,
         manifest_digest: plan.manifest_digest.clone(),
         config_digest: plan.config_digest.clone(),
         written,

@@ -5,8 +5,10 @@
 //! chain ids; the manifest and config), which [`import::write_chain`] writes into any
 //! [`imagestore_core::ImageStorer`]: each layer is the image whose id is its OCI chain id, its
 //! blob digest is the sum the store verifies, and a compressed blob's diff id is verified on
-//! the way. The top image keeps the manifest, config and reference as metadata (keys in
-//! [`plan`]), so [`export::export`] can give back the same layer digests and config.
+//! the way. The manifest and config are stored as blobs of the store and each name of the
+//! image becomes a reference of the store ([`import::set_references`]), so
+//! [`export::export_reference`] gives back the same manifest, config and layer digests, and
+//! [`registry::push`] sends them to a registry.
 //!
 //! ```no_run
 //! # async fn demo(store: &dyn imagestore_core::ImageStorer) -> imagestore_oci::Result<()> {

@@ -19,13 +19,16 @@ pub const META_DIFF_ID: &str = "oci.diff_id";
 /// Metadata key of every image written from OCI content: the layer blob's media type as the
 /// source described it.
 pub const META_MEDIA_TYPE: &str = "oci.media_type";
-/// Metadata key of the top image of a chain: the image config, byte for byte.
+/// Metadata key of the top image of a chain written before stores kept references: the image
+/// config, byte for byte. Read for such images; no longer written (the config is a blob of
+/// the store, named by the image's references).
 pub const META_CONFIG: &str = "oci.config";
-/// Metadata key of the top image of a chain: the image manifest, byte for byte (for a
-/// docker-archive, an OCI manifest describing the blobs as stored).
+/// Metadata key of the top image of a chain written before stores kept references: the image
+/// manifest, byte for byte. Read for such images; no longer written.
 pub const META_MANIFEST: &str = "oci.manifest";
-/// Metadata key of the top image of a chain: where it came from (`registry/repo:tag`, a
-/// docker-archive's repo tag or a layout's tag).
+/// Metadata key of the top image of a chain written before stores kept references: where it
+/// came from (`registry/repo:tag`, a docker-archive's repo tag or a layout's tag). Read for
+/// such images; no longer written.
 pub const META_REF: &str = "oci.ref";
 
 /// The chain ids of a list of diff ids, base first.
@@ -69,8 +72,14 @@ pub struct PlannedLayer {
 pub struct Plan {
     /// The source, for messages (`oci-archive /x.tar`).
     pub source: String,
-    /// The reference the image came under, if any.
+    /// The reference the image came under, if any (the first of `references`).
     pub reference: Option<String>,
+    /// Every name the image comes under: the store sets a reference for each.
+    pub references: Vec<String>,
+    /// The manifest's media type.
+    pub manifest_media_type: String,
+    /// The image's platform from its config (`linux/amd64`), when it names one.
+    pub platform: Option<String>,
     /// The manifest's bytes.
     #[serde(skip)]
     pub manifest: Vec<u8>,
@@ -147,9 +156,15 @@ impl Plan {
                 blob: l.blob,
             })
             .collect();
+        let manifest_media_type = crate::spec::sniff_manifest_type(&manifest, None)
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
+        let platform = crate::spec::config_platform(&config);
         Ok(Plan {
             source,
+            references: reference.iter().cloned().collect(),
             reference,
+            manifest_media_type,
+            platform,
             manifest_digest: Digest::sha256_of(&manifest),
             manifest,
             config_digest: Digest::sha256_of(&config),

@@ -14,6 +14,8 @@ pub enum Phase {
     Write,
     /// Exporting it out of the store.
     Export,
+    /// Uploading its blob to a registry.
+    Upload,
 }
 
 /// One progress event. Layers are numbered from 0 (the base) in chain order.

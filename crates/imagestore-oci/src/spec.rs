@@ -278,6 +278,33 @@ pub fn diff_ids(config: &[u8], what: &str) -> Result<Vec<Digest>> {
     Ok(c.rootfs.diff_ids)
 }
 
+/// The platform an image config names (`os/architecture[/variant]`), or `None` when it
+/// names none or an odd one.
+pub fn config_platform(config: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    let p: Probe = serde_json::from_slice(config).ok()?;
+    let platform = Platform {
+        os: p.os,
+        architecture: p.architecture,
+        variant: p.variant.filter(|v| !v.is_empty()),
+    };
+    let s = platform.to_string();
+    let ok = !platform.os.is_empty()
+        && !platform.architecture.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '.'));
+    ok.then_some(s)
+}
+
 /// The media type of a manifest body: its `mediaType` field, else the HTTP content type,
 /// else by shape (`manifests` for an index, `config` for a manifest).
 pub fn sniff_manifest_type(body: &[u8], content_type: Option<&str>) -> Option<String> {

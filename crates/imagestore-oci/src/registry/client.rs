@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imagestore_core::Digest;
-use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -119,7 +119,12 @@ impl Client {
         })
     }
 
-    fn err(&self, message: String, status: Option<StatusCode>, retryable: bool) -> Error {
+    pub(crate) fn err(
+        &self,
+        message: String,
+        status: Option<StatusCode>,
+        retryable: bool,
+    ) -> Error {
         Error::Registry {
             registry: self.registry.clone(),
             message,
@@ -197,25 +202,61 @@ impl Client {
         accept: Option<&str>,
         from: Option<u64>,
     ) -> Result<reqwest::Response> {
-        let url = format!("{}{path}", self.base);
-        for round in 0..2 {
-            let mut req = self.http.get(&url);
+        self.send(Method::GET, path, &|mut req| {
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
             if let Some(n) = from {
                 req = req.header(RANGE, format!("bytes={n}-"));
             }
-            let state = self.auth.lock().await.clone();
-            req = match (&state, &self.credentials) {
-                (AuthState::Bearer(t), _) => req.bearer_auth(t),
-                (AuthState::Basic, Some(c)) => req.basic_auth(&c.username, Some(c.password())),
-                _ => req,
-            };
+            req
+        })
+        .await
+    }
+
+    /// The URL of `target`: a path below the registry, or an absolute URL (a `Location`)
+    /// returned as it is.
+    pub(crate) fn url(&self, target: &str) -> String {
+        if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_owned()
+        } else {
+            format!("{}{target}", self.base)
+        }
+    }
+
+    /// `target` without the query (which may hold an upload's state), for messages.
+    fn shown(target: &str) -> &str {
+        target.split('?').next().unwrap_or(target)
+    }
+
+    /// Adds the authorization the client holds now to `req`.
+    async fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let state = self.auth.lock().await.clone();
+        match (&state, &self.credentials) {
+            (AuthState::Bearer(t), _) => req.bearer_auth(t),
+            (AuthState::Basic, Some(c)) => req.basic_auth(&c.username, Some(c.password())),
+            _ => req,
+        }
+    }
+
+    /// Sends a `method` request to `target` (a path below the registry or an absolute URL),
+    /// built by `build` (which may be called twice, so any body must be reusable),
+    /// authenticating on a 401 challenge, and returns any answer but 401.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        target: &str,
+        build: &(dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Send + Sync),
+    ) -> Result<reqwest::Response> {
+        let url = self.url(target);
+        let path = Self::shown(target);
+        for round in 0..2 {
+            let req = build(self.http.request(method.clone(), &url));
+            let req = self.authorize(req).await;
             let resp = req
                 .send()
                 .await
-                .map_err(|e| self.net_err(&format!("GET {path}"), &e))?;
+                .map_err(|e| self.net_err(&format!("{method} {path}"), &e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -228,7 +269,7 @@ impl Client {
                 return Err(Error::Auth {
                     registry: self.registry.clone(),
                     message: format!(
-                        "GET {path} answered 401 Unauthorized{}",
+                        "{method} {path} answered 401 Unauthorized{}",
                         if self.credentials.is_some() {
                             " with the credentials given"
                         } else {
@@ -243,8 +284,13 @@ impl Client {
                     service,
                     scope,
                 }) => {
+                    let access = if method == Method::GET || method == Method::HEAD {
+                        "pull"
+                    } else {
+                        "pull,push"
+                    };
                     let scope =
-                        scope.unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                        scope.unwrap_or_else(|| format!("repository:{}:{access}", self.repository));
                     AuthState::Bearer(self.fetch_token(&realm, service.as_deref(), &scope).await?)
                 }
                 Some(Challenge::Basic) if self.credentials.is_some() => AuthState::Basic,
@@ -260,18 +306,58 @@ impl Client {
                     return Err(Error::Auth {
                         registry: self.registry.clone(),
                         message: format!(
-                            "GET {path} answered 401 without a Basic or Bearer challenge"
+                            "{method} {path} answered 401 without a Basic or Bearer challenge"
                         ),
                     });
                 }
             };
             *self.auth.lock().await = next;
         }
-        Err(self.err(format!("GET {path}: authentication loop"), None, false))
+        Err(self.err(format!("{method} {path}: authentication loop"), None, false))
+    }
+
+    /// Sends a request whose body can be sent only once (a stream) with the authorization
+    /// the client holds now; a 401 is an authentication error, not a new challenge. Callers
+    /// make an authenticated request to the same repository first.
+    pub(crate) async fn send_once(
+        &self,
+        method: Method,
+        target: &str,
+        req: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let path = Self::shown(target);
+        let built = req(self.http.request(method.clone(), self.url(target)));
+        let resp = self
+            .authorize(built)
+            .await
+            .send()
+            .await
+            .map_err(|e| self.net_err(&format!("{method} {path}"), &e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(Error::Auth {
+                registry: self.registry.clone(),
+                message: format!("{method} {path} answered 401 Unauthorized"),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// The registry this client speaks to (`host[:port]`).
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The repository this client speaks to.
+    pub fn repository(&self) -> &str {
+        &self.repository
     }
 
     /// Turns a non-success answer into an error naming `what`.
-    async fn check(&self, resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
+    pub(crate) async fn check(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -297,7 +383,7 @@ impl Client {
     }
 
     /// Reads a body of at most `max` bytes.
-    async fn read_limited(
+    pub(crate) async fn read_limited(
         &self,
         mut resp: reqwest::Response,
         what: &str,

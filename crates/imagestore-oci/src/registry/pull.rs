@@ -101,14 +101,16 @@ pub async fn resolve(client: &Client, reference: &Reference, platform: &Platform
             blob: l.digest.to_string(),
         })
         .collect();
-    Plan::new(
+    let mut plan = Plan::new(
         format!("registry {}", reference.registry),
         Some(reference.to_string()),
         fetched.bytes,
         config,
         layers,
         diff_ids,
-    )
+    )?;
+    plan.manifest_media_type = kind;
+    Ok(plan)
 }
 
 type Download = JoinHandle<Result<PathBuf>>;

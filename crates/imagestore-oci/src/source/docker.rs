@@ -134,5 +134,19 @@ pub async fn plan(files: &Files, tag: Option<&str>) -> Result<Plan> {
     };
     let manifest = serde_json::to_vec(&manifest)
         .map_err(|e| Error::invalid(&source, format!("encoding the manifest: {e}")))?;
-    Plan::new(source, reference, manifest, config, layers, diff_ids)
+    let references = match tag {
+        Some(_) => reference.iter().cloned().collect(),
+        None => {
+            let mut all: Vec<String> = Vec::new();
+            for t in entry.repo_tags.iter().flatten() {
+                if !all.contains(t) {
+                    all.push(t.clone());
+                }
+            }
+            all
+        }
+    };
+    let mut plan = Plan::new(source, reference, manifest, config, layers, diff_ids)?;
+    plan.references = references;
+    Ok(plan)
 }

@@ -135,7 +135,23 @@ pub async fn plan(
             blob: blob_name(&l.digest),
         })
         .collect();
-    Plan::new(source, reference, manifest_bytes, config, layers, diff_ids)
+    let mut references: Vec<String> = match tag {
+        Some(t) => vec![t.to_owned()],
+        // Every tag of the one image (a tag may be listed twice).
+        None => candidates
+            .iter()
+            .filter_map(|d| tag_of(d).map(str::to_owned))
+            .collect(),
+    };
+    references.dedup();
+    if let Some(r) = &reference {
+        references.retain(|x| x != r);
+        references.insert(0, r.clone());
+    }
+    let mut plan = Plan::new(source, reference, manifest_bytes, config, layers, diff_ids)?;
+    plan.references = references;
+    plan.manifest_media_type = desc.media_type.clone();
+    Ok(plan)
 }
 
 fn tags(index: &Index) -> String {
