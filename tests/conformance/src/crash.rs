@@ -143,14 +143,14 @@ async fn reference_step(
         Err(Error::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    if images.is_empty() || (current.is_some() && next() % 3 == 0) {
+    if images.is_empty() || (current.is_some() && next().is_multiple_of(3)) {
         if let Some(t) = current {
             store.delete_reference(s, &name, &Expect::Target(t)).await?;
         }
         return Ok(());
     }
     let mut target = RefTarget::image(images[(next() as usize) % images.len()].id.clone());
-    if next() % 2 == 0 {
+    if next().is_multiple_of(2) {
         let config = format!("{{\"os\":\"linux\",\"n\":{}}}", next() % 20).into_bytes();
         let d = Digest::sha256_of(&config);
         store.put_blob(s, &d, config).await?;

@@ -481,7 +481,7 @@ pub async fn gc_racing_reference_moves(ctx: &Ctx) -> Result<()> {
     const CANDIDATES: usize = 4;
     let (s, scratch) = fresh(ctx).await?;
     let other = ctx.reopen().await?;
-    for round in 0..3u64 {
+    for round in 0..2u64 {
         let mut candidates = Vec::new();
         for i in 0..CANDIDATES {
             candidates.push(small(ctx, &scratch, &format!("c{round}-{i}")).await?);
