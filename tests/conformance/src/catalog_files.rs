@@ -45,7 +45,8 @@ pub fn leave_dangling_child(store: &Path, parent: &ImageId, child: &ImageId) -> 
 
 /// Leftovers of crashed writes in store folder `store` whose images are committed by the file
 /// `marker`: uncommitted image folders, child links of children that do not exist,
-/// unrecorded writable layers, and a pending usage change.
+/// reference links on images their reference does not name, unrecorded writable layers, and
+/// a pending usage change.
 pub fn leftovers(store: &Path, marker: &str) -> Result<usize> {
     let images = store.join("images");
     let writable = |name: &str| store.join("writable").join(name).join("writable.json");
@@ -60,6 +61,11 @@ pub fn leftovers(store: &Path, marker: &str) -> Result<usize> {
                 n += 1;
             }
         }
+        for key in names(&dir.join("refs"))? {
+            if referenced_image(store, &key)?.as_deref() != Some(name.as_str()) {
+                n += 1;
+            }
+        }
     }
     for name in names(&store.join("writable"))? {
         if !writable(&name).exists() {
@@ -70,4 +76,16 @@ pub fn leftovers(store: &Path, marker: &str) -> Result<usize> {
         n += 1;
     }
     Ok(n)
+}
+
+/// The image the reference record with key `key` in store folder `store` names, `None` if
+/// there is no such record.
+fn referenced_image(store: &Path, key: &str) -> Result<Option<String>> {
+    let bytes = match std::fs::read(store.join("refs").join(key)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let record: serde_json::Value = serde_json::from_slice(&bytes)?;
+    Ok(record["target"]["image"].as_str().map(str::to_owned))
 }

@@ -1,8 +1,9 @@
 //! The crash test every backend on local storage runs: a child process writes, deletes
-//! (single images and whole branches), imports and commits layers in a loop and is killed
-//! with SIGKILL at random moments; after each kill a fresh instance opens the store by URL and
-//! must see only complete, verifiable images, a usage counter that agrees with them, and no
-//! leftovers once the store is swept.
+//! (single images and whole branches), imports and commits layers, sets, moves and deletes
+//! references and collects garbage in a loop and is killed with SIGKILL at random moments;
+//! after each kill a fresh instance opens the store by URL and must see only complete,
+//! verifiable images with their parents, references naming images and blobs that exist, a
+//! usage counter that agrees with the images, and no leftovers once the store is swept.
 //!
 //! A backend's test file is a `harness = false` test whose `main` calls [`run`]; the same
 //! binary is the child when `IMAGESTORE_CRASH_CHILD` is set.
@@ -14,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use imagestore::{
-    Digest, Error, FilterSpec, ImageId, ImageStorerExt, Metadata, StoreName, byte_stream,
+    Digest, Error, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Metadata, StoreName,
+    byte_stream,
 };
+use imagestore_core::{Expect, GcOptions, RefName, RefTarget};
 use tokio::io::AsyncReadExt;
 
 use crate::{Ctx, Hooks};
@@ -82,6 +85,14 @@ async fn child(url: String) -> Result<()> {
                     Err(e) => return Err(e.into()),
                 }
             }
+            2 | 3 => reference_step(store.as_ref(), &s, &images, &mut next).await?,
+            4 if next() % 12 == 0 => {
+                let opts = GcOptions {
+                    grace: Duration::ZERO,
+                    ..GcOptions::default()
+                };
+                store.gc(&s, &opts).await?;
+            }
             1 => {
                 let w = ImageId::new(format!("w{}", next() % 1000))?;
                 if store.create_writable(&parent, &w).await.is_ok() {
@@ -118,8 +129,46 @@ async fn child(url: String) -> Result<()> {
     }
 }
 
-/// Opens a fresh instance and checks every image, the usage counter and the leftovers.
-async fn verify(ctx: &Ctx) -> Result<usize> {
+/// Sets, moves (compare-and-swap on what was just read) or deletes one of a few references;
+/// some name a config blob put just before.
+async fn reference_step(
+    store: &dyn ImageStorer,
+    s: &StoreName,
+    images: &[imagestore::Image],
+    next: &mut impl FnMut() -> u64,
+) -> Result<()> {
+    let name = RefName::new(format!("app:t{}", next() % 6))?;
+    let current = match store.get_reference(s, &name).await {
+        Ok(r) => Some(r.target),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if images.is_empty() || (current.is_some() && next().is_multiple_of(3)) {
+        if let Some(t) = current {
+            store.delete_reference(s, &name, &Expect::Target(t)).await?;
+        }
+        return Ok(());
+    }
+    let mut target = RefTarget::image(images[(next() as usize) % images.len()].id.clone());
+    if next().is_multiple_of(2) {
+        let config = format!("{{\"os\":\"linux\",\"n\":{}}}", next() % 20).into_bytes();
+        let d = Digest::sha256_of(&config);
+        store.put_blob(s, &d, config).await?;
+        target.config = Some(d);
+    }
+    let expect = match current {
+        Some(t) => Expect::Target(t),
+        None => Expect::Absent,
+    };
+    // One writer: the reference cannot have changed since it was read, and a collection
+    // only runs between steps, so the blob and the image are there.
+    store.set_reference(s, &name, &target, &expect).await?;
+    Ok(())
+}
+
+/// Opens a fresh instance and checks every image, the references, the usage counter and the
+/// leftovers; returns how many images and references there are.
+async fn verify(ctx: &Ctx) -> Result<(usize, usize)> {
     let store = ctx.reopen().await?;
     let s = store_name();
     store.get_image_store(&s).await?;
@@ -166,11 +215,32 @@ async fn verify(ctx: &Ctx) -> Result<usize> {
         store.image_storage_usage(&s).await? == total,
         "usage counter disagrees with the images"
     );
+    let refs = store.list_references(&s).await?;
+    for r in &refs {
+        store
+            .get_image(&s, &r.target.image)
+            .await
+            .with_context(|| format!("reference {} names a missing image", r.name))?;
+        for d in r.target.blobs() {
+            store
+                .get_blob(&s, d)
+                .await
+                .with_context(|| format!("reference {} names a missing blob {d}", r.name))?;
+        }
+        ensure!(
+            store
+                .delete_image(&store.get_image(&s, &r.target.image).await?)
+                .await
+                .is_err(),
+            "the image of reference {} could be deleted",
+            r.name
+        );
+    }
     let left = ctx.hooks.leftovers(&s).await?;
     if left > 0 {
         bail!("{left} leftover(s) after the sweep");
     }
-    Ok(images.len())
+    Ok((images.len(), refs.len()))
 }
 
 /// Runs the crash test against the backend at `url` (`hooks` reach into its storage), with
@@ -190,7 +260,7 @@ pub fn run(url: String, hooks: Arc<dyn Hooks>, kills: usize) -> Result<()> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
-    let mut max_images = 0;
+    let (mut max_images, mut max_refs) = (0, 0);
     for round in 0..kills {
         let mut child = Command::new(&exe)
             .env(CHILD, &url)
@@ -210,17 +280,20 @@ pub fn run(url: String, hooks: Arc<dyn Hooks>, kills: usize) -> Result<()> {
         }
         child.kill()?;
         child.wait()?;
-        let n = rt
+        let (n, r) = rt
             .block_on(verify(&ctx))
             .with_context(|| format!("after kill {round}"))?;
         max_images = max_images.max(n);
+        max_refs = max_refs.max(r);
     }
     ensure!(
         max_images > 5,
         "the writer made too little progress to test anything ({max_images} images)"
     );
+    ensure!(max_refs > 0, "the writer never set a reference");
     println!(
-        "crash test on {}: {kills} kills, up to {max_images} images, all verified, in {:?}",
+        "crash test on {}: {kills} kills, up to {max_images} images and {max_refs} references, \
+         all verified, in {:?}",
         ctx.store.scheme(),
         started.elapsed()
     );

@@ -227,6 +227,44 @@ macro_rules! conformance_tests {
             // Hostile archives
             hostile_archives_rejected_unchanged,
             archive_without_end_marker_accepted,
+            // References
+            reference_set_get_list_delete,
+            two_tags_pin_one_image,
+            moving_a_tag_unpins_the_old_image,
+            expect_absent_on_existing_conflicts,
+            stale_expectation_conflicts,
+            delete_reference_stale_expectation_conflicts,
+            reference_to_missing_image_not_found,
+            reference_to_missing_blob_not_found,
+            referenced_image_delete_in_use,
+            delete_branch_stops_at_referenced_parent,
+            store_delete_refused_while_references_exist,
+            reference_cas_race_across_instances,
+            // Blobs
+            blob_round_trip_byte_exact,
+            blob_wrong_digest_mismatch,
+            blob_oversize_limit_exceeded,
+            blobs_listed_with_size,
+            referenced_blob_delete_conflicts,
+            delete_missing_blob_not_found,
+            blob_put_again_is_fine,
+            // Garbage collection and leases
+            gc_dry_run_matches_real_run,
+            gc_deletes_unreferenced_leaf_first,
+            gc_keeps_roots_and_ancestors,
+            gc_default_grace_keeps_young,
+            gc_collects_unreferenced_blobs,
+            gc_ignores_expired_lease,
+            lease_on_missing_image_not_found,
+            gc_spares_parent_of_write_in_flight,
+            gc_racing_reference_moves,
+            gc_concurrent_runs_consistent,
+            // Quotas
+            quota_round_trip,
+            quota_exact_fit_and_one_byte_over,
+            quota_below_usage_refuses_writes,
+            quota_removed_allows_writes,
+            quota_refuses_commit_keeps_writable,
         )
     };
     (@cases $($case:ident),* $(,)?) => {

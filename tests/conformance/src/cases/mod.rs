@@ -1,24 +1,32 @@
 //! The cases, one `pub async fn(&Ctx) -> anyhow::Result<()>` each, grouped by topic.
 
+mod blobs;
 mod branch;
 mod checkout;
 mod concurrency;
 mod content;
+mod gc;
 mod hostile;
 mod images;
 mod limits;
+mod quota;
+mod refs;
 mod sparse;
 mod stores;
 mod usage;
 mod writable;
 
+pub use blobs::*;
 pub use branch::*;
 pub use checkout::*;
 pub use concurrency::*;
 pub use content::*;
+pub use gc::*;
 pub use hostile::*;
 pub use images::*;
 pub use limits::*;
+pub use quota::*;
+pub use refs::*;
 pub use sparse::*;
 pub use stores::*;
 pub use usage::*;
