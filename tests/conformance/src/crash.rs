@@ -18,7 +18,7 @@ use imagestore::{
     Digest, Error, FilterSpec, ImageId, ImageStorer, ImageStorerExt, Metadata, StoreName,
     byte_stream,
 };
-use imagestore_core::{Expect, GcOptions, RefName, RefTarget};
+use imagestore::{Expect, GcOptions, RefName, RefTarget};
 use tokio::io::AsyncReadExt;
 
 use crate::{Ctx, Hooks};

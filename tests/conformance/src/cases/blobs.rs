@@ -1,9 +1,9 @@
 //! Blobs: the manifests and configs references name, kept byte for byte by digest.
 
 use anyhow::{Result, ensure};
+use imagestore::refs::MAX_BLOB_BYTES;
+use imagestore::{Digest, Expect};
 use imagestore::{Error, ObjectKind};
-use imagestore_core::refs::MAX_BLOB_BYTES;
-use imagestore_core::{Digest, Expect};
 
 use super::fresh;
 use super::refs::{small, tag, target_with_blobs};

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use imagestore::{Digest, Expect, GcOptions, GcReport, RefTarget};
 use imagestore::{Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName};
-use imagestore_core::{Digest, Expect, GcOptions, GcReport, RefTarget};
 
 use super::fresh;
 use super::refs::{gone, small, tag, target, target_with_blobs};

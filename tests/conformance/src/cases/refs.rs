@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
+use imagestore::{Descriptor, Digest, Expect, RefName, RefTarget};
 use imagestore::{Error, Image, ImageId, ImageStorerExt, ObjectKind, StoreName};
-use imagestore_core::{Descriptor, Digest, Expect, RefName, RefTarget};
 
 use super::{fresh, in_use_by, put};
 use crate::tars::Layer;

@@ -267,27 +267,12 @@ impl<R: Representation> Catalog<R> {
 
     /// Removes the folder of image `p` and its link on `parent` after a failed write, unless
     /// it is committed; if even that cannot be told, the sweep removes them later. The
-    /// parent's children folder goes too when the link was its last entry ([`link_writer`]
-    /// made it), so a failed write leaves the store as it found it; the store lock keeps a
-    /// concurrent writer from linking into the folder meanwhile.
-    ///
-    /// [`link_writer`]: Catalog::link_writer
+    /// parent's children folder was made with the parent, so the store is left as the write
+    /// found it.
     pub fn abandon(&self, sp: &StorePaths, parent: &ImageId, p: &ImagePaths) {
         if let Ok(false) = self.is_committed(p) {
             let _ = self.storage.remove_all(&p.dir);
-            let Ok(_guard) = self.store_lock(sp) else {
-                let _ = self.storage.remove_file(&sp.image(parent).child(&p.id));
-                return;
-            };
-            let pp = sp.image(parent);
-            let _ = self.storage.remove_file(&pp.child(&p.id));
-            if self
-                .storage
-                .list(&pp.children())
-                .is_ok_and(|c| c.is_empty())
-            {
-                let _ = self.storage.remove_all(&pp.children());
-            }
+            let _ = self.storage.remove_file(&sp.image(parent).child(&p.id));
         }
     }
 
