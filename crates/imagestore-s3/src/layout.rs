@@ -3,7 +3,7 @@
 //! Keys here are relative to the configured prefix; [`crate::objects::Objects`] adds it.
 //! Store names, image ids and owner names are validated types, so they are safe key segments.
 
-use imagestore_core::{Digest, ImageId, OwnerName, StoreName};
+use imagestore_core::{Digest, ImageId, OwnerName, RefName, StoreName};
 
 /// The backend's format marker, created once.
 pub const FORMAT_KEY: &str = "imagestore-s3.json";
@@ -280,6 +280,13 @@ pub enum LinkTarget {
     Image(ImageId),
     /// A blob (`bloblinks/<algorithm>-<hex>/<key>`).
     Blob(Digest),
+}
+
+/// The key segment of reference `name`: [`RefName::key`] with `%` written as `=`, since
+/// `object_store` would percent-encode a `%` again and listings would not give the key back.
+/// `=` appears nowhere else in such keys, so the mapping stays one to one.
+pub fn ref_key(name: &RefName) -> String {
+    name.key().replace('%', "=")
 }
 
 /// A blob's object name: `<algorithm>-<hex>`.

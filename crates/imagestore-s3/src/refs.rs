@@ -1,7 +1,7 @@
 //! References and blobs of an S3 store, safe for many hosts sharing the bucket.
 //!
 //! ```text
-//! refs/<key>                      a reference's record (RefName::key), changed by CAS on its ETag
+//! refs/<key>                      a reference's record (layout::ref_key), changed by CAS on its ETag
 //! refleases/<key>                 the lease every change of that reference holds
 //! reflinks/<id>/<key>             the reference's link on image <id>
 //! bloblinks/<blob>/<key>          the reference's link on a blob it names
@@ -300,7 +300,7 @@ impl S3Store {
                 return Err(Error::not_found(ObjectKind::Blob, format!("{s}/{d}")));
             }
         }
-        let key = name.key();
+        let key = layout::ref_key(name);
         let before = self.read_ref(&st, &key).await?;
         expect.check(s, name, before.as_ref().map(|(r, _)| &r.target))?;
         let new_links: Vec<String> = targets_of(target)
@@ -395,7 +395,7 @@ impl S3Store {
             ));
         }
         let st = self.open_store(s).await?;
-        let key = name.key();
+        let key = layout::ref_key(name);
         let missing = || Error::not_found(ObjectKind::Reference, format!("{s}/{name}"));
         let (before, _) = self.read_ref(&st, &key).await?.ok_or_else(missing)?;
         expect.check(s, name, Some(&before.target))?;
@@ -531,7 +531,7 @@ impl References for S3Store {
 
     async fn get_reference(&self, store: &StoreName, name: &RefName) -> Result<Reference> {
         let st = self.open_store(store).await?;
-        self.read_ref(&st, &name.key())
+        self.read_ref(&st, &layout::ref_key(name))
             .await?
             .map(|(r, _)| r.to_reference(store))
             .ok_or_else(|| Error::not_found(ObjectKind::Reference, format!("{store}/{name}")))
