@@ -198,6 +198,10 @@ impl StoreKeys {
     pub fn blob_lease(&self, d: &Digest) -> String {
         format!("{}/blobleases/{}", self.base, blob_name(d))
     }
+    /// Directory of the blob leases.
+    pub fn blob_leases_dir(&self) -> String {
+        format!("{}/blobleases", self.base)
+    }
     /// Directory of the reference links on blob `d`.
     pub fn blob_links_dir(&self, d: &Digest) -> String {
         format!("{}/bloblinks/{}", self.base, blob_name(d))

@@ -376,7 +376,7 @@ async fn sweep_refs(store: &S3Store, st: &StoreCtx, now: DateTime<Utc>) -> Resul
     let mut resolved = 0;
     for (dir, op) in [
         (st.keys.ref_leases_dir(), LeaseOp::Reference),
-        (format!("{}/blobleases", st.keys.base), LeaseOp::DeleteBlob),
+        (st.keys.blob_leases_dir(), LeaseOp::DeleteBlob),
     ] {
         for meta in o.list(&dir).await? {
             let rel = o.rel(&meta.location);
