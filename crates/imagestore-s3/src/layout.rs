@@ -3,7 +3,7 @@
 //! Keys here are relative to the configured prefix; [`crate::objects::Objects`] adds it.
 //! Store names, image ids and owner names are validated types, so they are safe key segments.
 
-use imagestore_core::{ImageId, OwnerName, StoreName};
+use imagestore_core::{Digest, ImageId, OwnerName, RefName, StoreName};
 
 /// The backend's format marker, created once.
 pub const FORMAT_KEY: &str = "imagestore-s3.json";
@@ -110,6 +110,20 @@ impl StoreKeys {
     pub fn owners_dir(&self, id: &ImageId) -> String {
         format!("{}/owners/{id}", self.base)
     }
+    /// Directory of all owner registrations.
+    pub fn all_owners_dir(&self) -> String {
+        format!("{}/owners", self.base)
+    }
+    /// Directory of all child links.
+    pub fn all_children_dir(&self) -> String {
+        format!("{}/children", self.base)
+    }
+    /// `(first, second)` of a key `<dir>/<first>/<second>` directly under `dir`.
+    pub fn pair_under<'a>(dir: &str, key: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = key.strip_prefix(dir)?.strip_prefix('/')?;
+        let (a, b) = rest.split_once('/')?;
+        (!b.contains('/')).then_some((a, b))
+    }
     /// One owner registration.
     pub fn owner(&self, id: &ImageId, o: &OwnerName) -> String {
         format!("{}/{o}", self.owners_dir(id))
@@ -143,6 +157,98 @@ impl StoreKeys {
         format!("{}/index", self.base)
     }
 
+    /// A reference's record (`key` is [`imagestore_core::RefName::key`]).
+    pub fn reference(&self, key: &str) -> String {
+        format!("{}/refs/{key}", self.base)
+    }
+    /// Directory of the reference records.
+    pub fn refs_dir(&self) -> String {
+        format!("{}/refs", self.base)
+    }
+    /// The lease of a reference name, held by every change of that reference.
+    pub fn ref_lease(&self, key: &str) -> String {
+        format!("{}/refleases/{key}", self.base)
+    }
+    /// Directory of the reference leases.
+    pub fn ref_leases_dir(&self) -> String {
+        format!("{}/refleases", self.base)
+    }
+    /// Directory of the reference links on image `id`.
+    pub fn ref_links_dir(&self, id: &ImageId) -> String {
+        format!("{}/reflinks/{id}", self.base)
+    }
+    /// The link that makes reference `key` keep image `id` in use (while its record names
+    /// `id`).
+    pub fn ref_link(&self, id: &ImageId, key: &str) -> String {
+        format!("{}/{key}", self.ref_links_dir(id))
+    }
+    /// Directory of all reference links on images.
+    pub fn all_ref_links_dir(&self) -> String {
+        format!("{}/reflinks", self.base)
+    }
+    /// A blob's bytes.
+    pub fn blob(&self, d: &Digest) -> String {
+        format!("{}/{}", self.blobs_dir(), blob_name(d))
+    }
+    /// Directory of the blobs.
+    pub fn blobs_dir(&self) -> String {
+        format!("{}/blobs", self.base)
+    }
+    /// The lease a blob delete holds; reference changes naming the blob wait while it exists.
+    pub fn blob_lease(&self, d: &Digest) -> String {
+        format!("{}/blobleases/{}", self.base, blob_name(d))
+    }
+    /// Directory of the blob leases.
+    pub fn blob_leases_dir(&self) -> String {
+        format!("{}/blobleases", self.base)
+    }
+    /// Directory of the reference links on blob `d`.
+    pub fn blob_links_dir(&self, d: &Digest) -> String {
+        format!("{}/bloblinks/{}", self.base, blob_name(d))
+    }
+    /// The link that makes reference `key` keep blob `d` (while its record names `d`).
+    pub fn blob_link(&self, d: &Digest, key: &str) -> String {
+        format!("{}/{key}", self.blob_links_dir(d))
+    }
+    /// Directory of all reference links on blobs.
+    pub fn all_blob_links_dir(&self) -> String {
+        format!("{}/bloblinks", self.base)
+    }
+    /// The store's quota, absent without one.
+    pub fn quota(&self) -> String {
+        format!("{}/quota", self.base)
+    }
+    /// The lease every commit holds around its quota check while a quota is set.
+    pub fn quota_lease(&self) -> String {
+        format!("{}/quota-lease", self.base)
+    }
+
+    /// What a reference-link key under this store links: `(target, reference key)`.
+    pub fn parse_link(&self, key: &str) -> Option<(LinkTarget, String)> {
+        let rest = key.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let kind = parts.next()?;
+        let target = parts.next()?;
+        let refkey = parts.next()?.to_owned();
+        if parts.next().is_some() {
+            return None;
+        }
+        let target = match kind {
+            "reflinks" => LinkTarget::Image(ImageId::new(target).ok()?),
+            "bloblinks" => LinkTarget::Blob(parse_blob_name(target)?),
+            _ => return None,
+        };
+        Some((target, refkey))
+    }
+
+    /// The key of the link of reference `refkey` on `target`.
+    pub fn link(&self, target: &LinkTarget, refkey: &str) -> String {
+        match target {
+            LinkTarget::Image(id) => self.ref_link(id, refkey),
+            LinkTarget::Blob(d) => self.blob_link(d, refkey),
+        }
+    }
+
     /// `(id, nonce)` of a layer or import key under this store, for uploads found by listing.
     pub fn owner_of_upload(&self, key: &str) -> Option<(ImageId, String)> {
         let rest = key.strip_prefix(&self.base)?.strip_prefix('/')?;
@@ -169,6 +275,33 @@ impl StoreKeys {
         let id = ImageId::new(it.next()?).ok()?;
         Some((id, nonce, op))
     }
+}
+
+/// What a reference link keeps: an image or a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LinkTarget {
+    /// An image (`reflinks/<id>/<key>`).
+    Image(ImageId),
+    /// A blob (`bloblinks/<algorithm>-<hex>/<key>`).
+    Blob(Digest),
+}
+
+/// The key segment of reference `name`: [`RefName::key`] with `%` written as `=`, since
+/// `object_store` would percent-encode a `%` again and listings would not give the key back.
+/// `=` appears nowhere else in such keys, so the mapping stays one to one.
+pub fn ref_key(name: &RefName) -> String {
+    name.key().replace('%', "=")
+}
+
+/// A blob's object name: `<algorithm>-<hex>`.
+pub fn blob_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().name(), d.hex())
+}
+
+/// The digest a blob object name stands for.
+pub fn parse_blob_name(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    Digest::parse(&format!("{alg}:{hex}")).ok()
 }
 
 /// The last segment of a key.
@@ -200,6 +333,15 @@ mod tests {
             Some((id, "88".into()))
         );
         assert_eq!(k.owner_of_upload("stores/s1/00ff/index"), None);
+        let d = Digest::sha256_of(b"x");
+        let link = k.blob_link(&d, "r%3At");
+        assert_eq!(
+            k.parse_link(&link),
+            Some((LinkTarget::Blob(d.clone()), "r%3At".into()))
+        );
+        assert_eq!(parse_blob_name(&blob_name(&d)), Some(d));
+        let img = LinkTarget::Image(ImageId::new("i")?);
+        assert_eq!(k.parse_link(&k.link(&img, "r")), Some((img, "r".into())));
         Ok(())
     }
 }

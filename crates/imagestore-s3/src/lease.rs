@@ -51,6 +51,14 @@ pub enum LeaseOp {
     CreateStore,
     /// Deleting a store (`target` is the generation being deleted).
     DeleteStore,
+    /// Changing a reference (`refleases/<key>`); `links` names the links it may write or
+    /// remove.
+    Reference,
+    /// Deleting a blob (`blobleases/<blob>`). Reference changes naming the blob wait while
+    /// this lease exists.
+    DeleteBlob,
+    /// Checking the store's quota and committing an image (`quota-lease`).
+    Quota,
 }
 
 impl LeaseOp {
@@ -82,6 +90,10 @@ pub struct LeaseRecord {
     /// The nonce or generation the operation changes (see [`LeaseOp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The reference links a reference change may write or remove (keys relative to the
+    /// prefix); whoever takes its lease over removes those the record does not back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     /// The dead holder's record this holder took over and must finish or undo first; kept
     /// until release so that a resolver that dies is resolved in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +119,7 @@ impl LeaseRecord {
             holder: holder(),
             parent: None,
             target: None,
+            links: Vec::new(),
             pending: None,
         }
     }
@@ -120,6 +133,12 @@ impl LeaseRecord {
     /// With the target set.
     pub fn with_target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
+        self
+    }
+
+    /// With the reference links set.
+    pub fn with_links(mut self, links: Vec<String>) -> Self {
+        self.links = links;
         self
     }
 
@@ -282,6 +301,29 @@ where
     }
 }
 
+/// Takes the lease at `key` only if it is free now (one conditional create, no waiting);
+/// `Answered(())` if someone holds it.
+pub async fn try_acquire(
+    objects: &Arc<Objects>,
+    key: &str,
+    record: LeaseRecord,
+) -> Result<Acquired<()>> {
+    match objects.create(key, encode(&record)).await? {
+        Created::Created(etag) => Ok(Acquired::Held {
+            guard: LeaseGuard::start(objects.clone(), key, record, etag.unwrap_or_default()),
+            taken_over: None,
+        }),
+        Created::Exists => match read(objects, key).await? {
+            // An earlier attempt of our own create went through.
+            Some(cur) if cur.record.nonce == record.nonce => Ok(Acquired::Held {
+                guard: LeaseGuard::start(objects.clone(), key, cur.record, cur.etag),
+                taken_over: None,
+            }),
+            _ => Ok(Acquired::Answered(())),
+        },
+    }
+}
+
 /// Takes over a dead lease observed at `etag` (for the sweep); `None` if it changed.
 pub async fn take_over(
     objects: &Arc<Objects>,
@@ -437,6 +479,15 @@ impl LeaseGuard {
         {
             let mut st = self.inner.state.lock().await;
             st.record.target = Some(target.to_owned());
+        }
+        self.inner.renew().await
+    }
+
+    /// Changes the reference links the record names, renewing the lease.
+    pub async fn set_links(&self, links: Vec<String>) -> Result<()> {
+        {
+            let mut st = self.inner.state.lock().await;
+            st.record.links = links;
         }
         self.inner.renew().await
     }

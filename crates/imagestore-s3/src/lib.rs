@@ -6,8 +6,9 @@
 //! makes the image visible. Layers stream in through multipart uploads with bounded memory
 //! and are completed only after their digest matched. Hosts coordinate through the bucket
 //! alone: leases made of conditional creates and updates, links written before checks, and
-//! an index with an intent log for listing and usage. The layout is in `docs/layouts.md`, the
-//! protocol in `docs/decisions/0006-s3-protocol.md`.
+//! an index with an intent log for listing and usage. References, blobs and quotas follow the
+//! same rules (`docs/decisions/0018-s3-references-and-quota.md`). The layout is in
+//! `docs/layouts.md`, the protocol in `docs/decisions/0006-s3-protocol.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> imagestore_core::Result<()> {
@@ -27,8 +28,11 @@ mod index;
 mod layout;
 mod lease;
 mod objects;
+mod pins;
+mod quota;
 mod reader;
 mod record;
+mod refs;
 mod scratch;
 mod store;
 mod sweep;

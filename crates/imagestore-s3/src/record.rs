@@ -1,5 +1,5 @@
-//! The JSON records stored in the bucket: stores, images, writable layers, links, owners and
-//! leases, encoded and decoded with core's record codec ([`imagestore_core::backend::record`]). Stores,
+//! The JSON records stored in the bucket: stores, images, writable layers, links, owners,
+//! reference links, quotas and leases, encoded and decoded with core's record codec ([`imagestore_core::backend::record`]). Stores,
 //! images, writable layers and leases carry a format version that decoding checks; links and
 //! owners are small fixed shapes under a versioned store.
 
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use imagestore_core::backend::record::{OwnerLease, decode_unversioned};
 pub use imagestore_core::backend::record::{RECORD_VERSION, Versioned, decode, encode};
-use imagestore_core::{Digest, Error, ImageId, Metadata, Result, StoreName};
+use imagestore_core::{Digest, Error, ImageId, Metadata, RefName, Result, StoreName};
 
 /// One layer of a chain: an image id and the nonce of the write that stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -203,6 +203,36 @@ impl OwnerRecord {
     /// Decodes an owner registration stored at `key`.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<OwnerRecord> {
         decode_unversioned(key, "owner record", bytes)
+    }
+}
+
+/// `reflinks/<id>/<key>` and `bloblinks/<blob>/<key>`: a reference's link on an image or
+/// blob, written before the reference change checks that its target is not being deleted. It
+/// counts only while the reference's lease is held or its record names the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefLinkRecord {
+    /// The reference (keys may be hashed, so the link says it).
+    pub name: RefName,
+}
+
+impl RefLinkRecord {
+    /// Decodes a reference link stored at `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<RefLinkRecord> {
+        decode_unversioned(key, "reference link", bytes)
+    }
+}
+
+/// `quota`: the store's quota in bytes; absent without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRecord {
+    /// The most bytes the store's images may take.
+    pub quota: u64,
+}
+
+impl QuotaRecord {
+    /// Decodes a quota stored at `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<QuotaRecord> {
+        decode_unversioned(key, "quota record", bytes)
     }
 }
 

@@ -99,7 +99,7 @@ pub(crate) async fn create_store(store: &S3Store, s: &StoreName) -> Result<()> {
     }
 }
 
-/// Deletes store `s`, refusing while it holds images or writable layers.
+/// Deletes store `s`, refusing while it holds images, writable layers or references.
 pub(crate) async fn delete_store(store: &S3Store, s: &StoreName) -> Result<()> {
     let o = store.objects();
     let st = store.open_store(s).await?;
@@ -166,6 +166,12 @@ async fn delete_locked(store: &S3Store, st: &StoreCtx, s: &StoreName) -> Result<
             .iter()
             .map(|m| format!("writable {}", layout::last_segment(&o.rel(&m.location)))),
     );
+    for m in o.list(&st.keys.refs_dir()).await? {
+        let key = layout::last_segment(&o.rel(&m.location)).to_owned();
+        if let Some((r, _)) = store.read_ref(st, &key).await? {
+            left.push(format!("reference {}", r.name));
+        }
+    }
     if left.is_empty() {
         left = store.users(st, &st.record.scratch).await?;
     }

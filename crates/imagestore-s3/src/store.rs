@@ -347,7 +347,7 @@ impl S3Store {
         Ok((st, id))
     }
 
-    /// Who uses an image: children, writable layers and owners. Links and registrations left
+    /// Who uses an image: children, writable layers, owners and references. Links and registrations left
     /// by writes that never committed are removed on the way. Call with the image's lease.
     pub(crate) async fn users(&self, st: &StoreCtx, rec: &ImageRecord) -> Result<Vec<String>> {
         let o = self.objects();
@@ -402,6 +402,10 @@ impl S3Store {
                 }
             }
         }
+        users.extend(
+            self.link_users(st, &layout::LinkTarget::Image(id.clone()))
+                .await?,
+        );
         Ok(users)
     }
 

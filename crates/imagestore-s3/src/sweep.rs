@@ -147,7 +147,8 @@ pub(crate) async fn undo_write(
     Ok(())
 }
 
-/// The rest of a delete once the record is gone: layer, TOC, link, owner registrations.
+/// The rest of a delete once the record is gone: layer, TOC, link, owner registrations,
+/// reference links.
 pub(crate) async fn finish_delete(
     store: &S3Store,
     st: &StoreCtx,
@@ -170,6 +171,11 @@ pub(crate) async fn finish_delete(
             continue;
         }
         stale.push(rel);
+    }
+    // Under the image's lease with its record gone, every reference link left belongs to a
+    // change that fails its check of the image, or to none.
+    for m in o.list(&st.keys.ref_links_dir(id)).await? {
+        stale.push(o.rel(&m.location));
     }
     o.delete_many(stale).await
 }
@@ -292,9 +298,13 @@ async fn resolve(store: &S3Store, st: &StoreCtx, id: &ImageId, dead: &LeaseRecor
         // A commit of a writable layer writes the new image under that image's own lease,
         // then deletes the writable layer under this one; both are resolved on their own.
         LeaseOp::CommitWritable => Ok(()),
-        LeaseOp::CreateStore | LeaseOp::DeleteStore => Err(Error::corrupt(
+        LeaseOp::CreateStore
+        | LeaseOp::DeleteStore
+        | LeaseOp::Reference
+        | LeaseOp::DeleteBlob
+        | LeaseOp::Quota => Err(Error::corrupt(
             store.objects().show(&st.keys.lease(id)),
-            "a store operation in an image lease",
+            format!("a {:?} lease among the image leases", dead.op),
         )),
     }
 }
@@ -334,6 +344,7 @@ pub(crate) async fn sweep_store(store: &S3Store, st: &StoreCtx) -> Result<()> {
         guard.release().await?;
         resolved += 1;
     }
+    resolved += sweep_refs(store, st, now).await?;
     let mut aborted = 0usize;
     for u in o.list_uploads(&st.keys.base).await? {
         let Some((id, _)) = st.keys.owner_of_upload(&u.key) else {
@@ -355,6 +366,67 @@ pub(crate) async fn sweep_store(store: &S3Store, st: &StoreCtx) -> Result<()> {
         info!(store = %st.name, resolved, aborted, "swept leftovers of dead hosts");
     }
     store.fold(st).await
+}
+
+/// Finishes reference changes and blob deletes whose hosts died, then removes reference links
+/// no record backs, each under its reference's lease so that no change is running meanwhile.
+/// Returns how many dead leases it resolved.
+async fn sweep_refs(store: &S3Store, st: &StoreCtx, now: DateTime<Utc>) -> Result<usize> {
+    let o = store.objects();
+    let mut resolved = 0;
+    for (dir, op) in [
+        (st.keys.ref_leases_dir(), LeaseOp::Reference),
+        (st.keys.blob_leases_dir(), LeaseOp::DeleteBlob),
+    ] {
+        for meta in o.list(&dir).await? {
+            let rel = o.rel(&meta.location);
+            let Ok(Some(l)) = lease::read(o, &rel).await else {
+                continue;
+            };
+            if !is_dead(&l, now) {
+                continue;
+            }
+            let Some(guard) = lease::take_over(o, &rel, &l, store.lease_record(op)).await? else {
+                continue;
+            };
+            if op == LeaseOp::Reference {
+                let key = layout::last_segment(&rel).to_owned();
+                store
+                    .resolve_ref_pending(st, &key, &guard.record().await)
+                    .await?;
+            }
+            guard.release().await?;
+            resolved += 1;
+        }
+    }
+    let mut links = o.list(&st.keys.all_ref_links_dir()).await?;
+    links.extend(o.list(&st.keys.all_blob_links_dir()).await?);
+    for meta in links {
+        let rel = o.rel(&meta.location);
+        let Some((_, key)) = st.keys.parse_link(&rel) else {
+            continue;
+        };
+        let backed = store.read_ref(st, &key).await?.is_some_and(|(r, _)| {
+            st.keys.parse_link(&rel).is_some_and(|(t, _)| match t {
+                layout::LinkTarget::Image(id) => r.target.image == id,
+                layout::LinkTarget::Blob(d) => r.target.blobs().any(|b| *b == d),
+            })
+        });
+        if backed {
+            continue;
+        }
+        // Only while no change of the reference runs: take its lease if it is free.
+        let record = store
+            .lease_record(LeaseOp::Reference)
+            .with_links(vec![rel.clone()]);
+        if let lease::Acquired::Held { guard, .. } =
+            lease::try_acquire(o, &st.keys.ref_lease(&key), record).await?
+        {
+            store.unlink_unbacked(st, &key, &[rel]).await?;
+            guard.release().await?;
+        }
+    }
+    Ok(resolved)
 }
 
 /// Finishes or undoes store creations and deletions whose hosts died. Runs when a backend

@@ -5,6 +5,7 @@
 //!   ─► link children/<parent>/<id> ─► parent not being deleted and still there?
 //!   ─► stream into layers/<id>/<nonce>/layer (multipart) ◄─ core ingest (hash, parse, TOC)
 //!   ─► digest ok? complete : abort ─► toc ─► index intent log/<id>.<nonce>.c
+//!   ─► [with a quota: quota lease, usage + size <= quota?]
 //!   ─► images/<id> (conditional create: the one step that makes the image visible)
 //!   ─► release the lease
 //! ```
@@ -207,8 +208,22 @@ impl S3Store {
             }
         };
         let image = self.image_of(&st, &record)?;
+        // With a quota set, the check and the create below happen under the quota lease.
+        let quota_guard = match self.quota_gate(&st, record.size).await {
+            Ok(g) => g,
+            Err(e) => {
+                abandon(self, &st, id, parent, &nonce, guard).await;
+                return Err(e);
+            }
+        };
         let key = st.keys.image(id);
-        match self.objects().create(&key, encode(&record)).await {
+        let created = self.objects().create(&key, encode(&record)).await;
+        if let Some(q) = quota_guard
+            && let Err(e) = q.release().await
+        {
+            tracing::debug!(error = %e, "releasing the quota lease failed; it expires");
+        }
+        match created {
             Ok(Created::Created(etag)) => {
                 self.cache_record(key, etag, record);
             }
