@@ -383,8 +383,11 @@ impl S3Store {
                 users.push(format!("writable {child}"));
                 continue;
             }
-            tracing::info!(link = %rel, "removing a link of a write that never committed");
-            o.delete(&rel).await?;
+            // A link of a write that never committed counts for nothing. It is not removed
+            // here: a new writer of the same child id may have just rewritten it, and this
+            // delete may still be refused for another reason. The delete removes it once the
+            // image's record is gone (`finish_delete`); the sweep removes a dead writer's.
+            tracing::debug!(link = %rel, "a link of a write that never committed");
         }
         for meta in o.list(&st.keys.owners_dir(id)).await? {
             let rel = o.rel(&meta.location);
@@ -398,7 +401,9 @@ impl S3Store {
                             users.push(format!("owner {name}"));
                         }
                     }
-                    _ => o.delete(&rel).await?,
+                    // Of an earlier image of this id, or damaged: not an owner of this one.
+                    // Left for `finish_delete`, as dead child links are.
+                    _ => {}
                 }
             }
         }

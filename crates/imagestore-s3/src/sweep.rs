@@ -16,7 +16,7 @@ use imagestore_core::{Error, ImageId, Result, StoreName};
 
 use crate::layout::{self, StoreKeys};
 use crate::lease::{self, LeaseOp, LeaseRecord, Observed, SLACK};
-use crate::record::{LinkRecord, OwnerRecord, encode};
+use crate::record::{LinkRecord, encode};
 use crate::store::{S3Store, StoreCtx};
 
 /// The server's current time: the `last_modified` of an object written (and removed) under
@@ -162,15 +162,19 @@ pub(crate) async fn finish_delete(
     if let Some(p) = parent {
         unlink(store, st, p, id, nonce).await?;
     }
-    let mut stale = Vec::new();
+    // Under the image's lease with its record gone, a child link left belongs to a write
+    // that fails its check of the parent, or to none.
+    let mut stale: Vec<String> = o
+        .list(&st.keys.children_dir(id))
+        .await?
+        .iter()
+        .map(|m| o.rel(&m.location))
+        .collect();
+    // Owners of this image, and of earlier images of the id (their registrations are never
+    // removed while a delete decides, see `S3Store::users`): no image of this id exists
+    // while its lease is held.
     for m in o.list(&st.keys.owners_dir(id)).await? {
-        let rel = o.rel(&m.location);
-        if let Some(got) = o.get(&rel).await?
-            && OwnerRecord::parse(&rel, &got.bytes).is_ok_and(|r| r.image_nonce != nonce)
-        {
-            continue;
-        }
-        stale.push(rel);
+        stale.push(o.rel(&m.location));
     }
     // Under the image's lease with its record gone, every reference link left belongs to a
     // change that fails its check of the image, or to none.

@@ -6,7 +6,11 @@
 //!   outcomes, never a dangling parent;
 //! * a writer is killed with SIGKILL in the middle of its upload: another process waits for
 //!   its lease to expire, takes it over, cleans up and writes; nothing is left behind;
-//! * owners registered by one process are seen, and block deletes, in another.
+//! * owners registered by one process are seen, and block deletes, in another;
+//! * a garbage collection in one process runs while another writes a child on an image the
+//!   collection finds unreferenced: the collection never deletes the parent of a write in
+//!   flight; either it deleted the parent before the write registered (the write fails
+//!   `NotFound` without its body read) or the parent stays and the child commits on it.
 //!
 //! This is a `harness = false` test: the same binary is the child process when
 //! `IMAGESTORE_RACE_CHILD` is set (its arguments come in `IMAGESTORE_RACE_ARGS` as JSON).
@@ -170,6 +174,19 @@ async fn child(role: &str) -> Result<()> {
         "delete" => {
             let img = store.get_image(&name, &ImageId::new(s("id"))?).await?;
             outcome(store.delete_image(&img).await.map(|_| json!(null)))
+        }
+        "gc" => {
+            let opts = imagestore::GcOptions {
+                dry_run: false,
+                grace: Duration::ZERO,
+                keep: Vec::new(),
+            };
+            outcome(store.gc(&name, &opts).await.map(|r| {
+                json!({
+                    "deleted": r.images.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
+                    "skipped": r.skipped.iter().map(|k| k.id.to_string()).collect::<Vec<_>>(),
+                })
+            }))
         }
         "acquire" | "release" => {
             let id = ImageId::new(s("id"))?;
@@ -340,6 +357,81 @@ async fn delete_vs_child(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Res
     Ok(())
 }
 
+/// A collection in one process against a child write in another, on a parent nothing
+/// references. The writer registers, then waits before its first byte, so in most rounds the
+/// collection meets the write in flight; in others the collection starts first.
+async fn gc_vs_writer(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result<()> {
+    let (store, name, scratch) = fresh(url).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..plan.rounds {
+        let parent = store
+            .write_image_bytes(
+                &scratch,
+                &ImageId::new(format!("gp{round}"))?,
+                Metadata::new(),
+                layer(500 + round as u64, 1 << 10),
+            )
+            .await?;
+        let child = format!("gk{round}");
+        let start_at = now_ms() + 2500;
+        // Rounds alternate: the collection starts while the write waits in its body, or
+        // before the write starts.
+        let gc_at = if round % 2 == 0 {
+            start_at + 600
+        } else {
+            start_at.saturating_sub(400)
+        };
+        let writer = spawn(
+            "write",
+            json!({"url": url, "store": name.to_string(), "parent": parent.id.to_string(),
+                   "id": child, "seed": 600 + round, "size": 64 << 10,
+                   "delay_ms": 2000, "start_at": start_at}),
+        )?;
+        let collector = spawn(
+            "gc",
+            json!({"url": url, "store": name.to_string(), "start_at": gc_at}),
+        )?;
+        let w = result_of(writer).await?;
+        let g = result_of(collector).await?;
+        ensure!(
+            g["ok"] == json!(true),
+            "round {round}: the collection failed: {g}"
+        );
+        let deleted: Vec<&str> = g["value"]["deleted"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let parent_gone = deleted.contains(&parent.id.as_str());
+        match (w["ok"].as_bool(), w["kind"].as_str()) {
+            (Some(true), _) => {
+                ensure!(
+                    !parent_gone && store.get_image(&name, &parent.id).await.is_ok(),
+                    "round {round}: the child committed but its parent was collected: {g}"
+                );
+                seen.insert("write kept its parent");
+            }
+            (Some(false), Some("NotFound")) => {
+                ensure!(
+                    parent_gone && w["read_to_end"] == json!(false),
+                    "round {round}: the write failed after it was in flight: {w}, gc {g}"
+                );
+                seen.insert("collected before the write registered");
+            }
+            _ => bail!("round {round}: impossible outcome: write {w}, gc {g}"),
+        }
+    }
+    check_clean(url, hooks, &name).await?;
+    ensure!(
+        seen.contains("write kept its parent"),
+        "no round met a write in flight: {seen:?}"
+    );
+    eprintln!(
+        "  gc vs child write: {} rounds, outcomes {seen:?}",
+        plan.rounds
+    );
+    Ok(())
+}
+
 async fn killed_writer(url: &str, hooks: &common::S3Hooks) -> Result<()> {
     let (store, name, _) = fresh(url).await?;
     let base = hooks.base(&name).await?;
@@ -412,6 +504,7 @@ async fn run_all(server: &str, url: &str, plan: &Plan) -> Result<()> {
     delete_vs_child(url, &hooks, plan).await?;
     killed_writer(url, &hooks).await?;
     owners_across_processes(url, &hooks).await?;
+    gc_vs_writer(url, &hooks, plan).await?;
     Ok(())
 }
 
