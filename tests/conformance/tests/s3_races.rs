@@ -147,7 +147,16 @@ async fn child(role: &str) -> Result<()> {
     sleep_until_ms(n("start_at")).await;
     let out = match role {
         "write" | "stall" => {
-            let parent = store.get_image(&name, &ImageId::new(s("parent"))?).await?;
+            let parent = match store.get_image(&name, &ImageId::new(s("parent"))?).await {
+                Ok(p) => p,
+                // Deleted before this write began (a collection that ran first).
+                Err(e) => {
+                    let mut o = outcome(Err(e));
+                    o["read_to_end"] = json!(false);
+                    println!("RESULT {o}");
+                    return Ok(());
+                }
+            };
             let bytes = layer(n("seed"), n("size") as usize);
             let sum = Digest::sha256_of(&bytes);
             let eof = Arc::new(std::sync::atomic::AtomicBool::new(false));
