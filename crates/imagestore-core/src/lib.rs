@@ -19,6 +19,7 @@ pub mod redact;
 pub mod refs;
 pub mod registry;
 pub mod storer;
+pub mod wire;
 
 pub use digest::{Algorithm, Digest};
 pub use error::{Error, ObjectKind, Result, is_image_in_use};
