@@ -48,6 +48,8 @@ cargo xtask <command>
   bench gc [local|s3]  collect a store of 5,000 images of which 4,500 are unreferenced, on
                      file:// (vs rm -rf + sync of the same folders) and moto (vs one plain
                      DELETE per image); the dry run must list exactly what the real run deletes
+  bench serve        `imagestore serve` with curl: a 1 GiB WriteImage and raw layer download vs
+                     docker-registry's blob upload and GET; GetImage from 32 clients (rps, p99)
   bench checkout     checkout of the Debian fixture: ours vs `umoci unpack --rootless` vs tar -x
   bench export       diff of a one-file layer vs full export; diff on a tiny base
   bench import       import the debian fixture (docker-archive): ours vs `skopeo copy` to an

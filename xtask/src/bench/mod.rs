@@ -7,6 +7,7 @@ mod gc;
 mod image;
 mod import;
 mod s3;
+mod serve;
 mod vmdk;
 mod write;
 
@@ -40,9 +41,10 @@ pub fn run(which: &str, rest: &[&str]) -> Result<()> {
         "vmdk-dir" => vmdk::bench_dir(rest),
         "s3" => s3::bench(rest),
         "gc" => gc::bench(rest),
+        "serve" => serve::bench(),
         other => {
             bail!(
-                "unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, vmdk-dir, s3, gc)"
+                "unknown benchmark {other:?} (try: write, checkout, export, import, vmdk, vmdk-dir, s3, gc, serve)"
             )
         }
     }

@@ -56,6 +56,14 @@ pub(super) fn layer(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
+/// `sha256:<hex>` of a file's bytes.
+pub(super) fn digest_of(path: &Path) -> Result<String> {
+    let mut input = File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut input, &mut h)?;
+    Ok(format!("sha256:{:x}", h.finalize()))
+}
+
 /// The floor: sha256 of the bytes while writing them, then fsync.
 fn floor(src: &Path, dst: &Path) -> Result<(f64, String)> {
     let start = Instant::now();
