@@ -138,7 +138,8 @@ fn registry_upload(port: u16, repo: &str, layer: &Path, digest: &str) -> Result<
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("location").then(|| v.trim().to_owned())
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_owned())
         })
         .context("the registry gave no upload location")?;
     let location = if location.starts_with('/') {
@@ -183,7 +184,10 @@ fn get_image_load(port: u16, dir: &Path) -> Result<(f64, f64)> {
         times.push(t.parse::<f64>()?);
     }
     if times.len() != GET_REQUESTS {
-        bail!("{} of {GET_REQUESTS} GetImage requests answered", times.len());
+        bail!(
+            "{} of {GET_REQUESTS} GetImage requests answered",
+            times.len()
+        );
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
@@ -227,7 +231,12 @@ pub fn bench() -> Result<()> {
         up.push(start.elapsed().as_secs_f64());
         // Each run uploads to a repository of its own; the registry stores blobs once, so the
         // first run is the one that lands the bytes, as ours lands a new image each run.
-        reg_up.push(registry_upload(reg_port, &format!("bench{i}"), &layer, &digest)?);
+        reg_up.push(registry_upload(
+            reg_port,
+            &format!("bench{i}"),
+            &layer,
+            &digest,
+        )?);
         down.push(curl(&[&format!(
             "http://127.0.0.1:{port}/v1/stores/bench/images/layer{i}/layer"
         )])?);
