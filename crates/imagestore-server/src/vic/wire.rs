@@ -30,7 +30,8 @@ fn is_zero(n: &i64) -> bool {
 pub(crate) struct VicError {
     status: StatusCode,
     body: Option<ErrorJson>,
-    kind: &'static str,
+    /// What the metrics count it as: the core error's variant, or what the request got wrong.
+    kind: String,
 }
 
 impl VicError {
@@ -42,7 +43,7 @@ impl VicError {
                 code: i64::from(status.as_u16()),
                 message: message.into(),
             }),
-            kind: "Vic",
+            kind: "Request".to_owned(),
         }
     }
 
@@ -54,14 +55,16 @@ impl VicError {
                 code: 602,
                 message: format!("{name} in {place} is required"),
             }),
-            kind: "Parameter",
+            kind: "Parameter".to_owned(),
         }
     }
 
     /// The answer for a core error: the status of [`status_of`], its redacted message.
     pub(crate) fn from_core(err: &Error, redactor: &Redactor) -> VicError {
         VicError {
-            kind: "Backend",
+            kind: imagestore_core::wire::ErrorBody::from_error(err)
+                .kind
+                .unwrap_or_else(|| "Backend".to_owned()),
             ..VicError::new(status_of(err), redactor.redact(&err.to_string()))
         }
     }
@@ -85,8 +88,7 @@ impl IntoResponse for VicError {
             Some(b) => go_json(self.status, b),
             None => self.status.into_response(),
         };
-        resp.extensions_mut()
-            .insert(ErrorKind(format!("Vic{}", self.kind)));
+        resp.extensions_mut().insert(ErrorKind(self.kind));
         resp
     }
 }
