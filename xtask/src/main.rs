@@ -18,6 +18,7 @@ mod fixture;
 mod fuzz;
 mod s3;
 mod sample;
+mod schemathesis;
 mod util;
 mod vcsim;
 
@@ -40,6 +41,9 @@ cargo xtask <command>
   fuzz [TARGET] [SECONDS]  run the cargo-fuzz targets (tar_ingest, toc_decode, filter_decode)
                      for SECONDS each (default 60); installs cargo-fuzz if missing, runs it
                      with RUSTC_BOOTSTRAP=1; crashes go to fuzz/artifacts/ (not part of ci)
+  schemathesis       schemathesis (target/venv or PATH) against VIC's port-layer swagger subset
+                     as `imagestore serve` publishes it at /swagger.json, over file:// in a
+                     temporary directory; exclusions per operation in xtask/schemathesis.toml
   vcsim              build and start vcsim on loopback; print its URL; stop on Enter
   dist               release build of the CLI with every backend: tarball + sha256
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["dist"] => dist::dist(),
         ["bench", which, rest @ ..] => bench::run(which, rest),
+        ["schemathesis"] => schemathesis::schemathesis(),
         ["sample-image"] => sample::sample_image(false),
         ["sample-image", "--check"] => sample::sample_image(true),
         ["fixture", "debian"] => {

@@ -183,7 +183,10 @@ pub trait Importer: Send + Sync {
 pub trait Exporter: Send + Sync {
     /// A tar of image (or writable layer) `id`: without `ancestor`, the whole merged image;
     /// with it, only the changes since that ancestor (with `.wh.` whiteouts for deletions and
-    /// opaque markers for replaced directories). `data = false` gives headers only.
+    /// opaque markers for replaced directories). `data = false` gives headers only (sizes
+    /// zero), each carrying VIC's `change_type` xattr as a PAX `SCHILY.xattr.change_type`
+    /// record: `A` added, `C` modified (the ancestor had the path), `D` a whiteout or opaque
+    /// marker ([`crate::layer::export::ChangeType`]).
     /// `InvalidArgument` if `ancestor` is not an ancestor of `id`.
     ///
     /// Dropped mid-way (or the stream dropped before its end): nothing changes.

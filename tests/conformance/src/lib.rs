@@ -193,6 +193,7 @@ macro_rules! conformance_tests {
             markers_apply_to_lower_layers_only,
             dir_replaced_by_file,
             export_headers_only,
+            diff_headers_mark_changes,
             diff_against_parent,
             diff_against_several_ancestors,
             diff_emits_whiteouts,

@@ -313,7 +313,17 @@ pub enum Change {
 /// the layers above the ancestor touch are looked at. Directories implied by deeper entries
 /// are not emitted (tar extraction creates them).
 pub fn diff(view: &ChainView, ancestor_len: usize) -> Result<Vec<Change>> {
+    Ok(diff_with_kinds(view, ancestor_len)?.0)
+}
+
+/// [`diff`], plus the paths of its upserts that the ancestor already had: VIC's `C`
+/// (modified) changes; every other upsert is an `A` (added) change.
+pub fn diff_with_kinds(
+    view: &ChainView,
+    ancestor_len: usize,
+) -> Result<(Vec<Change>, BTreeSet<String>)> {
     let top = view.len();
+    let mut modified = BTreeSet::new();
     let mut touched: BTreeSet<String> = BTreeSet::new();
     for li in ancestor_len..top {
         for e in &view.layers[li].toc()?.entries {
@@ -336,6 +346,7 @@ pub fn diff(view: &ChainView, ancestor_len: usize) -> Result<Vec<Change>> {
                 let dirs = u.entry.kind == EntryKind::Dir && l.entry.kind == EntryKind::Dir;
                 let opaque = dirs && u.fresh_at.is_some_and(|f| f as usize >= ancestor_len);
                 if u.source != l.source || u.content != l.content {
+                    modified.insert(p.clone());
                     out.push(Change::Upsert(p.clone(), Box::new(u)));
                 }
                 if opaque {
@@ -363,7 +374,7 @@ pub fn diff(view: &ChainView, ancestor_len: usize) -> Result<Vec<Change>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, modified))
 }
 
 #[cfg(test)]
@@ -505,6 +516,9 @@ mod tests {
             d,
             vec!["+a/f", "-a/g", "+a/n", "ob", "+b/y", "+d", "+h2", "-k"]
         );
+        // Only a/f was there before (d was absent in the first two layers): VIC's `C`.
+        let (_, modified) = diff_with_kinds(&v, 2)?;
+        assert_eq!(modified.into_iter().collect::<Vec<_>>(), vec!["a/f"]);
         assert!(diff(&v, 4)?.is_empty());
         Ok(())
     }

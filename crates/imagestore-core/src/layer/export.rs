@@ -12,7 +12,7 @@
 //! sparse digest form (see `docs/decisions/0012-sparse-files.md`) are written with their holes
 //! filled. File data is checked against the TOC digest as it is copied.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use tar::{EntryType, Header};
@@ -131,6 +131,32 @@ pub fn layer_reader<F: Read + Seek + Send + 'static>(
     })
 }
 
+/// The PAX record a headers-only export puts on every entry: VIC's `change_type` xattr.
+pub const CHANGE_TYPE_RECORD: &str = "SCHILY.xattr.change_type";
+
+/// What an exported entry is to the image it is compared with (VIC's docker change kinds):
+/// carried by headers-only exports as the `change_type` xattr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    /// `A`: the path is new (every path of a whole-image export).
+    Added,
+    /// `C`: the path replaces one the ancestor had.
+    Modified,
+    /// `D`: a whiteout or an opaque marker: the path (or a directory's lower contents) is gone.
+    Deleted,
+}
+
+impl ChangeType {
+    /// The marker's value: `A`, `C` or `D`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "A",
+            ChangeType::Modified => "C",
+            ChangeType::Deleted => "D",
+        }
+    }
+}
+
 /// Counts of what an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportStats {
@@ -146,6 +172,7 @@ struct Writer<'a, W: Write> {
     stats: ExportStats,
     data: bool,
     filter: &'a FilterSpec,
+    modified: &'a BTreeSet<String>,
 }
 
 fn io_err(e: io::Error) -> Error {
@@ -153,7 +180,8 @@ fn io_err(e: io::Error) -> Error {
 }
 
 /// Writes a [`Plan`] as a tar to `out`, filtered by `filter`; `data = false` writes headers
-/// only (sizes zero). File data is read through `source`.
+/// only (sizes zero), each carrying VIC's `change_type` marker ([`CHANGE_TYPE_RECORD`], a
+/// [`ChangeType`]) as VIC's headers-only exports do. File data is read through `source`.
 pub fn write_tar<W: Write>(
     out: W,
     plan: &Plan,
@@ -167,6 +195,7 @@ pub fn write_tar<W: Write>(
         stats: ExportStats::default(),
         data,
         filter,
+        modified: &plan.modified,
     };
     w.out.mode(tar::HeaderMode::Complete);
     for item in &plan.first {
@@ -184,7 +213,8 @@ pub fn write_tar<W: Write>(
         if let Some(first) = emitted.get(&node.content) {
             let mut h = base_header(&node.entry, EntryType::Link);
             let first = first.clone();
-            w.append_link(&mut h, &mapped, &first, &node.entry)?;
+            let change = w.change_of(&node.path);
+            w.append_link(&mut h, &mapped, &first, &node.entry, change)?;
             continue;
         }
         w.node(&mapped, node)?;
@@ -228,6 +258,9 @@ pub struct Plan {
     /// Everything else, sorted by content entry (so by layer and stream position), with the
     /// path that originally held the content first in its hardlink group.
     pub rest: Vec<NodeItem>,
+    /// The paths of a diff that replace a path the ancestor had ([`ChangeType::Modified`]);
+    /// every other path is [`ChangeType::Added`].
+    pub modified: BTreeSet<String>,
 }
 
 impl Plan {
@@ -236,7 +269,11 @@ impl Plan {
         rest.sort_by(|a, b| {
             (a.content, !a.original, &a.path).cmp(&(b.content, !b.original, &b.path))
         });
-        Plan { first, rest }
+        Plan {
+            first,
+            rest,
+            modified: BTreeSet::new(),
+        }
     }
 
     /// Every node of a merged view (a whole image).
@@ -256,7 +293,16 @@ impl Plan {
         Plan::new(first, rest)
     }
 
-    /// The changes of a diff.
+    /// The changes of a diff, with the paths among them the ancestor had (from
+    /// [`crate::layer::chain::diff_with_kinds`]).
+    pub fn of_diff(changes: Vec<Change>, modified: BTreeSet<String>) -> Plan {
+        Plan {
+            modified,
+            ..Plan::of_changes(changes)
+        }
+    }
+
+    /// The changes of a diff (every upsert counted as [`ChangeType::Added`]).
     pub fn of_changes(changes: Vec<Change>) -> Plan {
         let (mut first, mut rest) = (Vec::new(), Vec::new());
         for c in changes {
@@ -336,7 +382,28 @@ pub(crate) fn append_entry<W: Write>(
     link: Option<&str>,
     data: &mut dyn Read,
 ) -> Result<()> {
-    let records = pax_records(e, name, link);
+    append_marked(out, h, name, e, link, None, data)
+}
+
+/// [`append_entry`], with VIC's `change_type` record when `change` is given (replacing any
+/// `change_type` xattr of the entry's own).
+fn append_marked<W: Write>(
+    out: &mut tar::Builder<W>,
+    h: &mut Header,
+    name: &str,
+    e: Option<&TocEntry>,
+    link: Option<&str>,
+    change: Option<ChangeType>,
+    data: &mut dyn Read,
+) -> Result<()> {
+    let mut records = pax_records(e, name, link);
+    if let Some(c) = change {
+        records.retain(|(k, _)| k != CHANGE_TYPE_RECORD);
+        records.push((
+            CHANGE_TYPE_RECORD.to_owned(),
+            c.as_str().as_bytes().to_vec(),
+        ));
+    }
     if !records.is_empty() {
         out.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
             .map_err(io_err)?;
@@ -376,15 +443,27 @@ fn set_name_field(field: &mut [u8], name: &str) {
 }
 
 impl<W: Write> Writer<'_, W> {
+    /// The marker path `p` (unmapped) gets: only headers-only exports carry one.
+    fn change_of(&self, p: &str) -> Option<ChangeType> {
+        if self.data {
+            None
+        } else if self.modified.contains(p) {
+            Some(ChangeType::Modified)
+        } else {
+            Some(ChangeType::Added)
+        }
+    }
+
     fn append(
         &mut self,
         h: &mut Header,
         name: &str,
         e: Option<&TocEntry>,
         link: Option<&str>,
+        change: Option<ChangeType>,
         data: &mut dyn Read,
     ) -> Result<()> {
-        append_entry(&mut self.out, h, name, e, link, data)?;
+        append_marked(&mut self.out, h, name, e, link, change, data)?;
         self.stats.entries += 1;
         Ok(())
     }
@@ -395,8 +474,9 @@ impl<W: Write> Writer<'_, W> {
         name: &str,
         target: &str,
         e: &TocEntry,
+        change: Option<ChangeType>,
     ) -> Result<()> {
-        self.append(h, name, Some(e), Some(target), &mut io::empty())
+        self.append(h, name, Some(e), Some(target), change, &mut io::empty())
     }
 
     fn dir(&mut self, p: &str, e: Option<&TocEntry>) -> Result<()> {
@@ -411,7 +491,15 @@ impl<W: Write> Writer<'_, W> {
                 base_header(&d, EntryType::Directory)
             }
         };
-        self.append(&mut h, &format!("{mapped}/"), e, None, &mut io::empty())
+        let change = self.change_of(p);
+        self.append(
+            &mut h,
+            &format!("{mapped}/"),
+            e,
+            None,
+            change,
+            &mut io::empty(),
+        )
     }
 
     fn marker(&mut self, p: &str, opaque: bool) -> Result<()> {
@@ -435,18 +523,20 @@ impl<W: Write> Writer<'_, W> {
         h.set_mode(0o644);
         h.set_size(0);
         h.set_mtime(0);
-        self.append(&mut h, &name, None, None, &mut io::empty())
+        let change = (!self.data).then_some(ChangeType::Deleted);
+        self.append(&mut h, &name, None, None, change, &mut io::empty())
     }
 
     fn node(&mut self, mapped: &str, node: &NodeItem) -> Result<()> {
         let e = &node.entry;
+        let change = self.change_of(&node.path);
         match e.kind {
             EntryKind::File => {
                 let mut h = base_header(e, EntryType::Regular);
                 let size = if self.data { e.size } else { 0 };
                 h.set_size(size);
                 if !self.data || e.size == 0 {
-                    return self.append(&mut h, mapped, Some(e), None, &mut io::empty());
+                    return self.append(&mut h, mapped, Some(e), None, change, &mut io::empty());
                 }
                 let (mut body, blocks, pieces) = if e.is_sparse_form() {
                     let (blocks, pieces) = gnu_sparse_header(&mut h, e)?;
@@ -478,7 +568,14 @@ impl<W: Write> Writer<'_, W> {
             EntryKind::Symlink => {
                 let mut h = base_header(e, EntryType::Symlink);
                 let link = e.link.clone().unwrap_or_default();
-                self.append(&mut h, mapped, Some(e), Some(&link), &mut io::empty())
+                self.append(
+                    &mut h,
+                    mapped,
+                    Some(e),
+                    Some(&link),
+                    change,
+                    &mut io::empty(),
+                )
             }
             EntryKind::Char | EntryKind::Block => {
                 let kind = if e.kind == EntryKind::Char {
@@ -490,11 +587,11 @@ impl<W: Write> Writer<'_, W> {
                 let (major, minor) = e.dev.unwrap_or((0, 0));
                 h.set_device_major(major).map_err(io_err)?;
                 h.set_device_minor(minor).map_err(io_err)?;
-                self.append(&mut h, mapped, Some(e), None, &mut io::empty())
+                self.append(&mut h, mapped, Some(e), None, change, &mut io::empty())
             }
             EntryKind::Fifo => {
                 let mut h = base_header(e, EntryType::Fifo);
-                self.append(&mut h, mapped, Some(e), None, &mut io::empty())
+                self.append(&mut h, mapped, Some(e), None, change, &mut io::empty())
             }
             EntryKind::Dir | EntryKind::Hardlink | EntryKind::Whiteout | EntryKind::Opaque => {
                 Ok(())

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::layer::chain::{ChainView, LayerToc, diff};
+use crate::layer::chain::{ChainView, LayerToc, diff_with_kinds};
 use crate::layer::checkout::{CheckoutOptions, CheckoutReport, checkout};
 use crate::layer::compose::MergedView;
 use crate::layer::content::ContentSource;
@@ -75,7 +75,10 @@ impl Stack {
         spawn_producer(move |w| {
             let plan = match ancestor_len {
                 None => Plan::of_view(&stack.view()?),
-                Some(n) => Plan::of_changes(diff(&stack.chain(), n)?),
+                Some(n) => {
+                    let (changes, modified) = diff_with_kinds(&stack.chain(), n)?;
+                    Plan::of_diff(changes, modified)
+                }
             };
             write_tar(w, &plan, &filter, data, stack.source.as_ref())?;
             Ok(())

@@ -188,7 +188,8 @@ pub async fn dir_replaced_by_file(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `data = false` gives the same headers with no contents.
+/// `data = false` gives the same headers with no contents, each marked as VIC's are with
+/// the `change_type` xattr (`A` for every path of a whole image).
 pub async fn export_headers_only(ctx: &Ctx) -> Result<()> {
     let (s, scratch) = fresh(ctx).await?;
     let a = put(
@@ -206,6 +207,59 @@ pub async fn export_headers_only(ctx: &Ctx) -> Result<()> {
     ensure!(paths(&full) == paths(&heads));
     ensure!(heads.iter().all(|e| e.data.is_empty()));
     ensure!(find(&heads, "l").and_then(|e| e.link.clone()) == Some("f".into()));
+    let marks = |es: &[Entry]| -> Vec<Option<Vec<u8>>> {
+        es.iter()
+            .map(|e| e.xattrs.get("change_type").cloned())
+            .collect()
+    };
+    ensure!(
+        marks(&heads).iter().all(|m| m.as_deref() == Some(b"A")),
+        "{:?}",
+        marks(&heads)
+    );
+    ensure!(
+        marks(&full).iter().all(Option::is_none),
+        "data=true has no markers"
+    );
+    Ok(())
+}
+
+/// A headers-only diff marks each change as VIC's does: `A` added, `C` modified, `D` deleted
+/// (whiteouts).
+pub async fn diff_headers_mark_changes(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let a = put(
+        ctx,
+        &scratch,
+        "m1",
+        &Layer::new()
+            .dir("app")
+            .file("app/a", b"a")
+            .file("app/b", b"b")
+            .build(),
+    )
+    .await?;
+    let b = put(
+        ctx,
+        &a,
+        "m2",
+        &Layer::new()
+            .file("app/b", b"B")
+            .file("app/c", b"c")
+            .whiteout("app/a")
+            .build(),
+    )
+    .await?;
+    let d = export(ctx, &s, &b, Some("m1"), &FilterSpec::all(), false).await?;
+    let mark = |p: &str| {
+        find(&d, p)
+            .and_then(|e| e.xattrs.get("change_type").cloned())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    ensure!(mark("app/b").as_deref() == Some("C"), "{d:?}");
+    ensure!(mark("app/c").as_deref() == Some("A"), "{d:?}");
+    ensure!(mark("app/.wh.a").as_deref() == Some("D"), "{d:?}");
+    ensure!(d.iter().all(|e| e.data.is_empty()));
     Ok(())
 }
 
