@@ -150,6 +150,16 @@ pub fn ci() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask with-s3 CMD ARGS...`: runs one command with both S3 test servers up and their
+/// URLs in the environment (for a single test binary, or a shell).
+pub fn with_s3(program: &str, args: &[&str]) -> Result<()> {
+    let servers = S3Servers::start()?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(crate::util::root());
+    servers.env(&mut cmd);
+    run(&mut cmd)
+}
+
 /// Runs the conformance suite (and, for S3, the race and fault tests) against `backend`,
 /// starting its servers.
 pub fn conformance(backend: &str) -> Result<()> {

@@ -46,6 +46,8 @@ cargo xtask <command>
                      temporary directory; exclusions per operation in xtask/schemathesis.toml
   vcsim              build and start vcsim on loopback; print its URL; stop on Enter
   dist               release build of the CLI with every backend: tarball + sha256
+  with-s3 CMD ARGS...  start moto and SeaweedFS, run CMD with their URLs in
+                     IMAGESTORE_TEST_S3_MOTO / IMAGESTORE_TEST_S3_SEAWEED, stop them
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
   bench s3 [write|list] against moto: a 1 GiB layer through the backend vs a plain object_store
                      multipart put; listing a store of 10,000 images
@@ -75,6 +77,7 @@ fn main() -> Result<()> {
         ["unused-deps"] => deps::unused_deps(),
         ["conformance", backend] => ci::conformance(backend),
         ["vcsim"] => ci::vcsim_shell(),
+        ["with-s3", program, args @ ..] => ci::with_s3(program, args),
         ["differential"] => differential::differential(),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
         ["dist"] => dist::dist(),

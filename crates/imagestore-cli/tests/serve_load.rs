@@ -74,7 +74,8 @@ impl Serve {
             }
             ensure!(
                 start.elapsed() < Duration::from_secs(30),
-                "imagestore serve did not answer /healthz"
+                "imagestore serve did not answer /healthz: {}",
+                std::fs::read_to_string(s._dir.path().join("serve.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
