@@ -597,7 +597,13 @@ async fn case14_export_archive_errors() -> Result<()> {
         422,
         Some(json!({"code": 602, "message": "data in query is required"})),
     )?;
-    // Deviation: an unknown image is 404 (VIC: 500).
+    // Deviations: an ancestor that is not one is 422 (VIC does not check), an unknown image
+    // is 404 (VIC: 500).
+    let r = v
+        .get("/archive?store=s&deviceID=a&ancestor=ghost&data=true")
+        .await?;
+    r.expect(422, None)?;
+    ensure!(r.body.is_empty());
     v.get("/archive?store=s&deviceID=nope&data=true")
         .await?
         .expect(404, None)?;
