@@ -183,7 +183,8 @@ fn tar_of(entries: &[(&str, &str)]) -> Result<Vec<u8>> {
 }
 
 /// Creates what `xtask/schemathesis.toml`'s dictionaries name: store `vic`, image `base` (a
-/// gzip layer on scratch) and image `top` (on base), through VIC's own routes.
+/// gzip layer on scratch) and image `top` (on base) through VIC's own routes, and the
+/// writable layer `rw` on top through the native API (ImportArchive's target).
 fn populate(addr: &str) -> Result<()> {
     use sha2::Digest as _;
     let (status, body) = http(
@@ -217,6 +218,17 @@ fn populate(addr: &str) -> Result<()> {
         if status != 201 {
             bail!("writing image {id}: {status} {body}");
         }
+    }
+    // VIC's API cannot make writable layers (its containers API does); the native one can.
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/stores/vic/writables/rw?parent=top",
+        "application/json",
+        b"",
+    )?;
+    if status != 201 {
+        bail!("creating writable layer rw: {status} {body}");
     }
     Ok(())
 }
