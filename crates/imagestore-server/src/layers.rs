@@ -11,7 +11,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -135,12 +134,9 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         let m = metrics.clone();
         let idle = state.body_idle;
         let req = req.map(move |body| {
-            let counted = body.map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    counter.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    m.add_bytes_in(d.len() as u64);
-                }
-                f
+            let counted = Counted::new(body, move |n| {
+                counter.fetch_add(n, Ordering::Relaxed);
+                m.add_bytes_in(n);
             });
             Body::new(tower_http::timeout::TimeoutBody::new(idle, counted))
         });
@@ -171,13 +167,48 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         parts.headers.insert(OP_ID, v);
     }
     let out = metrics.clone();
-    let body = Body::new(body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            out.add_bytes_out(d.len() as u64);
-        }
-        f
-    }));
+    let body = Body::new(Counted::new(body, move |n| out.add_bytes_out(n)));
     Response::from_parts(parts, body)
+}
+
+/// A body that reports the length of each data frame it yields, and keeps the size hint
+/// and end of the body it wraps (so a known length is still sent as `Content-Length`).
+struct Counted<F> {
+    inner: Body,
+    count: F,
+}
+
+impl<F: FnMut(u64)> Counted<F> {
+    fn new(inner: Body, count: F) -> Self {
+        Counted { inner, count }
+    }
+}
+
+impl<F: FnMut(u64) + Unpin> http_body::Body for Counted<F> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(d) = frame.data_ref()
+        {
+            (this.count)(d.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
