@@ -241,7 +241,7 @@ impl Server {
         }
         drop(listener);
         tracing::info!(
-            in_flight = conns.len(),
+            connections = conns.len(),
             "shutting down: draining connections"
         );
         tokio::select! {

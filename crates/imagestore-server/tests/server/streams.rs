@@ -169,3 +169,22 @@ async fn a_stalled_upload_is_cut_off_and_leaves_nothing() {
     expect_json(s.write("s", "x", "scratch", tar).await, 201).await;
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_is_read_reaches_the_client() {
+    let s = start().await;
+    expect_json(s.put("/v1/stores/s", "").await, 201).await;
+    let small: Vec<u8> = big_tar_pieces(1).collect::<Vec<_>>().concat();
+    expect_json(s.write("s", "a", "scratch", small).await, 201).await;
+    // Another layer for the same id: the conflict is found before the 24 MiB are read.
+    let big: Vec<u8> = big_tar_pieces(24).collect::<Vec<_>>().concat();
+    expect_err(
+        s.write("s", "a", "scratch", big.clone()).await,
+        409,
+        Some("Conflict"),
+    )
+    .await;
+    // A missing parent, the same.
+    expect_err(s.write("s", "b", "nope", big).await, 404, Some("NotFound")).await;
+    s.stop().await.unwrap();
+}
