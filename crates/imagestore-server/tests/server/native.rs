@@ -208,6 +208,19 @@ async fn images_owners_and_deletes() {
     assert_eq!(out[0]["image"]["id"], "b", "{out}");
     assert_eq!(out[1]["error"]["kind"], "NotFound", "{out}");
     assert_eq!(out[1]["error"]["code"], 404, "{out}");
+    assert_eq!(
+        expect_json(s.post("/v1/stores/s/delete", r#"{"ids":[]}"#).await, 200).await,
+        json!([])
+    );
+    let short = s
+        .client
+        .put(s.url(&format!("/v1/stores/s/images/m?parent=scratch&sum={sum1}")))
+        .header("Imagestore-Metadata-Length", "100")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    expect_err(short, 400, Some("InvalidArgument")).await;
     let l3 = tar_of(&[("c", b"3")]);
     expect_json(s.write("s", "c", "a", l3).await, 201).await;
     let gone = expect_json(s.delete("/v1/stores/s/images/c?branch=true").await, 200).await;
