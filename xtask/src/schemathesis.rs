@@ -5,8 +5,9 @@
 //! process, reads the address it bound from its log, runs `schemathesis run` with
 //! `xtask/schemathesis.toml` (the per-operation check exclusions, each with its reason; the
 //! same list is in `docs/server.md`), and stops the server by PID. schemathesis comes from
-//! `target/venv` (`python3 -m venv target/venv && target/venv/bin/pip install schemathesis`)
-//! or the PATH. The checks are schemathesis' response checks (`not_a_server_error`,
+//! `target/venv` or the PATH (`python3 -m venv target/venv && target/venv/bin/pip install
+//! 'schemathesis==4.32.5'`, the version the config file is written for). The checks are
+//! schemathesis' response checks (`not_a_server_error`,
 //! `status_code_conformance`, `content_type_conformance`, `response_headers_conformance`,
 //! `response_schema_conformance`), chosen in the config file.
 
@@ -22,7 +23,7 @@ use crate::util::{cargo, describe, root, run, target_dir, work_dir};
 
 /// How to install schemathesis where this command looks for it.
 const INSTALL_HINT: &str =
-    "python3 -m venv target/venv && target/venv/bin/pip install schemathesis";
+    "python3 -m venv target/venv && target/venv/bin/pip install 'schemathesis==4.32.5'";
 
 /// Test cases per operation and phase: enough to reach every status of every operation,
 /// small enough to finish in about a minute on a loaded machine.
