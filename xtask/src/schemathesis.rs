@@ -5,8 +5,9 @@
 //! process, reads the address it bound from its log, runs `schemathesis run` with
 //! `xtask/schemathesis.toml` (the per-operation check exclusions, each with its reason; the
 //! same list is in `docs/server.md`), and stops the server by PID. schemathesis comes from
-//! `target/venv` (`python3 -m venv target/venv && target/venv/bin/pip install schemathesis`)
-//! or the PATH. The checks are schemathesis' response checks (`not_a_server_error`,
+//! `target/venv` or the PATH (`python3 -m venv target/venv && target/venv/bin/pip install
+//! 'schemathesis==4.32.5'`, the version the config file is written for). The checks are
+//! schemathesis' response checks (`not_a_server_error`,
 //! `status_code_conformance`, `content_type_conformance`, `response_headers_conformance`,
 //! `response_schema_conformance`), chosen in the config file.
 
@@ -22,7 +23,7 @@ use crate::util::{cargo, describe, root, run, target_dir, work_dir};
 
 /// How to install schemathesis where this command looks for it.
 const INSTALL_HINT: &str =
-    "python3 -m venv target/venv && target/venv/bin/pip install schemathesis";
+    "python3 -m venv target/venv && target/venv/bin/pip install 'schemathesis==4.32.5'";
 
 /// Test cases per operation and phase: enough to reach every status of every operation,
 /// small enough to finish in about a minute on a loaded machine.
@@ -183,7 +184,8 @@ fn tar_of(entries: &[(&str, &str)]) -> Result<Vec<u8>> {
 }
 
 /// Creates what `xtask/schemathesis.toml`'s dictionaries name: store `vic`, image `base` (a
-/// gzip layer on scratch) and image `top` (on base), through VIC's own routes.
+/// gzip layer on scratch) and image `top` (on base) through VIC's own routes, and the
+/// writable layer `rw` on top through the native API (ImportArchive's target).
 fn populate(addr: &str) -> Result<()> {
     use sha2::Digest as _;
     let (status, body) = http(
@@ -217,6 +219,17 @@ fn populate(addr: &str) -> Result<()> {
         if status != 201 {
             bail!("writing image {id}: {status} {body}");
         }
+    }
+    // VIC's API cannot make writable layers (its containers API does); the native one can.
+    let (status, body) = http(
+        addr,
+        "PUT",
+        "/v1/stores/vic/writables/rw?parent=top",
+        "application/json",
+        b"",
+    )?;
+    if status != 201 {
+        bail!("creating writable layer rw: {status} {body}");
     }
     Ok(())
 }

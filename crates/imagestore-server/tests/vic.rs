@@ -597,7 +597,13 @@ async fn case14_export_archive_errors() -> Result<()> {
         422,
         Some(json!({"code": 602, "message": "data in query is required"})),
     )?;
-    // Deviation: an unknown image is 404 (VIC: 500).
+    // Deviations: an ancestor that is not one is 422 (VIC does not check), an unknown image
+    // is 404 (VIC: 500).
+    let r = v
+        .get("/archive?store=s&deviceID=a&ancestor=ghost&data=true")
+        .await?;
+    r.expect(422, None)?;
+    ensure!(r.body.is_empty());
     v.get("/archive?store=s&deviceID=nope&data=true")
         .await?
         .expect(404, None)?;
@@ -857,6 +863,25 @@ async fn import_into_writable_layers_only() -> Result<()> {
             .is_some_and(|m| m.contains("immutable"))
     );
     post("nope", tar.clone()).await?.expect(404, None)?;
+    // A truncated tar is the client's error, filtered or not.
+    post("rw", b"\x1f\x8b\x08".to_vec())
+        .await?
+        .expect(422, None)?;
+    answer(
+        v.req(
+            Method::POST,
+            &format!(
+                "/archive?store=s&deviceID=rw&filterSpec={}",
+                urlencode(
+                    &FilterSpec::from_types([("data", imagestore::FilterType::Strip)])?.encode()
+                )
+            ),
+        )
+        .header("content-type", "application/x-tar")
+        .body(b"\x1f\x8b\x08".to_vec()),
+    )
+    .await?
+    .expect(422, None)?;
     answer(
         v.req(Method::POST, "/archive?store=s&deviceID=rw")
             .header("content-type", "application/x-tar"),

@@ -223,11 +223,18 @@ async fn body_at_eof(body: &mut ByteStream) -> bool {
 async fn read_chunk(body: &mut ByteStream) -> Result<Bytes> {
     let mut buf = BytesMut::with_capacity(CHUNK);
     while buf.len() < CHUNK {
-        let n = body.read_buf(&mut buf).await.map_err(|e| Error::Backend {
-            backend: "input",
-            message: format!("reading the layer stream: {e}"),
-            retryable: false,
-            source: Some(Box::new(e)),
+        let n = body.read_buf(&mut buf).await.map_err(|e| {
+            // A stream made by the library (a filter rewriting the tar) fails with the
+            // library's own error: it is what the caller gets.
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                return crate::layer::stream::error_from_io(e, "input");
+            }
+            Error::Backend {
+                backend: "input",
+                message: format!("reading the layer stream: {e}"),
+                retryable: false,
+                source: Some(Box::new(e)),
+            }
         })?;
         if n == 0 {
             break;

@@ -103,11 +103,12 @@ pub(crate) async fn import(
     State(st): State<AppState>,
     req: Request,
 ) -> Result<StatusCode, VicError> {
+    check_consumes(&req, &["application/x-tar"])?;
+    let with_body = has_body(&req);
     let (parts, body) = req.into_parts();
-    check_consumes(&parts.headers, &["application/x-tar"])?;
     let q = Query::of(&parts.uri);
     let (store, device) = (q.required("store")?, q.required("deviceID")?);
-    if !has_body(&parts.headers) {
+    if !with_body {
         return Err(VicError::required("archive", "body"));
     }
     let filter = filter_of(&q)?;

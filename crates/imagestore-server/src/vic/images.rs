@@ -32,7 +32,7 @@ type VicResult = Result<Response, VicError>;
 /// Reads a small JSON body (go-swagger binds it before the handler): 415 for another content
 /// type, `None` when there is no body, 400 when it is not JSON.
 async fn small_json(req: Request, param: &str) -> Result<Option<serde_json::Value>, VicError> {
-    check_consumes(req.headers(), &["application/json"])?;
+    check_consumes(&req, &["application/json"])?;
     let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_SMALL_BODY)
         .await
         .map_err(|e| {
@@ -143,8 +143,8 @@ pub(crate) async fn write_image(
     Path(store_name): Path<String>,
     req: Request,
 ) -> VicResult {
+    check_consumes(&req, &["application/octet-stream"])?;
     let (parts, body) = req.into_parts();
-    check_consumes(&parts.headers, &["application/octet-stream"])?;
     let q = Query::of(&parts.uri);
     let (image_id, parent_id, sum) = (
         q.required("image_id")?,

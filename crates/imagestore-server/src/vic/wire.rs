@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use imagestore_core::{ByteStream, Error, Image, ObjectKind, StoreName, byte_stream};
@@ -207,8 +208,11 @@ impl Query {
     }
 }
 
-/// True if the request has a body (`Content-Length` > 0, or chunked).
-pub(crate) fn has_body(headers: &HeaderMap) -> bool {
+/// True if the request has a body: on HTTP/1, `Content-Length` > 0 or chunked (as Go's
+/// server decides); on HTTP/2, a stream that does not end with its headers.
+pub(crate) fn has_body(req: &Request) -> bool {
+    use axum::body::HttpBody as _;
+    let headers = req.headers();
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -218,13 +222,15 @@ pub(crate) fn has_body(headers: &HeaderMap) -> bool {
         v.to_str()
             .is_ok_and(|s| s.to_ascii_lowercase().contains("chunked"))
     });
-    length > 0 || chunked
+    let streamed = req.version() >= Version::HTTP_2 && !req.body().is_end_stream();
+    length > 0 || chunked || streamed
 }
 
 /// go-swagger's content-type rule: a request with a body must have one of `allowed`
 /// (parameters and case ignored; a missing header is `application/octet-stream`), else 415.
-pub(crate) fn check_consumes(headers: &HeaderMap, allowed: &[&str]) -> Result<(), VicError> {
-    if !has_body(headers) {
+pub(crate) fn check_consumes(req: &Request, allowed: &[&str]) -> Result<(), VicError> {
+    let headers = req.headers();
+    if !has_body(req) {
         return Ok(());
     }
     let given = headers

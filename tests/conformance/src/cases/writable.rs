@@ -249,6 +249,17 @@ pub async fn import_refuses_hostile_tar(ctx: &Ctx) -> Result<()> {
             Error::BadArchive { .. }
         );
     }
+    // A truncated tar is a bad archive too, with a filter (which rewrites the stream first)
+    // or without.
+    let strip = FilterSpec::from_types([("f", FilterType::Strip)])?;
+    for filter in [FilterSpec::all(), strip] {
+        expect_err!(
+            ctx.store
+                .import(&s, &w.id, &filter, stream(b"\x1f\x8b\x08"))
+                .await,
+            Error::BadArchive { .. }
+        );
+    }
     ensure!(ctx.store.get_writable(&s, &w.id).await?.imports == 0);
     let after = read_all(
         ctx.store
