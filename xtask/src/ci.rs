@@ -138,6 +138,8 @@ pub fn ci() -> Result<()> {
     drop(servers);
     drop(vcsim);
     crate::sample::check_in_ci()?;
+    // VIC's swagger subset against `imagestore serve`, with schemathesis' standard checks.
+    crate::schemathesis::schemathesis()?;
     // The fuzz targets are a workspace of their own; type-check them so they never rot.
     // It shares the workspace's target folder, so the dependencies checked for clippy serve.
     run(cargo()
