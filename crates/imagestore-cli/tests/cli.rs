@@ -373,7 +373,6 @@ fn completions_and_man_pages_are_generated() {
         "imagestore-oci-push.1",
         "imagestore-ref-ls.1",
         "imagestore-gc.1",
-        "imagestore-store-quota.1",
         "imagestore-oci-export.1",
     ] {
         let text = std::fs::read_to_string(dir.join(page)).expect("read");
