@@ -6,13 +6,14 @@
 //!
 //! * `index`: a snapshot of every image record (JSON Lines, a header line first);
 //! * `log/<id>.<nonce>.<c|d>`: an intent written by every commit and delete *before* it
-//!   changes a record.
+//!   changes a record; `log/<nonce>.b`, one for a batch of deletes, naming its ids (every
+//!   lease of the batch carries `<nonce>`; `docs/decisions/0021-s3-batch-deletes.md`).
 //!
 //! Invariant: whenever the snapshot disagrees with the truth about an id, a log entry for
 //! that id exists. A reader therefore reads the snapshot, lists the (short) log, and reads
 //! the records of the ids it names. A fold rewrites the snapshot with the current truth for
 //! the ids in the log (conditional on the snapshot's ETag) and deletes the entries whose
-//! operation has ended, that is, whose id's lease no longer carries that entry's nonce. The
+//! operation has ended, that is, whose ids' leases no longer carry that entry's nonce. The
 //! lease is read before the record, so the record read reflects everything the ended
 //! operation did. The argument is written out in `docs/decisions/0006-s3-protocol.md`.
 
