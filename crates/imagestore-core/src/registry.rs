@@ -52,6 +52,8 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("s3", "s3"),
     ("vmdk", "vmdk"),
     ("vsphere", "vsphere"),
+    ("imagestore+http", "remote"),
+    ("imagestore+https", "remote"),
 ];
 
 /// Every registered backend, sorted by scheme.
