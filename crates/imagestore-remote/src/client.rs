@@ -128,6 +128,11 @@ impl Client {
         })
     }
 
+    /// The server as messages show it (`imagestore+http://host:port`).
+    pub(crate) fn shown(&self) -> &str {
+        &self.shown
+    }
+
     /// A request `method` to `path` (below the base, starting with `/v1/`, its segments
     /// already encoded) with query pairs.
     pub(crate) fn request(

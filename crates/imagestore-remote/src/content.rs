@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use imagestore_core::image::validate_metadata;
 use imagestore_core::layer::checkout::{CheckoutOptions, CheckoutReport};
 use imagestore_core::{
     ByteStream, Exporter, FilterSpec, Image, ImageId, ImportSummary, Importer, Metadata, Result,
@@ -68,6 +69,7 @@ impl Importer for RemoteStore {
         new_id: &ImageId,
         meta: Metadata,
     ) -> Result<Image> {
+        validate_metadata(&meta)?;
         self.client
             .request(
                 Method::POST,

@@ -28,6 +28,7 @@ mod content;
 mod error;
 mod refs;
 mod store;
+mod writes;
 
 use imagestore_core::Url;
 use imagestore_core::registry::{Backend, OpenFuture};

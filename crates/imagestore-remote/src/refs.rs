@@ -1,7 +1,7 @@
 //! References, blobs, pins and quotas over the `/v1` API.
 
 use async_trait::async_trait;
-use imagestore_core::refs::MAX_BLOB_BYTES;
+use imagestore_core::refs::{MAX_BLOB_BYTES, check_blob};
 use imagestore_core::{
     BlobInfo, Digest, Expect, Pin, RefName, RefTarget, Reference, References, Result, StoreName,
 };
@@ -89,6 +89,9 @@ impl References for RemoteStore {
     }
 
     async fn put_blob(&self, store: &StoreName, digest: &Digest, bytes: Vec<u8>) -> Result<()> {
+        // Every backend checks this first; here it also spares sending a blob that cannot be
+        // stored.
+        check_blob(digest, &bytes)?;
         self.client
             .request(Method::PUT, &blob_path(store, digest), &[])?
             .bytes(bytes)

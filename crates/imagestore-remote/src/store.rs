@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use imagestore_core::image::validate_metadata;
 use imagestore_core::storer::{check_existing_write, check_write_id};
 use imagestore_core::wire::ErrorBody;
 use imagestore_core::{
@@ -216,8 +217,12 @@ impl ImageStorer for RemoteStore {
         body: ByteStream,
     ) -> Result<Image> {
         check_write_id(id)?;
+        validate_metadata(&meta)?;
         // An image that exists comes back without its body being read: the request body
-        // streams as soon as it is sent, so the check cannot wait for the server.
+        // streams as soon as it is sent, so the check is made here, after the other writes of
+        // the id in this process ended (`crate::writes`).
+        let _turn =
+            crate::writes::lock(format!("{}/{}/{id}", self.client.shown(), parent.store)).await;
         match self.get_image(&parent.store, id).await {
             Ok(existing) => {
                 check_existing_write(
