@@ -85,6 +85,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
     },
+    /// Serve the store over HTTP: the native /v1 API, VIC's port-layer storage API,
+    /// /healthz, /readyz and /metrics. Prints the bound address when ready; stops on SIGTERM
+    /// or ctrl-c after draining requests in flight.
+    Serve(ServeArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -359,6 +363,34 @@ pub struct GcArgs {
     /// An image that stays, with its parents (repeatable).
     #[arg(long)]
     pub keep: Vec<String>,
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`host:port`; port 0 picks a free one). An address other hosts
+    /// can reach needs --tls-cert/--tls-key and --token-file or --client-ca, or --insecure.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// TLS certificate chain (PEM), leaf first.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on every route but /healthz, with the token
+    /// read from this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Require client certificates signed by a CA of this PEM file (needs TLS).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Allow a listener other hosts can reach without TLS and authentication.
+    #[arg(long)]
+    pub insecure: bool,
+    /// How long requests in flight may take to finish after SIGTERM or ctrl-c (`30s`, `1m`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// Parses a whole byte count with an optional binary suffix: `512`, `10K`, `2G`.

@@ -13,6 +13,7 @@ mod oci;
 mod output;
 mod progress;
 mod refs;
+mod serve;
 mod stores;
 
 use std::process::ExitCode;
@@ -73,6 +74,13 @@ async fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
     let store = open(&cli).await?;
+    if let Command::Serve(a) = &cli.command {
+        let url = match &cli.url {
+            Some(u) => u.clone(),
+            None => default_url()?,
+        };
+        return serve::run(store, &url, a).await;
+    }
     let json = cli.json;
     let progress = progress::reporter(cli.progress, json);
     match cli.command {
@@ -89,7 +97,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sample { store: s, path } => {
             oci::sample(store.as_ref(), s, path, json, progress).await
         }
-        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } | Command::Serve(_) => Ok(()),
     }
 }
 

@@ -362,6 +362,7 @@ fn completions_and_man_pages_are_generated() {
         "imagestore-gc.1",
         "imagestore-store-quota.1",
         "imagestore-checkout.1",
+        "imagestore-serve.1",
     ] {
         assert!(dir.join(page).is_file(), "{page} missing");
     }
@@ -724,6 +725,46 @@ fn secrets_in_store_urls_never_show() {
     }
 }
 
+/// `serve --listen 127.0.0.1:0` prints the address it bound, answers `/healthz` there, and
+/// exits 0 on SIGTERM.
+fn serve_answers_health_checks_and_stops_on_sigterm() {
+    use std::io::{BufRead, Write};
+    let env = Env::new();
+    let url = format!("file://{}", env.path("store").display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imagestore"))
+        .args(["--url", &url, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        conn,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
 fn main() -> ExitCode {
     let mut trials = support::plain_trials![
         every_verb_works_on_the_local_backend,
@@ -735,6 +776,7 @@ fn main() -> ExitCode {
         a_url_naming_a_file_is_one_clear_error,
         an_io_error_names_its_cause_once,
         secrets_in_store_urls_never_show,
+        serve_answers_health_checks_and_stops_on_sigterm,
     ];
     trials.push(support::trial(
         "a_vmdk_store_exports_images_as_one_disk",
