@@ -201,8 +201,8 @@ impl Call {
     }
 
     /// Sends the request with `prefix` and then `body` as its streamed body (chunked, read
-    /// as the connection takes it). If reading `body` fails, that failure is returned, not the
-    /// aborted exchange it caused.
+    /// as the connection takes it), on a connection of its own that is closed afterwards. If
+    /// reading `body` fails, that failure is returned, not the aborted exchange it caused.
     pub(crate) async fn send_stream(self, prefix: Vec<u8>, body: ByteStream) -> Result<Response> {
         let Call { builder, what } = self;
         let failed: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
@@ -217,7 +217,10 @@ impl Call {
             },
         );
         let stream = futures::stream::once(async move { Ok(Bytes::from(prefix)) }).chain(chunks);
+        // A server may answer before it read the body (a missing parent) and then close
+        // the connection; such a connection must not go back to the pool for the next request.
         let sent = builder
+            .header(reqwest::header::CONNECTION, "close")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(stream))
             .send()

@@ -67,9 +67,15 @@ pub fn refusal(what: &str, status: u16, body: &[u8]) -> Error {
                 .filter(|c| !c.is_control())
                 .take(200)
                 .collect();
+            let text = text.trim();
+            let message = if text.is_empty() {
+                format!("{what}: no error body came with the answer")
+            } else {
+                format!("{what}: {text}")
+            };
             ErrorBody {
                 code: status,
-                message: format!("{what}: {}", text.trim()),
+                message,
                 kind: None,
                 detail: serde_json::Value::Null,
             }
