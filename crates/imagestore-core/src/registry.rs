@@ -175,6 +175,10 @@ mod tests {
             Err(Error::UnknownScheme { hint: Some(h), .. }) => assert!(h.contains("`s3`")),
             other => panic!("unexpected {other:?}"),
         }
+        match lookup("imagestore+https") {
+            Err(Error::UnknownScheme { hint: Some(h), .. }) => assert!(h.contains("`remote`")),
+            other => panic!("unexpected {other:?}"),
+        }
         match lookup("gopher") {
             Err(Error::UnknownScheme { hint: None, .. }) => {}
             other => panic!("unexpected {other:?}"),
