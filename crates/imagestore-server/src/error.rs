@@ -157,8 +157,9 @@ fn redact_token(token: &str) -> String {
         .unwrap_or(body.len());
     let (lead, core) = body.split_at(start);
     let end = core
-        .rfind(|c: char| c.is_alphanumeric() || c == '/' || c == '*')
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rfind(|(_, c)| c.is_alphanumeric() || *c == '/' || *c == '*')
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let (core, tail) = core.split_at(end);
     let shown = if let Some(rest) = core.strip_prefix("file:") {
         if rest.is_empty() {
@@ -203,5 +204,7 @@ mod tests {
             "store \"file://<path>\" gone"
         );
         assert_eq!(r.redact("image \"s/a\" in use"), "image \"s/a\" in use");
+        // A token ending in a multi-byte letter is cut at a character boundary.
+        assert_eq!(r.redact("name \"lÅ\" bad"), "name \"lÅ\" bad");
     }
 }

@@ -11,7 +11,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -102,6 +101,11 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
     let metrics = state.metrics.clone();
     metrics.in_flight(true);
 
@@ -135,14 +139,11 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         let m = metrics.clone();
         let idle = state.body_idle;
         let req = req.map(move |body| {
-            let counted = body.map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    counter.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    m.add_bytes_in(d.len() as u64);
-                }
-                f
-            });
-            Body::new(tower_http::timeout::TimeoutBody::new(idle, counted))
+            let timed = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
+            Body::new(Counted::drained(timed, move |n| {
+                counter.fetch_add(n, Ordering::Relaxed);
+                m.add_bytes_in(n);
+            }))
         });
         crate::error::with_redactor(state.redactor.clone(), next.run(req))
             .instrument(span.clone())
@@ -158,6 +159,7 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         tracing::info!(
             target: "imagestore_server::access",
             path = %path,
+            peer = %peer,
             status,
             elapsed_ms = elapsed.as_millis() as u64,
             bytes_in = bytes_in.load(Ordering::Relaxed),
@@ -171,13 +173,106 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         parts.headers.insert(OP_ID, v);
     }
     let out = metrics.clone();
-    let body = Body::new(body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            out.add_bytes_out(d.len() as u64);
-        }
-        f
-    }));
+    let body = Body::new(Counted::new(body, move |n| out.add_bytes_out(n)));
     Response::from_parts(parts, body)
+}
+
+/// Most bytes of a request body a handler did not read that are read and dropped after it
+/// answered, so that a client still sending sees the answer rather than a reset connection
+/// (a client can avoid sending at all with `Expect: 100-continue`).
+const MAX_DRAIN: u64 = 64 << 20;
+
+/// How long draining an unread request body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// A body that reports the length of each data frame it yields, and keeps the size hint
+/// and end of the body it wraps (so a known length is still sent as `Content-Length`).
+///
+/// A request body (`drain`) dropped before its end (a handler that answered without reading
+/// it all: an existing image, a refused size, a bad parameter) is read to its end, up to
+/// [`MAX_DRAIN`] bytes or [`DRAIN_TIME`], on a task of its own.
+struct Counted<F> {
+    inner: Option<Body>,
+    count: F,
+    drain: bool,
+}
+
+impl<F: FnMut(u64)> Counted<F> {
+    fn new(inner: Body, count: F) -> Self {
+        Counted {
+            inner: Some(inner),
+            count,
+            drain: false,
+        }
+    }
+
+    fn drained(inner: Body, count: F) -> Self {
+        Counted {
+            inner: Some(inner),
+            count,
+            drain: true,
+        }
+    }
+}
+
+impl<F: FnMut(u64) + Unpin> http_body::Body for Counted<F> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(d) = frame.data_ref()
+        {
+            (this.count)(d.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl<F> Drop for Counted<F> {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if !self.drain || http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            use futures::StreamExt;
+            let mut stream = body.into_data_stream();
+            let mut read = 0u64;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while read <= MAX_DRAIN {
+                    match stream.next().await {
+                        Some(Ok(chunk)) => read += chunk.len() as u64,
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }
 
 #[cfg(test)]

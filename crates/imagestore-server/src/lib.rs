@@ -14,6 +14,7 @@ mod metrics;
 mod native;
 mod ops;
 mod serve;
+mod stall;
 mod vic;
 
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::stall::StallGuard;
 use crate::{AppState, Redactor, Token};
 
 /// A certificate chain and its private key, PEM files.
@@ -56,6 +57,8 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// How long a request body may send nothing before the request fails.
     pub body_idle_timeout: Duration,
+    /// How long a client may read nothing of a response before its connection is closed.
+    pub write_timeout: Duration,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// The host name (`host:port`) VIC's links name; by default the bound address.
@@ -79,6 +82,7 @@ impl ServeConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: crate::layers::DEFAULT_BODY_IDLE,
+            write_timeout: Duration::from_secs(60),
             max_header_bytes: 64 << 10,
             host: None,
             redact: Vec::new(),
@@ -232,6 +236,7 @@ impl Server {
                 tls: tls.clone(),
                 builder: builder.clone(),
                 handshake_timeout: config.header_timeout,
+                write_timeout: config.write_timeout,
             };
             let watcher = graceful.watcher();
             conns.spawn(async move {
@@ -241,7 +246,7 @@ impl Server {
         }
         drop(listener);
         tracing::info!(
-            in_flight = conns.len(),
+            connections = conns.len(),
             "shutting down: draining connections"
         );
         tokio::select! {
@@ -275,6 +280,7 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Connection {
@@ -285,6 +291,7 @@ impl Connection {
         watcher: hyper_util::server::graceful::Watcher,
     ) {
         let app = self.app;
+        let stream = StallGuard::new(stream, self.write_timeout);
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));

@@ -37,26 +37,6 @@ fn too_large(what: &'static str, value: u64, max: usize) -> ApiError {
     .into()
 }
 
-/// Most bytes of a refused body read and dropped, so that a client still sending it sees
-/// the answer instead of a reset connection.
-const MAX_DRAIN: u64 = 16 << 20;
-
-/// How long draining a refused body may take.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Reads and drops what is left of `stream`, up to [`MAX_DRAIN`] bytes or [`DRAIN_TIME`].
-async fn drain(mut stream: axum::body::BodyDataStream, mut read: u64) {
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while read <= MAX_DRAIN {
-            match stream.next().await {
-                Some(Ok(chunk)) => read += chunk.len() as u64,
-                _ => break,
-            }
-        }
-    })
-    .await;
-}
-
 /// The whole body, refused with `413 LimitExceeded` past `max` bytes (before reading, when
 /// `Content-Length` says so).
 pub(crate) async fn read_limited(
@@ -65,25 +45,21 @@ pub(crate) async fn read_limited(
     max: usize,
     what: &'static str,
 ) -> Result<Vec<u8>, ApiError> {
-    let mut stream = body.into_data_stream();
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         && len > max as u64
     {
-        if len <= MAX_DRAIN {
-            drain(stream, 0).await;
-        }
+        // What is left of the body is drained once the answer is sent (see the layers).
         return Err(too_large(what, len, max));
     }
+    let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(broken)?;
         if buf.len() + chunk.len() > max {
-            let read = (buf.len() + chunk.len()) as u64;
-            drain(stream, read).await;
-            return Err(too_large(what, read, max));
+            return Err(too_large(what, (buf.len() + chunk.len()) as u64, max));
         }
         buf.extend_from_slice(&chunk);
     }

@@ -75,11 +75,9 @@ pub(crate) async fn write(
     let mut body = reader(body);
     let mut meta = vec![0; meta_len];
     body.read_exact(&mut meta).await.map_err(|e| {
-        ApiError::plain(
-            StatusCode::BAD_REQUEST,
-            400,
-            format!("reading the metadata ({meta_len} bytes): {e}"),
-        )
+        Error::invalid(format!(
+            "the body ends before its {meta_len} bytes of metadata: {e}"
+        ))
     })?;
     let meta = parse_metadata(&meta)?;
     let image = s
@@ -129,6 +127,9 @@ pub(crate) async fn delete_many(
         .into_iter()
         .map(imagestore_core::ImageId::new)
         .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() {
+        return Ok(Json(Vec::new()));
+    }
     let found: HashMap<_, _> = s
         .storer
         .list_images(&store, &ids)

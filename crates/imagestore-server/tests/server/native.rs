@@ -7,7 +7,12 @@ use crate::common::{expect_empty, expect_err, expect_json, names, sha, start, ta
 #[tokio::test]
 async fn stores_info_usage_and_quotas() {
     let s = start().await;
-    let info = expect_json(s.get("/v1/info").await, 200).await;
+    let info = s.get("/v1/info").await;
+    assert!(
+        info.headers().contains_key("content-length"),
+        "a known length is sent"
+    );
+    let info = expect_json(info, 200).await;
     assert_eq!(info["scheme"], "file");
     assert_eq!(info["capabilities"]["raw_layers"], true);
 
@@ -203,6 +208,19 @@ async fn images_owners_and_deletes() {
     assert_eq!(out[0]["image"]["id"], "b", "{out}");
     assert_eq!(out[1]["error"]["kind"], "NotFound", "{out}");
     assert_eq!(out[1]["error"]["code"], 404, "{out}");
+    assert_eq!(
+        expect_json(s.post("/v1/stores/s/delete", r#"{"ids":[]}"#).await, 200).await,
+        json!([])
+    );
+    let short = s
+        .client
+        .put(s.url(&format!("/v1/stores/s/images/m?parent=scratch&sum={sum1}")))
+        .header("Imagestore-Metadata-Length", "100")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    expect_err(short, 400, Some("InvalidArgument")).await;
     let l3 = tar_of(&[("c", b"3")]);
     expect_json(s.write("s", "c", "a", l3).await, 201).await;
     let gone = expect_json(s.delete("/v1/stores/s/images/c?branch=true").await, 200).await;
@@ -539,5 +557,54 @@ async fn bad_names_and_routes_are_answered_with_error_bodies() {
     expect_err(resp, 413, Some("LimitExceeded")).await;
     let doc = expect_json(s.get("/openapi.json").await, 200).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/readyz",
+            "/v1/info",
+            "/v1/owners",
+            "/v1/stores",
+            "/v1/stores/{store}",
+            "/v1/stores/{store}/blobs",
+            "/v1/stores/{store}/blobs/{digest}",
+            "/v1/stores/{store}/delete",
+            "/v1/stores/{store}/gc",
+            "/v1/stores/{store}/images",
+            "/v1/stores/{store}/images/{id}",
+            "/v1/stores/{store}/images/{id}/export",
+            "/v1/stores/{store}/images/{id}/layer",
+            "/v1/stores/{store}/images/{id}/owners/{owner}",
+            "/v1/stores/{store}/images/{id}/url",
+            "/v1/stores/{store}/images/{id}/usage",
+            "/v1/stores/{store}/pins",
+            "/v1/stores/{store}/quota",
+            "/v1/stores/{store}/refs",
+            "/v1/stores/{store}/refs/{name}",
+            "/v1/stores/{store}/usage",
+            "/v1/stores/{store}/writables/{id}",
+            "/v1/stores/{store}/writables/{id}/commit",
+            "/v1/stores/{store}/writables/{id}/import",
+        ]
+    );
+    // Every reference in the document resolves.
+    let text = doc.to_string();
+    for r in text.split("\"$ref\":\"#/components/").skip(1) {
+        let target = &r[..r.find('"').unwrap()];
+        let mut node = &doc["components"];
+        for part in target.split('/') {
+            node = &node[part];
+        }
+        assert!(!node.is_null(), "{target} is not defined");
+    }
     s.stop().await.unwrap();
 }

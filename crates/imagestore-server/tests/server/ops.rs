@@ -185,3 +185,42 @@ async fn an_upload_cut_at_the_shutdown_deadline_leaves_nothing() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn connection_and_header_limits_hold() {
+    let s = start_with(|c, _| {
+        c.max_connections = 1;
+        c.max_header_bytes = 16 << 10;
+    })
+    .await;
+    // A header past the limit is refused.
+    let resp = s
+        .client
+        .get(s.url("/healthz"))
+        .header("x-big", "a".repeat(64 << 10))
+        .send()
+        .await;
+    assert!(
+        resp.as_ref().is_err() || resp.as_ref().unwrap().status() == 431,
+        "{resp:?}"
+    );
+    // Wait for that connection to be gone, then hold the only one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiting = reqwest::Client::new()
+        .get(s.url("/healthz"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(waiting.is_err(), "a second connection waits: {waiting:?}");
+    drop(held);
+    let served = reqwest::Client::new()
+        .get(s.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    s.stop().await.unwrap();
+}

@@ -137,3 +137,66 @@ async fn tls_with_a_token_serves_https_only() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_certificates_signed_by_the_ca_are_required() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["client".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    let identity = format!("{}{}", client_cert.pem(), client_key.serialize_pem());
+
+    let mut server_pem = String::new();
+    let s = start_with(|c, dir| {
+        let (files, cert) = self_signed(dir);
+        server_pem = cert;
+        c.tls = Some(files);
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        c.client_ca = Some(ca_file);
+    })
+    .await;
+    let trust = || reqwest::Certificate::from_pem(server_pem.as_bytes()).unwrap();
+    let with_cert = reqwest::Client::builder()
+        .tls_certs_only([trust()])
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = with_cert.get(s.url("/v1/stores")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let without = reqwest::Client::builder()
+        .tls_certs_only([trust()])
+        .build()
+        .unwrap();
+    let refused = without.get(s.url("/v1/stores")).send().await;
+    assert!(refused.is_err(), "{refused:?}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_never_show_the_stores_host_paths() {
+    let s = crate::common::start().await;
+    let root = s.dir.path().to_str().unwrap().to_owned();
+    crate::common::expect_json(s.put("/v1/stores/s", "").await, 201).await;
+    // The backend's message names the store's root URL; the answer must not.
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("url", "file:///elsewhere/secret/dir")
+        .finish();
+    let body = expect_err(
+        s.get(&format!("/v1/owners?{q}")).await,
+        400,
+        Some("InvalidArgument"),
+    )
+    .await;
+    let text = serde_json::to_string(&body).unwrap();
+    assert!(!text.contains(&root), "{text}");
+    assert!(!text.contains("/elsewhere/secret"), "{text}");
+    assert!(text.contains("is not an image URL"), "{text}");
+    s.stop().await.unwrap();
+}

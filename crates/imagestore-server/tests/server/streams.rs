@@ -169,3 +169,59 @@ async fn a_stalled_upload_is_cut_off_and_leaves_nothing() {
     expect_json(s.write("s", "x", "scratch", tar).await, 201).await;
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_answer_given_before_the_body_is_read_reaches_the_client() {
+    let s = start().await;
+    expect_json(s.put("/v1/stores/s", "").await, 201).await;
+    let small: Vec<u8> = big_tar_pieces(1).collect::<Vec<_>>().concat();
+    expect_json(s.write("s", "a", "scratch", small).await, 201).await;
+    // Another layer for the same id: the conflict is found before the 24 MiB are read.
+    let big: Vec<u8> = big_tar_pieces(24).collect::<Vec<_>>().concat();
+    expect_err(
+        s.write("s", "a", "scratch", big.clone()).await,
+        409,
+        Some("Conflict"),
+    )
+    .await;
+    // A missing parent, the same.
+    expect_err(s.write("s", "b", "nope", big).await, 404, Some("NotFound")).await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let s = crate::common::start_with(|c, _| {
+        c.write_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    expect_json(s.put("/v1/stores/s", "").await, 201).await;
+    let tar: Vec<u8> = big_tar_pieces(32).collect::<Vec<_>>().concat();
+    expect_json(s.write("s", "a", "scratch", tar.clone()).await, 201).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 << 10).unwrap();
+    let mut conn = sock.connect(s.addr).await.unwrap();
+    let head = format!(
+        "GET /v1/stores/s/images/a/layer HTTP/1.1\r\nHost: {}\r\n\r\n",
+        s.addr
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Read nothing for a while: the server gives up on this connection.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut got),
+    )
+    .await
+    .expect("the connection ended");
+    assert!(
+        end.is_err() || got.len() < tar.len(),
+        "read {} of {} bytes",
+        got.len(),
+        tar.len()
+    );
+    // The server still serves others.
+    expect_json(s.get("/v1/stores/s/images/a").await, 200).await;
+    s.stop().await.unwrap();
+}
