@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result};
 use async_trait::async_trait;
 use axum::Router;
 use axum::serve::IncomingStream;
-use imagestore::{Image, ImageId, Metadata, StoreName};
+use imagestore::{Error, Image, ImageId, Metadata, StoreName};
 use imagestore_conformance::support::{Missing, Need};
 use imagestore_conformance::tars::{Layer, read_all, stream, sum};
 use imagestore_conformance::{Ctx, Hooks, case_trial, catalogue_trials, support, trials};
@@ -185,6 +185,29 @@ async fn ctx(served: Arc<Served>) -> Result<Ctx> {
     Ctx::open(url, Arc::new(RemoteHooks { inner, served })).await
 }
 
+/// A layer refused at its first entry, with far more behind it than the connection buffers:
+/// the server answers before reading the rest, and the client still gets the typed error.
+async fn refusal_early_in_a_large_layer_keeps_its_error(ctx: Ctx) -> Result<()> {
+    let s = ctx.new_store().await?;
+    let scratch = ctx.store.get_image(&s, &ImageId::scratch()).await?;
+    let layer = Layer::new()
+        .hardlink("link", "missing")
+        .file("big", &vec![1u8; 48 << 20])
+        .build();
+    let r = ctx
+        .store
+        .write_image(
+            &scratch,
+            &ImageId::new("refused")?,
+            Metadata::new(),
+            &sum(&layer),
+            stream(&layer),
+        )
+        .await;
+    anyhow::ensure!(matches!(r, Err(Error::BadArchive { .. })), "{r:?}");
+    Ok(())
+}
+
 /// The token of [`https_with_a_token`]; no message may show it.
 const TOKEN: &str = "remote-test-token-7f3a";
 
@@ -297,6 +320,12 @@ fn main() -> Result<ExitCode> {
         |ctx| async move {
             imagestore_conformance::cases::large_sparse_file_stays_sparse(&ctx, 64 << 30).await
         },
+    ));
+    all.push(case_trial(
+        "file::refusal_early_in_a_large_layer_keeps_its_error".to_owned(),
+        Ok(file.clone()),
+        ctx,
+        refusal_early_in_a_large_layer_keeps_its_error,
     ));
     all.push(support::trial_async(
         "https_with_a_token",
