@@ -9,7 +9,8 @@ use imagestore::StoreName;
 #[derive(Debug, Parser)]
 #[command(name = "imagestore", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Backend URL (file:///path, s3://bucket/prefix, vmdk:///path, vsphere://host/dc/ds/folder).
+    /// Backend URL (file:///path, s3://bucket/prefix, vmdk:///path, vsphere://host/dc/ds/folder,
+    /// imagestore+http://host:port for a store served by `imagestore serve`).
     /// Defaults to $IMAGESTORE_URL, else a store in the user's data directory.
     #[arg(long, global = true, env = "IMAGESTORE_URL")]
     pub url: Option<String>,

@@ -669,6 +669,8 @@ fn secrets_in_store_urls_never_show() {
         format!("vmdk:///tmp/x?unknown={m}"),
         format!("vsphere://user:{m}@127.0.0.1:9/dc/ds/f"),
         format!("vsphere://127.0.0.1:9/dc/ds/f?session={m}"),
+        format!("imagestore+http://user:{m}@127.0.0.1:9"),
+        format!("imagestore+https://127.0.0.1:9?token={m}"),
     ];
     let sum = format!("sha256:{}", "0".repeat(64));
     // Every verb, with arguments that parse (the URL is used before anything else).

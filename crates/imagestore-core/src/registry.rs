@@ -52,6 +52,8 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("s3", "s3"),
     ("vmdk", "vmdk"),
     ("vsphere", "vsphere"),
+    ("imagestore+http", "remote"),
+    ("imagestore+https", "remote"),
 ];
 
 /// Every registered backend, sorted by scheme.
@@ -171,6 +173,10 @@ mod tests {
         // The core crate alone links no backend.
         match lookup("s3") {
             Err(Error::UnknownScheme { hint: Some(h), .. }) => assert!(h.contains("`s3`")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match lookup("imagestore+https") {
+            Err(Error::UnknownScheme { hint: Some(h), .. }) => assert!(h.contains("`remote`")),
             other => panic!("unexpected {other:?}"),
         }
         match lookup("gopher") {

@@ -25,8 +25,9 @@
 //! ```
 //!
 //! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`), `vmdk://`
-//! (feature `vmdk`), `vsphere://` (feature `vsphere`, which includes `vmdk`). [`schemes`]
-//! lists what this build can open.
+//! (feature `vmdk`), `vsphere://` (feature `vsphere`, which includes `vmdk`),
+//! `imagestore+http://` and `imagestore+https://` (feature `remote`: a store served by
+//! `imagestore serve`). [`schemes`] lists what this build can open.
 
 #![deny(missing_docs)]
 
@@ -57,6 +58,10 @@ pub use imagestore_s3 as s3;
 #[cfg(feature = "vmdk")]
 pub use imagestore_vsphere as vsphere;
 
+/// The remote backend, a store served by `imagestore serve` (feature `remote`).
+#[cfg(feature = "remote")]
+pub use imagestore_remote as remote;
+
 /// Makes sure every backend compiled into this build is linked, so its registration is
 /// visible to the registry.
 fn link_backends() {
@@ -66,6 +71,8 @@ fn link_backends() {
     std::hint::black_box(imagestore_s3::SCHEME);
     #[cfg(feature = "vmdk")]
     std::hint::black_box(imagestore_vsphere::SCHEME);
+    #[cfg(feature = "remote")]
+    std::hint::black_box(imagestore_remote::SCHEME);
 }
 
 /// Opens the backend for `url`, chosen by its scheme among those this build links.

@@ -28,6 +28,10 @@ pub fn urls() -> Vec<String> {
         format!("vsphere://127.0.0.1:9/dc/ds/folder?allow_http=true&token={m}"),
         format!("vsphere://127.0.0.1:9/dc/ds/folder?api_key={m}"),
         format!("vsphere://127.0.0.1:9/dc/ds/folder?foo={m}"),
+        format!("imagestore+http://user:{m}@127.0.0.1:9"),
+        format!("imagestore+https://127.0.0.1:9?token={m}"),
+        format!("imagestore+https://127.0.0.1:9?ca=/nowhere.pem&api_key={m}"),
+        format!("imagestore+http://127.0.0.1:9/prefix?foo={m}"),
         format!("s3 ://user:{m}@bucket/p?x={m}"),
     ]
 }

@@ -33,6 +33,21 @@ impl FileSink {
         })
     }
 
+    /// Wraps a file opened for writing (an anonymous temporary file, say); `path` names it in
+    /// errors.
+    pub fn from_file(backend: &'static str, file: File, path: PathBuf) -> FileSink {
+        FileSink {
+            backend,
+            file: Some(file),
+            path,
+        }
+    }
+
+    /// The file, for reading back what was written (`None` after a failed write).
+    pub fn into_file(mut self) -> Option<File> {
+        self.file.take()
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
