@@ -85,10 +85,13 @@ fn authorized(state: &AppState, req: &Request) -> bool {
     let Some(token) = &state.token else {
         return true;
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     given.is_some_and(|g| token.matches(g.trim_ascii()))
 }
 

@@ -41,6 +41,14 @@ async fn a_token_is_required_everywhere_but_healthz() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
+    let lower = s
+        .client
+        .get(s.url("/v1/stores"))
+        .header("authorization", "bearer s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200, "the scheme is case-insensitive");
     assert_eq!(s.get("/healthz").await.status(), 200);
     s.stop().await.unwrap();
 }
