@@ -47,6 +47,10 @@ const FEATURE_SETS: &[(&[&str], bool)] = &[
         &["--no-default-features", "--features", "vmdk", "--tests"],
         false,
     ),
+    (
+        &["--no-default-features", "--features", "remote", "--tests"],
+        false,
+    ),
     (&[], true),
     // Every backend together (`full`) is what the workspace clippy and test runs below build,
     // where the members' features unify: it is not checked a second time here.
@@ -182,6 +186,14 @@ pub fn conformance(backend: &str) -> Result<()> {
                 "s3_faults",
             ])
             .env("CI", "true");
+            servers.env(&mut cmd);
+            run(&mut cmd)
+        }
+        "remote" => {
+            let servers = S3Servers::start()?;
+            let mut cmd = cargo();
+            cmd.args(["test", "-p", "imagestore-conformance", "--test", "remote"])
+                .env("CI", "true");
             servers.env(&mut cmd);
             run(&mut cmd)
         }

@@ -31,6 +31,8 @@ cargo xtask <command>
   unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
+  conformance remote  start moto, run the suite over imagestore+http:// with the server in
+                     front of file:// and of s3://
   conformance vmdk   run the conformance suite and the crash test against vmdk://
   conformance vsphere  build and start vcsim, run the conformance suite and the vSphere
                      tests against vsphere://
