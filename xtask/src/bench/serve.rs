@@ -169,7 +169,13 @@ fn get_image_load(port: u16, dir: &Path) -> Result<(f64, f64)> {
     let start = Instant::now();
     let out = output(
         Command::new("curl")
-            .args(["-sS", "-f", "--parallel", "--parallel-immediate"])
+            .args([
+                "-sS",
+                "-f",
+                "--no-progress-meter",
+                "--parallel",
+                "--parallel-immediate",
+            ])
             .args(["--parallel-max", &GET_CLIENTS.to_string()])
             .args(["-w", "%{http_code} %{time_total}\\n", "-K"])
             .arg(&config),

@@ -16,8 +16,10 @@ use crate::error::ApiError;
 /// `255,`, plus the keys' quoting.
 pub(crate) const MAX_METADATA_JSON: usize = MAX_METADATA_BYTES * 4 + (64 << 10);
 
-/// Bytes an export or a layer download is read in.
-const CHUNK: usize = 64 << 10;
+/// Bytes an export or a layer download is read in. Backends that read files through tokio's
+/// blocking pool pay one hop per read, so a layer goes out in large reads; a stream holds
+/// one chunk at a time.
+pub(crate) const CHUNK: usize = 512 << 10;
 
 /// The error of a body that broke off (the client went away, or sent nothing for too long).
 fn broken(e: impl std::fmt::Display) -> ApiError {

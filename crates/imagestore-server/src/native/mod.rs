@@ -5,7 +5,7 @@
 //! (`400 InvalidArgument` otherwise); bodies are read with fixed bounds, except layer and tar
 //! streams, which go to the backend as they arrive and come back the same way.
 
-mod bodies;
+pub(crate) mod bodies;
 mod images;
 mod params;
 mod stores;

@@ -360,7 +360,11 @@ pub(crate) async fn image_tar(
         .export_raw(&image.store, &image.id)
         .await
         .map_err(|e| VicError::from_core(&e, &st.redactor))?;
-    let mut resp = Body::from_stream(ReaderStream::new(raw)).into_response();
+    let mut resp = Body::from_stream(ReaderStream::with_capacity(
+        raw,
+        crate::native::bodies::CHUNK,
+    ))
+    .into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
