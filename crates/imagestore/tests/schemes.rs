@@ -15,6 +15,9 @@ fn registered_schemes_match_features() {
     if cfg!(feature = "vsphere") {
         expected.push("vsphere");
     }
+    if cfg!(feature = "remote") {
+        expected.extend(["imagestore+http", "imagestore+https"]);
+    }
     expected.sort();
     assert_eq!(imagestore::schemes(), expected);
     assert!(imagestore::registry::check_unique().is_ok());
