@@ -143,7 +143,8 @@ pub fn ci() -> Result<()> {
     drop(vcsim);
     crate::sample::check_in_ci()?;
     // VIC's swagger subset against `imagestore serve`, with schemathesis' standard checks.
-    crate::schemathesis::schemathesis()?;
+    // The CLI binary the workspace test run built serves it (no second build).
+    crate::schemathesis::schemathesis_with(&crate::util::target_dir()?.join("debug/imagestore"))?;
     // The fuzz targets are a workspace of their own; type-check them so they never rot.
     // It shares the workspace's target folder, so the dependencies checked for clippy serve.
     run(cargo()

@@ -236,10 +236,15 @@ fn populate(addr: &str) -> Result<()> {
 
 /// `cargo xtask schemathesis`.
 pub fn schemathesis() -> Result<()> {
+    run(cargo().args(["build", "-p", "imagestore-cli"]))?;
+    schemathesis_with(&target_dir()?.join("debug/imagestore"))
+}
+
+/// The schemathesis run against the CLI binary `cli` (CI passes the one its test run built).
+pub fn schemathesis_with(cli: &std::path::Path) -> Result<()> {
     let started = Instant::now();
     let program = schemathesis_program()?;
-    run(cargo().args(["build", "-p", "imagestore-cli"]))?;
-    let cli = target_dir()?.join("debug/imagestore");
+    let cli = cli.to_path_buf();
     let work = work_dir("schemathesis")?;
     let store = work.join(format!("store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
