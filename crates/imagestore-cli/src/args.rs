@@ -579,13 +579,16 @@ mod tests {
 
     /// Commands that take no `--store`: those whose subject is a store (given by name) or no
     /// store at all.
-    const WITHOUT_STORE: [&str; 6] = [
+    const WITHOUT_STORE: [&str; 8] = [
         "store create",
         "store ls",
         "store rm",
         "store usage",
+        "store quota",
         "completions",
         "man",
+        // Serves every store of its URL.
+        "serve",
     ];
 
     /// Every runnable command (a command without subcommands), as its space-separated path.
@@ -640,7 +643,6 @@ mod tests {
             "oci import",
             "oci pull",
             "oci push",
-            "oci refs",
             "oci export",
         ] {
             assert!(all.iter().any(|(p, _)| p == oci), "{oci} missing");
