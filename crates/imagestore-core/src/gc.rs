@@ -1,7 +1,7 @@
 //! Garbage collection: deleting the images and blobs nothing needs any more, on any backend.
 //!
 //! **Roots** are the images that references name, the images that something pins
-//! ([`References::pins`]: live owners, writable layers, writes in progress), the images of a
+//! ([`References::pins`](crate::refs::References::pins): live owners, writable layers, writes in progress), the images of a
 //! keep list, and images committed less than a grace period ago. Every root and every
 //! ancestor of one stays; every other image is deleted, leaf first, and so are the blobs no
 //! reference names that were last put more than the grace period ago.

@@ -8,7 +8,7 @@
 //! the way. The manifest and config are stored as blobs of the store and each name of the
 //! image becomes a reference of the store ([`import::set_references`]), so
 //! [`export::export_reference`] gives back the same manifest, config and layer digests, and
-//! [`registry::push`] sends them to a registry.
+//! [`registry::push()`] sends them to a registry.
 //!
 //! ```no_run
 //! # async fn demo(store: &dyn imagestore_core::ImageStorer) -> imagestore_oci::Result<()> {
