@@ -639,12 +639,7 @@ mod tests {
             "a command without --store must act on no store, or on the store it names"
         );
         // The oci commands are among those that take it.
-        for oci in [
-            "oci import",
-            "oci pull",
-            "oci push",
-            "oci export",
-        ] {
+        for oci in ["oci import", "oci pull", "oci push", "oci export"] {
             assert!(all.iter().any(|(p, _)| p == oci), "{oci} missing");
             assert!(!without.contains(&oci), "{oci}");
         }
