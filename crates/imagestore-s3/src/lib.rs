@@ -21,7 +21,6 @@
 
 #![deny(missing_docs)]
 
-mod batch;
 mod config;
 mod content;
 mod error;

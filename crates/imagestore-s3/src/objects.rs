@@ -380,47 +380,6 @@ impl Objects {
             .map_err(|e| map(format!("listing {}/", self.show(rel_dir)), e))
     }
 
-    /// The keys (relative) of every object under directory `rel_dir` (recursively).
-    pub async fn list_keys(&self, rel_dir: &str) -> Result<Vec<String>> {
-        Ok(self
-            .list(rel_dir)
-            .await?
-            .iter()
-            .map(|m| self.rel(&m.location))
-            .collect())
-    }
-
-    /// The objects under directory `rel_dir` whose keys (relative) come after `after` and not
-    /// after `upto`, in key order: one listing that starts after `after` (`start-after`) and
-    /// stops reading pages once past `upto`. A server that ignores `start-after` only makes
-    /// it read more.
-    pub async fn list_range(
-        &self,
-        rel_dir: &str,
-        after: &str,
-        upto: &str,
-    ) -> Result<Vec<ObjectMeta>> {
-        let path = self.path(rel_dir);
-        let offset = self.path(after);
-        self.retry(|| async {
-            let mut out = Vec::new();
-            let mut pages = self.s3.list_with_offset(Some(&path), &offset);
-            while let Some(m) = pages.next().await {
-                let m = m?;
-                let rel = self.rel(&m.location);
-                if rel.as_str() > upto {
-                    break;
-                }
-                if rel.as_str() > after {
-                    out.push(m);
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| map(format!("listing {}/", self.show(rel_dir)), e))
-    }
-
     /// The objects directly under `rel_dir` and its sub-directories (relative keys).
     pub async fn list_dir(&self, rel_dir: &str) -> Result<(Vec<ObjectMeta>, Vec<String>)> {
         let path = self.path(rel_dir);
