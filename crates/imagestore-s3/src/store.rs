@@ -393,17 +393,15 @@ impl S3Store {
             let rel = o.rel(&meta.location);
             let name = layout::last_segment(&rel).to_owned();
             if let Some(got) = o.get(&rel).await? {
-                match OwnerRecord::parse(&rel, &got.bytes) {
-                    Ok(r) if r.image_nonce == rec.nonce => {
-                        // An expired lease no longer protects the image; its owner may still
-                        // renew it, so it is left in place.
-                        if r.is_live() {
-                            users.push(format!("owner {name}"));
-                        }
-                    }
-                    // Of an earlier image of this id, or damaged: not an owner of this one.
-                    // Left for `finish_delete`, as dead child links are.
-                    _ => {}
+                // An expired lease no longer protects the image (its owner may still renew
+                // it, so it is left in place). A record of an earlier image of this id, or a
+                // damaged one, is not an owner of this one: left for `finish_delete`, as dead
+                // child links are.
+                if let Ok(r) = OwnerRecord::parse(&rel, &got.bytes)
+                    && r.image_nonce == rec.nonce
+                    && r.is_live()
+                {
+                    users.push(format!("owner {name}"));
                 }
             }
         }
