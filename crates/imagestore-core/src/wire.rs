@@ -182,6 +182,17 @@ impl ErrorBody {
         let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
         let n = |k: &str| d.get(k).and_then(Value::as_u64);
         let digest = |k: &str| s(k).and_then(|v| v.parse::<Digest>().ok());
+        let strings = |k: &str| -> Vec<String> {
+            d.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let typed = match self.kind.as_deref() {
             Some("NotFound") => s("name").map(|name| Error::NotFound {
                 kind: kind_from(&s("kind").unwrap_or_default()),
@@ -198,16 +209,7 @@ impl ErrorBody {
             }),
             Some("ImageInUse") => s("image").map(|image| Error::ImageInUse {
                 image,
-                users: d
-                    .get("users")
-                    .and_then(Value::as_array)
-                    .map(|u| {
-                        u.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                users: strings("users"),
             }),
             Some("QuotaExceeded") => s("store").map(|store| Error::QuotaExceeded {
                 store,
@@ -234,16 +236,7 @@ impl ErrorBody {
             }),
             Some("UnknownScheme") => s("scheme").map(|scheme| Error::UnknownScheme {
                 scheme,
-                available: d
-                    .get("available")
-                    .and_then(Value::as_array)
-                    .map(|u| {
-                        u.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                available: strings("available"),
                 hint: s("hint"),
             }),
             Some("Unsupported") => s("operation").map(|op| Error::Unsupported {

@@ -48,9 +48,7 @@ pub(crate) async fn write(
     body: Body,
 ) -> R<(StatusCode, Json<Image>)> {
     let (store, id) = (p.store()?, p.id()?);
-    let parent = q
-        .id("parent")?
-        .ok_or_else(|| Error::invalid("query parameter parent is required"))?;
+    let parent = q.required_id("parent")?;
     let raw_sum = q.required("sum")?;
     let sum: Digest = raw_sum
         .parse()
@@ -250,9 +248,7 @@ pub(crate) async fn create_writable(
     q: Q,
 ) -> R<(StatusCode, Json<Writable>)> {
     let (store, id) = (p.store()?, p.id()?);
-    let parent = q
-        .id("parent")?
-        .ok_or_else(|| Error::invalid("query parameter parent is required"))?;
+    let parent = q.required_id("parent")?;
     let parent = s.storer.get_image(&store, &parent).await?;
     let w = s.storer.create_writable(&parent, &id).await?;
     Ok((StatusCode::CREATED, Json(w)))
@@ -294,9 +290,7 @@ pub(crate) async fn commit(
     body: Body,
 ) -> R<(StatusCode, Json<Image>)> {
     let (store, id) = (p.store()?, p.id()?);
-    let new_id = q
-        .id("new_id")?
-        .ok_or_else(|| Error::invalid("query parameter new_id is required"))?;
+    let new_id = q.required_id("new_id")?;
     let bytes = read_limited(
         &headers,
         body,

@@ -104,6 +104,11 @@ impl Q {
         Ok(self.get(name).map(ImageId::new).transpose()?)
     }
 
+    /// A required image id parameter.
+    pub(crate) fn required_id(&self, name: &str) -> Result<ImageId, ApiError> {
+        Ok(ImageId::new(self.required(name)?)?)
+    }
+
     /// A comma-separated list of image ids (elements trimmed, empty ones dropped), at most
     /// [`MAX_LIST`].
     pub(crate) fn ids(&self, name: &str) -> Result<Vec<ImageId>, ApiError> {
