@@ -123,21 +123,18 @@ pub fn bench(parts: &[&str]) -> Result<()> {
             };
             let (secs_ours, ids) = cycle(&bin, &|_| {}, &url, &dir, &copy_store)?;
             let images = copy.join("stores/s/images");
-            let list: String = ids
-                .iter()
-                .map(|id| format!("{}\n", images.join(id).display()))
-                .collect();
-            let list_file = dir.join("peer-list.txt");
-            std::fs::write(&list_file, list)?;
+            // No shell between us and the paths: `rm` gets them as arguments.
             let t = std::time::Instant::now();
-            run(Command::new("sh").args([
-                "-c",
-                &format!(
-                    "xargs rm -rf < '{}' && sync -f '{}'",
-                    list_file.display(),
-                    copy.display()
-                ),
-            ]))?;
+            let status = Command::new("rm")
+                .arg("-rf")
+                .args(ids.iter().map(|id| images.join(id)))
+                .status()
+                .context("starting rm")?;
+            ensure!(
+                status.success(),
+                "rm -rf of the peer's folders failed: {status}"
+            );
+            run(Command::new("sync").arg("-f").arg(&copy))?;
             let secs_peer = t.elapsed().as_secs_f64();
             eprintln!("run {i}: ours {secs_ours:.3}s, rm -rf + sync {secs_peer:.3}s");
             ours.push(secs_ours);
