@@ -309,8 +309,9 @@ pub trait ImageStorer:
     /// would: one result per image, in order. Images the list deletes earlier may be the
     /// only users of later ones, so a chain listed leaf first goes whole. A backend may do
     /// the batch in one step (the file-like backends take their store lock once and make
-    /// the whole batch durable together); by default the deletes run 16 at a time, which
-    /// suits a list whose images do not depend on each other.
+    /// the whole batch durable together; `s3://` takes every image's lease, lists the batch's
+    /// links once and removes the records with bulk requests, decision 0021); by default the
+    /// deletes run 16 at a time, which suits a list whose images do not depend on each other.
     ///
     /// Dropped mid-way: each image is deleted or still there whole.
     async fn delete_images(

@@ -6,13 +6,14 @@
 //!
 //! * `index`: a snapshot of every image record (JSON Lines, a header line first);
 //! * `log/<id>.<nonce>.<c|d>`: an intent written by every commit and delete *before* it
-//!   changes a record.
+//!   changes a record; `log/<nonce>.b`, one for a batch of deletes, naming its ids (every
+//!   lease of the batch carries `<nonce>`; `docs/decisions/0021-s3-batch-deletes.md`).
 //!
 //! Invariant: whenever the snapshot disagrees with the truth about an id, a log entry for
 //! that id exists. A reader therefore reads the snapshot, lists the (short) log, and reads
 //! the records of the ids it names. A fold rewrites the snapshot with the current truth for
 //! the ids in the log (conditional on the snapshot's ETag) and deletes the entries whose
-//! operation has ended, that is, whose id's lease no longer carries that entry's nonce. The
+//! operation has ended, that is, whose ids' leases no longer carry that entry's nonce. The
 //! lease is read before the record, so the record read reflects everything the ended
 //! operation did. The argument is written out in `docs/decisions/0006-s3-protocol.md`.
 
@@ -25,10 +26,9 @@ use tracing::{debug, info};
 
 use imagestore_core::{Error, ImageId, Result};
 
-use crate::layout::LogOp;
 use crate::lease;
 use crate::objects::{Created, Fetch, Updated};
-use crate::record::ImageRecord;
+use crate::record::{BatchIntent, ImageRecord};
 use crate::store::{S3Store, StoreCtx};
 
 /// A reader that finds this many ids in the log folds them into the snapshot.
@@ -102,12 +102,24 @@ pub struct View {
     pub records: BTreeMap<ImageId, ImageRecord>,
 }
 
-/// A log entry.
+/// A log entry: one id's intent, or a batch's.
 #[derive(Debug, Clone)]
 struct Entry {
     key: String,
-    id: ImageId,
+    ids: Vec<ImageId>,
     nonce: String,
+}
+
+/// The records of some ids as of now, read for a caller that holds their leases; see
+/// [`S3Store::fresh_records`].
+#[derive(Debug)]
+pub(crate) struct Fresh {
+    /// The snapshot's ETag, for a conditional update.
+    pub(crate) etag: Option<String>,
+    /// The snapshot.
+    pub(crate) index: Arc<Index>,
+    /// The record of each id asked for; `None` if it has none.
+    pub(crate) records: BTreeMap<ImageId, Option<ImageRecord>>,
 }
 
 impl S3Store {
@@ -168,24 +180,125 @@ impl S3Store {
         Ok((etag, idx))
     }
 
+    /// The log: one entry per intent; a batch intent is read for its ids (one that vanished
+    /// meanwhile was settled by a fold and is left out).
     async fn log_entries(&self, st: &StoreCtx) -> Result<Vec<Entry>> {
         let o = self.objects();
-        Ok(o.list(&st.keys.log_dir())
-            .await?
-            .iter()
-            .filter_map(|m| {
-                let key = o.rel(&m.location);
-                let (id, nonce, _op): (ImageId, String, LogOp) = st.keys.parse_log(&key)?;
-                Some(Entry { key, id, nonce })
+        let mut out = Vec::new();
+        let mut batches = Vec::new();
+        for m in o.list(&st.keys.log_dir()).await? {
+            let key = o.rel(&m.location);
+            if let Some((id, nonce, _)) = st.keys.parse_log(&key) {
+                out.push(Entry {
+                    key,
+                    ids: vec![id],
+                    nonce,
+                });
+            } else if let Some(nonce) = st.keys.parse_batch_log(&key) {
+                batches.push((key, nonce));
+            }
+        }
+        let mut reads = futures::stream::iter(batches)
+            .map(|(key, nonce)| async move {
+                let Some(got) = o.get(&key).await? else {
+                    return Ok::<_, Error>(None);
+                };
+                let intent = BatchIntent::parse(&o.show(&key), &got.bytes)?;
+                Ok(Some(Entry {
+                    key,
+                    ids: intent.ids,
+                    nonce,
+                }))
             })
-            .collect())
+            .buffer_unordered(READS);
+        while let Some(e) = reads.next().await {
+            out.extend(e?);
+        }
+        Ok(out)
+    }
+
+    /// The records of `ids` now, for a caller holding the lease of every one of them: the
+    /// log is listed *before* the snapshot is read, so an id the listing does not name
+    /// agrees with the snapshot (its entries could only have been removed by a fold that
+    /// wrote its truth into the snapshot first, and no new entry for it can appear while its
+    /// lease is held); the ids the log names are read one by one.
+    pub(crate) async fn fresh_records(&self, st: &StoreCtx, ids: &[ImageId]) -> Result<Fresh> {
+        let log = self.log_entries(st).await?;
+        let (etag, index) = self.load_index(st).await?;
+        let dirty: BTreeSet<&ImageId> = log.iter().flat_map(|e| e.ids.iter()).collect();
+        let mut records = BTreeMap::new();
+        let mut reads = Vec::new();
+        for id in ids {
+            if dirty.contains(id) {
+                reads.push(id.clone());
+            } else {
+                records.insert(id.clone(), index.records.get(id).cloned());
+            }
+        }
+        let mut reads = futures::stream::iter(reads)
+            .map(|id| async move { (self.find_record(st, &id).await, id) })
+            .buffer_unordered(READS);
+        while let Some((r, id)) = reads.next().await {
+            records.insert(id, r?);
+        }
+        drop(reads);
+        Ok(Fresh {
+            etag,
+            index,
+            records,
+        })
+    }
+
+    /// Removes `gone` (images whose records this caller removed, still holding their leases)
+    /// from the snapshot, conditionally on its ETag, reloading it when another host folded
+    /// meanwhile. True if the snapshot now leaves them out.
+    pub(crate) async fn drop_from_index(
+        &self,
+        st: &StoreCtx,
+        mut etag: Option<String>,
+        mut index: Arc<Index>,
+        gone: &[ImageId],
+    ) -> Result<bool> {
+        let o = self.objects();
+        let key = st.keys.index();
+        for _ in 0..4 {
+            if gone.iter().all(|id| !index.records.contains_key(id)) {
+                return Ok(true);
+            }
+            let mut next = Index {
+                records: index.records.clone(),
+            };
+            for id in gone {
+                next.records.remove(id);
+            }
+            let written = match &etag {
+                Some(e) => match o.update(&key, next.encode(), e).await? {
+                    Updated::Updated(e) => Some(e),
+                    Updated::Changed => None,
+                },
+                None => match o.create(&key, next.encode()).await? {
+                    Created::Created(e) => Some(e),
+                    Created::Exists => None,
+                },
+            };
+            match written {
+                Some(new_etag) => {
+                    if let (Some(e), Ok(mut c)) = (new_etag, self.inner.indexes.lock()) {
+                        c.insert(key, (e, Arc::new(next)));
+                    }
+                    return Ok(true);
+                }
+                None => (etag, index) = self.load_index(st).await?,
+            }
+        }
+        Ok(false)
     }
 
     /// The store's images now: the snapshot, corrected by reading the records the log names.
     pub(crate) async fn view(&self, st: &StoreCtx) -> Result<View> {
         let (_, idx) = self.load_index(st).await?;
         let log = self.log_entries(st).await?;
-        let dirty: BTreeSet<ImageId> = log.into_iter().map(|e| e.id).collect();
+        let dirty: BTreeSet<ImageId> = log.into_iter().flat_map(|e| e.ids).collect();
         let mut records = idx.records.clone();
         let n = dirty.len();
         let mut reads = futures::stream::iter(dirty)
@@ -214,39 +327,43 @@ impl S3Store {
         if log.is_empty() {
             return Ok(());
         }
-        let mut by_id: BTreeMap<ImageId, Vec<Entry>> = BTreeMap::new();
-        for e in log {
-            by_id.entry(e.id.clone()).or_default().push(e);
-        }
-        let mut work = futures::stream::iter(by_id)
-            .map(|(id, entries)| async move {
-                // The lease before the record (see the module documentation).
-                let held = lease::read(o, &st.keys.lease(&id))
-                    .await?
-                    .map(|l| l.record.nonce);
-                let settled: Vec<String> = entries
-                    .into_iter()
-                    .filter(|e| held.as_ref() != Some(&e.nonce))
-                    .map(|e| e.key)
-                    .collect();
-                if settled.is_empty() {
-                    return Ok::<_, Error>(None);
-                }
-                let truth = self.find_record(st, &id).await?;
-                Ok(Some((id, truth, settled)))
+        // Every lease first, then the records (see the module documentation). An entry is
+        // settled when none of its ids' leases carries its nonce (a batch's leases all carry
+        // the batch's).
+        let ids: BTreeSet<ImageId> = log.iter().flat_map(|e| e.ids.iter().cloned()).collect();
+        let mut held: BTreeMap<ImageId, Option<String>> = BTreeMap::new();
+        let mut leases = futures::stream::iter(ids)
+            .map(|id| async move {
+                let l = lease::read(o, &st.keys.lease(&id)).await?;
+                Ok::<_, Error>((id, l.map(|l| l.record.nonce)))
             })
             .buffer_unordered(READS);
-        let mut records = idx.records.clone();
+        while let Some(r) = leases.next().await {
+            let (id, nonce) = r?;
+            held.insert(id, nonce);
+        }
+        drop(leases);
         let mut done = Vec::new();
+        let mut settled_ids: BTreeSet<ImageId> = BTreeSet::new();
+        for e in log {
+            let live = e
+                .ids
+                .iter()
+                .any(|id| held.get(id).and_then(Option::as_ref) == Some(&e.nonce));
+            if !live {
+                settled_ids.extend(e.ids);
+                done.push(e.key);
+            }
+        }
+        let mut work = futures::stream::iter(settled_ids)
+            .map(|id| async move { Ok::<_, Error>((self.find_record(st, &id).await?, id)) })
+            .buffer_unordered(READS);
+        let mut records = idx.records.clone();
         while let Some(r) = work.next().await {
-            let Some((id, truth, settled)) = r? else {
-                continue;
+            match r? {
+                (Some(r), id) => records.insert(id, r),
+                (None, id) => records.remove(&id),
             };
-            match truth {
-                Some(r) => records.insert(id, r),
-                None => records.remove(&id),
-            };
-            done.extend(settled);
         }
         drop(work);
         if done.is_empty() {

@@ -152,6 +152,17 @@ impl StoreKeys {
     pub fn log(&self, id: &ImageId, nonce: &str, op: LogOp) -> String {
         format!("{}/{id}.{nonce}.{}", self.log_dir(), op.letter())
     }
+    /// The index intent of a batch of deletes: `<nonce>.b`, holding a
+    /// [`crate::record::BatchIntent`] (the ids; `nonce` is the lease nonce of all of them).
+    pub fn batch_log(&self, nonce: &str) -> String {
+        format!("{}/{nonce}.b", self.log_dir())
+    }
+    /// The nonce of a batch intent's key (see [`StoreKeys::batch_log`]).
+    pub fn parse_batch_log(&self, key: &str) -> Option<String> {
+        let name = key.strip_prefix(&self.log_dir())?.strip_prefix('/')?;
+        let nonce = name.strip_suffix(".b")?;
+        (!nonce.is_empty() && !nonce.contains('.')).then(|| nonce.to_owned())
+    }
     /// The index snapshot.
     pub fn index(&self) -> String {
         format!("{}/index", self.base)
@@ -324,6 +335,11 @@ mod tests {
             k.parse_log(&log),
             Some((id.clone(), "1234".into(), LogOp::Delete))
         );
+        let batch = k.batch_log("abcd");
+        assert_eq!(batch, "stores/s1/00ff/log/abcd.b");
+        assert_eq!(k.parse_batch_log(&batch), Some("abcd".into()));
+        assert_eq!(k.parse_log(&batch), None);
+        assert_eq!(k.parse_batch_log(&log), None);
         assert_eq!(
             k.owner_of_upload(&k.layer(&id, "77")),
             Some((id.clone(), "77".into()))

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
@@ -29,6 +30,9 @@ use crate::record::{RECORD_VERSION, Versioned, decode, encode};
 /// Slack added to a TTL before a lease counts as dead: `last_modified` has a resolution of one
 /// second on most servers.
 pub const SLACK: Duration = Duration::from_secs(2);
+
+/// Leases taken, renewed or released at once by the batch operations.
+pub const CONCURRENT: usize = 32;
 
 /// What the holder of a lease is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,6 +398,17 @@ impl GuardInner {
         }
     }
 
+    async fn ensure_fresh(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(self.lost_error());
+        }
+        let age = self.state.lock().await.renewed.elapsed();
+        if age > self.ttl / 2 {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
     fn lost_error(&self) -> imagestore_core::Error {
         backend(
             format!(
@@ -464,14 +479,12 @@ impl LeaseGuard {
     /// Makes sure the lease is still ours and will stay so for at least half its TTL, renewing
     /// it now if needed. Call right before a step that must not happen without the lease.
     pub async fn ensure_fresh(&self) -> Result<()> {
-        if self.inner.lost.load(Ordering::SeqCst) {
-            return Err(self.inner.lost_error());
-        }
-        let age = self.inner.state.lock().await.renewed.elapsed();
-        if age > self.inner.ttl / 2 {
-            self.inner.renew().await?;
-        }
-        Ok(())
+        self.inner.ensure_fresh().await
+    }
+
+    /// A handle for [`Fresh::ensure`], to check many leases at once.
+    pub fn freshness(&self) -> Fresh {
+        Fresh(self.inner.clone())
     }
 
     /// Changes the record (for instance the target once it is known), renewing the lease.
@@ -479,6 +492,17 @@ impl LeaseGuard {
         {
             let mut st = self.inner.state.lock().await;
             st.record.target = Some(target.to_owned());
+        }
+        self.inner.renew().await
+    }
+
+    /// Changes the target and the parent the record names (a delete whose record turned out
+    /// to be another incarnation than the one it expected), renewing the lease.
+    pub async fn retarget(&self, target: &str, parent: Option<ImageId>) -> Result<()> {
+        {
+            let mut st = self.inner.state.lock().await;
+            st.record.target = Some(target.to_owned());
+            st.record.parent = parent;
         }
         self.inner.renew().await
     }
@@ -506,6 +530,50 @@ impl LeaseGuard {
         }
         self.inner.objects.delete(&self.inner.key).await
     }
+}
+
+/// A held lease's freshness check, detached from its guard ([`LeaseGuard::freshness`]).
+pub struct Fresh(Arc<GuardInner>);
+
+impl std::fmt::Debug for Fresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fresh").field(&self.0.key).finish()
+    }
+}
+
+impl Fresh {
+    /// [`LeaseGuard::ensure_fresh`].
+    pub async fn ensure(&self) -> Result<()> {
+        self.0.ensure_fresh().await
+    }
+}
+
+/// Ends many leases at once, as [`LeaseGuard::release`] does each, with bulk deletes: leases
+/// that were lost are left alone, leases near half their TTL are renewed first.
+pub async fn release_all(objects: &Objects, guards: Vec<LeaseGuard>) -> Result<()> {
+    let mut keys = Vec::with_capacity(guards.len());
+    for g in &guards {
+        g.renewer.abort();
+    }
+    let live: Vec<Arc<GuardInner>> = guards
+        .iter()
+        .filter(|g| !g.inner.lost.load(Ordering::SeqCst))
+        .map(|g| g.inner.clone())
+        .collect();
+    let mut renewals = futures::stream::iter(live)
+        .map(|inner| async move {
+            let age = inner.state.lock().await.renewed.elapsed();
+            if age > inner.ttl / 2 {
+                inner.renew().await?;
+            }
+            Ok::<_, imagestore_core::Error>(inner.key.clone())
+        })
+        .buffer_unordered(CONCURRENT);
+    while let Some(key) = renewals.next().await {
+        keys.push(key?);
+    }
+    drop(renewals);
+    objects.delete_many(keys).await
 }
 
 impl Drop for LeaseGuard {

@@ -21,6 +21,7 @@
 
 #![deny(missing_docs)]
 
+mod batch;
 mod config;
 mod content;
 mod error;

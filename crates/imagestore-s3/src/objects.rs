@@ -380,6 +380,55 @@ impl Objects {
             .map_err(|e| map(format!("listing {}/", self.show(rel_dir)), e))
     }
 
+    /// The keys (relative) of every object under directory `rel_dir` (recursively).
+    pub async fn list_keys(&self, rel_dir: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list(rel_dir)
+            .await?
+            .iter()
+            .map(|m| self.rel(&m.location))
+            .collect())
+    }
+
+    /// The objects under directory `rel_dir` whose keys (relative) come after `after`, read
+    /// until `past` says a key lies beyond everything wanted: one listing that starts after
+    /// `after` (`start-after`; `None` lists from the start) and stops reading pages there. A
+    /// server that ignores `start-after` only makes it read more.
+    ///
+    /// Servers disagree on what follows what: S3 lists keys in byte order, SeaweedFS walks its
+    /// directories entry by entry (`a/x` before `a-b/y`, though `-` sorts before `/`), and
+    /// takes `start-after` as a directory entry, skipping everything below the entry it names.
+    /// Callers choose `after` and `past` to hold under both orders.
+    pub async fn list_range(
+        &self,
+        rel_dir: &str,
+        after: Option<&str>,
+        past: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<ObjectMeta>> {
+        let path = self.path(rel_dir);
+        let offset = after.map(|a| self.path(a));
+        self.retry(|| async {
+            let mut out = Vec::new();
+            let mut pages = match &offset {
+                Some(offset) => self.s3.list_with_offset(Some(&path), offset),
+                None => self.s3.list(Some(&path)),
+            };
+            while let Some(m) = pages.next().await {
+                let m = m?;
+                let rel = self.rel(&m.location);
+                if past(&rel) {
+                    break;
+                }
+                if after.is_none_or(|a| rel.as_str() > a) {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| map(format!("listing {}/", self.show(rel_dir)), e))
+    }
+
     /// The objects directly under `rel_dir` and its sub-directories (relative keys).
     pub async fn list_dir(&self, rel_dir: &str) -> Result<(Vec<ObjectMeta>, Vec<String>)> {
         let path = self.path(rel_dir);

@@ -222,6 +222,31 @@ impl RefLinkRecord {
     }
 }
 
+/// `log/<nonce>.b`: the index intent of a batch of deletes, written before the first of its
+/// records is removed. Every image it names is deleted under a lease carrying `<nonce>`, so
+/// the intent is settled once none of their leases carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchIntent {
+    /// Record format version.
+    pub version: u32,
+    /// The images the batch deletes.
+    pub ids: Vec<ImageId>,
+}
+
+impl Versioned for BatchIntent {
+    const NAME: &'static str = "batch intent";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl BatchIntent {
+    /// Decodes and checks a batch intent stored at `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<BatchIntent> {
+        decode(key, bytes)
+    }
+}
+
 /// `quota`: the store's quota in bytes; absent without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaRecord {

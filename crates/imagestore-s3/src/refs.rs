@@ -231,10 +231,22 @@ impl S3Store {
             LinkTarget::Image(id) => st.keys.ref_links_dir(id),
             LinkTarget::Blob(d) => st.keys.blob_links_dir(d),
         };
+        let links = o.list_keys(&dir).await?;
+        self.link_users_of(st, target, &links).await
+    }
+
+    /// [`S3Store::link_users`] for links already listed (`links`, keys of `target`'s links).
+    pub(crate) async fn link_users_of(
+        &self,
+        st: &StoreCtx,
+        target: &LinkTarget,
+        links: &[String],
+    ) -> Result<Vec<String>> {
+        let o = self.objects();
         let mut users = Vec::new();
         let mut now: Option<DateTime<Utc>> = None;
-        for meta in o.list(&dir).await? {
-            let rel = o.rel(&meta.location);
+        for rel in links {
+            let rel = rel.clone();
             let key = layout::last_segment(&rel).to_owned();
             let shown = match o.get(&rel).await? {
                 Some(got) => RefLinkRecord::parse(&rel, &got.bytes)

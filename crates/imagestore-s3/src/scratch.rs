@@ -173,7 +173,12 @@ async fn delete_locked(store: &S3Store, st: &StoreCtx, s: &StoreName) -> Result<
         }
     }
     if left.is_empty() {
-        left = store.users(st, &st.record.scratch).await?;
+        let listed = store.list_users(st, &st.record.scratch.id).await?;
+        left = store
+            .users(st, &st.record.scratch, &listed, &|_| {
+                crate::store::Sibling::Other
+            })
+            .await?;
     }
     if !left.is_empty() {
         sguard.release().await?;

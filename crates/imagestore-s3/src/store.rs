@@ -68,6 +68,36 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// What a delete listed about an image under its lease (keys relative to the prefix).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listed {
+    /// `children/<id>/<child>`.
+    pub(crate) children: Vec<String>,
+    /// `owners/<id>/<owner>`.
+    pub(crate) owners: Vec<String>,
+    /// `reflinks/<id>/<key>`.
+    pub(crate) reflinks: Vec<String>,
+}
+
+/// How a batch delete sees a child id whose link it found: see [`S3Store::users`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sibling<'a> {
+    /// Not in the batch (or its lease is someone else's): judged as a single delete judges.
+    Other,
+    /// Its lease is the caller's: a committed child (its record) counts, a link without one
+    /// does not.
+    Held(Option<&'a ImageRecord>),
+    /// The batch deletes it before this image: its link no longer counts.
+    Gone,
+}
+
+/// `record` naming `r` as the victim of a delete: its nonce as the target, its parent.
+pub(crate) fn victim(mut record: LeaseRecord, r: &ImageRecord) -> LeaseRecord {
+    record.target = Some(r.nonce.clone());
+    record.parent = r.parent.clone();
+    record
+}
+
 /// One store, as found when an operation started.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreCtx {
@@ -347,17 +377,57 @@ impl S3Store {
         Ok((st, id))
     }
 
-    /// Who uses an image: children, writable layers, owners and references. Links and registrations left
-    /// by writes that never committed are removed on the way. Call with the image's lease.
-    pub(crate) async fn users(&self, st: &StoreCtx, rec: &ImageRecord) -> Result<Vec<String>> {
+    /// What a delete of `id` lists before deciding, one listing each: child links, owner
+    /// registrations, reference links. Call with the image's lease.
+    pub(crate) async fn list_users(&self, st: &StoreCtx, id: &ImageId) -> Result<Listed> {
+        let o = self.objects();
+        Ok(Listed {
+            children: o.list_keys(&st.keys.children_dir(id)).await?,
+            owners: o.list_keys(&st.keys.owners_dir(id)).await?,
+            reflinks: o.list_keys(&st.keys.ref_links_dir(id)).await?,
+        })
+    }
+
+    /// Who uses an image, judged from what a delete listed under its lease (`listed`):
+    /// children, writable layers, owners and references. `sibling` tells about child ids
+    /// whose leases the caller holds itself (a batch): their links are judged by their
+    /// records alone, or not at all once the batch deletes them first.
+    ///
+    /// Links and registrations left by writes that never committed count for nothing and are
+    /// not removed here: a new writer of the same child id may have just rewritten one, and
+    /// this delete may still be refused for another reason. The delete removes them once the
+    /// image's record is gone; the sweep removes a dead writer's.
+    pub(crate) async fn users<'a>(
+        &self,
+        st: &StoreCtx,
+        rec: &ImageRecord,
+        listed: &Listed,
+        sibling: &(dyn Fn(&ImageId) -> Sibling<'a> + Sync),
+    ) -> Result<Vec<String>> {
         let o = self.objects();
         let id = &rec.id;
         let mut users = Vec::new();
-        for meta in o.list(&st.keys.children_dir(id)).await? {
-            let rel = o.rel(&meta.location);
-            let Ok(child) = ImageId::new(layout::last_segment(&rel)) else {
+        for rel in &listed.children {
+            let Ok(child) = ImageId::new(layout::last_segment(rel)) else {
                 continue;
             };
+            match sibling(&child) {
+                Sibling::Gone => continue,
+                Sibling::Held(r) => {
+                    // Its lease is ours, so nothing of that id is in progress: a committed
+                    // child or writable layer counts, a link without one does not.
+                    if r.is_some_and(|c| c.parent.as_ref() == Some(id)) {
+                        users.push(format!("child {child}"));
+                    } else if r.is_none()
+                        && let Some(w) = self.find_writable(st, &child).await?
+                        && w.parent == *id
+                    {
+                        users.push(format!("writable {child}"));
+                    }
+                    continue;
+                }
+                Sibling::Other => {}
+            }
             // The lease first: a link is written under the child's lease, and the lease is
             // released only after the child committed or gave up.
             if let Some(l) = lease::read(o, &st.keys.lease(&child)).await? {
@@ -383,30 +453,21 @@ impl S3Store {
                 users.push(format!("writable {child}"));
                 continue;
             }
-            // A link of a write that never committed counts for nothing. It is not removed
-            // here: a new writer of the same child id may have just rewritten it, and this
-            // delete may still be refused for another reason. The delete removes it once the
-            // image's record is gone (`finish_delete`); the sweep removes a dead writer's.
             tracing::debug!(link = %rel, "a link of a write that never committed");
         }
-        for meta in o.list(&st.keys.owners_dir(id)).await? {
-            let rel = o.rel(&meta.location);
-            let name = layout::last_segment(&rel).to_owned();
-            if let Some(got) = o.get(&rel).await? {
-                // An expired lease no longer protects the image (its owner may still renew
-                // it, so it is left in place). A record of an earlier image of this id, or a
-                // damaged one, is not an owner of this one: left for `finish_delete`, as dead
-                // child links are.
-                if let Ok(r) = OwnerRecord::parse(&rel, &got.bytes)
-                    && r.image_nonce == rec.nonce
-                    && r.is_live()
-                {
-                    users.push(format!("owner {name}"));
-                }
+        for rel in &listed.owners {
+            // A registration of an earlier image of this id, or a damaged one, is no owner of
+            // this one. An expired lease no longer protects the image; its owner may still
+            // renew it, so it is left in place.
+            if let Some(got) = o.get(rel).await?
+                && OwnerRecord::parse(rel, &got.bytes)
+                    .is_ok_and(|r| r.image_nonce == rec.nonce && r.is_live())
+            {
+                users.push(format!("owner {}", layout::last_segment(rel)));
             }
         }
         users.extend(
-            self.link_users(st, &layout::LinkTarget::Image(id.clone()))
+            self.link_users_of(st, &layout::LinkTarget::Image(id.clone()), &listed.reflinks)
                 .await?,
         );
         Ok(users)
@@ -431,7 +492,7 @@ impl S3Store {
         Ok(out)
     }
 
-    async fn delete(&self, image: &Image) -> Result<Image> {
+    pub(crate) async fn delete(&self, image: &Image) -> Result<Image> {
         let s = &image.store;
         let id = &image.id;
         if id.is_scratch() {
@@ -440,19 +501,16 @@ impl S3Store {
             )));
         }
         let st = self.open_store(s).await?;
-        self.record(&st, id).await?;
+        // The victim goes into the lease when it is known without a request (a record this
+        // instance read before); otherwise it is set once the record is read under the lease.
+        let record = self.delete_lease_record(&st, id, layout::nonce());
         let key = st.keys.lease(id);
-        let (guard, taken_over) = match lease::acquire(
-            self.objects(),
-            &key,
-            self.lease_record(LeaseOp::Delete),
-            || async {
-                Ok(match self.find_record(&st, id).await? {
-                    None => Some(()),
-                    Some(_) => None,
-                })
-            },
-        )
+        let (guard, taken_over) = match lease::acquire(self.objects(), &key, record, || async {
+            Ok(match self.find_record(&st, id).await? {
+                None => Some(()),
+                Some(_) => None,
+            })
+        })
         .await?
         {
             Acquired::Held { guard, taken_over } => (guard, taken_over),
@@ -464,8 +522,8 @@ impl S3Store {
             crate::sweep::resolve_pending(self, &st, id, &guard.record().await).await?;
         }
         let o = self.objects();
-        let rec = match self.prepare_delete(&st, id, &guard).await {
-            Ok(rec) => rec,
+        let (rec, listed) = match self.prepare_delete(&st, id, &guard).await {
+            Ok(r) => r,
             Err(e) => {
                 guard.release().await?;
                 return Err(e);
@@ -480,7 +538,7 @@ impl S3Store {
                 return Err(e);
             }
         }
-        match crate::sweep::finish_delete(self, &st, id, &rec.nonce, rec.parent.as_ref()).await {
+        match o.delete_many(self.leftovers(&st, &rec, &listed)).await {
             Ok(()) => guard.release().await?,
             Err(e) => {
                 // The image is gone; its lease stays until it expires, and whoever comes next
@@ -493,31 +551,72 @@ impl S3Store {
         Ok(found)
     }
 
+    /// A delete lease for `id` with `nonce`, naming the victim (nonce and parent) when this
+    /// instance has its record cached.
+    pub(crate) fn delete_lease_record(
+        &self,
+        st: &StoreCtx,
+        id: &ImageId,
+        nonce: String,
+    ) -> LeaseRecord {
+        let record = LeaseRecord::new(LeaseOp::Delete, nonce, self.ttl());
+        match self.inner.records.get(&st.keys.image(id)) {
+            Some((_, r)) => victim(record, &r),
+            None => record,
+        }
+    }
+
+    /// What a delete removes once the record is gone, under the image's lease: the layer and
+    /// TOC, its link on its parent, and every child link, owner registration and reference
+    /// link the delete listed (each belongs to a write, registration or change that fails its
+    /// check of the image, or to none; those made after the listing are removed by their own
+    /// makers when that check fails, or by the sweep).
+    pub(crate) fn leftovers(
+        &self,
+        st: &StoreCtx,
+        rec: &ImageRecord,
+        listed: &Listed,
+    ) -> Vec<String> {
+        let id = &rec.id;
+        let mut keys = vec![st.keys.layer(id, &rec.nonce), st.keys.toc(id, &rec.nonce)];
+        // Only writes and writable layers of this id write this link, all under this lease.
+        if let Some(p) = &rec.parent {
+            keys.push(st.keys.child(p, id));
+        }
+        keys.extend(listed.children.iter().cloned());
+        keys.extend(listed.owners.iter().cloned());
+        keys.extend(listed.reflinks.iter().cloned());
+        keys
+    }
+
     /// The checks of a delete, under the image's lease; the index intent is written last.
     async fn prepare_delete(
         &self,
         st: &StoreCtx,
         id: &ImageId,
         guard: &lease::LeaseGuard,
-    ) -> Result<ImageRecord> {
+    ) -> Result<(ImageRecord, Listed)> {
         let rec = self.record(st, id).await?;
-        guard.set_target(&rec.nonce).await?;
-        let users = self.users(st, &rec).await?;
+        let held = guard.record().await;
+        if held.target.as_deref() != Some(rec.nonce.as_str()) || held.parent != rec.parent {
+            guard.retarget(&rec.nonce, rec.parent.clone()).await?;
+        }
+        let listed = self.list_users(st, id).await?;
+        let users = self.users(st, &rec, &listed, &|_| Sibling::Other).await?;
         if !users.is_empty() {
             return Err(Error::ImageInUse {
                 image: st.name_of(id),
                 users,
             });
         }
-        let lease_nonce = guard.record().await.nonce;
         self.objects()
             .put(
-                &st.keys.log(id, &lease_nonce, layout::LogOp::Delete),
+                &st.keys.log(id, &held.nonce, layout::LogOp::Delete),
                 Vec::new(),
             )
             .await?;
         guard.ensure_fresh().await?;
-        Ok(rec)
+        Ok((rec, listed))
     }
 
     /// Counts a commit or delete; every so often folds the index.
@@ -658,6 +757,17 @@ impl ImageStorer for S3Store {
 
     async fn delete_image(&self, image: &Image) -> Result<Image> {
         self.delete(image).await
+    }
+
+    /// Deletes the batch with its leases taken together, one listing of links, owners and
+    /// reference links for all of it, one intent, bulk record deletes (children before their
+    /// parents) and one index update (`docs/decisions/0021-s3-batch-deletes.md`).
+    async fn delete_images(
+        &self,
+        store: &StoreName,
+        images: &[Image],
+    ) -> Result<Vec<Result<Image>>> {
+        self.delete_batch(store, images).await
     }
 
     async fn image_storage_usage(&self, store: &StoreName) -> Result<u64> {

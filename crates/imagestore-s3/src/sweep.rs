@@ -64,12 +64,7 @@ async fn delete_tree(store: &S3Store, dir: &str, uploads: bool) -> Result<()> {
             o.abort_upload(&u.key, &u.id).await?;
         }
     }
-    let keys: Vec<String> = o
-        .list(dir)
-        .await?
-        .iter()
-        .map(|m| o.rel(&m.location))
-        .collect();
+    let keys = o.list_keys(dir).await?;
     for batch in keys.chunks(1000) {
         o.delete_many(batch.to_vec()).await?;
     }
@@ -164,12 +159,7 @@ pub(crate) async fn finish_delete(
     }
     // Under the image's lease with its record gone, a child link left belongs to a write
     // that fails its check of the parent, or to none.
-    let mut stale: Vec<String> = o
-        .list(&st.keys.children_dir(id))
-        .await?
-        .iter()
-        .map(|m| o.rel(&m.location))
-        .collect();
+    let mut stale = o.list_keys(&st.keys.children_dir(id)).await?;
     // Owners of this image, and of earlier images of the id (their registrations are never
     // removed while a delete decides, see `S3Store::users`): no image of this id exists
     // while its lease is held.
@@ -217,12 +207,7 @@ pub(crate) async fn undo_imports(
             o.abort_upload(&u.key, &u.id).await?;
         }
     }
-    let keys: Vec<String> = o
-        .list(&dir)
-        .await?
-        .iter()
-        .map(|m| o.rel(&m.location))
-        .collect();
+    let keys = o.list_keys(&dir).await?;
     let doomed: Vec<String> = keys
         .iter()
         .filter(|k| {
@@ -270,9 +255,12 @@ async fn resolve(store: &S3Store, st: &StoreCtx, id: &ImageId, dead: &LeaseRecor
                 return Ok(());
             };
             match store.find_record(st, id).await? {
-                // It died before removing the record: nothing happened.
-                Some(r) if &r.nonce == victim => Ok(()),
-                _ => finish_delete(store, st, id, victim, dead.parent.as_ref()).await,
+                // It died before removing the record: nothing happened. A record other than
+                // the victim means the same: records change only under this lease, so the
+                // holder named a victim it expected (a batch names the one its listing
+                // showed) and never removed this record.
+                Some(_) => Ok(()),
+                None => finish_delete(store, st, id, victim, dead.parent.as_ref()).await,
             }
         }
         LeaseOp::CreateWritable => match &dead.parent {

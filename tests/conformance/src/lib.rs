@@ -259,6 +259,7 @@ macro_rules! conformance_tests {
             lease_on_missing_image_not_found,
             gc_spares_parent_of_write_in_flight,
             gc_racing_reference_moves,
+            delete_images_keeps_users_whatever_the_ids,
             gc_concurrent_runs_consistent,
             // Quotas
             quota_round_trip,

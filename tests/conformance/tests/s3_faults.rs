@@ -1,8 +1,8 @@
 //! Faults between the store and the server: the conformance crate's fault proxy
 //! ([`imagestore_conformance::faults`]) at random resets connections (before forwarding a
 //! request, or after forwarding it and before answering) and answers `500` (without
-//! forwarding, or after the server applied the request). Writes,
-//! deletes and commits of writable layers run through it; afterwards, through a clean
+//! forwarding, or after the server applied the request). Writes, deletes (one by one and in
+//! batches) and commits of writable layers run through it; afterwards, through a clean
 //! connection, every write must be either committed and verifiable or absent, never half
 //! visible, and a fresh instance must leave the store clean.
 
@@ -108,6 +108,7 @@ async fn faults_against(server: &str, direct: String) -> Result<()> {
             (store.clone(), base.clone(), scratch.clone(), name.clone());
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
+            let mut batch = Vec::new();
             for i in 0..6u64 {
                 let seed = 10 + t * 100 + i;
                 // Mostly small layers; every third one needs a multipart upload.
@@ -131,6 +132,11 @@ async fn faults_against(server: &str, direct: String) -> Result<()> {
                 outcomes.push((id.clone(), Digest::sha256_of(&bytes), r.is_ok()));
                 if let Err(e) = &r {
                     eprintln!("write {id}: {e}");
+                }
+                if i % 3 == 0
+                    && let Ok(img) = &r
+                {
+                    batch.push(img.clone());
                 }
                 if i % 3 == 1
                     && let Ok(img) = &r
@@ -171,6 +177,17 @@ async fn faults_against(server: &str, direct: String) -> Result<()> {
                         eprintln!("writable {wid}: {e}");
                     }
                 }
+            }
+            // Some of them again, as one batch.
+            match store.delete_images(&name, &batch).await {
+                Ok(rs) => {
+                    for (img, r) in batch.iter().zip(rs) {
+                        if let Err(e) = r {
+                            eprintln!("batch delete {}: {e}", img.id);
+                        }
+                    }
+                }
+                Err(e) => eprintln!("batch delete: {e}"),
             }
             outcomes
         }));

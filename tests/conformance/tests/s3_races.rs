@@ -10,7 +10,10 @@
 //! * a garbage collection in one process runs while another writes a child on an image the
 //!   collection finds unreferenced: the collection never deletes the parent of a write in
 //!   flight; either it deleted the parent before the write registered (the write fails
-//!   `NotFound` without its body read) or the parent stays and the child commits on it.
+//!   `NotFound` without its body read) or the parent stays and the child commits on it;
+//! * the same with a batch delete (`delete_images`) of a chain and unrelated images, the write
+//!   on the chain's middle image: both outcomes, never a dangling parent;
+//! * a batch delete whose host died half-way is finished by the next instance's sweep.
 //!
 //! This is a `harness = false` test: the same binary is the child process when
 //! `IMAGESTORE_RACE_CHILD` is set (its arguments come in `IMAGESTORE_RACE_ARGS` as JSON).
@@ -195,6 +198,36 @@ async fn child(role: &str) -> Result<()> {
                     "deleted": r.images.iter().map(|i| i.id.to_string()).collect::<Vec<_>>(),
                     "skipped": r.skipped.iter().map(|k| k.id.to_string()).collect::<Vec<_>>(),
                 })
+            }))
+        }
+        "batch" => {
+            let ids: Vec<ImageId> = args["ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(ImageId::new)
+                        .collect()
+                })
+                .unwrap_or(Ok(Vec::new()))?;
+            let images = store.list_images(&name, &ids).await?;
+            ensure!(
+                images.len() == ids.len(),
+                "the batch's images are not all there"
+            );
+            outcome(store.delete_images(&name, &images).await.map(|rs| {
+                let per: serde_json::Map<String, Value> = ids
+                    .iter()
+                    .zip(rs)
+                    .map(|(id, r)| {
+                        let kind = match r {
+                            Ok(_) => "deleted",
+                            Err(e) => kind(&e),
+                        };
+                        (id.to_string(), json!(kind))
+                    })
+                    .collect();
+                Value::Object(per)
             }))
         }
         "acquire" | "release" => {
@@ -441,6 +474,193 @@ async fn gc_vs_writer(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result
     Ok(())
 }
 
+/// A batch delete (`delete_images`) in one process against a child write in another, on the
+/// middle image of a chain the batch lists leaf first, among unrelated images. Either the
+/// batch deleted everything before the write registered (the write fails `NotFound` without
+/// its body read), or the write was in flight: the child commits, its parent and the
+/// parent's parent stay (`ImageInUse`), and the rest of the batch is deleted.
+async fn batch_vs_writer(url: &str, hooks: &common::S3Hooks, plan: &Plan) -> Result<()> {
+    let (store, name, scratch) = fresh(url).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    let rounds = plan.rounds.max(4);
+    for round in 0..rounds {
+        let mut chain = Vec::new();
+        let mut parent = scratch.clone();
+        for depth in 0..3 {
+            parent = store
+                .write_image_bytes(
+                    &parent,
+                    &ImageId::new(format!("bx{round}-{depth}"))?,
+                    Metadata::new(),
+                    layer(700 + round as u64 * 10 + depth, 1 << 10),
+                )
+                .await?;
+            chain.push(parent.id.to_string());
+        }
+        let mut ids: Vec<String> = chain.iter().rev().cloned().collect();
+        for k in 0..3 {
+            let single = store
+                .write_image_bytes(
+                    &scratch,
+                    &ImageId::new(format!("bs{round}-{k}"))?,
+                    Metadata::new(),
+                    layer(800 + round as u64 * 10 + k, 1 << 10),
+                )
+                .await?;
+            ids.push(single.id.to_string());
+        }
+        let target = chain[1].clone();
+        let child = format!("bk{round}");
+        let start_at = now_ms() + 2500;
+        // Rounds alternate: the batch starts while the write waits in its body, or well
+        // before the write starts.
+        let batch_at = if round % 2 == 0 {
+            start_at + 600
+        } else {
+            start_at.saturating_sub(1500)
+        };
+        let writer = spawn(
+            "write",
+            json!({"url": url, "store": name.to_string(), "parent": target,
+                   "id": child, "seed": 900 + round, "size": 64 << 10,
+                   "delay_ms": 2000, "start_at": start_at}),
+        )?;
+        let batch = spawn(
+            "batch",
+            json!({"url": url, "store": name.to_string(), "ids": ids, "start_at": batch_at}),
+        )?;
+        let w = result_of(writer).await?;
+        let b = result_of(batch).await?;
+        ensure!(
+            b["ok"] == json!(true),
+            "round {round}: the batch failed: {b}"
+        );
+        let per = &b["value"];
+        let exists = |id: String| {
+            let (store, name) = (store.clone(), name.clone());
+            async move {
+                Ok::<bool, anyhow::Error>(store.get_image(&name, &ImageId::new(id)?).await.is_ok())
+            }
+        };
+        match (w["ok"].as_bool(), w["kind"].as_str()) {
+            (Some(true), _) => {
+                ensure!(
+                    per[&chain[0]] == json!("ImageInUse") && per[&chain[1]] == json!("ImageInUse"),
+                    "round {round}: the child committed but the batch said {b}"
+                );
+                ensure!(
+                    exists(chain[0].clone()).await? && exists(chain[1].clone()).await?,
+                    "round {round}: the child committed but an ancestor is gone: {b}"
+                );
+                ensure!(exists(child.clone()).await?);
+                for id in ids.iter().filter(|i| **i != chain[0] && **i != chain[1]) {
+                    ensure!(
+                        per[id] == json!("deleted") && !exists(id.clone()).await?,
+                        "round {round}: {id} should have been deleted: {b}"
+                    );
+                }
+                seen.insert("write kept its parent");
+            }
+            (Some(false), Some("NotFound")) => {
+                ensure!(
+                    w["read_to_end"] == json!(false),
+                    "round {round}: the write failed after it was in flight: {w}, batch {b}"
+                );
+                for id in &ids {
+                    ensure!(
+                        per[id] == json!("deleted") && !exists(id.clone()).await?,
+                        "round {round}: {id} should have been deleted: {b}"
+                    );
+                }
+                seen.insert("batch deleted first");
+            }
+            _ => bail!("round {round}: impossible outcome: write {w}, batch {b}"),
+        }
+    }
+    check_clean(url, hooks, &name).await?;
+    ensure!(
+        seen.len() == 2,
+        "not both outcomes over {rounds} rounds: {seen:?}"
+    );
+    eprintln!("  batch delete vs child write: {rounds} rounds, outcomes {seen:?}");
+    Ok(())
+}
+
+/// A batch delete whose host died half-way, as it left the bucket: every lease of the batch
+/// (dead), the batch intent, one record removed with its layer, TOC and link still there, the
+/// others untouched. A fresh instance finishes the one, keeps the others, and the index,
+/// usage and bucket agree.
+async fn crashed_batch(url: &str, hooks: &common::S3Hooks) -> Result<()> {
+    let (store, name, scratch) = fresh(url).await?;
+    let mut images = Vec::new();
+    for k in 0..3 {
+        images.push(
+            store
+                .write_image_bytes(
+                    &scratch,
+                    &ImageId::new(format!("cb{k}"))?,
+                    Metadata::new(),
+                    layer(950 + k, 2048),
+                )
+                .await?,
+        );
+    }
+    let base = hooks.base(&name).await?;
+    let n = "dead0000batch001";
+    for img in &images {
+        let rec: Value = serde_json::from_slice(
+            &hooks
+                .get(&format!("{base}/images/{}", img.id))
+                .await?
+                .context("record")?,
+        )?;
+        let victim = rec["nonce"].as_str().context("nonce")?;
+        hooks
+            .put(
+                &format!("{base}/leases/{}", img.id),
+                format!(
+                    r#"{{"version":1,"nonce":"{n}","op":"delete","ttl_ms":0,"seq":0,"holder":"crashed:2","parent":"scratch","target":"{victim}"}}"#
+                )
+                .as_bytes(),
+            )
+            .await?;
+    }
+    hooks
+        .put(
+            &format!("{base}/log/{n}.b"),
+            br#"{"version":1,"ids":["cb0","cb1","cb2"]}"#,
+        )
+        .await?;
+    hooks.delete(&format!("{base}/images/cb0")).await?;
+    // Past the leases' TTL (0) plus the backend's slack, by the server's clock.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let other = imagestore::open(url).await?;
+    other.get_image_store(&name).await?;
+    let left: Vec<String> = other
+        .list_images(&name, &[])
+        .await?
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    ensure!(left == ["cb1", "cb2"], "after the sweep: {left:?}");
+    let usage = other.image_storage_usage(&name).await?;
+    ensure!(
+        usage == images[1].size + images[2].size,
+        "usage {usage} after a crashed batch"
+    );
+    check_clean(url, hooks, &name).await?;
+    // The rest can still be deleted as a batch.
+    let rest = other.list_images(&name, &[]).await?;
+    for r in other.delete_images(&name, &rest).await? {
+        r?;
+    }
+    ensure!(other.list_images(&name, &[]).await?.is_empty());
+    ensure!(other.image_storage_usage(&name).await? == 0);
+    check_clean(url, hooks, &name).await?;
+    eprintln!("  crashed batch delete: finished by the sweep");
+    Ok(())
+}
+
 async fn killed_writer(url: &str, hooks: &common::S3Hooks) -> Result<()> {
     let (store, name, _) = fresh(url).await?;
     let base = hooks.base(&name).await?;
@@ -514,6 +734,8 @@ async fn run_all(server: &str, url: &str, plan: &Plan) -> Result<()> {
     killed_writer(url, &hooks).await?;
     owners_across_processes(url, &hooks).await?;
     gc_vs_writer(url, &hooks, plan).await?;
+    batch_vs_writer(url, &hooks, plan).await?;
+    crashed_batch(url, &hooks).await?;
     Ok(())
 }
 

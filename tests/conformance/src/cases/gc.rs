@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail, ensure};
 use imagestore::{Digest, Expect, GcOptions, GcReport, RefTarget};
 use imagestore::{Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName};
 
-use super::fresh;
 use super::refs::{gone, small, tag, target, target_with_blobs};
+use super::{fresh, in_use_by};
 use crate::Ctx;
 use crate::tars::{Layer, sum};
 
@@ -572,4 +572,69 @@ pub async fn gc_concurrent_runs_consistent(ctx: &Ctx) -> Result<()> {
     left_exactly(ctx.store.as_ref(), &s, &[&t.a, &t.b, &t.c]).await?;
     ensure!(ctx.store.list_blobs(&s).await?.is_empty());
     Ok(())
+}
+
+/// One call of `delete_images` over images whose ids sort differently by name than by key
+/// (`a` before `a-1` by name, after it as `a/` against `a-1/`): every image with a user is
+/// refused, whatever its place in the list, and the others go. The lowest id of the batch
+/// carries a reference, the highest id an owner, one in between a child outside the batch.
+pub async fn delete_images_keeps_users_whatever_the_ids(ctx: &Ctx) -> Result<()> {
+    let (s, scratch) = fresh(ctx).await?;
+    let mut batch = Vec::new();
+    for id in ["a", "a-1", "a-1-b", "a.2", "a0", "a_3", "a_4"] {
+        batch.push(small(ctx, &scratch, id).await?);
+    }
+    let by_id = |id: &str| -> Result<Image> {
+        batch
+            .iter()
+            .find(|i| i.id.as_str() == id)
+            .cloned()
+            .with_context(|| format!("no image {id}"))
+    };
+    let (lowest, prefixed, dotted, highest) =
+        (by_id("a")?, by_id("a-1")?, by_id("a.2")?, by_id("a_4")?);
+    ctx.store
+        .set_reference(&s, &tag("keep:lowest")?, &target(&lowest), &Expect::Absent)
+        .await?;
+    ctx.store
+        .set_reference(&s, &tag("keep:dotted")?, &target(&dotted), &Expect::Absent)
+        .await?;
+    let child = small(ctx, &prefixed, "b").await?;
+    ctx.store
+        .acquire(&s, &highest.id, &OwnerName::new("container-1")?)
+        .await?;
+
+    let results = ctx.store.delete_images(&s, &batch).await?;
+    ensure!(results.len() == batch.len(), "{} results", results.len());
+    let mut deleted = Vec::new();
+    for (img, r) in batch.iter().zip(&results) {
+        let user = match img.id.as_str() {
+            "a" => Some("keep:lowest"),
+            "a.2" => Some("keep:dotted"),
+            "a-1" => Some("child b"),
+            "a_4" => Some("container-1"),
+            _ => None,
+        };
+        match (user, r) {
+            (Some(user), Err(e)) => {
+                in_use_by(e, user).with_context(|| format!("deleting {}", img.id))?
+            }
+            (Some(user), Ok(_)) => bail!("{} was deleted though {user} uses it", img.id),
+            (None, Ok(got)) => {
+                ensure!(got.id == img.id, "deleting {} answered {}", img.id, got.id);
+                deleted.push(img);
+            }
+            (None, Err(e)) => bail!("deleting {}: {e}", img.id),
+        }
+    }
+    for img in &deleted {
+        gone(ctx, img).await?;
+    }
+    refs_resolve(ctx.store.as_ref(), &s).await?;
+    left_exactly(
+        ctx.store.as_ref(),
+        &s,
+        &[&lowest, &prefixed, &dotted, &highest, &child],
+    )
+    .await
 }

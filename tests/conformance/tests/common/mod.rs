@@ -116,6 +116,12 @@ impl S3Hooks {
         Ok(())
     }
 
+    /// Deletes one object (relative to the prefix).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        self.s3.delete(&self.path(rel)).await?;
+        Ok(())
+    }
+
     /// `(relative key, size, etag)` of every object under `rel_dir`, sorted.
     pub async fn list(&self, rel_dir: &str) -> Result<Vec<(String, u64, String)>> {
         use futures::TryStreamExt;
