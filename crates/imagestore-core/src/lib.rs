@@ -30,7 +30,7 @@ pub use names::{ImageId, OwnerName, StoreName};
 pub use refs::{BlobInfo, Descriptor, Expect, Pin, RefName, RefTarget, Reference, References};
 pub use storer::{
     ByteStream, Capabilities, Exporter, ImageStorer, ImageStorerExt, ImportSummary, Importer,
-    Resolver, Writable, byte_stream,
+    JoinedImage, Resolver, Writable, byte_stream,
 };
 
 /// Re-exported so backends and callers agree on the version.

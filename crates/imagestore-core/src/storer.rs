@@ -15,7 +15,7 @@ use tokio::io::AsyncRead;
 use url::Url;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::{Image, Metadata};
 use crate::layer::checkout::{CheckoutOptions, CheckoutReport};
 use crate::layer::filter::FilterSpec;
@@ -347,6 +347,37 @@ pub trait ImageStorer:
     ///
     /// Dropped mid-way: nothing changes (it only reads).
     async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64>;
+
+    /// VIC's ImageJoin: attaches image `id` of `store` to the virtual machine named `vm` as a
+    /// new child disk named `disk` (a container's read-write layer, in VIC's terms), so the
+    /// VM runs on the image. The VM then owns the image until the disk leaves it.
+    ///
+    /// `Unsupported` on backends without virtual machines (all but `vsphere://`); `NotFound`
+    /// for an unknown image or VM.
+    async fn join_image(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        vm: &str,
+        disk: &ImageId,
+    ) -> Result<JoinedImage> {
+        let _ = (store, id, vm, disk);
+        Err(Error::Unsupported {
+            operation: "ImageJoin",
+            backend: self.scheme(),
+        })
+    }
+}
+
+/// What [`ImageStorer::join_image`] attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedImage {
+    /// The virtual machine's name.
+    pub vm: String,
+    /// The new child disk, as the backend names files (`[datastore] path` on vSphere).
+    pub disk: String,
+    /// Its parent: the image's disk.
+    pub parent: String,
 }
 
 /// Conveniences on top of [`ImageStorer`].

@@ -933,7 +933,8 @@ async fn usage_and_go_json() -> Result<()> {
     Ok(())
 }
 
-/// ImageJoin checks its body as VIC binds it, then answers 501 (no containers API).
+/// ImageJoin checks its body as VIC binds it, then answers 501 on file:// (no virtual
+/// machines; `tests/vic_vsphere.rs` joins on vsphere://).
 #[tokio::test]
 async fn image_join_is_not_implemented() -> Result<()> {
     let v = Vic::start().await?;

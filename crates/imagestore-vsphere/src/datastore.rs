@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imagestore_core::Result;
 pub use imagestore_core::backend::storage::{
     MAX_FILE_NAME, Stat, Storage, StorageLock as DsLock, StoragePath as DsPath, temp_name,
 };
+use imagestore_core::{JoinedImage, Result};
 
 use crate::vmdk::ReadAt;
 
@@ -37,4 +37,9 @@ pub trait Datastore: Storage {
     fn outbox_dir(&self) -> PathBuf {
         self.work_dir()
     }
+
+    /// VIC's ImageJoin on the datastore's side: attaches to the virtual machine named `vm` a
+    /// new disk at `child`, a child of the disk at `parent`. `Unsupported` where the
+    /// datastore runs no virtual machines; `NotFound` for an unknown VM.
+    fn attach_child_disk(&self, vm: &str, parent: &DsPath, child: &DsPath) -> Result<JoinedImage>;
 }

@@ -71,6 +71,36 @@ impl DiskStore {
         self.cat.rep().ds.clone()
     }
 
+    /// Runs `attach(parent, child)` under the store lock of `store` with image `id`'s disk and
+    /// the path of a new container disk `disk`
+    /// (`VIC/<store>/containers/<disk>/<disk>.vmdk`), once the image is known to exist: a
+    /// concurrent delete of the image either sees what `attach` made or happens first.
+    pub(crate) async fn with_child_disk<T, F>(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        disk: &ImageId,
+        attach: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DsPath, &DsPath) -> Result<T> + Send + 'static,
+    {
+        let (s, id, disk) = (store.clone(), id.clone(), disk.clone());
+        self.run(move |cat| {
+            let sp = cat.open_store(&s)?;
+            let _guard = cat.store_lock(&sp)?;
+            cat.record(&s, &sp, &id)?;
+            let child = sp
+                .dir
+                .child("containers")
+                .child(disk.as_str())
+                .child(&format!("{disk}.vmdk"));
+            attach(&image_disk(&sp, &id), &child)
+        })
+        .await
+    }
+
     /// Runs blocking work on the catalogue, on the blocking pool.
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T>
     where

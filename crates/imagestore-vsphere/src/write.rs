@@ -28,7 +28,8 @@ use imagestore_core::backend::storage::StorageLock;
 use imagestore_core::layer::ingest::{IngestLimits, NullSink, ingest_tapped};
 use imagestore_core::layer::validate::LowerView;
 use imagestore_core::{
-    ByteStream, Capabilities, Digest, Image, ImageId, ImportSummary, Metadata, Result, StoreName,
+    ByteStream, Capabilities, Digest, Image, ImageId, ImportSummary, JoinedImage, Metadata, Result,
+    StoreName,
 };
 
 use crate::build::{DeltaBuild, WorkDir};
@@ -122,6 +123,20 @@ impl BlockingBackend for DiskStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(false, MAX_CHAIN_DEPTH, self.cat.storage().shared_writers())
+    }
+
+    async fn join_image(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        vm: &str,
+        disk: &ImageId,
+    ) -> Result<JoinedImage> {
+        let (vm, ds) = (vm.to_owned(), self.datastore());
+        self.with_child_disk(store, id, disk, move |parent, child| {
+            ds.attach_child_disk(&vm, parent, child)
+        })
+        .await
     }
 
     fn ingest_limits(&self) -> IngestLimits {

@@ -37,8 +37,9 @@ use std::sync::Arc;
 // engine's options. What only backend authors need stays in `imagestore_core::backend`.
 pub use imagestore_core::{
     Algorithm, ByteStream, Capabilities, Digest, Error, Exporter, FilterSpec, FilterType, Image,
-    ImageId, ImageLink, ImageStorer, ImageStorerExt, ImportSummary, Importer, Metadata, ObjectKind,
-    OwnerName, Resolver, Result, StoreName, Url, Writable, byte_stream, is_image_in_use,
+    ImageId, ImageLink, ImageStorer, ImageStorerExt, ImportSummary, Importer, JoinedImage,
+    Metadata, ObjectKind, OwnerName, Resolver, Result, StoreName, Url, Writable, byte_stream,
+    is_image_in_use,
 };
 pub use imagestore_core::{
     BlobInfo, Descriptor, Expect, GcOptions, GcReport, Pin, RefName, RefTarget, Reference,

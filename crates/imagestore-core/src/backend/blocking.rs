@@ -36,8 +36,8 @@ use crate::names::{ImageId, OwnerName, StoreName};
 use super::record::OwnerLease;
 use crate::refs::{BlobInfo, Expect, Pin, RefName, RefTarget, Reference, References};
 use crate::storer::{
-    ByteStream, Capabilities, Exporter, ImageStorer, ImportSummary, Importer, Resolver, Writable,
-    check_write_id,
+    ByteStream, Capabilities, Exporter, ImageStorer, ImportSummary, Importer, JoinedImage,
+    Resolver, Writable, check_write_id,
 };
 
 /// The synchronous operations of a blocking backend; every method may block on I/O and is
@@ -172,6 +172,21 @@ pub trait BlockingBackend: Send + Sync + fmt::Debug {
         tar: ByteStream,
         limits: IngestLimits,
     ) -> Result<ImportSummary>;
+
+    /// [`ImageStorer::join_image`]: `Unsupported` unless the backend runs virtual machines.
+    async fn join_image(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        vm: &str,
+        disk: &ImageId,
+    ) -> Result<JoinedImage> {
+        let _ = (store, id, vm, disk);
+        Err(Error::Unsupported {
+            operation: "ImageJoin",
+            backend: BlockingBackend::scheme(self),
+        })
+    }
 }
 
 /// Runs `f` on `ctx` on the blocking pool; a panicking task becomes a backend error of
@@ -277,6 +292,16 @@ impl<B: BlockingBackend + 'static> ImageStorer for B {
     async fn image_layer_storage_usage(&self, store: &StoreName, id: &ImageId) -> Result<u64> {
         let (s, id) = (store.clone(), id.clone());
         run(self, move |c| c.layer_usage(&s, &id)).await
+    }
+
+    async fn join_image(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+        vm: &str,
+        disk: &ImageId,
+    ) -> Result<JoinedImage> {
+        BlockingBackend::join_image(self, store, id, vm, disk).await
     }
 }
 

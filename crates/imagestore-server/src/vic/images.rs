@@ -232,8 +232,10 @@ async fn find_image(st: &AppState, store_name: &str, id: &str) -> Result<Image, 
 }
 
 /// `POST /storage/{store_name}/info/{id}`: ImageJoin. The body is checked as go-swagger
-/// binds it (415, 400, 422), the image must exist (404); then 501: a join needs a container
-/// handle from VIC's port-layer containers API, which this server does not have.
+/// binds it (415, 400, 422) and the image must exist (404). The handle names the container
+/// VM (this server serves no containers API whose handles it could look up) and `deltaID`
+/// the new child disk; the join attaches that disk, a child of the image's, to the VM
+/// (`vsphere://`; 501 on backends without virtual machines) and answers the handle back.
 pub(crate) async fn image_join(
     State(st): State<AppState>,
     Path((store_name, id)): Path<(String, String)>,
@@ -241,20 +243,30 @@ pub(crate) async fn image_join(
 ) -> VicResult {
     let body = small_json(req, "config")
         .await?
-        .ok_or_else(|| VicError::required("config", "body"))?;
-    if body.get("handle").is_none_or(serde_json::Value::is_null) {
-        return Err(VicError::required("handle", "body"));
+        .ok_or_else(|| VicError::required("handle", "body"))?;
+    let handle = body_string(&body, "handle")?;
+    let delta = body_string(&body, "deltaID")?;
+    let image = find_image(&st, &store_name, &id).await?;
+    let disk = ImageId::new(delta).map_err(|e| VicError::from_core(&e, &st.redactor))?;
+    match st
+        .storer
+        .join_image(&image.store, &image.id, handle, &disk)
+        .await
+    {
+        Ok(_) => Ok(go_json(
+            StatusCode::OK,
+            &serde_json::json!({ "handle": handle }),
+        )),
+        Err(Error::Unsupported { .. }) => Err(VicError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "ImageJoin attaches an image's disk to a virtual machine, and the {}:// backend \
+                 has none (vsphere:// has)",
+                st.storer.scheme()
+            ),
+        )),
+        Err(e) => Err(VicError::from_core(&e, &st.redactor)),
     }
-    body_string(&body, "deltaID")?;
-    find_image(&st, &store_name, &id).await?;
-    Err(VicError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "ImageJoin is not available: it adds the image's disk to a container VM through a \
-             handle of VIC's port-layer containers API, which this server ({}://) does not serve",
-            st.storer.scheme()
-        ),
-    ))
 }
 
 /// `DELETE /storage/{store_name}/info/{id}?keepNodes=…`: DeleteImage, VIC's branch delete.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imagestore_core::{Error, ObjectKind, Result, Url};
+use imagestore_core::{Error, JoinedImage, ObjectKind, Result, Url};
 use tokio::io::AsyncWriteExt;
 
 use super::cache::DiskCache;
@@ -631,6 +631,15 @@ impl Datastore for VsphereDatastore {
         // The disk just uploaded is what the next layer's build reads first.
         self.cache.adopt(local, &self.ds_path(path))?;
         Ok(size)
+    }
+
+    fn attach_child_disk(&self, vm: &str, parent: &DsPath, child: &DsPath) -> Result<JoinedImage> {
+        let joined = self.join_disk(vm, parent, child)?;
+        Ok(JoinedImage {
+            vm: joined.vm,
+            disk: joined.file,
+            parent: joined.parent,
+        })
     }
 
     fn open(&self, path: &DsPath) -> Result<Arc<dyn ReadAt>> {

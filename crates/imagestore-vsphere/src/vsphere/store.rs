@@ -57,24 +57,10 @@ impl VsphereStore {
         vm: &str,
         disk: &ImageId,
     ) -> Result<JoinedDisk> {
-        let (s, id, vm, disk, ds) = (
-            store.clone(),
-            id.clone(),
-            vm.to_owned(),
-            disk.clone(),
-            self.ds.clone(),
-        );
+        let (vm, ds) = (vm.to_owned(), self.ds.clone());
         self.store
-            .run(move |cat| {
-                let sp = cat.open_store(&s)?;
-                let _guard = cat.store_lock(&sp)?;
-                cat.record(&s, &sp, &id)?;
-                let child = sp
-                    .dir
-                    .child("containers")
-                    .child(disk.as_str())
-                    .child(&format!("{disk}.vmdk"));
-                ds.join_disk(&vm, &image_disk(&sp, &id), &child)
+            .with_child_disk(store, id, disk, move |parent, child| {
+                ds.join_disk(&vm, parent, child)
             })
             .await
     }
