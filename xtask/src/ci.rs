@@ -212,6 +212,7 @@ pub fn conformance(backend: &str) -> Result<()> {
             let mut cmd = cargo();
             cmd.args(["test", "-p", "imagestore-conformance", "--test", "vsphere"])
                 .args(["-p", "imagestore-vsphere", "--test", "vcsim"])
+                .args(["-p", "imagestore-server", "--test", "vic_vsphere"])
                 .env("CI", "true");
             sim.env(&mut cmd);
             run(&mut cmd)
