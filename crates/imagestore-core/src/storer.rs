@@ -205,6 +205,21 @@ pub trait Exporter: Send + Sync {
     /// Dropped mid-way (or the stream dropped before its end): nothing changes.
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
 
+    /// The bytes of [`Exporter::export_raw`] as an open local file, where the backend keeps
+    /// the layer as one (`file://`), so that a server can send it in large reads without
+    /// copying it through a stream; `None` where it does not.
+    ///
+    /// The file is the committed layer: nothing writes to it again, and a delete of the image
+    /// only unlinks it, so it stays readable while open.
+    async fn export_raw_file(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+    ) -> Result<Option<std::fs::File>> {
+        let _ = (store, id);
+        Ok(None)
+    }
+
     /// Materialises image (or writable layer) `id` into directory `dest`, which must be empty
     /// or absent. Nothing is ever written outside `dest`.
     ///

@@ -85,6 +85,20 @@ impl LocalLayers {
         self.storage.local(p)
     }
 
+    /// Opens the layer file of committed image `id` of store `s` (`NotFound` without the
+    /// image).
+    fn open_layer(
+        &self,
+        cat: &Catalog<Self>,
+        s: &StoreName,
+        id: &ImageId,
+    ) -> Result<std::fs::File> {
+        let sp = cat.open_store(s)?;
+        cat.record(s, &sp, id)?;
+        let path = self.local(&layout::image_files(&sp.image(id)).layer());
+        std::fs::File::open(&path).map_err(|e| Error::io(BACKEND, &path, e))
+    }
+
     /// Checks the root when a backend is opened, creating nothing: a missing root is a backend
     /// without stores; an existing one must be a directory, and if it holds the format file,
     /// an imagestore-local version 1 root.
@@ -169,11 +183,17 @@ impl Representation for LocalLayers {
     }
 
     fn raw_layer(&self, cat: &Catalog<Self>, s: &StoreName, id: &ImageId) -> Result<ByteStream> {
-        let sp = cat.open_store(s)?;
-        cat.record(s, &sp, id)?;
-        let path = self.local(&layout::image_files(&sp.image(id)).layer());
-        let f = std::fs::File::open(&path).map_err(|e| Error::io(BACKEND, &path, e))?;
+        let f = self.open_layer(cat, s, id)?;
         Ok(Box::pin(tokio::fs::File::from_std(f)))
+    }
+
+    fn raw_layer_file(
+        &self,
+        cat: &Catalog<Self>,
+        s: &StoreName,
+        id: &ImageId,
+    ) -> Result<Option<std::fs::File>> {
+        self.open_layer(cat, s, id).map(Some)
     }
 }
 

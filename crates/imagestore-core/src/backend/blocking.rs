@@ -87,6 +87,8 @@ pub trait BlockingCatalog: Send + Sync {
     fn delete_writable(&self, store: &StoreName, id: &ImageId) -> Result<()>;
     /// [`Exporter::export_raw`].
     fn raw_layer(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream>;
+    /// [`Exporter::export_raw_file`].
+    fn raw_layer_file(&self, store: &StoreName, id: &ImageId) -> Result<Option<std::fs::File>>;
     /// [`References::set_reference`].
     fn set_reference(
         &self,
@@ -425,6 +427,15 @@ impl<B: BlockingBackend> Exporter for B {
     async fn export_raw(&self, store: &StoreName, id: &ImageId) -> Result<ByteStream> {
         let (s, id) = (store.clone(), id.clone());
         run(self, move |c| c.raw_layer(&s, &id)).await
+    }
+
+    async fn export_raw_file(
+        &self,
+        store: &StoreName,
+        id: &ImageId,
+    ) -> Result<Option<std::fs::File>> {
+        let (s, id) = (store.clone(), id.clone());
+        run(self, move |c| c.raw_layer_file(&s, &id)).await
     }
 
     async fn checkout(

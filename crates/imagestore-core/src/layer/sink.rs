@@ -15,7 +15,7 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A new local file fed by the ingest pipeline; writes run on the blocking pool.
 ///
-/// Every [`WRITEBACK_EVERY`] bytes it asks the kernel to start writing what came before to
+/// Every 8 MiB it asks the kernel to start writing what came before to
 /// disk (Linux's `sync_file_range` with `SYNC_FILE_RANGE_WRITE`, which does not wait), so
 /// the disk works while the rest of the layer arrives and the fsync of
 /// [`FileSink::finish`] waits only for the tail, not for the whole layer.

@@ -109,3 +109,55 @@ pub(crate) fn body_stream(body: Body) -> ByteStream {
 pub(crate) fn stream_body(stream: ByteStream) -> Body {
     Body::from_stream(ReaderStream::with_capacity(stream, CHUNK))
 }
+
+/// Bytes a layer file is read in, each read straight into the buffer that goes out.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// The raw layer of image `id` ([`imagestore_core::Exporter::export_raw`]) as a response
+/// body, with its length when it is known. A layer the backend keeps as a local file
+/// (`export_raw_file`) is read on the blocking pool in 1 MiB reads straight into the buffers
+/// hyper sends, one copy fewer than a stream; one read is in flight at a time, as the client
+/// takes them.
+pub(crate) async fn raw_layer_body(
+    storer: &dyn imagestore_core::ImageStorer,
+    store: &imagestore_core::StoreName,
+    id: &imagestore_core::ImageId,
+) -> Result<(Body, Option<u64>), Error> {
+    let Some(file) = storer.export_raw_file(store, id).await? else {
+        return Ok((stream_body(storer.export_raw(store, id).await?), None));
+    };
+    let (file, len) = tokio::task::spawn_blocking(move || {
+        let len = file.metadata()?.len();
+        Ok::<_, std::io::Error>((file, len))
+    })
+    .await
+    .map_err(|e| Error::backend(storer.scheme(), format!("blocking task failed: {e}"), false))?
+    .map_err(|e| Error::backend(storer.scheme(), format!("reading a layer: {e}"), true))?;
+    let chunks = futures::stream::try_unfold(Some(file), |file| async move {
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let mut buf = bytes::BytesMut::zeroed(FILE_CHUNK);
+            let mut filled = 0;
+            while filled < buf.len() {
+                match std::io::Read::read(&mut file, &mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok((file, buf.freeze()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let more = chunk.len() == FILE_CHUNK;
+        Ok::<_, std::io::Error>(Some((chunk, more.then_some(file))))
+    });
+    Ok((Body::from_stream(chunks), Some(len)))
+}

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use super::bodies::{
-    MAX_METADATA_JSON, body_stream, parse_metadata, read_json, read_limited, reader, stream_body,
+    MAX_METADATA_JSON, body_stream, parse_metadata, raw_layer_body, read_json, read_limited,
+    reader, stream_body,
 };
 use super::params::{MAX_LIST, P, Q};
 use crate::AppState;
@@ -225,13 +226,16 @@ pub(crate) async fn export(State(s): State<AppState>, p: P, q: Q) -> R<Response>
 pub(crate) async fn layer(State(s): State<AppState>, p: P) -> R<Response> {
     let (store, id) = (p.store()?, p.id()?);
     let image = s.storer.get_image(&store, &id).await?;
-    let stream = s.storer.export_raw(&store, &id).await?;
-    let mut resp = stream_body(stream).into_response();
+    let (body, len) = raw_layer_body(s.storer.as_ref(), &store, &id).await?;
+    let mut resp = body.into_response();
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     if let Some(v) = image
         .sum
         .as_ref()

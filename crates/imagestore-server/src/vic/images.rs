@@ -4,13 +4,12 @@
 
 use std::collections::HashMap;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imagestore_core::{Digest, Error, Image, ImageId, ImageStorerExt, Metadata, StoreName};
 use serde::Serialize;
-use tokio_util::io::ReaderStream;
 
 use super::wire::{
     Links, Query, VicError, body_stream, check_consumes, go_json, is_not_found, is_store_missing,
@@ -367,21 +366,19 @@ pub(crate) async fn image_tar(
             ),
         ));
     };
-    let raw = st
-        .storer
-        .export_raw(&image.store, &image.id)
-        .await
-        .map_err(|e| VicError::from_core(&e, &st.redactor))?;
-    let mut resp = Body::from_stream(ReaderStream::with_capacity(
-        raw,
-        crate::native::bodies::CHUNK,
-    ))
-    .into_response();
+    let (body, len) =
+        crate::native::bodies::raw_layer_body(st.storer.as_ref(), &image.store, &image.id)
+            .await
+            .map_err(|e| VicError::from_core(&e, &st.redactor))?;
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
+    if let Some(len) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
     if let Ok(v) = HeaderValue::from_str(&sum.to_string()) {
         h.insert("docker-content-digest", v);
     }

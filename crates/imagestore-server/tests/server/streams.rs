@@ -5,7 +5,7 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{expect_err, expect_json, sha, start};
+use crate::common::{expect_err, expect_json, sha, start, tar_of};
 
 const MIB: usize = 1 << 20;
 
@@ -223,5 +223,41 @@ async fn a_client_that_stops_reading_is_disconnected() {
     );
     // The server still serves others.
     expect_json(s.get("/v1/stores/s/images/a").await, 200).await;
+    s.stop().await.unwrap();
+}
+
+/// A layer kept as a file goes out in 1 MiB reads with its length: layers of exactly two
+/// reads, one byte less and one byte more come back byte for byte, with `Content-Length`, on
+/// the native route and VIC's GetImageTar.
+#[tokio::test]
+async fn layer_files_go_out_whole_with_their_length() {
+    let s = start().await;
+    expect_json(s.put("/v1/stores/s", "").await, 201).await;
+    // One header block, the data padded to a block, two end blocks.
+    let two_mib = 2 * MIB;
+    for (id, total) in [
+        ("exact", two_mib),
+        ("less", two_mib - 512),
+        ("more", two_mib + 512),
+    ] {
+        let data = vec![7u8; total - 3 * 512];
+        let tar = tar_of(&[("f", &data)]);
+        assert_eq!(tar.len(), total, "{id}: the tar's own size");
+        expect_json(s.write("s", id, "scratch", tar.clone()).await, 201).await;
+        for path in [
+            format!("/v1/stores/s/images/{id}/layer"),
+            format!("/storage/s/tar/{id}"),
+        ] {
+            let resp = s.get(&path).await;
+            assert_eq!(resp.status(), 200, "{path}");
+            assert_eq!(
+                resp.headers()["content-length"],
+                total.to_string().as_str(),
+                "{path}"
+            );
+            let got = resp.bytes().await.unwrap();
+            assert!(got[..] == tar[..], "{path}: the bytes as written");
+        }
+    }
     s.stop().await.unwrap();
 }

@@ -111,6 +111,17 @@ pub trait Representation: Sized + Send + Sync + fmt::Debug + 'static {
             backend: cat.scheme(),
         })
     }
+
+    /// The layer of image `id` exactly as written, as an open local file where the backend
+    /// keeps it as one ([`crate::Exporter::export_raw_file`]); by default `None`.
+    fn raw_layer_file(
+        &self,
+        _cat: &Catalog<Self>,
+        _s: &StoreName,
+        _id: &ImageId,
+    ) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
 }
 
 /// The catalogue of one backend instance: the protocol over `storage` in `layout`, with the

@@ -309,6 +309,10 @@ impl<R: Representation> BlockingCatalog for Catalog<R> {
         self.rep.raw_layer(self, s, id)
     }
 
+    fn raw_layer_file(&self, s: &StoreName, id: &ImageId) -> Result<Option<std::fs::File>> {
+        self.rep.raw_layer_file(self, s, id)
+    }
+
     fn set_reference(
         &self,
         s: &StoreName,
