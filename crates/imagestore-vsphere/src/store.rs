@@ -21,7 +21,7 @@ use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::{ByteStream, Error, ImageId, Metadata, Result, StoreName};
 
-use crate::build::{WorkDir, build_scratch};
+use crate::build::{WorkDir, base_name, build_base, build_scratch};
 use crate::config::Options;
 use crate::datastore::{Datastore, DsPath};
 use crate::error::in_backend;
@@ -126,9 +126,23 @@ impl DiskLayers {
     /// The scratch image's files: a base disk of the configured capacity holding ext4 with
     /// VIC's skeleton, beside the skeleton's TOC.
     fn scratch_files(&self, p: &ImagePaths) -> Result<u64> {
-        let work = WorkDir::create(&self.ds.work_dir())?;
-        let disk = work.path().join("scratch.vmdk");
-        let stats = build_scratch(&disk, "scratch.vmdk", self.options.capacity_kib)?;
+        let format = self.options.format;
+        // A native format's base disk is a sparse file as large as the disk: it is built
+        // where putting it in place is a rename.
+        let work = if format.is_native() {
+            WorkDir::create(&self.ds.outbox_dir())?
+        } else {
+            WorkDir::create(&self.ds.work_dir())?
+        };
+        let name = format!("{}.vmdk", p.id);
+        let disk = work.path().join(&name);
+        if format.is_native() {
+            build_base(
+                &work.path().join(base_name(&name)),
+                self.options.capacity_kib,
+            )?;
+        }
+        let stats = build_scratch(&disk, &name, self.options.capacity_kib, format)?;
         let toc = read_toc(
             &skeleton_tar()?[..],
             &ChainView::new(Vec::new()),
@@ -137,8 +151,41 @@ impl DiskLayers {
         .to_bytes()?;
         self.write_metadata(p, &Metadata::new())?;
         self.ds.write(&layout::toc(p), &toc)?;
-        self.ds.put_file(&disk, &layout::disk(p))?;
+        if format.is_native() {
+            let base = base_name(&name);
+            let flat = crate::disk::flat_descriptor(0, &base, 0).extent_file;
+            for f in [flat, base] {
+                self.ds.put_file(&work.path().join(&f), &p.dir.child(&f))?;
+            }
+        }
+        self.put_disk(&disk, &layout::disk(p))?;
         Ok(stats.bytes + toc.len() as u64)
+    }
+
+    /// Puts the disk built at `local` in place at `dest` (the same file name): a native
+    /// format's extent first, then the descriptor that makes it a disk.
+    pub(crate) fn put_disk(&self, local: &std::path::Path, dest: &DsPath) -> Result<u64> {
+        let format = self.options.format;
+        let mut size = 0;
+        if format.is_native() {
+            let extent = format.extent_name(dest.name());
+            size += self.ds.put_file(
+                &local.with_file_name(&extent),
+                &dest.parent().child(&extent),
+            )?;
+        }
+        Ok(size + self.ds.put_file(local, dest)?)
+    }
+
+    /// Removes the disk at `path` and, in a native format, its extent.
+    pub(crate) fn remove_disk(&self, path: &DsPath) -> Result<()> {
+        self.ds.remove_file(path)?;
+        let format = self.options.format;
+        if format.is_native() {
+            self.ds
+                .remove_file(&path.parent().child(&format.extent_name(path.name())))?;
+        }
+        Ok(())
     }
 
     /// The files of `imageMetadata`.
@@ -189,11 +236,16 @@ impl Representation for DiskLayers {
     fn sweep_imports(&self, _cat: &Catalog<Self>, w: &WritablePaths, done: u32) -> Result<usize> {
         let mut removed = 0;
         for f in self.ds.list(&w.dir)? {
-            let Some(n) = f.strip_suffix(".vmdk").and_then(|n| n.parse::<u32>().ok()) else {
+            // `<n>.vmdk`, and a native format's extent `<n>-<kind>.vmdk`.
+            let Some(n) = f
+                .strip_suffix(".vmdk")
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             if n + 1 != done {
-                self.ds.remove_file(&layout::import_disk(w, n))?;
+                self.ds.remove_file(&w.dir.child(&f))?;
                 removed += 1;
             }
         }

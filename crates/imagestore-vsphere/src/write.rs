@@ -71,7 +71,8 @@ impl DiskStore {
                 let chain = open_chain(c.rep(), &sp2, &ids)
                     .map_err(|e| c.unless_parent_gone(e, &s2, &sp2, &parent_id, &p2.id))?;
                 let hint = layout::parent_hint(&p2.dir, &sp2.image(&parent_id));
-                let build = DeltaBuild::start(&chain, &chain, &hint, &disk)?;
+                let build =
+                    DeltaBuild::start(&chain, &chain, &hint, &disk, c.rep().options.format)?;
                 Ok((outbox, disk, build))
             })
             .await?;
@@ -90,7 +91,7 @@ impl DiskStore {
                 let rep = c.rep();
                 rep.write_metadata(&p2, &m)?;
                 rep.ds.write(&layout::toc(&p2), &toc)?;
-                rep.ds.put_file(&disk, &layout::disk(&p2))?;
+                rep.put_disk(&disk, &layout::disk(&p2))?;
                 drop(outbox);
                 Ok(stats.disk.bytes + toc.len() as u64)
             })

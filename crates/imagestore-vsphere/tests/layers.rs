@@ -13,12 +13,13 @@ use anyhow::Result;
 use common::chain::*;
 use common::*;
 use imagestore_conformance::support;
+use imagestore_vsphere::vmdk::format::DiskFormat;
 use std::process::ExitCode;
 use tar::EntryType;
 
-fn layers_apply_with_every_entry_kind() -> Result<()> {
+fn layers_apply_with_every_entry_kind(format: DiskFormat) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut c = Chain::new(dir.path(), 1 << 20)?;
+    let mut c = Chain::with_format(dir.path(), 1 << 20, format)?;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let l1 = TarB::default()
         .dir("app", 0o755)?
@@ -212,8 +213,13 @@ fn main() -> ExitCode {
     let tools = || support::programs(&["qemu-img", "e2fsck", "debugfs"]);
     support::run(vec![
         support::trial("layers_apply_with_every_entry_kind", tools(), |()| {
-            layers_apply_with_every_entry_kind()
+            layers_apply_with_every_entry_kind(DiskFormat::MonolithicSparse)
         }),
+        support::trial(
+            "vmfs_sparse_layers_apply_with_every_entry_kind",
+            tools(),
+            |()| layers_apply_with_every_entry_kind(DiskFormat::VmfsSparse),
+        ),
         support::trial("a_directory_of_a_hundred_thousand_entries", tools(), |()| {
             a_directory_of_a_hundred_thousand_entries()
         }),

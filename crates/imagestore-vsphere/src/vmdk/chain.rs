@@ -24,7 +24,7 @@ impl Chain {
     /// below it as its parent (`parentCID`) and that all have the same capacity.
     pub fn new(disks: Vec<Arc<SparseDisk>>) -> io::Result<Chain> {
         let base = disks.first().ok_or_else(|| bad("disk chain", "no disks"))?;
-        let capacity = base.header.capacity;
+        let capacity = base.capacity;
         if base.descriptor.parent_cid != NO_PARENT_CID {
             return Err(bad(
                 &base.name,
@@ -36,12 +36,12 @@ impl Chain {
         }
         let mut map = vec![NONE; grains_of(capacity) as usize];
         for (i, d) in disks.iter().enumerate() {
-            if d.header.capacity != capacity {
+            if d.capacity != capacity {
                 return Err(bad(
                     &d.name,
                     format!(
                         "capacity {} differs from its chain's {capacity}",
-                        d.header.capacity
+                        d.capacity
                     ),
                 ));
             }

@@ -9,6 +9,25 @@ use super::descriptor::Descriptor;
 use super::header::Header;
 use super::{GRAIN, GRAIN_SECTORS, GTES_PER_GT, SECTOR, bad, grains_of, gts_of};
 
+/// Where a new disk's 64 KiB grains go in its (extent) file, whatever the format: the
+/// overlay ([`super::overlay::Overlay`]) places grains and writes their bytes through
+/// [`GrainWriter::file`]; the format's tables are written at the end.
+pub trait GrainWriter: Send + std::fmt::Debug {
+    /// Gives grain `g` a place in the file, in any order, and returns its byte offset there.
+    /// Nothing is written: the grain reads as zeros until its bytes are written at that
+    /// offset. Fails if `g` is out of range or placed already.
+    fn allocate(&mut self, g: u32) -> io::Result<u64>;
+    /// The byte offset of grain `g` in the file, if it has been given one.
+    fn grain_offset(&self, g: u32) -> Option<u64>;
+    /// The file being written.
+    fn file(&self) -> &File;
+    /// Number of grains placed.
+    fn grains(&self) -> usize;
+    /// Writes the format's tables and headers and returns the file and its size; the
+    /// caller syncs the file before relying on it being on disk.
+    fn finish_unsynced(self: Box<Self>) -> io::Result<(File, u64)>;
+}
+
 /// Writes a disk grain by grain into a file.
 #[derive(Debug)]
 pub struct SparseWriter {
@@ -137,5 +156,27 @@ impl SparseWriter {
         let mut file = self.file;
         file.flush()?;
         Ok((file, size))
+    }
+}
+
+impl GrainWriter for SparseWriter {
+    fn allocate(&mut self, g: u32) -> io::Result<u64> {
+        SparseWriter::allocate(self, g)
+    }
+
+    fn grain_offset(&self, g: u32) -> Option<u64> {
+        SparseWriter::grain_offset(self, g)
+    }
+
+    fn file(&self) -> &File {
+        SparseWriter::file(self)
+    }
+
+    fn grains(&self) -> usize {
+        SparseWriter::grains(self)
+    }
+
+    fn finish_unsynced(self: Box<Self>) -> io::Result<(File, u64)> {
+        SparseWriter::finish_unsynced(*self)
     }
 }

@@ -128,6 +128,14 @@ impl VsphereConfig {
             .collect::<Result<Vec<_>>>()?
             .join("/");
         let (options, rest) = Options::from_query(url)?;
+        if options.format.is_native() {
+            // The native formats' base disk must be made by the server
+            // (CreateVirtualDisk_Task), which this backend does not do yet.
+            return Err(Error::invalid(format!(
+                "{shown}: format={} is not supported on vsphere:// yet (only monolithicSparse)",
+                options.format
+            )));
+        }
         let (mut allow_http, mut insecure, mut work) = (false, false, None);
         let mut cache_bytes = super::cache::DEFAULT_BUDGET;
         let mut max_retries = DEFAULT_MAX_RETRIES;
@@ -158,7 +166,7 @@ impl VsphereConfig {
                 _ => {
                     return Err(Error::invalid(format!(
                         "{shown} has unknown option {k:?} \
-                         (known: allow_http, insecure, capacity_kib, work, cache_mib, max_retries)"
+                         (known: allow_http, insecure, capacity_kib, format, work, cache_mib, max_retries)"
                     )));
                 }
             }
