@@ -205,6 +205,10 @@ pub fn conformance(backend: &str) -> Result<()> {
             "--test",
             "vmdk",
             "--test",
+            "vmdk_vmfs_sparse",
+            "--test",
+            "vmdk_se_sparse",
+            "--test",
             "crash_vmdk",
         ])),
         "vsphere" => {

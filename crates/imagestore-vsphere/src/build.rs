@@ -25,6 +25,7 @@ use crate::vmdk::cowd::CowdWriter;
 use crate::vmdk::descriptor::Descriptor;
 use crate::vmdk::format::DiskFormat;
 use crate::vmdk::overlay::Overlay;
+use crate::vmdk::sesparse::SeSparseWriter;
 use crate::vmdk::sparse::SparseDisk;
 use crate::vmdk::writer::{GrainWriter, SparseWriter};
 
@@ -34,32 +35,35 @@ pub const DEFAULT_CAPACITY_KIB: u64 = 8_000_000;
 /// Writes the scratch disk at `out` (stored as `file_name`): a thin disk of `capacity_kib`
 /// KiB holding ext4 labelled `containerfs` with VIC's skeleton, made in process. In
 /// monolithicSparse that is a base disk; in a native format it is the first delta disk on
-/// the base disk [`build_base`] wrote beside `out` (as [`base_name`]`(file_name)`).
+/// the flat base disk beside it named [`base_name`]`(file_name)`, whose CID is `base` (all
+/// zero: nothing of it is read).
 pub fn build_scratch(
     out: &Path,
     file_name: &str,
     capacity_kib: u64,
     format: DiskFormat,
+    base: Option<u32>,
 ) -> Result<DiskStats> {
     let size = capacity_kib * 1024;
     let cid = new_cid();
-    let lower = if format.is_native() {
-        let base = out.with_file_name(base_name(file_name));
-        let chain = disk::open_chain(&base).at(&base)?;
-        Some(Arc::new(chain))
-    } else {
-        None
+    let hint = base_name(file_name);
+    let parent = match (format.is_native(), base) {
+        (true, Some(c)) => Some((c, hint.as_str())),
+        (false, None) => None,
+        _ => {
+            return Err(imagestore_core::Error::invalid(format!(
+                "scratch disk {file_name}: a {format} scratch disk {} a base disk",
+                if format.is_native() {
+                    "needs"
+                } else {
+                    "cannot have"
+                }
+            )));
+        }
     };
-    let parent = lower.as_ref().map(|c| (c.top_cid(), base_name(file_name)));
-    let d = descriptor(
-        format,
-        size / SECTOR,
-        file_name,
-        cid,
-        parent.as_ref().map(|(c, h)| (*c, h.as_str())),
-    );
+    let d = descriptor(format, size / SECTOR, file_name, cid, parent);
     let w = new_disk(out, &d, format)?;
-    let overlay = Overlay::boxed(lower, w, size).at(out)?;
+    let overlay = Overlay::boxed(None, w, size).at(out)?;
     let mut overlay = ext4::make_scratch(overlay)?;
     let grains = overlay.grains().at(out)? as u64;
     let (_, bytes) = overlay.finish().at(out)?;
@@ -127,8 +131,7 @@ pub struct LayerStats {
 /// child of the disk `parent` (named `parent_hint` relative to `out`'s folder). `lower` are
 /// the TOCs of the layers the parent holds, lowest first (scratch's skeleton not included);
 /// `top_data` says where the layer's file data is (see [`ext4::apply`]); the disk is
-/// written in `format`.
-#[allow(clippy::too_many_arguments)]
+/// written in its parent's format.
 pub fn build_layer(
     parent: &Path,
     parent_hint: &str,
@@ -136,10 +139,9 @@ pub fn build_layer(
     lower: &[Arc<Toc>],
     top: Arc<Toc>,
     top_data: LayerData<'_>,
-    format: DiskFormat,
 ) -> Result<LayerStats> {
     let chain = disk::open_chain(parent).at(parent)?;
-    DeltaBuild::start(&chain, &chain, parent_hint, out, format)?.finish(lower, top, top_data)
+    DeltaBuild::start(&chain, &chain, parent_hint, out)?.finish(lower, top, top_data)
 }
 
 /// A delta disk being built: created at `out` over its parent chain with the filesystem open
@@ -163,15 +165,16 @@ impl DeltaBuild {
     /// Starts the disk at `out` holding the contents of `source`, as a delta on the top of
     /// `base` (named `parent_hint`): `source` is `base`, or `base` with more disks on top
     /// (earlier imports into a writable layer) whose grains the new disk takes. The disk is
-    /// written in `format` (a native format's extent goes beside `out`).
+    /// written in the format of `base`'s top disk (a native format's extent goes beside
+    /// `out`).
     pub fn start(
         source: &Chain,
         base: &Chain,
         parent_hint: &str,
         out: &Path,
-        format: DiskFormat,
     ) -> Result<DeltaBuild> {
         let started = Instant::now();
+        let format = base.delta_format().at(out)?;
         let file_name = file_name_of(out);
         let cid = new_cid();
         let d = descriptor(
@@ -201,6 +204,11 @@ impl DeltaBuild {
             stream: ext4::Stream::new(fs),
             started,
         })
+    }
+
+    /// The format the disk is written in.
+    pub fn format(&self) -> DiskFormat {
+        self.format
     }
 
     /// A tap writing each regular file of the layer being ingested straight into the
@@ -292,16 +300,18 @@ pub fn new_disk(out: &Path, d: &Descriptor, format: DiskFormat) -> Result<Box<dy
                 SparseWriter::create(f, d, &out.display().to_string()).at(out)?,
             ))
         }
-        DiskFormat::VmfsSparse => {
+        DiskFormat::VmfsSparse | DiskFormat::SeSparse => {
             let extent = out.with_file_name(&d.extent_file);
             let f = fresh(&extent)?;
-            let w = CowdWriter::create(f, d.capacity, &extent.display().to_string()).at(&extent)?;
+            let name = extent.display().to_string();
+            let w: Box<dyn GrainWriter> = if format == DiskFormat::VmfsSparse {
+                Box::new(CowdWriter::create(f, d.capacity, &name).at(&extent)?)
+            } else {
+                Box::new(SeSparseWriter::create(f, d.capacity, &name).at(&extent)?)
+            };
             write_new(out, d.to_text().as_bytes())?;
-            Ok(Box::new(w))
+            Ok(w)
         }
-        DiskFormat::SeSparse => Err(imagestore_core::Error::invalid(
-            "format=seSparse: SEsparse disks cannot be written yet",
-        )),
     }
 }
 

@@ -20,9 +20,10 @@ pub struct Options {
     /// Capacity of new stores' scratch disks in KiB (every layer inherits it); VIC's default
     /// is 8,000,000 KiB.
     pub capacity_kib: u64,
-    /// The format new delta disks are written in (`format=`; default monolithicSparse).
-    /// With ESXi's native formats the scratch image is a flat base disk left all zero and a
-    /// first delta disk holding the file system (decision 0023).
+    /// The format of a new store's disks (`format=`; default monolithicSparse); a layer is
+    /// always written in its parent's format, so a chain never mixes formats. With ESXi's
+    /// native formats the scratch image is a flat base disk left all zero and a first delta
+    /// disk holding the file system (decision 0023).
     pub format: DiskFormat,
 }
 

@@ -210,13 +210,7 @@ pub(crate) fn start_import(
     let outbox = WorkDir::create(&cat.rep().ds.outbox_dir())?;
     let disk = outbox.path().join(format!("{n}.vmdk"));
     let hint = layout::parent_hint(&w.dir, &sp.image(&record.parent));
-    let build = DeltaBuild::start(
-        &chain,
-        &parent_chain,
-        &hint,
-        &disk,
-        cat.rep().options.format,
-    )?;
+    let build = DeltaBuild::start(&chain, &parent_chain, &hint, &disk)?;
     Ok(ImportBuild {
         build,
         outbox,
@@ -231,12 +225,13 @@ pub(crate) fn start_import(
 /// replaces the layer's previous one, then the import's TOC is recorded.
 pub(crate) fn finish_import(rep: &DiskLayers, b: ImportBuild, toc: Toc) -> Result<()> {
     let top = Arc::new(toc);
+    let format = b.build.format();
     b.build.finish(&b.lower, top.clone(), LayerData::Streamed)?;
-    rep.put_disk(&b.disk, &layout::import_disk(&b.w, b.n))?;
+    rep.put_disk(&b.disk, &layout::import_disk(&b.w, b.n), format)?;
     rep.ds
         .write(&layout::import_toc(&b.w, b.n), &top.to_bytes()?)?;
     if b.n > 0 {
-        rep.remove_disk(&layout::import_disk(&b.w, b.n - 1))?;
+        rep.remove_disk(&layout::import_disk(&b.w, b.n - 1), format)?;
     }
     drop(b.outbox);
     Ok(())

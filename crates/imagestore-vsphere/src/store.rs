@@ -21,11 +21,12 @@ use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::{ByteStream, Error, ImageId, Metadata, Result, StoreName};
 
-use crate::build::{WorkDir, base_name, build_base, build_scratch};
+use crate::build::{WorkDir, base_name, build_scratch};
 use crate::config::Options;
 use crate::datastore::{Datastore, DsPath};
 use crate::error::in_backend;
 use crate::layout;
+use crate::vmdk::format::DiskFormat;
 
 /// Longest chain of layers above scratch: each layer is one more delta disk in the chain
 /// vSphere follows on every read (`docs/backends.md`).
@@ -127,22 +128,19 @@ impl DiskLayers {
     /// VIC's skeleton, beside the skeleton's TOC.
     fn scratch_files(&self, p: &ImagePaths) -> Result<u64> {
         let format = self.options.format;
-        // A native format's base disk is a sparse file as large as the disk: it is built
-        // where putting it in place is a rename.
-        let work = if format.is_native() {
-            WorkDir::create(&self.ds.outbox_dir())?
-        } else {
-            WorkDir::create(&self.ds.work_dir())?
-        };
         let name = format!("{}.vmdk", p.id);
+        // In a native format, scratch's file system goes into the first delta disk, on a
+        // base disk the datastore creates.
+        let base = if format.is_native() {
+            self.ds.mkdir(&p.dir)?;
+            let base = p.dir.child(&base_name(&name));
+            Some(self.ds.create_base_disk(&base, self.options.capacity_kib)?)
+        } else {
+            None
+        };
+        let work = WorkDir::create(&self.ds.work_dir())?;
         let disk = work.path().join(&name);
-        if format.is_native() {
-            build_base(
-                &work.path().join(base_name(&name)),
-                self.options.capacity_kib,
-            )?;
-        }
-        let stats = build_scratch(&disk, &name, self.options.capacity_kib, format)?;
+        let stats = build_scratch(&disk, &name, self.options.capacity_kib, format, base)?;
         let toc = read_toc(
             &skeleton_tar()?[..],
             &ChainView::new(Vec::new()),
@@ -151,21 +149,18 @@ impl DiskLayers {
         .to_bytes()?;
         self.write_metadata(p, &Metadata::new())?;
         self.ds.write(&layout::toc(p), &toc)?;
-        if format.is_native() {
-            let base = base_name(&name);
-            let flat = crate::disk::flat_descriptor(0, &base, 0).extent_file;
-            for f in [flat, base] {
-                self.ds.put_file(&work.path().join(&f), &p.dir.child(&f))?;
-            }
-        }
-        self.put_disk(&disk, &layout::disk(p))?;
+        self.put_disk(&disk, &layout::disk(p), format)?;
         Ok(stats.bytes + toc.len() as u64)
     }
 
-    /// Puts the disk built at `local` in place at `dest` (the same file name): a native
-    /// format's extent first, then the descriptor that makes it a disk.
-    pub(crate) fn put_disk(&self, local: &std::path::Path, dest: &DsPath) -> Result<u64> {
-        let format = self.options.format;
+    /// Puts the disk built at `local` in `format` in place at `dest` (the same file name): a
+    /// native format's extent first, then the descriptor that makes it a disk.
+    pub(crate) fn put_disk(
+        &self,
+        local: &std::path::Path,
+        dest: &DsPath,
+        format: DiskFormat,
+    ) -> Result<u64> {
         let mut size = 0;
         if format.is_native() {
             let extent = format.extent_name(dest.name());
@@ -177,10 +172,9 @@ impl DiskLayers {
         Ok(size + self.ds.put_file(local, dest)?)
     }
 
-    /// Removes the disk at `path` and, in a native format, its extent.
-    pub(crate) fn remove_disk(&self, path: &DsPath) -> Result<()> {
+    /// Removes the disk at `path` and, in a native `format`, its extent.
+    pub(crate) fn remove_disk(&self, path: &DsPath, format: DiskFormat) -> Result<()> {
         self.ds.remove_file(path)?;
-        let format = self.options.format;
         if format.is_native() {
             self.ds
                 .remove_file(&path.parent().child(&format.extent_name(path.name())))?;

@@ -71,8 +71,7 @@ impl DiskStore {
                 let chain = open_chain(c.rep(), &sp2, &ids)
                     .map_err(|e| c.unless_parent_gone(e, &s2, &sp2, &parent_id, &p2.id))?;
                 let hint = layout::parent_hint(&p2.dir, &sp2.image(&parent_id));
-                let build =
-                    DeltaBuild::start(&chain, &chain, &hint, &disk, c.rep().options.format)?;
+                let build = DeltaBuild::start(&chain, &chain, &hint, &disk)?;
                 Ok((outbox, disk, build))
             })
             .await?;
@@ -82,6 +81,7 @@ impl DiskStore {
             ingest_tapped(body, sum.as_ref(), &mut NullSink, view, limits, Some(tap)).await?;
         let toc = Arc::new(ingested.toc);
         let (p2, parent_id, m) = (p.clone(), parent.id.clone(), meta.clone());
+        let format = build.format();
         let size = self
             .run(move |c| {
                 let stats = build
@@ -91,7 +91,7 @@ impl DiskStore {
                 let rep = c.rep();
                 rep.write_metadata(&p2, &m)?;
                 rep.ds.write(&layout::toc(&p2), &toc)?;
-                rep.put_disk(&disk, &layout::disk(&p2))?;
+                rep.put_disk(&disk, &layout::disk(&p2), format)?;
                 drop(outbox);
                 Ok(stats.disk.bytes + toc.len() as u64)
             })

@@ -220,6 +220,11 @@ fn main() -> ExitCode {
             tools(),
             |()| layers_apply_with_every_entry_kind(DiskFormat::VmfsSparse),
         ),
+        support::trial(
+            "se_sparse_layers_apply_with_every_entry_kind",
+            tools(),
+            |()| layers_apply_with_every_entry_kind(DiskFormat::SeSparse),
+        ),
         support::trial("a_directory_of_a_hundred_thousand_entries", tools(), |()| {
             a_directory_of_a_hundred_thousand_entries()
         }),

@@ -288,6 +288,24 @@ fn native_disks_pass_qemu_img(format: DiskFormat) -> Result<()> {
     Ok(())
 }
 
+/// In `d`: a flat base disk and one delta `l1.vmdk` on it in `format` holding `grains` (as
+/// `fill` writes them, in that order), and the raw image it stands for.
+fn one_delta(
+    d: &std::path::Path,
+    format: DiskFormat,
+    grains: &[(u64, u8)],
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let base = d.join("base.vmdk");
+    build_base(&base, SIZE / 1024)?;
+    let raw = d.join("r.raw");
+    let l1 = d.join("l1.vmdk");
+    let parent = Some((Arc::new(open_chain(&base)?), "base.vmdk"));
+    let mut o = overlay_in(format, &l1, "l1.vmdk", parent)?;
+    fill_both(&raw, &mut o, grains)?;
+    o.finish()?;
+    Ok((raw, l1))
+}
+
 /// The bytes of a vmfsSparse extent, field by field, for a disk holding two grains: the
 /// 2048-byte COWD header, the grain directory right after it, grains from the first 4 KiB
 /// boundary as runs of 128 one-sector grains, then one grain table per 2 MiB that holds
@@ -295,18 +313,7 @@ fn native_disks_pass_qemu_img(format: DiskFormat) -> Result<()> {
 fn cowd_extent_bytes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let base = d.join("base.vmdk");
-    build_base(&base, SIZE / 1024)?;
-    let raw = d.join("r.raw");
-    let l1 = d.join("l1.vmdk");
-    let mut o = overlay_in(
-        DiskFormat::VmfsSparse,
-        &l1,
-        "l1.vmdk",
-        Some((Arc::new(open_chain(&base)?), "base.vmdk")),
-    )?;
-    fill_both(&raw, &mut o, &[(40, 0xa1), (2, 0xb2)])?;
-    o.finish()?;
+    let (raw, l1) = one_delta(d, DiskFormat::VmfsSparse, &[(40, 0xa1), (2, 0xb2)])?;
     let b = std::fs::read(d.join("l1-delta.vmdk"))?;
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let sectors = (SIZE / SECTOR) as u32;
@@ -354,6 +361,77 @@ fn cowd_extent_bytes() -> Result<()> {
     Ok(())
 }
 
+/// The bytes of a seSparse extent, field by field, for a disk holding three blocks in two
+/// grain tables: the constant and volatile headers, the directory at sector 8, the tables
+/// region sized for the whole disk, grains from the next 64 KiB boundary (16 grains of 4 KiB
+/// per 64 KiB block, in the order they were written), then the free bitmap and backmap.
+fn sesparse_extent_bytes() -> Result<()> {
+    use imagestore_vsphere::vmdk::sesparse::stored_entry;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let grains = [(40, 0xa1), (2, 0xb2), (300, 0xc3)];
+    let (raw, l1) = one_delta(d, DiskFormat::SeSparse, &grains)?;
+    let b = std::fs::read(d.join("l1-sesparse.vmdk"))?;
+    let at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let sectors = SIZE / SECTOR;
+    let want: [(usize, u64); 26] = [
+        (0, 0xcafe_babe),
+        (8, 0x0000_0002_0000_0001),
+        (16, sectors),
+        (24, 8),
+        (32, 64),
+        (40, 0),
+        (80, 1), // volatile header
+        (88, 1),
+        (96, 2), // journal header
+        (104, 1),
+        (112, 3), // journal
+        (120, 1),
+        (128, 8), // grain directory: 6 tables, one sector
+        (136, 1),
+        (144, 16), // grain tables: 6 × 64 sectors
+        (152, 384),
+        (160, 896), // free bitmap after 48 grains of 8 sectors from 512
+        (168, 1),
+        (176, 897), // backmap: 48 entries of 8 bytes
+        (184, 1),
+        (192, 512), // grains
+        (200, 384),
+        (512, 0xcafe_cafe), // volatile: two tables in use, next transaction 1
+        (520, 2),
+        (528, 1),
+        (536, 0),
+    ];
+    for (o, v) in want {
+        assert_eq!(at(o), v, "u64 at byte {o}");
+    }
+    assert_eq!(b.len(), 898 * 512);
+    let gd = |i: usize| at(8 * 512 + 8 * i);
+    assert_eq!(
+        gd(0),
+        0x1000_0000_0000_0000,
+        "blocks 2 and 40 are in table 0"
+    );
+    assert_eq!(gd(1), 0x1000_0000_0000_0001, "block 300 is in table 1");
+    assert!((2..6).all(|i| gd(i) == 0));
+    let gte = |t: usize, i: usize| at((16 + 64 * t) * 512 + 8 * i);
+    for k in 0..16 {
+        assert_eq!(gte(0, 2 * 16 + k), stored_entry(16 + k as u64));
+        assert_eq!(gte(0, 40 * 16 + k), stored_entry(k as u64));
+        assert_eq!(gte(1, (300 - 256) * 16 + k), stored_entry(32 + k as u64));
+    }
+    assert_eq!(gte(0, 0), 0);
+    assert_eq!(gte(1, 0), 0);
+    assert_eq!(b[512 * 512], 0xa1);
+    assert_eq!(b[(512 + 128) * 512], 0xb2);
+    assert_eq!(b[(512 + 256) * 512], 0xc3);
+    // qemu reads exactly those bytes.
+    let back = d.join("back.raw");
+    to_raw(&l1, &back)?;
+    assert!(same(&raw, &back)?);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     support::run(vec![
         support::trial(
@@ -365,6 +443,16 @@ fn main() -> ExitCode {
             "vmfs_sparse_disks_pass_qemu_img",
             support::programs(&["qemu-img"]),
             |()| native_disks_pass_qemu_img(DiskFormat::VmfsSparse),
+        ),
+        support::trial(
+            "se_sparse_disks_pass_qemu_img",
+            support::programs(&["qemu-img"]),
+            |()| native_disks_pass_qemu_img(DiskFormat::SeSparse),
+        ),
+        support::trial(
+            "sesparse_extent_bytes",
+            support::programs(&["qemu-img"]),
+            |()| sesparse_extent_bytes(),
         ),
         support::trial(
             "cowd_extent_bytes",

@@ -88,6 +88,20 @@ impl Chain {
         &self.disks
     }
 
+    /// The format new delta disks on this chain are written in: its top disk's (a chain must
+    /// not mix formats on ESXi). An error if the top disk is not a delta format this crate
+    /// writes (a flat base disk is never the top of an image's chain).
+    pub fn delta_format(&self) -> io::Result<super::format::DiskFormat> {
+        let top = self
+            .disks
+            .last()
+            .ok_or_else(|| bad("disk chain", "no disks"))?;
+        top.descriptor
+            .create_type
+            .parse()
+            .map_err(|e| bad(&top.name, e))
+    }
+
     /// The top disk's CID.
     pub fn top_cid(&self) -> u32 {
         self.disks

@@ -6,11 +6,11 @@
 //! back onto 64 KiB blocks; a file whose grains of one block are scattered is refused.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 
 use super::sparse::GrainLoc;
-use super::writer::GrainWriter;
+use super::writer::{Blocks, GrainWriter, seal};
 use super::{GRAIN, GRAIN_SECTORS, ReadAt, SECTOR, bad, grains_of};
 
 /// `COWD`, as the bytes at the start of the file.
@@ -206,11 +206,9 @@ pub fn read_map(file: &dyn ReadAt, what: &str) -> io::Result<(u64, Vec<(u32, Gra
 #[derive(Debug)]
 pub struct CowdWriter {
     file: File,
-    name: String,
     capacity: u64,
-    /// Per 64 KiB block: the sector its grains start at, 0 when not placed.
-    blocks: Vec<u32>,
-    next_sector: u64,
+    /// Each block's first sector.
+    blocks: Blocks,
 }
 
 impl CowdWriter {
@@ -227,39 +225,24 @@ impl CowdWriter {
         file.set_len(first * SECTOR)?;
         Ok(CowdWriter {
             file,
-            name: name.to_owned(),
             capacity,
-            blocks: vec![0; grains_of(capacity) as usize],
-            next_sector: first,
+            blocks: Blocks::new(capacity, name, first, GRAIN_SECTORS),
         })
+    }
+
+    fn sector32(&self, s: u64) -> io::Result<u32> {
+        u32::try_from(s).map_err(|_| bad(self.blocks.name(), "extent larger than 2 TiB"))
     }
 }
 
 impl GrainWriter for CowdWriter {
     fn allocate(&mut self, g: u32) -> io::Result<u64> {
-        match self.blocks.get(g as usize) {
-            Some(0) => {}
-            _ => {
-                return Err(bad(
-                    &self.name,
-                    format!("block {g} out of range or allocated twice"),
-                ));
-            }
-        }
-        let sector = u32::try_from(self.next_sector)
-            .ok()
-            .filter(|s| u64::from(*s) + GRAIN_SECTORS <= MAX_CAPACITY)
-            .ok_or_else(|| bad(&self.name, "extent larger than 2 TiB"))?;
-        self.blocks[g as usize] = sector;
-        self.next_sector += GRAIN_SECTORS;
-        Ok(u64::from(sector) * SECTOR)
+        self.sector32(self.blocks.next() + GRAIN_SECTORS)?;
+        Ok(self.blocks.place(g)? * SECTOR)
     }
 
     fn grain_offset(&self, g: u32) -> Option<u64> {
-        match self.blocks.get(g as usize) {
-            Some(s) if *s != 0 => Some(u64::from(*s) * SECTOR),
-            _ => None,
-        }
+        self.blocks.position(g).map(|s| s * SECTOR)
     }
 
     fn file(&self) -> &File {
@@ -267,7 +250,7 @@ impl GrainWriter for CowdWriter {
     }
 
     fn grains(&self) -> usize {
-        self.blocks.iter().filter(|s| **s != 0).count()
+        self.blocks.placed()
     }
 
     fn finish_unsynced(self: Box<Self>) -> io::Result<(File, u64)> {
@@ -275,41 +258,32 @@ impl GrainWriter for CowdWriter {
         let gd_entries = CowdHeader::gd_entries_for(self.capacity, gs);
         let blocks_per_gt = (GTES_PER_GT * gs / GRAIN_SECTORS) as usize;
         let mut gd = vec![0u32; gd_entries as usize];
-        let mut at = self.next_sector;
+        let mut at = self.blocks.next();
         let mut table = Vec::with_capacity((GTES_PER_GT * 4) as usize);
-        for (t, blocks) in self.blocks.chunks(blocks_per_gt).enumerate() {
-            if blocks.iter().all(|s| *s == 0) {
-                continue;
-            }
+        for (t, blocks) in self.blocks.tables(blocks_per_gt) {
             table.clear();
             for b in blocks {
                 for k in 0..GRAIN_SECTORS / gs {
-                    let s = if *b == 0 { 0 } else { *b + (k * gs) as u32 };
+                    let s = b.map_or(Ok(0), |b| self.sector32(b + k * gs))?;
                     table.extend_from_slice(&s.to_le_bytes());
                 }
             }
             table.resize((GTES_PER_GT * 4) as usize, 0);
             self.file.write_all_at(&table, at * SECTOR)?;
-            gd[t] = u32::try_from(at).map_err(|_| bad(&self.name, "extent larger than 2 TiB"))?;
+            gd[t] = self.sector32(at)?;
             at += GTES_PER_GT * 4 / SECTOR;
         }
         let gd_bytes: Vec<u8> = gd.iter().flat_map(|s| s.to_le_bytes()).collect();
         self.file.write_all_at(&gd_bytes, 4 * SECTOR)?;
-        let free_sector =
-            u32::try_from(at).map_err(|_| bad(&self.name, "extent larger than 2 TiB"))?;
         let header = CowdHeader {
             capacity: self.capacity as u32,
             grain_size: gs as u32,
             gd_offset: 4,
             gd_entries: gd_entries as u32,
-            free_sector,
+            free_sector: self.sector32(at)?,
         };
         self.file.write_all_at(&header.to_bytes(), 0)?;
-        let size = at * SECTOR;
-        self.file.set_len(size)?;
-        let mut file = self.file;
-        file.flush()?;
-        Ok((file, size))
+        seal(self.file, at * SECTOR)
     }
 }
 

@@ -10,6 +10,7 @@
 //!   [`writer::GrainWriter`] every format's writer is;
 //! * [`format`] — the formats layers are written in (`format=`) and the extent kinds;
 //! * [`cowd`] — the ESX Server sparse extent of `vmfsSparse` delta disks;
+//! * [`sesparse`] — the SEsparse extent of `seSparse` delta disks;
 //! * [`chain`] — reading through a disk and its parents;
 //! * [`overlay`] — a new disk written block by block over its parent chain;
 //! * [`stream`] — writing a flattened stream-optimized disk.
@@ -20,6 +21,7 @@ pub mod descriptor;
 pub mod format;
 pub mod header;
 pub mod overlay;
+pub mod sesparse;
 pub mod sparse;
 pub mod stream;
 pub mod writer;

@@ -105,7 +105,10 @@ impl SparseDisk {
                 (capacity, grains, f)
             }
             ExtentKind::SeSparse => {
-                return Err(bad(name, "SEsparse extents cannot be read yet"));
+                let f = extent(extent_name)?;
+                let what = format!("{name} (extent {extent_name})");
+                let (capacity, grains) = super::sesparse::read_map(f.as_ref(), &what)?;
+                (capacity, grains, f)
             }
             ExtentKind::Vmfs => {
                 if descriptor.parent_cid != super::NO_PARENT_CID {

@@ -180,3 +180,83 @@ impl GrainWriter for SparseWriter {
         SparseWriter::finish_unsynced(*self)
     }
 }
+
+/// The 64 KiB blocks placed in a new native extent, each stored as one run of grains from a
+/// position the format counts in its own unit (a sector, a grain index); what the vmfsSparse
+/// and seSparse writers share.
+#[derive(Debug)]
+pub struct Blocks {
+    name: String,
+    /// Per block: 1 + the position of its run, 0 when not placed.
+    at: Vec<u64>,
+    next: u64,
+    step: u64,
+}
+
+impl Blocks {
+    /// The blocks of a disk of `capacity` sectors (`name` names it in errors), placed from
+    /// position `first` on, `step` units apart.
+    pub fn new(capacity: u64, name: &str, first: u64, step: u64) -> Blocks {
+        Blocks {
+            name: name.to_owned(),
+            at: vec![0; grains_of(capacity) as usize],
+            next: first,
+            step,
+        }
+    }
+
+    /// Places block `g` at the next position and returns it; fails if `g` is out of range
+    /// or placed already.
+    pub fn place(&mut self, g: u32) -> io::Result<u64> {
+        match self.at.get_mut(g as usize) {
+            Some(slot) if *slot == 0 => {
+                let pos = self.next;
+                *slot = pos + 1;
+                self.next += self.step;
+                Ok(pos)
+            }
+            _ => Err(bad(
+                &self.name,
+                format!("block {g} out of range or allocated twice"),
+            )),
+        }
+    }
+
+    /// The position of block `g`, if placed.
+    pub fn position(&self, g: u32) -> Option<u64> {
+        self.at.get(g as usize).filter(|p| **p != 0).map(|p| p - 1)
+    }
+
+    /// Number of blocks placed.
+    pub fn placed(&self) -> usize {
+        self.at.iter().filter(|p| **p != 0).count()
+    }
+
+    /// The position after the last block placed.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The name errors use.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The grain tables that hold blocks, `per_table` blocks each: each table's number and,
+    /// per block of it, its position if placed.
+    pub fn tables(&self, per_table: usize) -> impl Iterator<Item = (usize, Vec<Option<u64>>)> + '_ {
+        self.at
+            .chunks(per_table)
+            .enumerate()
+            .filter(|(_, c)| c.iter().any(|p| *p != 0))
+            .map(|(t, c)| (t, c.iter().map(|p| p.checked_sub(1)).collect()))
+    }
+}
+
+/// Gives a finished extent its length and flushes it: its file and size.
+pub fn seal(file: File, size: u64) -> io::Result<(File, u64)> {
+    file.set_len(size)?;
+    let mut file = file;
+    file.flush()?;
+    Ok((file, size))
+}

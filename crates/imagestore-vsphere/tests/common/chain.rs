@@ -169,13 +169,14 @@ impl Chain {
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("scratch.vmdk");
         let mut disks = Vec::new();
+        let mut base_cid = None;
         if format.is_native() {
             let base = dir.join(base_name("scratch.vmdk"));
-            build_base(&base, capacity_kib)?;
+            base_cid = Some(build_base(&base, capacity_kib)?);
             qemu_check(&base)?;
             disks.push(base);
         }
-        build_scratch(&disk, "scratch.vmdk", capacity_kib, format)?;
+        build_scratch(&disk, "scratch.vmdk", capacity_kib, format, base_cid)?;
         qemu_check(&disk)?;
         disks.push(disk);
         let c = Chain {
@@ -230,7 +231,6 @@ impl Chain {
             &self.tocs,
             toc.clone(),
             LayerData::Tar(&tar_file),
-            self.format,
         )?;
         std::fs::remove_file(&tar_file)?;
         self.tocs.push(toc);
