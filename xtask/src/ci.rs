@@ -215,6 +215,7 @@ pub fn conformance(backend: &str) -> Result<()> {
             let sim = Vcsim::start()?;
             let mut cmd = cargo();
             cmd.args(["test", "-p", "imagestore-conformance", "--test", "vsphere"])
+                .args(["--test", "vsphere_se_sparse"])
                 .args(["-p", "imagestore-vsphere", "--test", "vcsim"])
                 .env("CI", "true");
             sim.env(&mut cmd);

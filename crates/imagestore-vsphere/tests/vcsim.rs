@@ -27,6 +27,7 @@ use imagestore::{
 use imagestore_conformance::faults;
 use imagestore_conformance::support;
 use imagestore_vsphere::datastore::{DsPath, Storage};
+use imagestore_vsphere::vmdk::format::DiskFormat;
 use imagestore_vsphere::vsphere::VsphereStore;
 use imagestore_vsphere::vsphere::config::{PASSWORD_ENV, USER_ENV, VsphereConfig};
 use tokio::io::AsyncReadExt;
@@ -62,9 +63,17 @@ async fn write(store: &dyn ImageStorer, parent: &Image, id: &str, layer: Vec<u8>
         .await?)
 }
 
-async fn disks_on_the_simulator_pass_the_real_tools((base, dir): (String, PathBuf)) -> Result<()> {
+/// A chain written in `format` (`None`: the one the store picks for the simulator's
+/// datastore, vmfsSparse) passes the real tools after every layer, with the create types
+/// `qemu-img` reports.
+async fn disks_on_the_simulator_pass_the_real_tools(
+    (base, dir): (String, PathBuf),
+    format: Option<DiskFormat>,
+) -> Result<()> {
     let f = folder();
-    let vs = open(&format!("{base}/{f}?allow_http=true")).await?;
+    let query = format.map(|f| format!("&format={f}")).unwrap_or_default();
+    let vs = open(&format!("{base}/{f}?allow_http=true{query}")).await?;
+    let format = format.unwrap_or(DiskFormat::VmfsSparse);
     let store = vs.storer();
     let s = StoreName::new("chain")?;
     store.create_image_store(&s).await?;
@@ -82,6 +91,16 @@ async fn disks_on_the_simulator_pass_the_real_tools((base, dir): (String, PathBu
     ];
     let mut top = scratch;
     let mut chain = vec!["scratch.vmdk".to_owned()];
+    let mut types = vec![format.create_type().to_owned()];
+    if format.is_native() {
+        chain.push("scratch-base.vmdk".into());
+        types.push("vmfs".into());
+        // The base disk is the simulator's own (it makes an empty flat extent).
+        let flat = dir.join(format!(
+            "{f}/VIC/chain/images/scratch/scratch-base-flat.vmdk"
+        ));
+        ensure!(std::fs::metadata(&flat)?.len() == 0, "vcsim's flat extent");
+    }
     let work = tempfile::tempdir()?;
     for (i, layer) in layers.into_iter().enumerate() {
         let id = format!("l{i}");
@@ -91,6 +110,8 @@ async fn disks_on_the_simulator_pass_the_real_tools((base, dir): (String, PathBu
         qemu_check(&disk)?;
         chain.insert(0, format!("{id}.vmdk"));
         ensure!(backing_chain(&disk)? == chain, "backing chain after {id}");
+        types.insert(0, format.create_type().to_owned());
+        ensure!(create_types(&disk)? == types, "create types after {id}");
         let raw = work.path().join(format!("{id}.raw"));
         to_raw(&disk, &raw)?;
         e2fsck_clean(&raw)?;
@@ -276,13 +297,23 @@ async fn virtual_disks_are_created_copied_queried_and_deleted(
     .await?;
     let chain = vs.disk_chain(&s, &b.id).await?;
     let names: Vec<&str> = chain.iter().map(|d| d.name.as_str()).collect();
-    let want: Vec<String> = ["b", "a", "scratch"]
+    // vcsim's datastore is `OTHER`, where the store writes vmfsSparse deltas on a base disk.
+    let kind = tokio::task::block_in_place(|| vs.datastore().datastore_kind())?;
+    ensure!(
+        kind.fs_type == "OTHER" && kind.vmfs_major.is_none(),
+        "{kind:?}"
+    );
+    ensure!(kind.delta_format()? == DiskFormat::VmfsSparse);
+    let mut want: Vec<String> = ["b", "a", "scratch"]
         .iter()
         .map(|i| format!("[LocalDS_0] {f}/VIC/disks/images/{i}/{i}.vmdk"))
         .collect();
+    want.push(format!(
+        "[LocalDS_0] {f}/VIC/disks/images/scratch/scratch-base.vmdk"
+    ));
     ensure!(names == want, "{names:?}");
     ensure!(chain[0].parent.as_deref() == Some(want[1].as_str()));
-    ensure!(chain[2].parent.is_none() && chain[2].capacity_kib == 65536);
+    ensure!(chain[3].parent.is_none() && chain[3].capacity_kib == 65536);
     // The virtual disk manager's own disks.
     let ds = vs.datastore();
     tokio::task::block_in_place(|| -> Result<()> {
@@ -475,7 +506,27 @@ fn main() -> ExitCode {
                 support::programs(&["qemu-img", "e2fsck", "debugfs"]),
             ),
             2,
-            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v),
+            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v, None),
+        ),
+        support::trial_async(
+            "se_sparse_disks_on_the_simulator_pass_the_real_tools",
+            support::both(
+                simulator(),
+                support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+            ),
+            2,
+            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v, Some(DiskFormat::SeSparse)),
+        ),
+        support::trial_async(
+            "monolithic_sparse_disks_on_the_simulator_pass_the_real_tools",
+            support::both(
+                simulator(),
+                support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+            ),
+            2,
+            |(v, ())| {
+                disks_on_the_simulator_pass_the_real_tools(v, Some(DiskFormat::MonolithicSparse))
+            },
         ),
         support::trial_async(
             "a_lost_session_is_logged_in_again",

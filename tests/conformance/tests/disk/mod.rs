@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod vsphere;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
