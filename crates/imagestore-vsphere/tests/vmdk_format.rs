@@ -432,6 +432,85 @@ fn sesparse_extent_bytes() -> Result<()> {
     Ok(())
 }
 
+/// Damaged or hostile native disks are refused with an error naming what is wrong, never
+/// read wrong: scattered grains, tables past the end of the file, extents outside the
+/// disk's folder, absurd capacities, unknown header values, a dirty SEsparse journal.
+fn damaged_native_disks_are_refused() -> Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    fn refused(disk: &std::path::Path, want: &str) -> Result<()> {
+        match open_chain(disk) {
+            Ok(_) => anyhow::bail!("{} opened; want an error with {want:?}", disk.display()),
+            Err(e) if e.to_string().contains(want) => Ok(()),
+            Err(e) => anyhow::bail!("error {e}; want one with {want:?}"),
+        }
+    }
+    fn poke(path: &std::path::Path, at: u64, bytes: &[u8]) -> Result<()> {
+        File::options()
+            .write(true)
+            .open(path)?
+            .write_all_at(bytes, at)?;
+        Ok(())
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // vmfsSparse: the grains of block 2 start at sector 8; its table is the first.
+    let (_, l1) = one_delta(d, DiskFormat::VmfsSparse, &[(2, 0xb2)])?;
+    let extent = d.join("l1-delta.vmdk");
+    let pristine = std::fs::read(&extent)?;
+    let u32_at = |o: usize| u32::from_le_bytes(pristine[o..o + 4].try_into().unwrap());
+    let gt = u64::from(u32_at(4 * 512)) * SECTOR;
+    poke(&extent, gt + 4 * (2 * 128 + 5), &9999u32.to_le_bytes())?;
+    refused(&l1, "are not stored together")?;
+    std::fs::write(&extent, &pristine)?;
+    poke(&extent, 4 * 512, &0x00ff_ffffu32.to_le_bytes())?;
+    refused(&l1, "lies past the end of the file")?;
+    std::fs::write(&extent, &pristine)?;
+    poke(&extent, 16, &3u32.to_le_bytes())?;
+    refused(&l1, "grain size of 3 sectors")?;
+    std::fs::write(&extent, &pristine)?;
+    open_chain(&l1)?;
+    let text = std::fs::read_to_string(&l1)?;
+    std::fs::write(
+        &l1,
+        text.replace("\"l1-delta.vmdk\"", "\"../l1-delta.vmdk\""),
+    )?;
+    refused(&l1, "is not a file name in the disk's folder")?;
+    let base = d.join("base.vmdk");
+    let text = std::fs::read_to_string(&base)?;
+    let sectors = (SIZE / SECTOR).to_string();
+    std::fs::write(&base, text.replace(&sectors, "4398046511104"))?;
+    refused(&base, "capacity of 4398046511104 sectors")?;
+
+    // seSparse.
+    let d = &d.join("se");
+    std::fs::create_dir(d)?;
+    let (_, l1) = one_delta(d, DiskFormat::SeSparse, &[(2, 0xb2)])?;
+    let extent = d.join("l1-sesparse.vmdk");
+    let pristine = std::fs::read(&extent)?;
+    poke(&extent, 8 * 512, &0x2000_0000_0000_0000u64.to_le_bytes())?;
+    refused(&l1, "bad grain directory entry 0")?;
+    std::fs::write(&extent, &pristine)?;
+    poke(&extent, 8 * 512, &0x1000_0000_0000_0777u64.to_le_bytes())?;
+    refused(&l1, "grain table 1911 lies outside the tables region")?;
+    std::fs::write(&extent, &pristine)?;
+    poke(&extent, 40, &1u64.to_le_bytes())?;
+    refused(&l1, "unsupported flags")?;
+    std::fs::write(&extent, &pristine)?;
+    poke(&extent, 512 + 24, &1u64.to_le_bytes())?;
+    refused(&l1, "the journal must be replayed")?;
+    std::fs::write(&extent, &pristine)?;
+    // Half of block 2's grains zeroed: not one run.
+    poke(
+        &extent,
+        16 * 512 + 8 * 32,
+        &0x2000_0000_0000_0000u64.to_le_bytes(),
+    )?;
+    refused(&l1, "not one run of stored grains")?;
+    std::fs::write(&extent, &pristine)?;
+    open_chain(&l1)?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     support::run(vec![
         support::trial(
@@ -453,6 +532,11 @@ fn main() -> ExitCode {
             "sesparse_extent_bytes",
             support::programs(&["qemu-img"]),
             |()| sesparse_extent_bytes(),
+        ),
+        support::trial(
+            "damaged_native_disks_are_refused",
+            support::programs(&["qemu-img"]),
+            |()| damaged_native_disks_are_refused(),
         ),
         support::trial(
             "cowd_extent_bytes",

@@ -33,6 +33,9 @@ pub struct SparseDisk {
     pub file: Arc<dyn ReadAt>,
 }
 
+/// Largest capacity of a disk opened from a descriptor file, in sectors (2 TiB).
+pub const MAX_NATIVE_CAPACITY: u64 = 1 << 32;
+
 /// Largest descriptor file read, in bytes (ESXi's are well under 2 KiB).
 pub const MAX_DESCRIPTOR_FILE: u64 = 64 * 1024;
 
@@ -132,8 +135,13 @@ impl SparseDisk {
                 ),
             ));
         }
-        if capacity == 0 || capacity > (1 << 42) {
-            return Err(bad(name, format!("capacity of {capacity} sectors")));
+        // The chain keeps a map entry per 64 KiB block: 2 TiB (the largest disk a store
+        // makes) is the bound.
+        if capacity == 0 || capacity > MAX_NATIVE_CAPACITY {
+            return Err(bad(
+                name,
+                format!("capacity of {capacity} sectors (at most {MAX_NATIVE_CAPACITY})"),
+            ));
         }
         Ok(SparseDisk {
             name: name.to_owned(),
