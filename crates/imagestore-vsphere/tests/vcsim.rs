@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
 use common::chain::TarB;
-use common::*;
+use common::store_chain::{layers_pass_the_real_tools, write};
 use imagestore::{
     Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
     Url, byte_stream,
@@ -50,22 +50,9 @@ async fn open(url: &str) -> Result<VsphereStore> {
     Ok(VsphereStore::open(config).await?)
 }
 
-async fn write(store: &dyn ImageStorer, parent: &Image, id: &str, layer: Vec<u8>) -> Result<Image> {
-    let sum = Digest::sha256_of(&layer);
-    Ok(store
-        .write_image(
-            parent,
-            &ImageId::new(id)?,
-            Metadata::new(),
-            &sum,
-            byte_stream(std::io::Cursor::new(layer)),
-        )
-        .await?)
-}
-
 /// A chain written in `format` (`None`: the one the store picks for the simulator's
 /// datastore, vmfsSparse) passes the real tools after every layer, with the create types
-/// `qemu-img` reports.
+/// `qemu-img` reports; in a native format the base disk is the simulator's own.
 async fn disks_on_the_simulator_pass_the_real_tools(
     (base, dir): (String, PathBuf),
     format: Option<DiskFormat>,
@@ -74,52 +61,12 @@ async fn disks_on_the_simulator_pass_the_real_tools(
     let query = format.map(|f| format!("&format={f}")).unwrap_or_default();
     let vs = open(&format!("{base}/{f}?allow_http=true{query}")).await?;
     let format = format.unwrap_or(DiskFormat::VmfsSparse);
-    let store = vs.storer();
-    let s = StoreName::new("chain")?;
-    store.create_image_store(&s).await?;
-    let scratch = store.scratch(&s).await?;
-    let layers = [
-        TarB::default()
-            .dir("app", 0o755)?
-            .file("app/a.txt", b"aaa\n")?
-            .file("etc/motd", b"hi\n")?
-            .done()?,
-        TarB::default()
-            .file("app/b.txt", &vec![7u8; 300_000])?
-            .done()?,
-        TarB::default().file("etc/.wh.motd", b"")?.done()?,
-    ];
-    let mut top = scratch;
-    let mut chain = vec!["scratch.vmdk".to_owned()];
-    let mut types = vec![format.create_type().to_owned()];
+    let root = dir.join(&f);
+    layers_pass_the_real_tools(vs.storer().as_ref(), &root, format).await?;
     if format.is_native() {
-        chain.push("scratch-base.vmdk".into());
-        types.push("vmfs".into());
-        // The base disk is the simulator's own (it makes an empty flat extent).
-        let flat = dir.join(format!(
-            "{f}/VIC/chain/images/scratch/scratch-base-flat.vmdk"
-        ));
+        // The simulator made the base disk: its flat extent is the empty file vcsim writes.
+        let flat = root.join("VIC/chain/images/scratch/scratch-base-flat.vmdk");
         ensure!(std::fs::metadata(&flat)?.len() == 0, "vcsim's flat extent");
-    }
-    let work = tempfile::tempdir()?;
-    for (i, layer) in layers.into_iter().enumerate() {
-        let id = format!("l{i}");
-        top = write(store.as_ref(), &top, &id, layer).await?;
-        // The simulator's own folder: what vSphere would hold.
-        let disk = dir.join(format!("{f}/VIC/chain/images/{id}/{id}.vmdk"));
-        qemu_check(&disk)?;
-        chain.insert(0, format!("{id}.vmdk"));
-        ensure!(backing_chain(&disk)? == chain, "backing chain after {id}");
-        types.insert(0, format.create_type().to_owned());
-        ensure!(create_types(&disk)? == types, "create types after {id}");
-        let raw = work.path().join(format!("{id}.raw"));
-        to_raw(&disk, &raw)?;
-        e2fsck_clean(&raw)?;
-        ensure!(debugfs(&raw, "cat /app/a.txt")? == "aaa\n");
-        if i == 2 {
-            ensure!(!debugfs(&raw, "ls /etc")?.contains("motd"), "whited out");
-            ensure!(debugfs(&raw, "stat /app/b.txt")?.contains("Size: 300000"));
-        }
     }
     Ok(())
 }

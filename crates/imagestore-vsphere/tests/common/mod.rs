@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 pub mod chain;
+pub mod store_chain;
 
 use std::path::Path;
 use std::process::Command;
