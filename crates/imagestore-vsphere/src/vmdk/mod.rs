@@ -8,7 +8,7 @@
 //! * [`sparse`] — opening one disk: its grain directory and tables as a grain map;
 //! * [`writer`] — writing a monolithicSparse disk from a set of 64 KiB grains, and the
 //!   [`writer::GrainWriter`] every format's writer is;
-//! * [`format`] — the formats layers are written in (`format=`) and the extent kinds;
+//! * [`format`](mod@format) — the formats layers are written in (`format=`) and the extent kinds;
 //! * [`cowd`] — the ESX Server sparse extent of `vmfsSparse` delta disks;
 //! * [`sesparse`] — the SEsparse extent of `seSparse` delta disks;
 //! * [`chain`] — reading through a disk and its parents;
