@@ -205,12 +205,17 @@ pub fn conformance(backend: &str) -> Result<()> {
             "--test",
             "vmdk",
             "--test",
+            "vmdk_vmfs_sparse",
+            "--test",
+            "vmdk_se_sparse",
+            "--test",
             "crash_vmdk",
         ])),
         "vsphere" => {
             let sim = Vcsim::start()?;
             let mut cmd = cargo();
             cmd.args(["test", "-p", "imagestore-conformance", "--test", "vsphere"])
+                .args(["--test", "vsphere_se_sparse"])
                 .args(["-p", "imagestore-vsphere", "--test", "vcsim"])
                 .args(["-p", "imagestore-server", "--test", "vic_vsphere"])
                 .env("CI", "true");

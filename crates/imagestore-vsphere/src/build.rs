@@ -15,32 +15,107 @@ use tracing::debug;
 use imagestore_core::Result;
 use imagestore_core::layer::toc::Toc;
 
-use crate::disk::{self, DiskStats, descriptor, new_cid};
+use crate::disk::{self, DiskStats, descriptor, flat_descriptor, new_cid};
 use crate::error::IoContext;
 use crate::ext4::{self, ApplyStats, LayerData};
 use crate::fsread::FsContent;
 use crate::vmdk::SECTOR;
 use crate::vmdk::chain::Chain;
+use crate::vmdk::cowd::CowdWriter;
+use crate::vmdk::descriptor::Descriptor;
+use crate::vmdk::format::DiskFormat;
 use crate::vmdk::overlay::Overlay;
+use crate::vmdk::sesparse::SeSparseWriter;
 use crate::vmdk::sparse::SparseDisk;
-use crate::vmdk::writer::SparseWriter;
+use crate::vmdk::writer::{GrainWriter, SparseWriter};
 
 /// VIC's default scratch capacity: 8,000,000 KiB.
 pub const DEFAULT_CAPACITY_KIB: u64 = 8_000_000;
 
-/// Writes the scratch disk at `out` (stored as `file_name`): a thin base disk of
-/// `capacity_kib` KiB holding ext4 labelled `containerfs` with VIC's skeleton, made in
-/// process.
-pub fn build_scratch(out: &Path, file_name: &str, capacity_kib: u64) -> Result<DiskStats> {
+/// Writes the scratch disk at `out` (stored as `file_name`): a thin disk of `capacity_kib`
+/// KiB holding ext4 labelled `containerfs` with VIC's skeleton, made in process. In
+/// monolithicSparse that is a base disk; in a native format it is the first delta disk on
+/// the flat base disk beside it named [`base_name`]`(file_name)`, whose CID is `base` (all
+/// zero: nothing of it is read).
+pub fn build_scratch(
+    out: &Path,
+    file_name: &str,
+    capacity_kib: u64,
+    format: DiskFormat,
+    base: Option<u32>,
+) -> Result<DiskStats> {
     let size = capacity_kib * 1024;
     let cid = new_cid();
-    let d = descriptor(size / SECTOR, file_name, cid, None);
-    let w = new_disk(out, &d)?;
-    let overlay = Overlay::new(None, w, size).at(out)?;
+    let hint = base_name(file_name);
+    let parent = match (format.is_native(), base) {
+        (true, Some(c)) => Some((c, hint.as_str())),
+        (false, None) => None,
+        _ => {
+            return Err(imagestore_core::Error::invalid(format!(
+                "scratch disk {file_name}: a {format} scratch disk {} a base disk",
+                if format.is_native() {
+                    "needs"
+                } else {
+                    "cannot have"
+                }
+            )));
+        }
+    };
+    let d = descriptor(format, size / SECTOR, file_name, cid, parent);
+    let w = new_disk(out, &d, format)?;
+    let overlay = Overlay::boxed(None, w, size).at(out)?;
     let mut overlay = ext4::make_scratch(overlay)?;
     let grains = overlay.grains().at(out)? as u64;
     let (_, bytes) = overlay.finish().at(out)?;
-    Ok(DiskStats { cid, grains, bytes })
+    Ok(DiskStats {
+        cid,
+        grains,
+        bytes: bytes + descriptor_bytes(&d, format),
+    })
+}
+
+/// The file name of the base disk under the scratch disk `file_name` in a native format:
+/// `<stem>-base.vmdk`, in the same folder.
+pub fn base_name(file_name: &str) -> String {
+    let stem = file_name.strip_suffix(".vmdk").unwrap_or(file_name);
+    format!("{stem}-base.vmdk")
+}
+
+/// Writes at `out` the flat base disk a server creates for a thin disk of `capacity_kib`
+/// KiB (`vmfs`: a descriptor and `<stem>-flat.vmdk`, a sparse file all zero), for a local
+/// datastore, where no server makes it. Returns the descriptor's CID.
+pub fn build_base(out: &Path, capacity_kib: u64) -> Result<u32> {
+    let name = file_name_of(out);
+    let cid = new_cid();
+    let d = flat_descriptor(capacity_kib * 1024 / SECTOR, &name, cid);
+    let flat = out.with_file_name(&d.extent_file);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&flat)
+        .at(&flat)?;
+    f.set_len(capacity_kib * 1024).at(&flat)?;
+    write_new(out, d.to_text().as_bytes())?;
+    Ok(cid)
+}
+
+/// Bytes of a native disk's descriptor file (0 for monolithicSparse: it is in the disk).
+fn descriptor_bytes(d: &Descriptor, format: DiskFormat) -> u64 {
+    if format.is_native() {
+        d.to_text().len() as u64
+    } else {
+        0
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .at(path)?;
+    f.write_all(bytes).at(path)
 }
 
 /// What building a layer disk did.
@@ -55,7 +130,8 @@ pub struct LayerStats {
 /// Writes the delta disk of layer `top` at `out` (its file name goes in the descriptor), a
 /// child of the disk `parent` (named `parent_hint` relative to `out`'s folder). `lower` are
 /// the TOCs of the layers the parent holds, lowest first (scratch's skeleton not included);
-/// `top_data` says where the layer's file data is (see [`ext4::apply`]).
+/// `top_data` says where the layer's file data is (see [`ext4::apply`]); the disk is
+/// written in its parent's format.
 pub fn build_layer(
     parent: &Path,
     parent_hint: &str,
@@ -77,6 +153,8 @@ pub fn build_layer(
 pub struct DeltaBuild {
     out: PathBuf,
     cid: u32,
+    format: DiskFormat,
+    descriptor_bytes: u64,
     base: Vec<Arc<SparseDisk>>,
     source: FsContent,
     stream: ext4::Stream,
@@ -86,7 +164,9 @@ pub struct DeltaBuild {
 impl DeltaBuild {
     /// Starts the disk at `out` holding the contents of `source`, as a delta on the top of
     /// `base` (named `parent_hint`): `source` is `base`, or `base` with more disks on top
-    /// (earlier imports into a writable layer) whose grains the new disk takes.
+    /// (earlier imports into a writable layer) whose grains the new disk takes. The disk is
+    /// written in the format of `base`'s top disk (a native format's extent goes beside
+    /// `out`).
     pub fn start(
         source: &Chain,
         base: &Chain,
@@ -94,18 +174,20 @@ impl DeltaBuild {
         out: &Path,
     ) -> Result<DeltaBuild> {
         let started = Instant::now();
+        let format = base.delta_format().at(out)?;
         let file_name = file_name_of(out);
         let cid = new_cid();
         let d = descriptor(
+            format,
             base.capacity(),
             &file_name,
             cid,
             Some((base.top_cid(), parent_hint)),
         );
-        let w = new_disk(out, &d)?;
+        let w = new_disk(out, &d, format)?;
         let base_disks = base.disks().to_vec();
         let lower_chain = Arc::new(Chain::new(base_disks.clone()).at(out)?);
-        let mut overlay = Overlay::new(Some(lower_chain), w, base.size_bytes()).at(out)?;
+        let mut overlay = Overlay::boxed(Some(lower_chain), w, base.size_bytes()).at(out)?;
         overlay.seed(source, base_disks.len()).at(out)?;
         let source = FsContent::of_chain(
             Arc::new(Chain::new(source.disks().to_vec()).at(out)?),
@@ -115,11 +197,18 @@ impl DeltaBuild {
         Ok(DeltaBuild {
             out: out.to_path_buf(),
             cid,
+            format,
+            descriptor_bytes: descriptor_bytes(&d, format),
             base: base_disks,
             source,
             stream: ext4::Stream::new(fs),
             started,
         })
+    }
+
+    /// The format the disk is written in.
+    pub fn format(&self) -> DiskFormat {
+        self.format
     }
 
     /// A tap writing each regular file of the layer being ingested straight into the
@@ -154,10 +243,14 @@ impl DeltaBuild {
         let disk = DiskStats {
             cid: self.cid,
             grains,
-            bytes,
+            bytes: bytes + self.descriptor_bytes,
         };
         let file = Arc::new(file);
-        let new_top = SparseDisk::open(file.clone(), &out.display().to_string()).at(&out)?;
+        let new_top = if self.format.is_native() {
+            disk::open_disk(&out).at(&out)?
+        } else {
+            SparseDisk::open(file.clone(), &out.display().to_string()).at(&out)?
+        };
         let mut disks = self.base;
         disks.push(Arc::new(new_top));
         let chain = Arc::new(Chain::new(disks).at(&out)?);
@@ -189,15 +282,37 @@ impl DeltaBuild {
     }
 }
 
-/// Creates a fresh disk file at `out` with descriptor `d`, ready for grains.
-fn new_disk(out: &Path, d: &crate::vmdk::descriptor::Descriptor) -> Result<SparseWriter> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .at(out)?;
-    SparseWriter::create(f, d, &out.display().to_string()).at(out)
+/// Creates a fresh disk at `out` with descriptor `d` in `format`, ready for grains: one
+/// hosted sparse file, or a descriptor file at `out` and a fresh extent beside it.
+pub fn new_disk(out: &Path, d: &Descriptor, format: DiskFormat) -> Result<Box<dyn GrainWriter>> {
+    let fresh = |path: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .at(path)
+    };
+    match format {
+        DiskFormat::MonolithicSparse => {
+            let f = fresh(out)?;
+            Ok(Box::new(
+                SparseWriter::create(f, d, &out.display().to_string()).at(out)?,
+            ))
+        }
+        DiskFormat::VmfsSparse | DiskFormat::SeSparse => {
+            let extent = out.with_file_name(&d.extent_file);
+            let f = fresh(&extent)?;
+            let name = extent.display().to_string();
+            let w: Box<dyn GrainWriter> = if format == DiskFormat::VmfsSparse {
+                Box::new(CowdWriter::create(f, d.capacity, &name).at(&extent)?)
+            } else {
+                Box::new(SeSparseWriter::create(f, d.capacity, &name).at(&extent)?)
+            };
+            write_new(out, d.to_text().as_bytes())?;
+            Ok(w)
+        }
+    }
 }
 
 /// The file name a disk built at `out` records in its descriptor.

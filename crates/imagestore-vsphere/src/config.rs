@@ -7,6 +7,7 @@ use imagestore_core::layer::ingest::IngestLimits;
 use imagestore_core::{Error, Result, Url};
 
 use crate::build::DEFAULT_CAPACITY_KIB;
+use crate::vmdk::format::DiskFormat;
 
 /// Smallest scratch capacity accepted, in KiB (ext4 with a journal needs room).
 pub const MIN_CAPACITY_KIB: u64 = 32 * 1024;
@@ -19,12 +20,18 @@ pub struct Options {
     /// Capacity of new stores' scratch disks in KiB (every layer inherits it); VIC's default
     /// is 8,000,000 KiB.
     pub capacity_kib: u64,
+    /// The format of a new store's disks (`format=`; default monolithicSparse); a layer is
+    /// always written in its parent's format, so a chain never mixes formats. With ESXi's
+    /// native formats the scratch image is a flat base disk left all zero and a first delta
+    /// disk holding the file system (decision 0023).
+    pub format: DiskFormat,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             capacity_kib: DEFAULT_CAPACITY_KIB,
+            format: DiskFormat::default(),
         }
     }
 }
@@ -39,8 +46,8 @@ impl Options {
         }
     }
 
-    /// Reads the options this module knows (`capacity_kib`) from `url`'s query; other keys
-    /// are returned for the caller to check.
+    /// Reads the options this module knows (`capacity_kib`, `format`) from `url`'s query;
+    /// other keys are returned for the caller to check.
     pub fn from_query(url: &Url) -> Result<(Options, Vec<(String, String)>)> {
         let mut o = Options::default();
         let mut rest = Vec::new();
@@ -59,6 +66,11 @@ impl Options {
                         )));
                     }
                     o.capacity_kib = kib;
+                }
+                "format" => {
+                    o.format = v.parse().map_err(|e: crate::vmdk::format::UnknownFormat| {
+                        Error::invalid(format!("format={v:?}: {e}"))
+                    })?;
                 }
                 _ => rest.push((k.into_owned(), v.into_owned())),
             }
@@ -92,10 +104,10 @@ pub fn work_option(url: &Url, value: &str) -> Result<PathBuf> {
 }
 
 /// The options of `vmdk://` URLs, none of them secret (shown in messages).
-pub const VMDK_OPTIONS: &[&str] = &["capacity_kib", "work"];
+pub const VMDK_OPTIONS: &[&str] = &["capacity_kib", "format", "work"];
 
 impl Config {
-    /// Parses `vmdk:///absolute/path[?capacity_kib=N][&work=/dir]`; unknown options are
+    /// Parses `vmdk:///absolute/path[?capacity_kib=N][&format=F][&work=/dir]`; unknown options are
     /// refused, so a typo is reported rather than ignored.
     pub fn from_url(url: &Url) -> Result<Config> {
         let shown = imagestore_core::redact::redact_options(url, VMDK_OPTIONS);
@@ -114,7 +126,7 @@ impl Config {
                 "work" => work = Some(work_option(url, &v)?),
                 _ => {
                     return Err(Error::invalid(format!(
-                        "vmdk URL {shown} has unknown option {k:?} (known: capacity_kib, work)"
+                        "vmdk URL {shown} has unknown option {k:?} (known: capacity_kib, format, work)"
                     )));
                 }
             }
@@ -151,6 +163,20 @@ mod tests {
         assert_eq!(c.options.capacity_kib, DEFAULT_CAPACITY_KIB);
         let c = Config::from_url(&u("vmdk:///srv/ds?capacity_kib=1048576")?)?;
         assert_eq!(c.options.capacity_kib, 1 << 20);
+        assert_eq!(c.options.format, DiskFormat::MonolithicSparse);
+        let c = Config::from_url(&u("vmdk:///srv/ds?format=vmfsSparse")?)?;
+        assert_eq!(c.options.format, DiskFormat::VmfsSparse);
+        let c = Config::from_url(&u("vmdk:///srv/ds?format=seSparse")?)?;
+        assert_eq!(c.options.format, DiskFormat::SeSparse);
+        match Config::from_url(&u("vmdk:///srv/ds?format=vmfs")?) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(
+                    message.contains("unknown disk format \"vmfs\""),
+                    "{message}"
+                );
+            }
+            other => panic!("format=vmfs: {other:?}"),
+        }
         let c = Config::from_url(&u("vmdk:///srv/ds?work=/dev/shm/w")?)?;
         assert_eq!(c.work, Some(PathBuf::from("/dev/shm/w")));
         for bad in [

@@ -80,12 +80,45 @@ pub(crate) fn open_chain(rep: &DiskLayers, sp: &StorePaths, ids: &[ImageId]) -> 
     open_disks(rep, ids.iter().map(|id| image_disk(sp, id)).collect())
 }
 
+/// Opens the disk at `p` on the datastore, its extent beside it.
+fn open_disk(rep: &DiskLayers, p: &DsPath) -> Result<SparseDisk> {
+    let what = rep.ds.describe(p);
+    let dir = p.parent();
+    let extent = |name: &str| {
+        rep.ds
+            .open(&dir.child(name))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    SparseDisk::open_with(rep.ds.open(p)?, &what, &extent).map_err(|e| disk_err(&what, e))
+}
+
+/// The chain of the disks at `paths` (base first), below them the base disk the first one
+/// names (in a native format, scratch's disk is a delta on a flat base disk beside it).
 fn open_disks(rep: &DiskLayers, paths: Vec<DsPath>) -> Result<Chain> {
     let mut disks = Vec::new();
     for p in &paths {
-        let what = rep.ds.describe(p);
-        let disk = SparseDisk::open(rep.ds.open(p)?, &what).map_err(|e| disk_err(&what, e))?;
-        disks.push(Arc::new(disk));
+        disks.push(Arc::new(open_disk(rep, p)?));
+    }
+    if let (Some(first), Some(first_path)) = (disks.first(), paths.first())
+        && first.descriptor.parent_cid != crate::vmdk::NO_PARENT_CID
+    {
+        let what = rep.ds.describe(first_path);
+        let hint = first
+            .descriptor
+            .parent_hint
+            .as_deref()
+            .filter(|h| !h.is_empty() && !h.contains('/') && *h != "..")
+            .ok_or_else(|| {
+                disk_err(
+                    &what,
+                    "the lowest disk of the image names a parent outside its folder",
+                )
+            })?;
+        let base = open_disk(rep, &first_path.parent().child(hint))?;
+        if base.descriptor.parent_cid != crate::vmdk::NO_PARENT_CID {
+            return Err(disk_err(&what, "the base disk below scratch has a parent"));
+        }
+        disks.insert(0, Arc::new(base));
     }
     let top = paths.last().map(|p| rep.ds.describe(p)).unwrap_or_default();
     Chain::new(disks).map_err(|e| disk_err(&top, e))
@@ -192,12 +225,13 @@ pub(crate) fn start_import(
 /// replaces the layer's previous one, then the import's TOC is recorded.
 pub(crate) fn finish_import(rep: &DiskLayers, b: ImportBuild, toc: Toc) -> Result<()> {
     let top = Arc::new(toc);
+    let format = b.build.format();
     b.build.finish(&b.lower, top.clone(), LayerData::Streamed)?;
-    rep.ds.put_file(&b.disk, &layout::import_disk(&b.w, b.n))?;
+    rep.put_disk(&b.disk, &layout::import_disk(&b.w, b.n), format)?;
     rep.ds
         .write(&layout::import_toc(&b.w, b.n), &top.to_bytes()?)?;
     if b.n > 0 {
-        rep.ds.remove_file(&layout::import_disk(&b.w, b.n - 1))?;
+        rep.remove_disk(&layout::import_disk(&b.w, b.n - 1), format)?;
     }
     drop(b.outbox);
     Ok(())

@@ -42,4 +42,18 @@ pub trait Datastore: Storage {
     /// new disk at `child`, a child of the disk at `parent`. `Unsupported` where the
     /// datastore runs no virtual machines; `NotFound` for an unknown VM.
     fn attach_child_disk(&self, vm: &str, parent: &DsPath, child: &DsPath) -> Result<JoinedImage>;
+
+    /// Creates at `path` the flat base disk under a native format's chain: all zero, thin,
+    /// `capacity_kib` KiB (`vmfs`: a descriptor and `<name>-flat.vmdk`), and returns its
+    /// CID. A server makes it itself; by default it is built in the outbox (a sparse file as
+    /// large as the disk) and put in place, flat file first.
+    fn create_base_disk(&self, path: &DsPath, capacity_kib: u64) -> Result<u32> {
+        let work = crate::build::WorkDir::create(&self.outbox_dir())?;
+        let local = work.path().join(path.name());
+        let cid = crate::build::build_base(&local, capacity_kib)?;
+        let flat = crate::disk::flat_descriptor(0, path.name(), 0).extent_file;
+        self.put_file(&work.path().join(&flat), &path.parent().child(&flat))?;
+        self.put_file(&local, path)?;
+        Ok(cid)
+    }
 }

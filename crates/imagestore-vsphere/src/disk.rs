@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::vmdk::NO_PARENT_CID;
 use crate::vmdk::chain::Chain;
 use crate::vmdk::descriptor::Descriptor;
+use crate::vmdk::format::{DiskFormat, ExtentKind};
 
 /// What building a disk wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +31,10 @@ pub fn new_cid() -> u32 {
     }
 }
 
-/// The descriptor of a disk stored as `file_name`, optionally with a parent.
+/// The descriptor of a disk in `format` stored as `file_name` (its descriptor file for the
+/// native formats), optionally with a parent (its CID and file name hint).
 pub fn descriptor(
+    format: DiskFormat,
     capacity: u64,
     file_name: &str,
     cid: u32,
@@ -40,19 +43,50 @@ pub fn descriptor(
     Descriptor {
         cid,
         parent_cid: parent.map_or(NO_PARENT_CID, |(c, _)| c),
-        create_type: "monolithicSparse".into(),
+        create_type: format.create_type().into(),
         parent_hint: parent.map(|(_, h)| h.to_owned()),
         capacity,
-        extent_file: file_name.to_owned(),
+        extent_file: format.extent_name(file_name),
+        extent_kind: format.extent_kind(),
     }
+}
+
+/// The descriptor of a flat base disk stored as `file_name` (`vmfs`, one `VMFS` extent
+/// `<name>-flat.vmdk`), what ESXi writes for a thin disk it creates.
+pub fn flat_descriptor(capacity: u64, file_name: &str, cid: u32) -> Descriptor {
+    let stem = file_name.strip_suffix(".vmdk").unwrap_or(file_name);
+    Descriptor {
+        cid,
+        parent_cid: NO_PARENT_CID,
+        create_type: "vmfs".into(),
+        parent_hint: None,
+        capacity,
+        extent_file: format!("{stem}-flat.vmdk"),
+        extent_kind: ExtentKind::Vmfs,
+    }
+}
+
+/// Opens the local disk whose descriptor (or hosted sparse file) is `path`, its extent
+/// beside it.
+pub fn open_disk(path: &Path) -> io::Result<crate::vmdk::sparse::SparseDisk> {
+    use std::sync::Arc;
+
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let f = File::open(path)?;
+    let open_extent = |name: &str| -> io::Result<Arc<dyn crate::vmdk::ReadAt>> {
+        Ok(Arc::new(File::open(dir.join(name))?))
+    };
+    crate::vmdk::sparse::SparseDisk::open_with(
+        Arc::new(f),
+        &path.display().to_string(),
+        &open_extent,
+    )
 }
 
 /// Opens the chain whose top disk is the local file `top`, following each disk's
 /// `parentFileNameHint` (relative to the disk's folder, or absolute) down to the base.
 pub fn open_chain(top: &Path) -> io::Result<Chain> {
     use std::sync::Arc;
-
-    use crate::vmdk::sparse::SparseDisk;
 
     let mut disks = Vec::new();
     let mut at = top.to_path_buf();
@@ -63,8 +97,7 @@ pub fn open_chain(top: &Path) -> io::Result<Chain> {
                 "disk chain longer than 4096",
             ));
         }
-        let f = File::open(&at)?;
-        let disk = SparseDisk::open(Arc::new(f), &at.display().to_string())?;
+        let disk = open_disk(&at)?;
         let next = disk.descriptor.parent_hint.clone();
         disks.push(Arc::new(disk));
         match next {

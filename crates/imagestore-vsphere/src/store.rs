@@ -21,11 +21,12 @@ use imagestore_core::layer::scratch::skeleton_tar;
 use imagestore_core::layer::stack::Stack;
 use imagestore_core::{ByteStream, Error, ImageId, Metadata, Result, StoreName};
 
-use crate::build::{WorkDir, build_scratch};
+use crate::build::{WorkDir, base_name, build_scratch};
 use crate::config::Options;
 use crate::datastore::{Datastore, DsPath};
 use crate::error::in_backend;
 use crate::layout;
+use crate::vmdk::format::DiskFormat;
 
 /// Longest chain of layers above scratch: each layer is one more delta disk in the chain
 /// vSphere follows on every read (`docs/backends.md`).
@@ -156,9 +157,20 @@ impl DiskLayers {
     /// The scratch image's files: a base disk of the configured capacity holding ext4 with
     /// VIC's skeleton, beside the skeleton's TOC.
     fn scratch_files(&self, p: &ImagePaths) -> Result<u64> {
+        let format = self.options.format;
+        let name = format!("{}.vmdk", p.id);
+        // In a native format, scratch's file system goes into the first delta disk, on a
+        // base disk the datastore creates.
+        let base = if format.is_native() {
+            self.ds.mkdir(&p.dir)?;
+            let base = p.dir.child(&base_name(&name));
+            Some(self.ds.create_base_disk(&base, self.options.capacity_kib)?)
+        } else {
+            None
+        };
         let work = WorkDir::create(&self.ds.work_dir())?;
-        let disk = work.path().join("scratch.vmdk");
-        let stats = build_scratch(&disk, "scratch.vmdk", self.options.capacity_kib)?;
+        let disk = work.path().join(&name);
+        let stats = build_scratch(&disk, &name, self.options.capacity_kib, format, base)?;
         let toc = read_toc(
             &skeleton_tar()?[..],
             &ChainView::new(Vec::new()),
@@ -167,8 +179,37 @@ impl DiskLayers {
         .to_bytes()?;
         self.write_metadata(p, &Metadata::new())?;
         self.ds.write(&layout::toc(p), &toc)?;
-        self.ds.put_file(&disk, &layout::disk(p))?;
+        self.put_disk(&disk, &layout::disk(p), format)?;
         Ok(stats.bytes + toc.len() as u64)
+    }
+
+    /// Puts the disk built at `local` in `format` in place at `dest` (the same file name): a
+    /// native format's extent first, then the descriptor that makes it a disk.
+    pub(crate) fn put_disk(
+        &self,
+        local: &std::path::Path,
+        dest: &DsPath,
+        format: DiskFormat,
+    ) -> Result<u64> {
+        let mut size = 0;
+        if format.is_native() {
+            let extent = format.extent_name(dest.name());
+            size += self.ds.put_file(
+                &local.with_file_name(&extent),
+                &dest.parent().child(&extent),
+            )?;
+        }
+        Ok(size + self.ds.put_file(local, dest)?)
+    }
+
+    /// Removes the disk at `path` and, in a native `format`, its extent.
+    pub(crate) fn remove_disk(&self, path: &DsPath, format: DiskFormat) -> Result<()> {
+        self.ds.remove_file(path)?;
+        if format.is_native() {
+            self.ds
+                .remove_file(&path.parent().child(&format.extent_name(path.name())))?;
+        }
+        Ok(())
     }
 
     /// The files of `imageMetadata`.
@@ -219,11 +260,16 @@ impl Representation for DiskLayers {
     fn sweep_imports(&self, _cat: &Catalog<Self>, w: &WritablePaths, done: u32) -> Result<usize> {
         let mut removed = 0;
         for f in self.ds.list(&w.dir)? {
-            let Some(n) = f.strip_suffix(".vmdk").and_then(|n| n.parse::<u32>().ok()) else {
+            // `<n>.vmdk`, and a native format's extent `<n>-<kind>.vmdk`.
+            let Some(n) = f
+                .strip_suffix(".vmdk")
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             if n + 1 != done {
-                self.ds.remove_file(&layout::import_disk(w, n))?;
+                self.ds.remove_file(&w.dir.child(&f))?;
                 removed += 1;
             }
         }

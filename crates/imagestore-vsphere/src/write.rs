@@ -82,6 +82,7 @@ impl DiskStore {
             ingest_tapped(body, sum.as_ref(), &mut NullSink, view, limits, Some(tap)).await?;
         let toc = Arc::new(ingested.toc);
         let (p2, parent_id, m) = (p.clone(), parent.id.clone(), meta.clone());
+        let format = build.format();
         let size = self
             .run(move |c| {
                 let stats = build
@@ -91,7 +92,7 @@ impl DiskStore {
                 let rep = c.rep();
                 rep.write_metadata(&p2, &m)?;
                 rep.ds.write(&layout::toc(&p2), &toc)?;
-                rep.ds.put_file(&disk, &layout::disk(&p2))?;
+                rep.put_disk(&disk, &layout::disk(&p2), format)?;
                 drop(outbox);
                 Ok(stats.disk.bytes + toc.len() as u64)
             })

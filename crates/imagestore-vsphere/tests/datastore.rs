@@ -18,30 +18,11 @@ use anyhow::{Result, ensure};
 use common::chain::TarB;
 use common::*;
 use imagestore::vsphere::VmdkExport;
-use imagestore::{
-    Digest, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, StoreName, byte_stream,
-};
+use imagestore::{ImageStorerExt, Metadata, StoreName};
 use imagestore_conformance::support;
 use tokio::io::AsyncReadExt;
 
-async fn write(
-    store: &dyn ImageStorer,
-    parent: &Image,
-    id: &str,
-    layer: Vec<u8>,
-    meta: Metadata,
-) -> Result<Image> {
-    let sum = Digest::sha256_of(&layer);
-    Ok(store
-        .write_image(
-            parent,
-            &ImageId::new(id)?,
-            meta,
-            &sum,
-            byte_stream(std::io::Cursor::new(layer)),
-        )
-        .await?)
-}
+use common::store_chain::write_meta as write;
 
 /// Checks the disk of image `id` and returns its chain as a raw image in `work`.
 fn check_disk(root: &Path, work: &Path, id: &str, chain: &[&str]) -> Result<std::path::PathBuf> {

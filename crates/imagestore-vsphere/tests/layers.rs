@@ -13,12 +13,13 @@ use anyhow::Result;
 use common::chain::*;
 use common::*;
 use imagestore_conformance::support;
+use imagestore_vsphere::vmdk::format::DiskFormat;
 use std::process::ExitCode;
 use tar::EntryType;
 
-fn layers_apply_with_every_entry_kind() -> Result<()> {
+fn layers_apply_with_every_entry_kind(format: DiskFormat) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut c = Chain::new(dir.path(), 1 << 20)?;
+    let mut c = Chain::with_format(dir.path(), 1 << 20, format)?;
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let l1 = TarB::default()
         .dir("app", 0o755)?
@@ -208,12 +209,55 @@ fn a_multi_gib_sparse_file() -> Result<()> {
     Ok(())
 }
 
+/// Through the `vmdk://` store with `format=`: after every layer the image's disk passes
+/// `qemu-img check`, shows its chain and create types, and its raw image is a clean ext4
+/// holding the layers' files.
+async fn store_layers_pass_the_real_tools(format: DiskFormat) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = imagestore_vsphere::Config {
+        root: dir.path().to_path_buf(),
+        work: None,
+        options: imagestore_vsphere::Options {
+            capacity_kib: 1 << 20,
+            format,
+        },
+    };
+    let store = imagestore_vsphere::open_vmdk(config).await?;
+    common::store_chain::layers_pass_the_real_tools(&store, dir.path(), format).await
+}
+
 fn main() -> ExitCode {
     let tools = || support::programs(&["qemu-img", "e2fsck", "debugfs"]);
-    support::run(vec![
+    let formats = [
+        DiskFormat::MonolithicSparse,
+        DiskFormat::VmfsSparse,
+        DiskFormat::SeSparse,
+    ];
+    let mut trials: Vec<_> = formats
+        .into_iter()
+        .map(|f| {
+            support::trial_async(
+                format!("{f}_store_layers_pass_the_real_tools"),
+                tools(),
+                2,
+                move |()| store_layers_pass_the_real_tools(f),
+            )
+        })
+        .collect();
+    trials.extend(vec![
         support::trial("layers_apply_with_every_entry_kind", tools(), |()| {
-            layers_apply_with_every_entry_kind()
+            layers_apply_with_every_entry_kind(DiskFormat::MonolithicSparse)
         }),
+        support::trial(
+            "vmfs_sparse_layers_apply_with_every_entry_kind",
+            tools(),
+            |()| layers_apply_with_every_entry_kind(DiskFormat::VmfsSparse),
+        ),
+        support::trial(
+            "se_sparse_layers_apply_with_every_entry_kind",
+            tools(),
+            |()| layers_apply_with_every_entry_kind(DiskFormat::SeSparse),
+        ),
         support::trial("a_directory_of_a_hundred_thousand_entries", tools(), |()| {
             a_directory_of_a_hundred_thousand_entries()
         }),
@@ -226,5 +270,6 @@ fn main() -> ExitCode {
         support::trial("a_multi_gib_sparse_file", tools(), |()| {
             a_multi_gib_sparse_file()
         }),
-    ])
+    ]);
+    support::run(trials)
 }

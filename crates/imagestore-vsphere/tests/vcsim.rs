@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail, ensure};
 use common::chain::TarB;
-use common::*;
+use common::store_chain::{layers_pass_the_real_tools, write};
 use imagestore::{
     Digest, Error, Image, ImageId, ImageStorer, ImageStorerExt, Metadata, OwnerName, StoreName,
     Url, byte_stream,
@@ -27,6 +27,7 @@ use imagestore::{
 use imagestore_conformance::faults;
 use imagestore_conformance::support;
 use imagestore_vsphere::datastore::{DsPath, Storage};
+use imagestore_vsphere::vmdk::format::DiskFormat;
 use imagestore_vsphere::vsphere::VsphereStore;
 use imagestore_vsphere::vsphere::config::{PASSWORD_ENV, USER_ENV, VsphereConfig};
 use tokio::io::AsyncReadExt;
@@ -49,56 +50,23 @@ async fn open(url: &str) -> Result<VsphereStore> {
     Ok(VsphereStore::open(config).await?)
 }
 
-async fn write(store: &dyn ImageStorer, parent: &Image, id: &str, layer: Vec<u8>) -> Result<Image> {
-    let sum = Digest::sha256_of(&layer);
-    Ok(store
-        .write_image(
-            parent,
-            &ImageId::new(id)?,
-            Metadata::new(),
-            &sum,
-            byte_stream(std::io::Cursor::new(layer)),
-        )
-        .await?)
-}
-
-async fn disks_on_the_simulator_pass_the_real_tools((base, dir): (String, PathBuf)) -> Result<()> {
+/// A chain written in `format` (`None`: the one the store picks for the simulator's
+/// datastore, vmfsSparse) passes the real tools after every layer, with the create types
+/// `qemu-img` reports; in a native format the base disk is the simulator's own.
+async fn disks_on_the_simulator_pass_the_real_tools(
+    (base, dir): (String, PathBuf),
+    format: Option<DiskFormat>,
+) -> Result<()> {
     let f = folder();
-    let vs = open(&format!("{base}/{f}?allow_http=true")).await?;
-    let store = vs.storer();
-    let s = StoreName::new("chain")?;
-    store.create_image_store(&s).await?;
-    let scratch = store.scratch(&s).await?;
-    let layers = [
-        TarB::default()
-            .dir("app", 0o755)?
-            .file("app/a.txt", b"aaa\n")?
-            .file("etc/motd", b"hi\n")?
-            .done()?,
-        TarB::default()
-            .file("app/b.txt", &vec![7u8; 300_000])?
-            .done()?,
-        TarB::default().file("etc/.wh.motd", b"")?.done()?,
-    ];
-    let mut top = scratch;
-    let mut chain = vec!["scratch.vmdk".to_owned()];
-    let work = tempfile::tempdir()?;
-    for (i, layer) in layers.into_iter().enumerate() {
-        let id = format!("l{i}");
-        top = write(store.as_ref(), &top, &id, layer).await?;
-        // The simulator's own folder: what vSphere would hold.
-        let disk = dir.join(format!("{f}/VIC/chain/images/{id}/{id}.vmdk"));
-        qemu_check(&disk)?;
-        chain.insert(0, format!("{id}.vmdk"));
-        ensure!(backing_chain(&disk)? == chain, "backing chain after {id}");
-        let raw = work.path().join(format!("{id}.raw"));
-        to_raw(&disk, &raw)?;
-        e2fsck_clean(&raw)?;
-        ensure!(debugfs(&raw, "cat /app/a.txt")? == "aaa\n");
-        if i == 2 {
-            ensure!(!debugfs(&raw, "ls /etc")?.contains("motd"), "whited out");
-            ensure!(debugfs(&raw, "stat /app/b.txt")?.contains("Size: 300000"));
-        }
+    let query = format.map(|f| format!("&format={f}")).unwrap_or_default();
+    let vs = open(&format!("{base}/{f}?allow_http=true{query}")).await?;
+    let format = format.unwrap_or(DiskFormat::VmfsSparse);
+    let root = dir.join(&f);
+    layers_pass_the_real_tools(vs.storer().as_ref(), &root, format).await?;
+    if format.is_native() {
+        // The simulator made the base disk: its flat extent is the empty file vcsim writes.
+        let flat = root.join("VIC/chain/images/scratch/scratch-base-flat.vmdk");
+        ensure!(std::fs::metadata(&flat)?.len() == 0, "vcsim's flat extent");
     }
     Ok(())
 }
@@ -276,13 +244,23 @@ async fn virtual_disks_are_created_copied_queried_and_deleted(
     .await?;
     let chain = vs.disk_chain(&s, &b.id).await?;
     let names: Vec<&str> = chain.iter().map(|d| d.name.as_str()).collect();
-    let want: Vec<String> = ["b", "a", "scratch"]
+    // vcsim's datastore is `OTHER`, where the store writes vmfsSparse deltas on a base disk.
+    let kind = tokio::task::block_in_place(|| vs.datastore().datastore_kind())?;
+    ensure!(
+        kind.fs_type == "OTHER" && kind.vmfs_major.is_none(),
+        "{kind:?}"
+    );
+    ensure!(kind.delta_format()? == DiskFormat::VmfsSparse);
+    let mut want: Vec<String> = ["b", "a", "scratch"]
         .iter()
         .map(|i| format!("[LocalDS_0] {f}/VIC/disks/images/{i}/{i}.vmdk"))
         .collect();
+    want.push(format!(
+        "[LocalDS_0] {f}/VIC/disks/images/scratch/scratch-base.vmdk"
+    ));
     ensure!(names == want, "{names:?}");
     ensure!(chain[0].parent.as_deref() == Some(want[1].as_str()));
-    ensure!(chain[2].parent.is_none() && chain[2].capacity_kib == 65536);
+    ensure!(chain[3].parent.is_none() && chain[3].capacity_kib == 65536);
     // The virtual disk manager's own disks.
     let ds = vs.datastore();
     tokio::task::block_in_place(|| -> Result<()> {
@@ -475,7 +453,27 @@ fn main() -> ExitCode {
                 support::programs(&["qemu-img", "e2fsck", "debugfs"]),
             ),
             2,
-            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v),
+            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v, None),
+        ),
+        support::trial_async(
+            "se_sparse_disks_on_the_simulator_pass_the_real_tools",
+            support::both(
+                simulator(),
+                support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+            ),
+            2,
+            |(v, ())| disks_on_the_simulator_pass_the_real_tools(v, Some(DiskFormat::SeSparse)),
+        ),
+        support::trial_async(
+            "monolithic_sparse_disks_on_the_simulator_pass_the_real_tools",
+            support::both(
+                simulator(),
+                support::programs(&["qemu-img", "e2fsck", "debugfs"]),
+            ),
+            2,
+            |(v, ())| {
+                disks_on_the_simulator_pass_the_real_tools(v, Some(DiskFormat::MonolithicSparse))
+            },
         ),
         support::trial_async(
             "a_lost_session_is_logged_in_again",

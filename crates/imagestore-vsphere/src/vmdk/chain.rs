@@ -24,7 +24,7 @@ impl Chain {
     /// below it as its parent (`parentCID`) and that all have the same capacity.
     pub fn new(disks: Vec<Arc<SparseDisk>>) -> io::Result<Chain> {
         let base = disks.first().ok_or_else(|| bad("disk chain", "no disks"))?;
-        let capacity = base.header.capacity;
+        let capacity = base.capacity;
         if base.descriptor.parent_cid != NO_PARENT_CID {
             return Err(bad(
                 &base.name,
@@ -36,12 +36,12 @@ impl Chain {
         }
         let mut map = vec![NONE; grains_of(capacity) as usize];
         for (i, d) in disks.iter().enumerate() {
-            if d.header.capacity != capacity {
+            if d.capacity != capacity {
                 return Err(bad(
                     &d.name,
                     format!(
                         "capacity {} differs from its chain's {capacity}",
-                        d.header.capacity
+                        d.capacity
                     ),
                 ));
             }
@@ -86,6 +86,20 @@ impl Chain {
     /// The disks, base first.
     pub fn disks(&self) -> &[Arc<SparseDisk>] {
         &self.disks
+    }
+
+    /// The format new delta disks on this chain are written in: its top disk's (a chain must
+    /// not mix formats on ESXi). An error if the top disk is not a delta format this crate
+    /// writes (a flat base disk is never the top of an image's chain).
+    pub fn delta_format(&self) -> io::Result<super::format::DiskFormat> {
+        let top = self
+            .disks
+            .last()
+            .ok_or_else(|| bad("disk chain", "no disks"))?;
+        top.descriptor
+            .create_type
+            .parse()
+            .map_err(|e| bad(&top.name, e))
     }
 
     /// The top disk's CID.

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::io;
 
+use super::format::ExtentKind;
 use super::{NO_PARENT_CID, bad};
 
 /// The descriptor fields this crate reads and writes.
@@ -13,7 +14,7 @@ pub struct Descriptor {
     pub cid: u32,
     /// Content id of the parent ([`NO_PARENT_CID`] for none).
     pub parent_cid: u32,
-    /// `monolithicSparse` or `streamOptimized`.
+    /// `monolithicSparse`, `streamOptimized`, `vmfsSparse`, `seSparse` or `vmfs`.
     pub create_type: String,
     /// Path of the parent disk relative to this disk's directory.
     pub parent_hint: Option<String>,
@@ -21,6 +22,8 @@ pub struct Descriptor {
     pub capacity: u64,
     /// File name of the extent (the disk itself for a monolithic disk).
     pub extent_file: String,
+    /// The kind of the extent.
+    pub extent_kind: ExtentKind,
 }
 
 impl Descriptor {
@@ -38,7 +41,13 @@ impl Descriptor {
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "# Extent description");
-        let _ = writeln!(s, "RW {} SPARSE \"{}\"", self.capacity, self.extent_file);
+        let _ = writeln!(
+            s,
+            "RW {} {} \"{}\"",
+            self.capacity,
+            self.extent_kind.keyword(),
+            self.extent_file
+        );
         let _ = writeln!(s);
         let _ = writeln!(s, "# The Disk Data Base");
         let _ = writeln!(s, "#DDB");
@@ -72,8 +81,9 @@ impl Descriptor {
                 let sectors = parts.next().and_then(|n| n.parse::<u64>().ok());
                 let kind = parts.next();
                 let file = parts.next().map(|f| f.trim().trim_matches('"').to_owned());
+                let kind = kind.and_then(ExtentKind::from_keyword);
                 match (sectors, kind, file, &extent) {
-                    (Some(n), Some("SPARSE"), Some(f), None) => extent = Some((n, f)),
+                    (Some(n), Some(k), Some(f), None) if !f.is_empty() => extent = Some((n, k, f)),
                     (_, _, _, Some(_)) => {
                         return Err(bad(what, "more than one extent is not supported"));
                     }
@@ -96,7 +106,8 @@ impl Descriptor {
                 _ => {}
             }
         }
-        let (capacity, extent_file) = extent.ok_or_else(|| bad(what, "no extent line"))?;
+        let (capacity, extent_kind, extent_file) =
+            extent.ok_or_else(|| bad(what, "no extent line"))?;
         Ok(Descriptor {
             cid: cid.ok_or_else(|| bad(what, "no CID"))?,
             parent_cid: parent_cid.unwrap_or(NO_PARENT_CID),
@@ -104,6 +115,7 @@ impl Descriptor {
             parent_hint,
             capacity,
             extent_file,
+            extent_kind,
         })
     }
 }
@@ -121,7 +133,19 @@ mod tests {
             parent_hint: Some("../p/p.vmdk".into()),
             capacity: 16_000_000,
             extent_file: "c.vmdk".into(),
+            extent_kind: ExtentKind::Sparse,
         };
+        assert_eq!(Descriptor::parse(&d.to_text(), "t")?, d);
+        let d = Descriptor {
+            create_type: "vmfsSparse".into(),
+            extent_file: "c-delta.vmdk".into(),
+            extent_kind: ExtentKind::VmfsSparse,
+            ..d
+        };
+        assert!(
+            d.to_text()
+                .contains("RW 16000000 VMFSSPARSE \"c-delta.vmdk\"\n")
+        );
         assert_eq!(Descriptor::parse(&d.to_text(), "t")?, d);
         Ok(())
     }
@@ -134,6 +158,19 @@ mod tests {
         assert_eq!(d.parent_cid, 0x27fc2f49);
         assert_eq!(d.parent_hint.as_deref(), Some("parent.vmdk"));
         assert_eq!(d.capacity, 131072);
+        assert_eq!(d.extent_kind, ExtentKind::Sparse);
+        Ok(())
+    }
+
+    #[test]
+    fn parses_an_esxi_base_descriptor_and_refuses_flat_offsets() -> io::Result<()> {
+        let text = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=5352cace\nparentCID=ffffffff\nisNativeSnapshot=\"no\"\ncreateType=\"vmfs\"\n\n# Extent description\nRW 268435456 VMFS \"sql-flat.vmdk\"\n";
+        let d = Descriptor::parse(text, "t")?;
+        assert_eq!(d.create_type, "vmfs");
+        assert_eq!(d.extent_kind, ExtentKind::Vmfs);
+        assert_eq!(d.extent_file, "sql-flat.vmdk");
+        assert!(Descriptor::parse("CID=1\ncreateType=\"x\"\nRW 8 FLAT \"f\" 0\n", "t").is_err());
+        assert!(Descriptor::parse("CID=1\ncreateType=\"x\"\nRW 8 ZERO\n", "t").is_err());
         Ok(())
     }
 }

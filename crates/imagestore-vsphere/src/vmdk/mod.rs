@@ -1,19 +1,27 @@
-//! The hosted sparse VMDK format (VMware Virtual Disk Format 1.1, "monolithicSparse"), read
-//! and written by this crate itself, with parent chains; and the stream-optimized variant
+//! The sparse VMDK formats (VMware Virtual Disk Format 1.1), read and written by this crate
+//! itself, with parent chains: the hosted "monolithicSparse", ESXi's native delta disks
+//! ("vmfsSparse", "seSparse") over a flat "vmfs" base disk, and the stream-optimized variant
 //! vSphere imports.
 //!
 //! * [`header`] — the 512-byte `SparseExtentHeader`;
 //! * [`descriptor`] — the text descriptor (`CID`, `parentCID`, `parentFileNameHint`, extent);
 //! * [`sparse`] — opening one disk: its grain directory and tables as a grain map;
-//! * [`writer`] — writing a monolithicSparse disk from a set of 64 KiB grains;
+//! * [`writer`] — writing a monolithicSparse disk from a set of 64 KiB grains, and the
+//!   [`writer::GrainWriter`] every format's writer is;
+//! * [`format`](mod@format) — the formats layers are written in (`format=`) and the extent kinds;
+//! * [`cowd`] — the ESX Server sparse extent of `vmfsSparse` delta disks;
+//! * [`sesparse`] — the SEsparse extent of `seSparse` delta disks;
 //! * [`chain`] — reading through a disk and its parents;
 //! * [`overlay`] — a new disk written block by block over its parent chain;
 //! * [`stream`] — writing a flattened stream-optimized disk.
 
 pub mod chain;
+pub mod cowd;
 pub mod descriptor;
+pub mod format;
 pub mod header;
 pub mod overlay;
+pub mod sesparse;
 pub mod sparse;
 pub mod stream;
 pub mod writer;

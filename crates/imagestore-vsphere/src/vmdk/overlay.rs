@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::chain::Chain;
-use super::writer::SparseWriter;
+use super::writer::GrainWriter;
 use super::{GRAIN, bad};
 
 /// Writes gathered before they go to the file: the ext4 writer writes a file's data block
@@ -26,7 +26,7 @@ const GATHER: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Overlay {
     lower: Option<Arc<Chain>>,
-    writer: SparseWriter,
+    writer: Box<dyn GrainWriter>,
     size: u64,
     grain: Vec<u8>,
     /// A run of contiguous writes not yet in the file: where it starts, and its bytes.
@@ -34,9 +34,22 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// An overlay writing through `writer` (a fresh disk of `size` bytes) over `lower`, whose
-    /// size must match.
-    pub fn new(lower: Option<Arc<Chain>>, writer: SparseWriter, size: u64) -> io::Result<Overlay> {
+    /// An overlay writing through `writer` (a fresh disk of `size` bytes, in any format) over
+    /// `lower`, whose size must match.
+    pub fn new(
+        lower: Option<Arc<Chain>>,
+        writer: impl GrainWriter + 'static,
+        size: u64,
+    ) -> io::Result<Overlay> {
+        Self::boxed(lower, Box::new(writer), size)
+    }
+
+    /// [`Overlay::new`] with the writer boxed already.
+    pub fn boxed(
+        lower: Option<Arc<Chain>>,
+        writer: Box<dyn GrainWriter>,
+        size: u64,
+    ) -> io::Result<Overlay> {
         if let Some(c) = &lower
             && c.size_bytes() != size
         {
@@ -191,7 +204,9 @@ impl Overlay {
     /// Writes the grain directories and tables and syncs the disk; its file and size.
     pub fn finish(mut self) -> io::Result<(File, u64)> {
         self.flush()?;
-        self.writer.finish()
+        let (file, size) = self.writer.finish_unsynced()?;
+        file.sync_all()?;
+        Ok((file, size))
     }
 
     /// [`Overlay::finish`] without the sync, which the caller owes before relying on the

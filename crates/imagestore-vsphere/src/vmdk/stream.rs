@@ -65,6 +65,7 @@ pub fn write_stream_optimized<W: Write>(
         parent_hint: None,
         capacity,
         extent_file: file_name.to_owned(),
+        extent_kind: super::format::ExtentKind::Sparse,
     };
     let mut header = Header::sparse(capacity, 0, GD_AT_END, GRAIN_SECTORS);
     header.version = 3;

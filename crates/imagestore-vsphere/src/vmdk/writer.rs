@@ -9,6 +9,25 @@ use super::descriptor::Descriptor;
 use super::header::Header;
 use super::{GRAIN, GRAIN_SECTORS, GTES_PER_GT, SECTOR, bad, grains_of, gts_of};
 
+/// Where a new disk's 64 KiB grains go in its (extent) file, whatever the format: the
+/// overlay ([`super::overlay::Overlay`]) places grains and writes their bytes through
+/// [`GrainWriter::file`]; the format's tables are written at the end.
+pub trait GrainWriter: Send + std::fmt::Debug {
+    /// Gives grain `g` a place in the file, in any order, and returns its byte offset there.
+    /// Nothing is written: the grain reads as zeros until its bytes are written at that
+    /// offset. Fails if `g` is out of range or placed already.
+    fn allocate(&mut self, g: u32) -> io::Result<u64>;
+    /// The byte offset of grain `g` in the file, if it has been given one.
+    fn grain_offset(&self, g: u32) -> Option<u64>;
+    /// The file being written.
+    fn file(&self) -> &File;
+    /// Number of grains placed.
+    fn grains(&self) -> usize;
+    /// Writes the format's tables and headers and returns the file and its size; the
+    /// caller syncs the file before relying on it being on disk.
+    fn finish_unsynced(self: Box<Self>) -> io::Result<(File, u64)>;
+}
+
 /// Writes a disk grain by grain into a file.
 #[derive(Debug)]
 pub struct SparseWriter {
@@ -138,4 +157,106 @@ impl SparseWriter {
         file.flush()?;
         Ok((file, size))
     }
+}
+
+impl GrainWriter for SparseWriter {
+    fn allocate(&mut self, g: u32) -> io::Result<u64> {
+        SparseWriter::allocate(self, g)
+    }
+
+    fn grain_offset(&self, g: u32) -> Option<u64> {
+        SparseWriter::grain_offset(self, g)
+    }
+
+    fn file(&self) -> &File {
+        SparseWriter::file(self)
+    }
+
+    fn grains(&self) -> usize {
+        SparseWriter::grains(self)
+    }
+
+    fn finish_unsynced(self: Box<Self>) -> io::Result<(File, u64)> {
+        SparseWriter::finish_unsynced(*self)
+    }
+}
+
+/// The 64 KiB blocks placed in a new native extent, each stored as one run of grains from a
+/// position the format counts in its own unit (a sector, a grain index); what the vmfsSparse
+/// and seSparse writers share.
+#[derive(Debug)]
+pub struct Blocks {
+    name: String,
+    /// Per block: 1 + the position of its run, 0 when not placed.
+    at: Vec<u64>,
+    next: u64,
+    step: u64,
+}
+
+impl Blocks {
+    /// The blocks of a disk of `capacity` sectors (`name` names it in errors), placed from
+    /// position `first` on, `step` units apart.
+    pub fn new(capacity: u64, name: &str, first: u64, step: u64) -> Blocks {
+        Blocks {
+            name: name.to_owned(),
+            at: vec![0; grains_of(capacity) as usize],
+            next: first,
+            step,
+        }
+    }
+
+    /// Places block `g` at the next position and returns it; fails if `g` is out of range
+    /// or placed already.
+    pub fn place(&mut self, g: u32) -> io::Result<u64> {
+        match self.at.get_mut(g as usize) {
+            Some(slot) if *slot == 0 => {
+                let pos = self.next;
+                *slot = pos + 1;
+                self.next += self.step;
+                Ok(pos)
+            }
+            _ => Err(bad(
+                &self.name,
+                format!("block {g} out of range or allocated twice"),
+            )),
+        }
+    }
+
+    /// The position of block `g`, if placed.
+    pub fn position(&self, g: u32) -> Option<u64> {
+        self.at.get(g as usize).filter(|p| **p != 0).map(|p| p - 1)
+    }
+
+    /// Number of blocks placed.
+    pub fn placed(&self) -> usize {
+        self.at.iter().filter(|p| **p != 0).count()
+    }
+
+    /// The position after the last block placed.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The name errors use.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The grain tables that hold blocks, `per_table` blocks each: each table's number and,
+    /// per block of it, its position if placed.
+    pub fn tables(&self, per_table: usize) -> impl Iterator<Item = (usize, Vec<Option<u64>>)> + '_ {
+        self.at
+            .chunks(per_table)
+            .enumerate()
+            .filter(|(_, c)| c.iter().any(|p| *p != 0))
+            .map(|(t, c)| (t, c.iter().map(|p| p.checked_sub(1)).collect()))
+    }
+}
+
+/// Gives a finished extent its length and flushes it: its file and size.
+pub fn seal(file: File, size: u64) -> io::Result<(File, u64)> {
+    file.set_len(size)?;
+    let mut file = file;
+    file.flush()?;
+    Ok((file, size))
 }

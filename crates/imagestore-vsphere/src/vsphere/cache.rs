@@ -2,6 +2,8 @@
 //! written again under the same name (an image deleted and written anew) has a new content
 //! id, so a disk is known by its datastore path, its size and the `CID` in its descriptor:
 //! reading it costs one ranged GET of its first bytes when cached, and one download when not.
+//! The extent of a native delta disk (`COWD`, SEsparse) holds no CID; it is known by its
+//! path, its size and a digest of its first bytes (its header and grain directory).
 //! Disks this process uploads go into the cache as they are (the next layer's build reads its
 //! parent first). The cache is bounded (`cache_mib=`, [`DEFAULT_BUDGET`] by default); the
 //! least recently used files go first (a file still open stays readable after it is
@@ -26,15 +28,35 @@ pub const HEAD_BYTES: u64 = 64 << 10;
 /// Total size the cache keeps unless told otherwise: 4 GiB.
 pub const DEFAULT_BUDGET: u64 = 4 << 30;
 
-/// The `CID` of the disk whose first bytes are `head`, if they hold a sparse header and a
-/// descriptor.
+/// The identity of the disk file whose first bytes are `head`: the `CID` of a hosted sparse
+/// disk or of a descriptor file, or for the extent of a native delta disk a digest of its
+/// first bytes.
 fn cid_of(head: &[u8], what: &str) -> Option<u32> {
-    let h: &[u8; 512] = head.get(..512)?.try_into().ok()?;
-    let header = Header::parse(h, what).ok()?;
+    let is_extent = head.starts_with(&crate::vmdk::cowd::MAGIC)
+        || head.starts_with(&crate::vmdk::sesparse::CONST_MAGIC.to_le_bytes());
+    if is_extent {
+        let d = sha2::Sha256::digest(head);
+        return Some(u32::from_le_bytes([d[0], d[1], d[2], d[3]]));
+    }
+    let Some(h) = head.get(..512).and_then(|h| <&[u8; 512]>::try_from(h).ok()) else {
+        return descriptor_cid(head, what);
+    };
+    let Ok(header) = Header::parse(h, what) else {
+        return descriptor_cid(head, what);
+    };
     let start = (header.descriptor_offset * SECTOR) as usize;
     let end = start + (header.descriptor_size * SECTOR) as usize;
     let text = String::from_utf8_lossy(head.get(start..end.min(head.len()))?);
     Descriptor::parse(&text, what).ok().map(|d| d.cid)
+}
+
+/// The `CID` of a descriptor file whose bytes are `head` (a native disk's descriptor).
+fn descriptor_cid(head: &[u8], what: &str) -> Option<u32> {
+    if head.len() as u64 >= HEAD_BYTES || head.contains(&0) {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    Descriptor::parse(text, what).ok().map(|d| d.cid)
 }
 
 /// The cache.
@@ -205,6 +227,30 @@ mod tests {
         let f = File::create(&p).unwrap();
         f.set_len(size).unwrap();
         p
+    }
+
+    #[test]
+    fn native_disks_are_known_by_their_descriptor_cid_and_their_extents_head() {
+        let d = crate::disk::descriptor(
+            crate::vmdk::format::DiskFormat::VmfsSparse,
+            1 << 20,
+            "a.vmdk",
+            0x1234_5678,
+            Some((0x0bad_cafe, "p.vmdk")),
+        );
+        assert_eq!(cid_of(d.to_text().as_bytes(), "a"), Some(0x1234_5678));
+        let mut cowd = vec![0u8; 4096];
+        cowd[..4].copy_from_slice(b"COWD");
+        let one = cid_of(&cowd, "a-delta");
+        cowd[3000] = 1;
+        assert!(
+            one.is_some() && cid_of(&cowd, "a-delta") != one,
+            "the head's digest"
+        );
+        let mut se = vec![0u8; 4096];
+        se[..8].copy_from_slice(&crate::vmdk::sesparse::CONST_MAGIC.to_le_bytes());
+        assert!(cid_of(&se, "a-sesparse").is_some());
+        assert_eq!(cid_of(b"not a disk", "x"), None);
     }
 
     #[test]

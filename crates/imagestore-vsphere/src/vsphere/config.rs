@@ -53,8 +53,12 @@ pub struct VsphereConfig {
     pub work: Option<PathBuf>,
     /// Bytes the local disk cache keeps at most (`cache_mib=`, default 4 GiB).
     pub cache_bytes: u64,
-    /// Backend options.
+    /// Backend options. `options.format` is what the URL names or, without `format=`, the
+    /// default until [`VsphereStore::open`](super::VsphereStore::open) picks the format from
+    /// the datastore.
     pub options: Options,
+    /// True if the URL names the delta format (`format=`).
+    pub format_given: bool,
     /// How many times a request that is safe to resend is retried after a transient failure
     /// (`max_retries=`, default 4).
     pub max_retries: u32,
@@ -128,6 +132,7 @@ impl VsphereConfig {
             .collect::<Result<Vec<_>>>()?
             .join("/");
         let (options, rest) = Options::from_query(url)?;
+        let format_given = url.query_pairs().any(|(k, _)| k == "format");
         let (mut allow_http, mut insecure, mut work) = (false, false, None);
         let mut cache_bytes = super::cache::DEFAULT_BUDGET;
         let mut max_retries = DEFAULT_MAX_RETRIES;
@@ -158,7 +163,7 @@ impl VsphereConfig {
                 _ => {
                     return Err(Error::invalid(format!(
                         "{shown} has unknown option {k:?} \
-                         (known: allow_http, insecure, capacity_kib, work, cache_mib, max_retries)"
+                         (known: allow_http, insecure, capacity_kib, format, work, cache_mib, max_retries)"
                     )));
                 }
             }
@@ -189,6 +194,7 @@ impl VsphereConfig {
             work,
             cache_bytes,
             options,
+            format_given,
             max_retries,
         })
     }
@@ -260,7 +266,12 @@ mod tests {
         let (user, pw) = login();
         let c = VsphereConfig::parse(&u("vsphere://vc/DC0/ds/f?max_retries=0")?, user, pw)?;
         assert_eq!(c.max_retries, 0);
+        assert!(!c.format_given, "the datastore decides");
         assert!(!format!("{c:?}").contains("secret"));
+        let (user, pw) = login();
+        let c = VsphereConfig::parse(&u("vsphere://vc/DC0/ds/f?format=seSparse")?, user, pw)?;
+        assert!(c.format_given);
+        assert_eq!(c.options.format, crate::vmdk::format::DiskFormat::SeSparse);
         for bad in [
             "vsphere://vc/DC0/ds",
             "vsphere://vc/DC0/ds/..",
@@ -269,6 +280,7 @@ mod tests {
             "vsphere://vc/DC0/ds/f?nope=1",
             "vsphere://vc/DC0/ds/f?max_retries=many",
             "vsphere://vc/DC0/ds/f?max_retries=99",
+            "vsphere://vc/DC0/ds/f?format=vsanSparse",
             "vsphere://user:pw@vc/DC0/ds/f",
             "vsphere:///DC0/ds/f",
             "vmdk:///x",

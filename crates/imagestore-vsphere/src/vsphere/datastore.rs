@@ -20,6 +20,7 @@ pub const VSPHERE_OPTIONS: &[&str] = &[
     "allow_http",
     "insecure",
     "capacity_kib",
+    "format",
     "work",
     "cache_mib",
     "max_retries",
@@ -52,6 +53,7 @@ pub struct VsphereDatastore {
     pub(super) base_url: Url,
     pub(super) service: Service,
     pub(super) datacenter: MoRef,
+    pub(super) datastore: MoRef,
     pub(super) browser: MoRef,
     pub(super) work: PathBuf,
     pub(super) cache: DiskCache,
@@ -155,7 +157,7 @@ impl VsphereDatastore {
             base_url,
             service,
             datacenter,
-
+            datastore,
             browser,
             work,
             cache,
@@ -655,6 +657,10 @@ impl Datastore for VsphereDatastore {
 
     fn work_dir(&self) -> PathBuf {
         self.work.clone()
+    }
+
+    fn create_base_disk(&self, path: &DsPath, capacity_kib: u64) -> Result<u32> {
+        VsphereDatastore::create_base_disk(self, path, capacity_kib)
     }
 }
 

@@ -109,15 +109,17 @@ impl VsphereDatastore {
                 .head_bytes(&p, HEAD_BYTES)?
                 .ok_or_else(|| Error::not_found(imagestore_core::ObjectKind::Path, &name))?;
             let bad = |e: std::io::Error| Error::corrupt(name.clone(), e.to_string());
-            let h: &[u8; 512] = head
-                .get(..512)
-                .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| Error::corrupt(name.clone(), "shorter than a sparse header"))?;
-            let header = Header::parse(h, &name).map_err(bad)?;
-            let start = (header.descriptor_offset * SECTOR) as usize;
-            let end = (start + (header.descriptor_size * SECTOR) as usize).min(head.len());
-            let text = String::from_utf8_lossy(head.get(start..end).unwrap_or_default());
-            let d = Descriptor::parse(&text, &name).map_err(bad)?;
+            let d = match head.get(..512).and_then(|h| <&[u8; 512]>::try_from(h).ok()) {
+                Some(h) if h.starts_with(&crate::vmdk::header::MAGIC.to_le_bytes()) => {
+                    let header = Header::parse(h, &name).map_err(bad)?;
+                    let start = (header.descriptor_offset * SECTOR) as usize;
+                    let end = (start + (header.descriptor_size * SECTOR) as usize).min(head.len());
+                    let text = String::from_utf8_lossy(head.get(start..end).unwrap_or_default());
+                    Descriptor::parse(&text, &name).map_err(bad)?
+                }
+                // A native disk's descriptor file.
+                _ => Descriptor::parse(&String::from_utf8_lossy(&head), &name).map_err(bad)?,
+            };
             let parent = match (&d.parent_hint, d.parent_cid) {
                 (Some(hint), cid) if cid != NO_PARENT_CID => {
                     let joined = format!("{}/{hint}", p.parent().as_str());
@@ -132,7 +134,7 @@ impl VsphereDatastore {
             };
             out.push(DiskInfo {
                 name,
-                capacity_kib: header.capacity * SECTOR / 1024,
+                capacity_kib: d.capacity * SECTOR / 1024,
                 parent: parent.as_ref().map(|pp| self.ds_path(pp)),
             });
             at = parent;

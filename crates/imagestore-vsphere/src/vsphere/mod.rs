@@ -13,6 +13,7 @@ pub mod config;
 mod datastore;
 pub mod disks;
 mod locks;
+pub mod native;
 mod retry;
 pub mod soap;
 mod store;
@@ -21,5 +22,6 @@ pub mod xml;
 
 pub use datastore::{VSPHERE_OPTIONS, VsphereDatastore, redacted};
 pub use disks::DiskInfo;
+pub use native::DatastoreKind;
 pub use store::VsphereStore;
 pub use vms::JoinedDisk;

@@ -18,14 +18,26 @@ pub struct VsphereStore {
 }
 
 impl VsphereStore {
-    /// Connects and opens the store described by `config`.
+    /// Connects and opens the store described by `config`. Without `format=`, its delta
+    /// disks are in the format the datastore wants ([`super::DatastoreKind::delta_format`]).
     pub async fn open(config: VsphereConfig) -> Result<VsphereStore> {
-        let options = config.options;
-        let ds = tokio::task::spawn_blocking(move || VsphereDatastore::connect(config))
-            .await
-            .map_err(|e| {
-                imagestore_core::Error::backend(super::soap::BACKEND, e.to_string(), false)
-            })??;
+        let mut options = config.options;
+        let given = config.format_given;
+        let ds = tokio::task::spawn_blocking(move || {
+            let ds = VsphereDatastore::connect(config)?;
+            let format = if given {
+                None
+            } else {
+                Some(ds.datastore_kind()?.delta_format()?)
+            };
+            Ok::<_, imagestore_core::Error>((ds, format))
+        })
+        .await
+        .map_err(|e| imagestore_core::Error::backend(super::soap::BACKEND, e.to_string(), false))?;
+        let (ds, format) = ds?;
+        if let Some(f) = format {
+            options.format = f;
+        }
         let ds = Arc::new(ds);
         let store = DiskStore::open(ds.clone(), options).await?;
         Ok(VsphereStore { store, ds })

@@ -14,9 +14,10 @@ use imagestore_core::layer::compose::MergedView;
 use imagestore_core::layer::export::{LayerReader, LayerSource, Plan, SeekingReader};
 use imagestore_core::layer::ingest::{IngestLimits, toc_of_slice};
 use imagestore_core::layer::toc::Toc;
-use imagestore_vsphere::build::{build_layer, build_scratch};
+use imagestore_vsphere::build::{base_name, build_base, build_layer, build_scratch};
 use imagestore_vsphere::ext4::LayerData;
 use imagestore_vsphere::fsread::FsContent;
+use imagestore_vsphere::vmdk::format::DiskFormat;
 use tar::{EntryType, Header};
 
 use super::*;
@@ -153,21 +154,40 @@ pub struct Chain {
     pub disks: Vec<PathBuf>,
     pub tocs: Vec<Arc<Toc>>,
     pub tars: Vec<Bytes>,
+    pub format: DiskFormat,
 }
 
 impl Chain {
     pub fn new(root: &Path, capacity_kib: u64) -> Result<Chain> {
+        Self::with_format(root, capacity_kib, DiskFormat::MonolithicSparse)
+    }
+
+    /// A chain whose deltas are in `format`; in a native format it starts with a flat base
+    /// disk under scratch's.
+    pub fn with_format(root: &Path, capacity_kib: u64, format: DiskFormat) -> Result<Chain> {
         let dir = root.join("scratch");
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("scratch.vmdk");
-        build_scratch(&disk, "scratch.vmdk", capacity_kib)?;
+        let mut disks = Vec::new();
+        let mut base_cid = None;
+        if format.is_native() {
+            let base = dir.join(base_name("scratch.vmdk"));
+            base_cid = Some(build_base(&base, capacity_kib)?);
+            qemu_check(&base)?;
+            disks.push(base);
+        }
+        build_scratch(&disk, "scratch.vmdk", capacity_kib, format, base_cid)?;
         qemu_check(&disk)?;
-        Ok(Chain {
+        disks.push(disk);
+        let c = Chain {
             root: root.to_path_buf(),
-            disks: vec![disk],
+            disks,
             tocs: Vec::new(),
             tars: Vec::new(),
-        })
+            format,
+        };
+        c.check_disks()?;
+        Ok(c)
     }
 
     /// Adds a layer (a plain tar) and checks the chain; returns the delta disk's size.
@@ -241,6 +261,14 @@ impl Chain {
             .collect();
         if names != want {
             bail!("backing chain {names:?}, want {want:?}");
+        }
+        let types = create_types(&top)?;
+        let mut want_types = vec![self.format.create_type(); self.disks.len()];
+        if self.format.is_native() {
+            want_types[self.disks.len() - 1] = "vmfs";
+        }
+        if types != want_types {
+            bail!("create types {types:?}, want {want_types:?}");
         }
         let raw = self.root.join("top.raw");
         let _ = std::fs::remove_file(&raw);

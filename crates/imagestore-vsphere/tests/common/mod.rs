@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 pub mod chain;
+pub mod store_chain;
 
 use std::path::Path;
 use std::process::Command;
@@ -33,15 +34,20 @@ pub fn qemu_check(disk: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The file names of `qemu-img info --backing-chain`, top first.
-pub fn backing_chain(disk: &Path) -> Result<Vec<String>> {
+/// `qemu-img info --backing-chain` as JSON, one object per disk, top first.
+pub fn backing_info(disk: &Path) -> Result<Vec<serde_json::Value>> {
     let out = run(Command::new("qemu-img")
         .args(["info", "--backing-chain", "--output=json", "-f", "vmdk"])
         .arg(disk))?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    let arr = v.as_array().context("info is not an array")?;
+    let arr = v.as_array().context("info is not an array")?.clone();
+    Ok(arr)
+}
+
+/// The file names of `qemu-img info --backing-chain`, top first.
+pub fn backing_chain(disk: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for d in arr {
+    for d in backing_info(disk)? {
         if d["format"] != "vmdk" {
             bail!("not vmdk: {d}");
         }
@@ -54,6 +60,19 @@ pub fn backing_chain(disk: &Path) -> Result<Vec<String>> {
         );
     }
     Ok(names)
+}
+
+/// The create types `qemu-img info --backing-chain` reports, top first.
+pub fn create_types(disk: &Path) -> Result<Vec<String>> {
+    backing_info(disk)?
+        .iter()
+        .map(|d| {
+            d["format-specific"]["data"]["create-type"]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no create type in {d}"))
+        })
+        .collect()
 }
 
 /// `qemu-img convert -O raw` of a disk (and its chain).

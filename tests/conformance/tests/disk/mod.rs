@@ -4,13 +4,34 @@
 
 #![allow(dead_code)]
 
+pub mod vsphere;
+
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 use imagestore::{Image, ImageId, StoreName};
-use imagestore_conformance::Hooks;
 use imagestore_conformance::catalog_files::{self, names};
+use imagestore_conformance::{Ctx, Hooks, catalogue_trials, support, trials};
+
+/// Runs the whole suite against `vmdk://` on a datastore folder in a temporary directory,
+/// with URL query `query` (`""` or `?format=...`).
+pub fn vmdk_suite(query: &'static str) -> Result<ExitCode> {
+    async fn ctx(root: PathBuf, query: &'static str) -> Result<Ctx> {
+        let url = format!("vmdk://{}{query}", root.display());
+        let hooks = DiskHooks::new(&root, &root.join(".imagestore-work"));
+        Ctx::open(url, Arc::new(hooks)).await
+    }
+    // One datastore per test binary run: every case makes its own stores inside it.
+    let dir = tempfile::tempdir()?;
+    let root = support::program("qemu-img").map(|()| dir.path().join("ds"));
+    let open = move |root| ctx(root, query);
+    let mut all = trials("", root.clone(), open);
+    all.extend(catalogue_trials("", root, open));
+    Ok(support::run(all))
+}
 
 /// The folder holding `VIC/`, and the backend's local work folder.
 pub struct DiskHooks {

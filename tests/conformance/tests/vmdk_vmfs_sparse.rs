@@ -1,0 +1,13 @@
+//! The conformance suite against the `vmdk://` backend writing ESXi's native vmfsSparse
+//! delta disks (`format=vmfsSparse`): scratch is a flat base disk and a first delta, every
+//! layer a COWD delta; the hooks check each image's chain with `qemu-img`.
+
+// A libtest-mimic test binary: what clippy.toml allows in `#[test]` functions is allowed
+// here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod disk;
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    disk::vmdk_suite("?format=vmfsSparse")
+}
