@@ -252,6 +252,12 @@ impl S3Store {
     /// Removes `gone` (images whose records this caller removed, still holding their leases)
     /// from the snapshot, conditionally on its ETag, reloading it when another host folded
     /// meanwhile. True if the snapshot now leaves them out.
+    ///
+    /// The snapshot is written even when the copy in hand already leaves them out: a fold
+    /// that read their records before they were removed may still be about to write a
+    /// snapshot naming them, conditionally on the ETag this caller read. Only a write of ours
+    /// changes that ETag and makes such a fold's write fail; without it, the caller would
+    /// remove its intent and leave the snapshot naming images that are gone.
     pub(crate) async fn drop_from_index(
         &self,
         st: &StoreCtx,
@@ -262,9 +268,6 @@ impl S3Store {
         let o = self.objects();
         let key = st.keys.index();
         for _ in 0..4 {
-            if gone.iter().all(|id| !index.records.contains_key(id)) {
-                return Ok(true);
-            }
             let mut next = Index {
                 records: index.records.clone(),
             };
