@@ -1,4 +1,4 @@
-//! `cargo xtask ci`: formatting, lints per feature set, tests, docs; and
+//! `cargo xtask ci`: formatting, lints per feature set, tests, docs, the release build; and
 //! `cargo xtask conformance <backend>`.
 
 use std::process::Command;
@@ -151,8 +151,10 @@ pub fn ci() -> Result<()> {
         .args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"])
         .env("CARGO_TARGET_DIR", crate::util::target_dir()?))?;
     run(cargo()
-        .args(["doc", "--workspace", "--no-deps"])
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
+    // The release archive and Debian package: built, installed, removed, rebuilt elsewhere.
+    crate::dist::ci_dist(false)?;
     eprintln!("ci: all checks passed");
     Ok(())
 }
