@@ -97,9 +97,13 @@ fn depends(binary: &Path, work: &Path) -> Result<String> {
         format!("Source: {NAME}\n\nPackage: {NAME}\nArchitecture: any\n"),
     )
     .with_context(|| format!("writing {}/debian/control", dir.display()))?;
-    // Where dpkg-shlibdeps expects a package's files while it is being built.
-    let staged = dir.join("debian").join(NAME).join("usr/bin");
-    std::fs::create_dir_all(&staged).with_context(|| format!("creating {}", staged.display()))?;
+    // Where dpkg-shlibdeps expects a package's files while it is being built: a folder
+    // with a DEBIAN/ beside usr/.
+    let package_root = dir.join("debian").join(NAME);
+    let staged = package_root.join("usr/bin");
+    for d in [&staged, &package_root.join("DEBIAN")] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     std::fs::copy(binary, staged.join("imagestore"))
         .with_context(|| format!("copying {}", binary.display()))?;
     let out = output(
