@@ -151,7 +151,7 @@ pub fn ci() -> Result<()> {
         .args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"])
         .env("CARGO_TARGET_DIR", crate::util::target_dir()?))?;
     run(cargo()
-        .args(["doc", "--workspace", "--no-deps"])
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     eprintln!("ci: all checks passed");
     Ok(())

@@ -27,7 +27,8 @@ use anyhow::{Result, bail};
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci                 fmt, clippy -D warnings per feature set, tests, docs (what CI runs)
+  ci                 fmt, clippy -D warnings per feature set, tests, docs (ci-dist runs apart)
+                     (what CI runs)
   unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
@@ -47,7 +48,20 @@ cargo xtask <command>
                      as `imagestore serve` publishes it at /swagger.json, over file:// in a
                      temporary directory; exclusions per operation in xtask/schemathesis.toml
   vcsim              build and start vcsim on loopback; print its URL; stop on Enter
-  dist               release build of the CLI with every backend: tarball + sha256
+  dist [--deb]       release build of the CLI with every backend (profile `dist`) into
+                     target/artifacts/: imagestore-VERSION-TARGET.tar.gz (binary, man pages,
+                     completions, sample image, README, LICENSE, CHANGELOG, CycloneDX SBOM), its
+                     .debug file, with --deb the Debian package, and SHA256SUMS; reproducible
+                     from a commit (SOURCE_DATE_EPOCH = the commit's time)
+  ci-dist [--install]  dist --deb and its checks: archive entries and metadata, binary size
+                     (<= 25 MB), --version, SBOM, SHA256SUMS, dpkg-deb; a second build from a copy
+                     of the sources in another folder must give the same bytes; under CI=true or
+                     with --install: dpkg -i, run it, systemd-analyze verify, dpkg -r/-P (part of ci)
+  release-check [--baseline-rev REV]  what a release runs before its tag (docs/releasing.md):
+                     cargo semver-checks against REV (default: the newest v* tag; installed if
+                     missing), cargo publish --dry-run of the library crates, the CHANGELOG entry,
+                     and a release build from scratch in its own target folder compared with
+                     target/artifacts/ (run `cargo xtask ci-dist` first)
   with-s3 CMD ARGS...  start moto and SeaweedFS, run CMD with their URLs in
                      IMAGESTORE_TEST_S3_MOTO / IMAGESTORE_TEST_S3_SEAWEED, stop them
   bench write        write a >= 1 GiB layer: ours vs `ctr content ingest` vs sha256+fsync
@@ -72,6 +86,12 @@ cargo xtask <command>
 ";
 
 fn main() -> Result<()> {
+    // Cargo runs this binary as the rustc wrapper of the workspace's crates during a release
+    // build (see dist::compile).
+    if let Some(root) = std::env::var_os(dist::WRAPPER_VAR) {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return dist::rustc_wrapper(&root, &args);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
@@ -82,7 +102,12 @@ fn main() -> Result<()> {
         ["with-s3", program, args @ ..] => ci::with_s3(program, args),
         ["differential"] => differential::differential(),
         ["fuzz", rest @ ..] => fuzz::fuzz(rest),
-        ["dist"] => dist::dist(),
+        ["dist"] => dist::dist(false),
+        ["dist", "--deb"] => dist::dist(true),
+        ["ci-dist"] => dist::ci_dist(false),
+        ["ci-dist", "--install"] => dist::ci_dist(true),
+        ["release-check"] => dist::release_check(None),
+        ["release-check", "--baseline-rev", rev] => dist::release_check(Some(rev)),
         ["bench", which, rest @ ..] => bench::run(which, rest),
         ["schemathesis"] => schemathesis::schemathesis(),
         ["sample-image"] => sample::sample_image(false),

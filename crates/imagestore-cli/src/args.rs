@@ -2,8 +2,16 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use imagestore::StoreName;
+
+/// The clap command with the version texts of this build (the commit and backends of
+/// [`crate::build_info`]): what the parser, the man pages and the completions are made from.
+pub fn command() -> clap::Command {
+    Cli::command()
+        .version(crate::build_info::short_version())
+        .long_version(crate::build_info::long_version())
+}
 
 /// Store container image layers as verified chains, on local disk, S3 or vSphere.
 #[derive(Debug, Parser)]
@@ -81,7 +89,8 @@ pub enum Command {
         /// Store name.
         #[arg(long, default_value = "sample")]
         store: String,
-        /// The sample's OCI layout (default: `samples/debian-mini` of the source tree).
+        /// The sample's OCI layout (default: `share/imagestore/samples/debian-mini` beside an
+        /// installed binary, else `samples/debian-mini` of the source tree).
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
     },

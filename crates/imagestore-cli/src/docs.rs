@@ -3,14 +3,12 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::args::command;
 use anyhow::{Context, Result};
-use clap::CommandFactory;
-
-use crate::args::Cli;
 
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Result<()> {
-    let mut cmd = Cli::command();
+    let mut cmd = command();
     let mut out = std::io::stdout().lock();
     clap_complete::generate(shell, &mut cmd, "imagestore", &mut out);
     out.flush().context("writing standard output")
@@ -18,7 +16,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<()> {
 
 /// Prints the top-level man page, or writes every command's page into `dir`.
 pub fn man(dir: Option<&Path>) -> Result<()> {
-    let cmd = Cli::command();
+    let cmd = command();
     match dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

@@ -188,8 +188,32 @@ async fn report(store: &dyn ImageStorer, done: &Imported, what: &str, json: bool
     Ok(())
 }
 
-/// Where the sample image lives in the source tree this binary was built from.
-const SAMPLE_LAYOUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/debian-mini");
+/// Where the sample image lives in the source tree this binary was built from; not known to a
+/// release build (`cargo xtask dist`), which must not carry the path of the tree it was built in.
+const SOURCE_TREE_SAMPLE: Option<&str> = match crate::build_info::COMMIT {
+    Some(_) => None,
+    None => Some(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../samples/debian-mini"
+    )),
+};
+
+/// Where the sample image is looked for when `--path` is not given: beside an installed binary
+/// (`<prefix>/share/imagestore/samples/debian-mini` for `<prefix>/bin/imagestore`, as the
+/// release archive and the Debian package lay it out), then in the source tree.
+fn sample_candidates() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Some(prefix) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(std::path::Path::to_path_buf))
+    {
+        out.push(prefix.join("share/imagestore/samples/debian-mini"));
+    }
+    if let Some(p) = SOURCE_TREE_SAMPLE {
+        out.push(std::path::PathBuf::from(p));
+    }
+    out
+}
 
 /// `imagestore sample`: imports the committed sample layout and shows the chain and usage.
 pub async fn sample(
@@ -199,13 +223,31 @@ pub async fn sample(
     json: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
-    let path = path.unwrap_or_else(|| std::path::PathBuf::from(SAMPLE_LAYOUT));
-    if !path.join("index.json").is_file() {
-        bail!(
-            "no sample image at {} (an OCI layout with index.json); pass --path DIR",
-            path.display()
-        );
-    }
+    let path = match path {
+        Some(p) => {
+            if !p.join("index.json").is_file() {
+                bail!(
+                    "no sample image at {} (an OCI layout with index.json)",
+                    p.display()
+                );
+            }
+            p
+        }
+        None => {
+            let candidates = sample_candidates();
+            match candidates.iter().find(|p| p.join("index.json").is_file()) {
+                Some(p) => p.clone(),
+                None => bail!(
+                    "no sample image (an OCI layout with index.json) at {}; pass --path DIR",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            }
+        }
+    };
     let s = StoreName::new(s)?;
     let done = import_path(store, &s, &path, None, &Platform::host(), progress).await?;
     report(store, &done, "imported the sample image", json).await

@@ -391,6 +391,40 @@ fn completions_and_man_pages_are_generated() {
     }
 }
 
+fn version_names_the_commit_and_the_backends_compiled_in() {
+    let env = Env::new();
+    let long = env.ok(&["--version"]);
+    let lines: Vec<&str> = long.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&concat!("imagestore ", env!("CARGO_PKG_VERSION"))),
+        "{long}"
+    );
+    // A test build is not a release build: no commit is claimed.
+    assert!(
+        lines.contains(&"commit: unknown (not built by `cargo xtask dist`)"),
+        "{long}"
+    );
+    let backends = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("backends: "))
+        .unwrap_or_default();
+    for scheme in ["file", "vmdk", "vsphere", "imagestore+http"] {
+        assert!(backends.split(", ").any(|b| b == scheme), "{long}");
+    }
+    let short = env.ok(&["-V"]);
+    assert_eq!(
+        short.trim(),
+        concat!(
+            "imagestore ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit unknown)"
+        )
+    );
+    // The man page carries the same version.
+    assert!(env.ok(&["man"]).contains(env!("CARGO_PKG_VERSION")));
+}
+
 fn the_sample_image_imports_into_the_default_store_twice_and_round_trips() {
     let env = Env::new();
     let sample = sample_layout();
@@ -771,6 +805,7 @@ fn main() -> ExitCode {
         every_verb_works_on_the_local_backend,
         errors_are_one_line_naming_what_failed,
         completions_and_man_pages_are_generated,
+        version_names_the_commit_and_the_backends_compiled_in,
         the_sample_image_imports_into_the_default_store_twice_and_round_trips,
         a_relative_file_url_is_refused_with_the_absolute_one_to_write,
         read_only_commands_create_nothing,

@@ -24,10 +24,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Schemes: `file://` (feature `local`, on by default), `s3://` (feature `s3`), `vmdk://`
-//! (feature `vmdk`), `vsphere://` (feature `vsphere`, which includes `vmdk`),
-//! `imagestore+http://` and `imagestore+https://` (feature `remote`: a store served by
-//! `imagestore serve`). [`schemes`] lists what this build can open.
+//! # Choosing a backend
+//!
+//! A backend is compiled in by a feature of this crate and picked at run time by the scheme of
+//! the URL given to [`open`]; the code above works unchanged on every one of them.
+//!
+//! | feature | scheme and URL | where the images are |
+//! | --- | --- | --- |
+//! | `local` (default) | `file:///var/lib/imagestore` | a directory on local disk |
+//! | `s3` | `s3://bucket/prefix?endpoint=https://s3.example.net&region=eu-1` | an S3-compatible object store, shared by many hosts |
+//! | `vmdk` | `vmdk:///vmfs/volumes/ds1/images` | delta VMDK disks holding ext4, in VIC's datastore layout (needs `libext2fs2` at run time) |
+//! | `vsphere` (with `vmdk`) | `vsphere://vcenter.example.net/dc1/ds1/images` | the same, on a datastore behind vCenter or ESXi |
+//! | `remote` | `imagestore+http://127.0.0.1:8080`, `imagestore+https://host:8443?token_file=/etc/token` | a store served by `imagestore serve` |
+//! | `full` | all of the above | |
+//!
+//! ```toml
+//! [dependencies]
+//! # Local disk and S3, nothing else linked.
+//! imagestore = { version = "0.1", default-features = false, features = ["local", "s3"] }
+//! ```
+//!
+//! [`schemes`] lists what a build can open. A URL whose backend was left out is refused with
+//! an error that names the feature providing it, and an unknown scheme with one that lists the
+//! available ones:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! assert!(imagestore::schemes().contains(&"file"));
+//! let err = imagestore::open("nosuch://x").await.err().map(|e| e.to_string());
+//! assert!(err.is_some_and(|e| e.contains("file")));
+//! # }
+//! ```
+//!
+//! Each backend's own options (credentials, endpoints, TLS) are in its module: `local`,
+//! `s3`, `vsphere` and `remote`, present when their feature is on.
 
 #![deny(missing_docs)]
 
