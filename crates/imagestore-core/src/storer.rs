@@ -377,10 +377,7 @@ pub trait ImageStorer:
         disk: &ImageId,
     ) -> Result<JoinedImage> {
         let _ = (store, id, vm, disk);
-        Err(Error::Unsupported {
-            operation: "ImageJoin",
-            backend: self.scheme(),
-        })
+        Err(JoinedImage::unsupported(self.scheme()))
     }
 }
 
@@ -393,6 +390,16 @@ pub struct JoinedImage {
     pub disk: String,
     /// Its parent: the image's disk.
     pub parent: String,
+}
+
+impl JoinedImage {
+    /// The answer of a backend without virtual machines to [`ImageStorer::join_image`].
+    pub fn unsupported(backend: &'static str) -> Error {
+        Error::Unsupported {
+            operation: "ImageJoin",
+            backend,
+        }
+    }
 }
 
 /// Conveniences on top of [`ImageStorer`].

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imagestore_core::backend::local::{LocalStorage, sync_dir};
-use imagestore_core::{Error, JoinedImage, Result, Url};
+use imagestore_core::{JoinedImage, Result, Url};
 
 use crate::datastore::{Datastore, DsLock, DsPath, Stat, Storage};
 use crate::error::{BACKEND, IoContext};
@@ -112,10 +112,7 @@ impl Datastore for LocalDatastore {
 
     /// A directory of disk files runs no virtual machines.
     fn attach_child_disk(&self, _: &str, _: &DsPath, _: &DsPath) -> Result<JoinedImage> {
-        Err(Error::Unsupported {
-            operation: "ImageJoin",
-            backend: BACKEND,
-        })
+        Err(JoinedImage::unsupported(BACKEND))
     }
 
     fn open(&self, path: &DsPath) -> Result<Arc<dyn ReadAt>> {

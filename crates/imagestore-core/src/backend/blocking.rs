@@ -184,10 +184,7 @@ pub trait BlockingBackend: Send + Sync + fmt::Debug {
         disk: &ImageId,
     ) -> Result<JoinedImage> {
         let _ = (store, id, vm, disk);
-        Err(Error::Unsupported {
-            operation: "ImageJoin",
-            backend: BlockingBackend::scheme(self),
-        })
+        Err(JoinedImage::unsupported(BlockingBackend::scheme(self)))
     }
 }
 
