@@ -87,8 +87,92 @@ fn vcsim_server() -> Result<Option<Vcsim>> {
     }
 }
 
+/// Set by `.ci/run` when it has started the release check itself (to the path of its log),
+/// earlier than `ci` could: then `ci` leaves it to `.ci/run`.
+const DIST_LOG_VAR: &str = "IMAGESTORE_CI_DIST_LOG";
+
+/// The release check (`cargo xtask ci-dist`, crate::dist) running beside the other checks, at
+/// a lower priority: most of it is a whole-program LTO link on one core, which fits beside
+/// the test binaries that wait on their servers. Stopped (its whole process group) if `ci`
+/// fails first.
+struct DistCheck {
+    child: Option<std::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl DistCheck {
+    /// Starts `ci-dist` in the background, its output in `target/xtask/ci/ci-dist.log`.
+    fn start() -> Result<DistCheck> {
+        use std::os::unix::process::CommandExt;
+        let log = crate::util::work_dir("ci")?.join("ci-dist.log");
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "10"])
+            .arg(exe)
+            .arg("ci-dist")
+            .current_dir(crate::util::root())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        eprintln!(
+            "$ {} (in the background, output in {})",
+            crate::util::describe(&cmd),
+            log.display()
+        );
+        let child = cmd.spawn()?;
+        Ok(DistCheck {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Waits for it; fails with its output if it failed.
+    fn finish(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        eprintln!("ci: waiting for the release check ({})", self.log.display());
+        let status = child.wait()?;
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            eprintln!("{text}");
+            bail!("the release check (cargo xtask ci-dist) failed with {status}");
+        }
+        for line in text.lines().filter(|l| l.starts_with("ci-dist:")) {
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DistCheck {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // The group: the xtask, cargo and the compilers it runs.
+            let _ = Command::new("kill")
+                .args(["-TERM", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Runs every check CI runs.
 pub fn ci() -> Result<()> {
+    // The release check first, so that its long link overlaps the checks below.
+    let dist = match std::env::var_os(DIST_LOG_VAR) {
+        Some(log) => {
+            eprintln!(
+                "ci: the release check was started by .ci/run (output in {})",
+                std::path::Path::new(&log).display()
+            );
+            None
+        }
+        None => Some(DistCheck::start()?),
+    };
     run(cargo().args(["fmt", "--all", "--check"]))?;
     crate::deps::unused_deps()?;
     // Core builds off Linux (its Linux-only parts say Unsupported there).
@@ -121,24 +205,36 @@ pub fn ci() -> Result<()> {
     let servers = s3_servers()?;
     let vcsim = vcsim_server()?;
     let tarlist = crate::differential::for_ci()?;
-    let mut tests = cargo();
-    tests
-        .args(["test", "--workspace"])
-        .env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?);
+    // What the test binaries find in their environment: the fixture, the servers' URLs and
+    // credentials, the differential test's lister.
+    let mut vars = Command::new("env");
+    vars.env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?);
     if let Some(s) = &servers {
-        s.env(&mut tests);
+        s.env(&mut vars);
     }
     if let Some(v) = &vcsim {
-        v.env(&mut tests);
+        v.env(&mut vars);
     }
     // The differential tar test runs with the other tests when the Go lister is built.
     if let Some(t) = &tarlist {
-        tests.env(crate::differential::TARLIST_VAR, t).env(
+        vars.env(crate::differential::TARLIST_VAR, t).env(
             "IMAGESTORE_DIFF_OUT",
             crate::util::work_dir("differential")?,
         );
     }
-    run(&mut tests)?;
+    let vars: Vec<(String, String)> = vars
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+        .collect();
+    // `cargo test --workspace`, its binaries a few at a time (crate::testrun says why), then
+    // the doctests.
+    let mut build = cargo();
+    build.args(["test", "--workspace"]);
+    let bins = crate::testrun::build(build)?;
+    crate::testrun::run_all(bins, crate::testrun::jobs()?, &vars)?;
+    run(cargo()
+        .args(["test", "--workspace", "--doc"])
+        .envs(vars.iter().map(|(k, v)| (k, v))))?;
     drop(servers);
     drop(vcsim);
     crate::sample::check_in_ci()?;
@@ -153,6 +249,9 @@ pub fn ci() -> Result<()> {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
+    if let Some(dist) = dist {
+        dist.finish()?;
+    }
     eprintln!("ci: all checks passed");
     Ok(())
 }

@@ -19,6 +19,7 @@ mod fuzz;
 mod s3;
 mod sample;
 mod schemathesis;
+mod testrun;
 mod util;
 mod vcsim;
 
@@ -27,8 +28,9 @@ use anyhow::{Result, bail};
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci                 fmt, clippy -D warnings per feature set, tests, docs (ci-dist runs apart)
-                     (what CI runs)
+  ci                 fmt, clippy -D warnings per feature set, tests (their binaries
+                     IMAGESTORE_TEST_JOBS at a time, default cores + 1), docs, and ci-dist beside
+                     them at a lower priority (what CI runs)
   unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
