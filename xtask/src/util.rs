@@ -93,10 +93,28 @@ pub fn describe(cmd: &Command) -> String {
     s
 }
 
-/// `cargo` with the workspace as working directory.
+/// `cargo` with the workspace as working directory, without the variables `cargo run` set
+/// for this process.
+///
+/// Build scripts that watch `CARGO_MANIFEST_DIR` or `CARGO_PKG_NAME` (ring's does) are
+/// compared against the value in the environment of the cargo that builds them: left in, the
+/// xtask's own values would make every cargo it runs redo those scripts and all that depends
+/// on them after a build started from a shell.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            c.env_remove(&key);
+        }
+    }
     c
 }
 
