@@ -87,14 +87,10 @@ fn vcsim_server() -> Result<Option<Vcsim>> {
     }
 }
 
-/// Set by `.ci/run` when it has started the release check itself (to the path of its log),
-/// earlier than `ci` could: then `ci` leaves it to `.ci/run`.
-const DIST_LOG_VAR: &str = "IMAGESTORE_CI_DIST_LOG";
-
-/// The release check (`cargo xtask ci-dist`, crate::dist) running beside the other checks, at
-/// a lower priority: most of it is a whole-program LTO link on one core, which fits beside
-/// the test binaries that wait on their servers. Stopped (its whole process group) if `ci`
-/// fails first.
+/// The release check (`cargo xtask ci-dist`, crate::dist) running beside the other checks
+/// (`ci --with-dist`): most of it is a whole-program LTO link on one core, which fits beside
+/// builds and test binaries that wait on their servers. Stopped (its whole process group) if
+/// `ci` fails first.
 struct DistCheck {
     child: Option<std::process::Child>,
     log: std::path::PathBuf,
@@ -108,10 +104,8 @@ impl DistCheck {
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         let exe = std::env::current_exe()?;
-        let mut cmd = Command::new("nice");
-        cmd.args(["-n", "10"])
-            .arg(exe)
-            .arg("ci-dist")
+        let mut cmd = Command::new(exe);
+        cmd.arg("ci-dist")
             .current_dir(crate::util::root())
             .stdin(std::process::Stdio::null())
             .stdout(out)
@@ -160,18 +154,13 @@ impl Drop for DistCheck {
     }
 }
 
-/// Runs every check CI runs.
-pub fn ci() -> Result<()> {
-    // The release check first, so that its long link overlaps the checks below.
-    let dist = match std::env::var_os(DIST_LOG_VAR) {
-        Some(log) => {
-            eprintln!(
-                "ci: the release check was started by .ci/run (output in {})",
-                std::path::Path::new(&log).display()
-            );
-            None
-        }
-        None => Some(DistCheck::start()?),
+/// Runs every check CI runs; with `with_dist`, the release check (`ci-dist`) beside them.
+pub fn ci(with_dist: bool) -> Result<()> {
+    // The release check first, so that its long links overlap the checks below.
+    let dist = if with_dist {
+        Some(DistCheck::start()?)
+    } else {
+        None
     };
     run(cargo().args(["fmt", "--all", "--check"]))?;
     crate::deps::unused_deps()?;

@@ -28,9 +28,9 @@ use anyhow::{Result, bail};
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci                 fmt, clippy -D warnings per feature set, tests (their binaries
-                     IMAGESTORE_TEST_JOBS at a time, default cores + 1), docs, and ci-dist beside
-                     them at a lower priority (what CI runs)
+  ci [--with-dist]   fmt, clippy -D warnings per feature set, tests (their binaries
+                     IMAGESTORE_TEST_JOBS at a time, default cores + 1), docs (what CI runs);
+                     --with-dist runs ci-dist beside them (what a release runs)
   unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
@@ -58,7 +58,7 @@ cargo xtask <command>
   ci-dist [--install]  dist --deb and its checks: archive entries and metadata, binary size
                      (<= 25 MB), --version, SBOM, SHA256SUMS, dpkg-deb; a second build from a copy
                      of the sources in another folder must give the same bytes; under CI=true or
-                     with --install: dpkg -i, run it, systemd-analyze verify, dpkg -r/-P (part of ci)
+                     with --install: dpkg -i, run it, systemd-analyze verify, dpkg -r/-P
   release-check [--baseline-rev REV]  what a release runs before its tag (docs/releasing.md):
                      cargo semver-checks against REV (default: the newest v* tag; installed if
                      missing), cargo publish --dry-run of the library crates, the CHANGELOG entry,
@@ -97,7 +97,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["ci"] => ci::ci(),
+        ["ci"] => ci::ci(false),
+        ["ci", "--with-dist"] => ci::ci(true),
         ["unused-deps"] => deps::unused_deps(),
         ["conformance", backend] => ci::conformance(backend),
         ["vcsim"] => ci::vcsim_shell(),
