@@ -172,11 +172,21 @@ pub fn run_all(bins: Vec<TestBinary>, jobs: usize, env: &[(String, String)]) -> 
             let secs = done.started.elapsed().as_secs_f64();
             let text = std::fs::read_to_string(&done.log).unwrap_or_default();
             if status.success() {
-                let summary = text
+                // libtest's result lines; a binary with a `main` of its own (the crash
+                // tests) gets its last line quoted instead.
+                let mut summary = text
                     .lines()
                     .filter(|l| l.starts_with("test result:"))
                     .collect::<Vec<_>>()
                     .join("; ");
+                if summary.is_empty() {
+                    summary = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("(no output)")
+                        .to_string();
+                }
                 eprintln!("tests: {} ok in {secs:.1} s: {summary}", done.bin.name);
                 if std::env::var_os("IMAGESTORE_TEST_VERBOSE").is_some() {
                     eprint!("{text}");
