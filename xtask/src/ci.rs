@@ -146,8 +146,10 @@ impl Drop for DistCheck {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             // The group: the xtask, cargo and the compilers it runs.
+            // `--` before the negative id: without it procps' kill takes `-ID` for
+            // something else than a process group.
             let _ = Command::new("kill")
-                .args(["-TERM", &format!("-{}", child.id())])
+                .args(["-s", "TERM", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
         }
