@@ -197,7 +197,8 @@ pub fn ci(with_dist: bool) -> Result<()> {
     let vcsim = vcsim_server()?;
     let tarlist = crate::differential::for_ci()?;
     // What the test binaries find in their environment: the fixture, the servers' URLs and
-    // credentials, the differential test's lister.
+    // credentials, the differential test's lister. Collected on a command that never runs,
+    // because that is what the servers' `env` methods fill.
     let mut vars = Command::new("env");
     vars.env("IMAGESTORE_FIXTURE_DEBIAN", fixture::debian_dir()?);
     if let Some(s) = &servers {
