@@ -169,6 +169,7 @@ struct Client {
 
 impl Client {
     fn new(base: String) -> Client {
+        imagestore_core::tls::install_crypto_provider();
         Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

@@ -19,6 +19,8 @@ pub mod redact;
 pub mod refs;
 pub mod registry;
 pub mod storer;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod wire;
 
 pub use digest::{Algorithm, Digest};

@@ -79,6 +79,7 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
+        imagestore_core::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("imagestore/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)

@@ -153,6 +153,7 @@ mod tests {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        imagestore_core::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .build()

@@ -67,6 +67,7 @@ fn client(url: &str) -> Result<object_store::aws::AmazonS3> {
     if q.get("checksum").map(String::as_str) != Some("none") {
         b = b.with_checksum_algorithm(Checksum::SHA256);
     }
+    imagestore_core::tls::install_crypto_provider();
     Ok(b.build()?)
 }
 

@@ -123,6 +123,7 @@ impl Objects {
     /// Builds the client for `config`; credentials come from the environment and the AWS
     /// credential chain.
     pub fn connect(config: &Config) -> Result<Objects> {
+        imagestore_core::tls::install_crypto_provider();
         let mut b = AmazonS3Builder::from_env().with_bucket_name(&config.bucket);
         if let Some(e) = &config.endpoint {
             b = b.with_endpoint(e);

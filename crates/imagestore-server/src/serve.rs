@@ -382,7 +382,7 @@ fn tls_acceptor(files: &TlsFiles, client_ca: Option<&Path>) -> Result<TlsAccepto
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| file_error("key file", &files.key, e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;

@@ -34,6 +34,7 @@ impl Vic {
         let server = Server::bind(config).await?;
         let base = format!("http://{}", server.local_addr());
         tokio::spawn(server.run(std::future::pending()));
+        imagestore_core::tls::install_crypto_provider();
         Ok(Vic {
             base,
             http: reqwest::Client::new(),

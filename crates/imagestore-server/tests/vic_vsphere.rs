@@ -74,6 +74,7 @@ async fn image_join_attaches_a_child_disk((base, dir): (String, PathBuf)) -> Res
     let server = Server::bind(config).await?;
     let url = format!("http://{}", server.local_addr());
     tokio::spawn(server.run(std::future::pending()));
+    imagestore_core::tls::install_crypto_provider();
     let http = reqwest::Client::new();
 
     let (status, body) = post_join(

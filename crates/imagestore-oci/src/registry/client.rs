@@ -97,6 +97,7 @@ pub struct Fetched {
 impl Client {
     /// A client for `reference`'s repository.
     pub fn new(reference: &Reference, options: &ClientOptions) -> Result<Client> {
+        imagestore_core::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(concat!("imagestore/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))

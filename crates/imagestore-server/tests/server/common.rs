@@ -44,6 +44,8 @@ pub async fn start_with(f: impl FnOnce(&mut ServeConfig, &std::path::Path)) -> S
     } else {
         format!("http://{addr}")
     };
+    // Every test builds its clients after this (reqwest's rustls needs the provider).
+    imagestore_core::tls::install_crypto_provider();
     Srv {
         addr,
         base,

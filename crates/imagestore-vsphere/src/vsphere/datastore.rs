@@ -76,6 +76,7 @@ impl VsphereDatastore {
     /// Connects: reads the service content, logs in, finds the datacenter, the datastore and
     /// its browser, and creates the folder. Blocks; call it from the blocking pool.
     pub fn connect(config: VsphereConfig) -> Result<VsphereDatastore> {
+        imagestore_core::tls::install_crypto_provider();
         // No redirects: `/folder` answers a folder with one, which is how `stat` tells it.
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

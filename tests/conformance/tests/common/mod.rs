@@ -76,6 +76,7 @@ impl S3Hooks {
         if let Some(r) = q.get("region") {
             b = b.with_region(r);
         }
+        imagestore_core::tls::install_crypto_provider();
         let s3 = Arc::new(b.build()?);
         let http =
             ReqwestConnector::default().connect(&ClientOptions::new().with_allow_http(true))?;
