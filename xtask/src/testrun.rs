@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::util::{describe, work_dir};
+use crate::util::{Process, describe, work_dir};
 
 /// One test executable cargo built.
 #[derive(Debug, Clone)]
@@ -160,6 +160,14 @@ pub fn run_all(bins: Vec<TestBinary>, jobs: usize, env: &[(String, String)]) -> 
         std::thread::sleep(Duration::from_millis(100));
         let mut i = 0;
         while i < running.len() {
+            // Read before the reaping below frees it: the binary's CPU time, with that of
+            // the tools it ran (qemu-img, e2fsck, ...), not of the servers it talked to.
+            let process = Process(running[i].child.id());
+            let cpu = if process.is_zombie() {
+                process.cpu_seconds()
+            } else {
+                None
+            };
             let status = running[i]
                 .child
                 .try_wait()
@@ -170,6 +178,7 @@ pub fn run_all(bins: Vec<TestBinary>, jobs: usize, env: &[(String, String)]) -> 
             };
             let done = running.swap_remove(i);
             let secs = done.started.elapsed().as_secs_f64();
+            let cpu = cpu.map_or_else(String::new, |c| format!(", {c:.1} CPU-s"));
             let text = std::fs::read_to_string(&done.log).unwrap_or_default();
             if status.success() {
                 // libtest's result lines; a binary with a `main` of its own (the crash
@@ -187,13 +196,13 @@ pub fn run_all(bins: Vec<TestBinary>, jobs: usize, env: &[(String, String)]) -> 
                         .unwrap_or("(no output)")
                         .to_string();
                 }
-                eprintln!("tests: {} ok in {secs:.1} s: {summary}", done.bin.name);
+                eprintln!("tests: {} ok in {secs:.1} s{cpu}: {summary}", done.bin.name);
                 if std::env::var_os("IMAGESTORE_TEST_VERBOSE").is_some() {
                     eprint!("{text}");
                 }
             } else {
                 eprintln!(
-                    "tests: {} FAILED ({status}) after {secs:.1} s; its output:\n{text}",
+                    "tests: {} FAILED ({status}) after {secs:.1} s{cpu}; its output:\n{text}",
                     done.bin.name
                 );
                 failed.push(done.bin.name.clone());

@@ -199,9 +199,51 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let cpu = Process(self.child.id()).cpu_seconds();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("stopped {} (pid {})", self.name, self.child.id());
+        eprintln!(
+            "stopped {} (pid {}, {} CPU-seconds)",
+            self.name,
+            self.child.id(),
+            cpu.map_or_else(|| "?".to_string(), |s| format!("{s:.1}"))
+        );
+    }
+}
+
+/// A process of this machine, as `/proc` shows it (what CI's time goes to).
+#[derive(Debug, Clone, Copy)]
+pub struct Process(pub u32);
+
+impl Process {
+    /// The fields of `/proc/PID/stat` after the command name: the state first.
+    fn stat(self) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).ok()?;
+        // The command name, in parentheses, may itself hold spaces and parentheses.
+        let (_, rest) = text.rsplit_once(')')?;
+        Some(rest.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// The CPU time it used so far, user and system, with that of the children it has
+    /// waited for; `None` once it is gone.
+    pub fn cpu_seconds(self) -> Option<f64> {
+        let stat = self.stat()?;
+        // utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 11 to 14 after the name.
+        let ticks: u64 = stat
+            .get(11..15)?
+            .iter()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .sum();
+        // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| ticks as f64 / per_second as f64)
+    }
+
+    /// Whether it has ended and waits to be reaped (its CPU time is then final).
+    pub fn is_zombie(self) -> bool {
+        self.stat()
+            .and_then(|s| s.first().cloned())
+            .is_some_and(|state| state == "Z")
     }
 }
 

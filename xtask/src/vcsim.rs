@@ -148,19 +148,22 @@ impl Vcsim {
 impl Drop for Vcsim {
     fn drop(&mut self) {
         let pid = self.child.id();
+        let cpu = crate::util::Process(pid)
+            .cpu_seconds()
+            .map_or_else(|| "?".to_string(), |s| format!("{s:.1}"));
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                eprintln!("stopped vcsim (pid {pid})");
+                eprintln!("stopped vcsim (pid {pid}, {cpu} CPU-seconds)");
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("killed vcsim (pid {pid})");
+        eprintln!("killed vcsim (pid {pid}, {cpu} CPU-seconds)");
     }
 }
