@@ -166,6 +166,14 @@ pub fn ci(with_dist: bool) -> Result<()> {
     };
     run(cargo().args(["fmt", "--all", "--check"]))?;
     crate::deps::unused_deps()?;
+    // The test binaries first: with the release build beside it, this keeps both cores busy
+    // while `.ci/run` installs the packages (cargo's timings of it kept under CI).
+    let mut build = cargo();
+    build.args(["test", "--workspace"]);
+    if in_ci() {
+        build.arg("--timings");
+    }
+    let bins = crate::testrun::build(build)?;
     // Core builds off Linux (its Linux-only parts say Unsupported there).
     run(Command::new("rustup").args(["target", "add", PORTABLE_TARGET]))?;
     run(cargo().args([
@@ -192,6 +200,7 @@ pub fn ci(with_dist: bool) -> Result<()> {
             run(cargo().args(["test", "-p", "imagestore"]).args(*set))?;
         }
     }
+    crate::util::wait_for_packages()?;
     fixtures()?;
     let servers = s3_servers()?;
     let vcsim = vcsim_server()?;
@@ -218,11 +227,8 @@ pub fn ci(with_dist: bool) -> Result<()> {
         .get_envs()
         .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
         .collect();
-    // `cargo test --workspace`, its binaries a few at a time (crate::testrun says why), then
-    // the doctests.
-    let mut build = cargo();
-    build.args(["test", "--workspace"]);
-    let bins = crate::testrun::build(build)?;
+    // The test binaries built above, a few at a time (crate::testrun says why), then the
+    // doctests.
     crate::testrun::run_all(bins, crate::testrun::jobs()?, &vars)?;
     run(cargo()
         .args(["test", "--workspace", "--doc"])

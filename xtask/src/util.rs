@@ -269,6 +269,52 @@ pub fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The variable naming the file `.ci/run` writes the exit status of its package installation
+/// into (`.ci/packages`, running beside `cargo xtask ci`).
+pub const PACKAGES_VAR: &str = "IMAGESTORE_CI_PACKAGES";
+
+/// Under `.ci/run`, waits until the packages the tests and the release check need are
+/// installed (the builds before need only the toolchain); elsewhere returns at once.
+pub fn wait_for_packages() -> Result<()> {
+    let Some(status) = std::env::var_os(PACKAGES_VAR) else {
+        return Ok(());
+    };
+    let status = PathBuf::from(status);
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status)
+            && text.ends_with('\n')
+        {
+            let code = text.trim();
+            if code == "0" {
+                if said {
+                    eprintln!(
+                        "ci: packages installed (waited {:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(());
+            }
+            bail!(
+                "installing the packages failed (exit status {code}); see the log beside {}",
+                status.display()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(30 * 60) {
+            bail!(
+                "the packages were not installed after 30 minutes ({} is still missing)",
+                status.display()
+            );
+        }
+        if !said {
+            eprintln!("ci: waiting for the packages ({})", status.display());
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Fails with an install hint if a program is missing.
 pub fn need(program: &str, package: &str) -> Result<()> {
     if have(program) {
