@@ -28,10 +28,10 @@ use anyhow::{Result, bail};
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci [--no-dist]     what CI runs: the release check (ci-dist) in the background, and beside
-                     it fmt, clippy -D warnings per feature set, tests (their binaries
-                     IMAGESTORE_TEST_JOBS at a time, default cores + 1), docs;
-                     --no-dist leaves the release check out (a quicker local run)
+  ci [--with-dist]   what CI runs: fmt, clippy -D warnings per feature set, tests (their
+                     binaries IMAGESTORE_TEST_JOBS at a time, default cores + 1), docs;
+                     --with-dist runs the release check (ci-dist) beside them, from the
+                     start (what a release runs)
   unused-deps        fail if a workspace crate declares a dependency its code never names
   conformance s3     start moto and SeaweedFS, run the S3 conformance, race and fault tests
   conformance local  run the conformance suite against the local backend
@@ -98,8 +98,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["ci"] => ci::ci(true),
-        ["ci", "--no-dist"] => ci::ci(false),
+        ["ci"] => ci::ci(false),
+        ["ci", "--with-dist"] => ci::ci(true),
         ["unused-deps"] => deps::unused_deps(),
         ["conformance", backend] => ci::conformance(backend),
         ["vcsim"] => ci::vcsim_shell(),
