@@ -162,12 +162,7 @@ pub fn run_all(bins: Vec<TestBinary>, jobs: usize, env: &[(String, String)]) -> 
         while i < running.len() {
             // Read before the reaping below frees it: the binary's CPU time, with that of
             // the tools it ran (qemu-img, e2fsck, ...), not of the servers it talked to.
-            let process = Process(running[i].child.id());
-            let cpu = if process.is_zombie() {
-                process.cpu_seconds()
-            } else {
-                None
-            };
+            let cpu = Process(running[i].child.id()).cpu_seconds_if_ended();
             let status = running[i]
                 .child
                 .try_wait()

@@ -199,14 +199,13 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let cpu = Process(self.child.id()).cpu_seconds();
+        let cpu = Process(self.child.id()).cpu_text();
         let _ = self.child.kill();
         let _ = self.child.wait();
         eprintln!(
-            "stopped {} (pid {}, {} CPU-seconds)",
+            "stopped {} (pid {}, {cpu} CPU-seconds)",
             self.name,
-            self.child.id(),
-            cpu.map_or_else(|| "?".to_string(), |s| format!("{s:.1}"))
+            self.child.id()
         );
     }
 }
@@ -224,10 +223,8 @@ impl Process {
         Some(rest.split_whitespace().map(str::to_string).collect())
     }
 
-    /// The CPU time it used so far, user and system, with that of the children it has
-    /// waited for; `None` once it is gone.
-    pub fn cpu_seconds(self) -> Option<f64> {
-        let stat = self.stat()?;
+    /// The CPU time in `stat`: user and system, with that of the children it has waited for.
+    fn seconds(stat: &[String]) -> Option<f64> {
         // utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 11 to 14 after the name.
         let ticks: u64 = stat
             .get(11..15)?
@@ -239,11 +236,20 @@ impl Process {
         (per_second > 0).then(|| ticks as f64 / per_second as f64)
     }
 
-    /// Whether it has ended and waits to be reaped (its CPU time is then final).
-    pub fn is_zombie(self) -> bool {
+    /// Its CPU time so far as a log shows it (`?` once it is gone).
+    pub fn cpu_text(self) -> String {
         self.stat()
-            .and_then(|s| s.first().cloned())
-            .is_some_and(|state| state == "Z")
+            .and_then(|stat| Self::seconds(&stat))
+            .map_or_else(|| "?".to_string(), |s| format!("{s:.1}"))
+    }
+
+    /// Its final CPU time if it has ended and waits to be reaped; `None` while it runs.
+    pub fn cpu_seconds_if_ended(self) -> Option<f64> {
+        let stat = self.stat()?;
+        if stat.first().map(String::as_str) != Some("Z") {
+            return None;
+        }
+        Self::seconds(&stat)
     }
 }
 
@@ -273,8 +279,8 @@ pub fn have(program: &str) -> bool {
 /// into (`.ci/packages`, running beside `cargo xtask ci`).
 pub const PACKAGES_VAR: &str = "IMAGESTORE_CI_PACKAGES";
 
-/// Under `.ci/run`, waits until the packages the tests and the release check need are
-/// installed (the builds before need only the toolchain); elsewhere returns at once.
+/// Under `.ci/run`, waits until the packages the tests need are installed (the builds before
+/// need only the toolchain); elsewhere returns at once.
 pub fn wait_for_packages() -> Result<()> {
     let Some(status) = std::env::var_os(PACKAGES_VAR) else {
         return Ok(());
@@ -342,5 +348,39 @@ impl XorShift {
             let v = self.next().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_once_a_process_ended_and_before_it_is_reaped() {
+        let mut running = Command::new("sleep").arg("5").spawn().unwrap();
+        assert_eq!(Process(running.id()).cpu_seconds_if_ended(), None);
+        assert_ne!(Process(running.id()).cpu_text(), "?");
+        running.kill().unwrap();
+        running.wait().unwrap();
+
+        let mut child = Command::new("true").spawn().unwrap();
+        let process = Process(child.id());
+        let started = Instant::now();
+        let cpu = loop {
+            if let Some(cpu) = process.cpu_seconds_if_ended() {
+                break cpu;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never seen ended"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(cpu >= 0.0);
+        assert!(child.try_wait().unwrap().is_some());
+        // Reaped: nothing left to read.
+        assert_eq!(process.cpu_text(), "?");
     }
 }

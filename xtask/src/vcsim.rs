@@ -148,9 +148,7 @@ impl Vcsim {
 impl Drop for Vcsim {
     fn drop(&mut self) {
         let pid = self.child.id();
-        let cpu = crate::util::Process(pid)
-            .cpu_seconds()
-            .map_or_else(|| "?".to_string(), |s| format!("{s:.1}"));
+        let cpu = crate::util::Process(pid).cpu_text();
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();

@@ -107,10 +107,7 @@ pub fn host_triple() -> Result<String> {
 /// with another source tree) and splits and strips it into `out`: `imagestore` and
 /// `debug_name`.
 pub fn compile(src: &Source, target_dir: &Path, out: &Path, debug_name: &str) -> Result<Compiled> {
-    // Said before a long build, unless `.ci/run` is still installing it.
-    if std::env::var_os(crate::util::PACKAGES_VAR).is_none() {
-        need("objcopy", "binutils")?;
-    }
+    need("objcopy", "binutils")?;
     let home = cargo_home()?;
     let remap = |from: &Path, to: &str| format!("{}={to}", from.display());
     // The same on every source tree of a machine: the dependencies build once.
@@ -169,10 +166,6 @@ pub fn compile(src: &Source, target_dir: &Path, out: &Path, debug_name: &str) ->
     let Some((exe, fresh)) = built else {
         bail!("cargo reported no `imagestore` executable");
     };
-    // The build needs only the toolchain; what follows needs the packages `.ci/run` may still
-    // be installing.
-    crate::util::wait_for_packages()?;
-    need("objcopy", "binutils")?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let debug = out.join(debug_name);
     let binary = out.join("imagestore");
